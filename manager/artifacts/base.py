@@ -1,0 +1,47 @@
+"""The description of an inspected artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from manager.modelconfig import TensorSpec
+
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "transformers", "python")
+
+
+@dataclass
+class Artifact:
+    """What the publisher knows about an artifact.
+
+    ``inputs``/``outputs`` hold full dims as the artifact declares them (a batch dim
+    included, ``-1`` for dynamic); ``None`` when the artifact does not declare them
+    (TorchScript) and the user must say.
+    ``files`` maps a path inside the version folder to the source path to copy there.
+    """
+
+    format: str
+    source: Path
+    inputs: list[TensorSpec] | None
+    outputs: list[TensorSpec] | None
+    files: dict[str, Path]
+    # How the native runtime serves it on NVIDIA's image: ("platform", value) or
+    # ("backend", value); None when only the Python runtime can.
+    native: tuple[str, str] | None = None
+    native_filename: str = ""
+    runner: str = ""
+    runner_artifact: str = ""
+    runner_parameters: dict[str, str] = field(default_factory=dict)
+    # A config.pbtxt that came with the artifact (Python models).
+    config: mc.ModelConfig | None = None
+    # Suggested defaults when the user gives none.
+    default_max_batch_size: int = 0
+    size_bytes: int = 0
+
+
+def tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -1,0 +1,11 @@
+"""The ``tritonctl`` command line: a thin layer of click commands over the library.
+
+Each command module registers its commands on :data:`manager.cli.app.main` when imported;
+commands parse options, call the library, and print. A ``ManagerError`` becomes a one-line
+message on stderr and the error's exit code.
+"""
+
+from manager.cli import publish_cmds  # noqa: F401
+from manager.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,238 @@
+"""Commands that write and read the repository: publish, versions, validate, prune."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from manager.artifacts import FORMATS
+from manager.cli.app import main
+from manager.cli.common import Context, console, err_console, pass_context, print_json
+from manager.errors import ManagerError
+from manager.modelconfig import TensorSpec
+from manager.prune import prune as prune_versions
+from manager.publish import PublishOptions, parse_labels, publish
+from manager.repository import Repository
+from manager.runtime import RUNTIMES
+from manager.validate import validate_repository
+
+LARGE_BYTES = 64 * 1024 * 1024  # show a progress bar from this size on
+
+
+def _tensor(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[TensorSpec]:
+    try:
+        return [TensorSpec.parse(v) for v in values]
+    except ManagerError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], None]] | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+
+        def start(total: int, _done: int) -> Callable[[int], None]:
+            task = bar.add_task("placing artifact", total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+@main.command("publish")
+@click.argument("name")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True
+)
+@click.option("--version", type=int, default=None, help="Version number (default: highest + 1).")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Triton max_batch_size; > 0 makes the leading dynamic dim the batch dim.",
+)
+@click.option("--instance-count", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--kind", type=click.Choice(("auto", "cpu", "gpu")), default="auto", show_default=True
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="native: Triton's ONNX Runtime/PyTorch backends; python: a Python-backend runner.",
+)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    callback=_tensor,
+    metavar="NAME:DTYPE:DIMS",
+    help="An input, e.g. x:FP32:-1,4 (dims without the batch dim when batching).",
+)
+@click.option("--output", "outputs", multiple=True, callback=_tensor, metavar="NAME:DTYPE:DIMS")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A config.pbtxt to use, checked against the artifact.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Provenance label, e.g. git_commit=abc123 (repeatable).",
+)
+@click.option(
+    "--copy",
+    "force_copy",
+    is_flag=True,
+    help="Copy the artifact even where a hard link is possible.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def publish_cmd(
+    obj: Context,
+    name: str,
+    artifact: Path,
+    fmt: str,
+    version: int | None,
+    max_batch_size: int | None,
+    instance_count: int,
+    kind: str,
+    runtime: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    config_path: Path | None,
+    labels: tuple[str, ...],
+    force_copy: bool,
+    as_json: bool,
+) -> None:
+    """Publish ARTIFACT as a new version of model NAME."""
+    options = PublishOptions(
+        format=fmt,
+        version=version,
+        max_batch_size=max_batch_size,
+        instance_count=instance_count,
+        kind=kind,
+        runtime=runtime,
+        labels=parse_labels(labels),
+        inputs=inputs,
+        outputs=outputs,
+        config_path=config_path,
+        link=not force_copy,
+    )
+    show_bar = not as_json and artifact.exists() and _size(artifact) >= LARGE_BYTES
+    with _progress(show_bar) as progress:
+        result = publish(Repository(obj.repo), name, artifact, options, progress=progress)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(
+        f"published [bold]{result.name}[/] version [bold]{result.version}[/] "
+        f"({result.format}, {result.runtime} runtime) at {result.path}",
+        highlight=False,
+    )
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@main.command("versions")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
+    """List the versions of NAME with their provenance."""
+    repo = Repository(obj.repo)
+    repo.require()
+    infos = repo.version_info(name)
+    if as_json:
+        rows = []
+        for i in infos:
+            row = {k: v for k, v in i.to_dict().items() if k != "config"}
+            rows.append(row)
+        print_json(rows)
+        return
+    table = Table(title=f"{name} versions")
+    for col in ("version", "format", "runtime", "published", "sha256", "labels"):
+        table.add_column(col)
+    for i in infos:
+        p = i.provenance
+        labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
+        table.add_row(
+            str(i.version),
+            str(p.get("format", "?")),
+            str(p.get("runtime", "?")),
+            str(p.get("published_at", "?")),
+            str(p.get("sha256", ""))[:12],
+            labels,
+        )
+    console.print(table)
+
+
+@main.command("validate")
+@click.argument("name", required=False)
+@click.option("--no-hash", is_flag=True, help="Skip re-hashing artifacts against their provenance.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def validate_cmd(obj: Context, name: str | None, no_hash: bool, as_json: bool) -> None:
+    """Check the repository (or model NAME); exit 0 only when it is consistent."""
+    repo = Repository(obj.repo)
+    problems = validate_repository(repo, name, check_hashes=not no_hash)
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        print_json({"ok": not errors, "problems": [p.to_dict() for p in problems]})
+    else:
+        for p in problems:
+            style = "red" if p.severity == "error" else "yellow"
+            err_console.print(f"[{style}]{p.severity}[/] {p.model}: {p.message}", highlight=False)
+        if not errors:
+            count = 1 if name else len(repo.models())
+            console.print(f"ok: {count} model(s) consistent in {repo.path}")
+    if errors:
+        raise SystemExit(1)
+
+
+@main.command("prune")
+@click.argument("name")
+@click.option("--keep", type=int, required=True, help="How many of the newest versions to keep.")
+@click.option("--dry-run", is_flag=True, help="Show what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def prune_cmd(obj: Context, name: str, keep: int, dry_run: bool, as_json: bool) -> None:
+    """Remove old versions of NAME, never one that is loaded or routed to."""
+    from manager.usage import versions_in_use
+
+    repo = Repository(obj.repo)
+    repo.require()
+    in_use = versions_in_use(repo, name, obj.url)
+    result = prune_versions(repo, name, keep, in_use=in_use, dry_run=dry_run)
+    if as_json:
+        print_json({**result.to_dict(), "dry_run": dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(
+        f"{name}: {verb} {result.removed or 'nothing'}; kept {result.kept}"
+        + (f" (in use: {result.protected})" if result.protected else "")
+    )

@@ -1,0 +1,44 @@
+"""Validation of model and endpoint names.
+
+Triton uses the model name as a folder name in the repository and as a path segment
+in its HTTP API (``/v2/models/<name>``), so the manager accepts only names that are
+safe in both places.
+"""
+
+from __future__ import annotations
+
+import re
+
+from manager.errors import InvalidNameError
+
+MAX_NAME_LENGTH = 128
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def validate_model_name(name: str, *, what: str = "model name") -> str:
+    """Return ``name`` if it is a valid Triton model name, else raise ``InvalidNameError``.
+
+    Accepted: 1-128 characters of letters, digits, ``_``, ``-`` and ``.``, not starting
+    with ``.`` or ``-``, with no ``..`` and no path separator.
+    """
+    if not isinstance(name, str) or name == "":
+        raise InvalidNameError(f"{what} must not be empty")
+    if "/" in name or "\\" in name:
+        raise InvalidNameError(f"{what} {name!r} must not contain a path separator")
+    if ".." in name:
+        raise InvalidNameError(f"{what} {name!r} must not contain '..'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"{what} {name!r} is longer than {MAX_NAME_LENGTH} characters")
+    if not _NAME_RE.match(name):
+        raise InvalidNameError(
+            f"{what} {name!r} is not a valid Triton model name: use letters, digits, "
+            "'_', '-' and '.', starting with a letter, digit or '_'"
+        )
+    return name
+
+
+def validate_version(version: int) -> int:
+    """Return ``version`` if it is a valid Triton version number (a positive integer)."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InvalidNameError(f"version must be a positive integer, got {version!r}")
+    return version

@@ -1,0 +1,198 @@
+"""The model repository on disk: models, integer versions, and their provenance.
+
+Layout::
+
+    <repo>/<model>/config.pbtxt          one config per model, as Triton reads it
+    <repo>/<model>/<N>/...               integer version folders
+    <repo>/<model>/<N>/tritonctl.json    provenance of that version
+    <repo>/.tritonctl/                   the manager's own folder (locks, staging, state)
+
+Triton lists every folder of the repository in its index, the manager's own included;
+names starting with ``.`` are never models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from manager.errors import ModelNotFoundError, RepositoryError
+from manager.names import validate_model_name
+from manager.settings import META_DIR
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "tritonctl.json"
+CONFIG_FILE = "config.pbtxt"
+LOCK_TIMEOUT_S = 600.0
+
+
+@dataclass
+class VersionInfo:
+    """One version folder and what the manager recorded about it."""
+
+    model: str
+    version: int
+    path: Path
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "path": str(self.path),
+            **self.provenance,
+        }
+
+
+class Repository:
+    """A Triton model repository folder."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.path)!r})"
+
+    # -- layout -------------------------------------------------------------------------
+    @property
+    def meta_dir(self) -> Path:
+        return self.path / META_DIR
+
+    def require(self) -> None:
+        """Raise unless the repository folder exists."""
+        if not self.path.is_dir():
+            raise RepositoryError(f"model repository {self.path} does not exist")
+
+    def ensure(self) -> None:
+        """Create the repository and its manager folder if they do not exist."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RepositoryError(f"model repository {self.path} is not a folder")
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+
+    def model_dir(self, name: str) -> Path:
+        return self.path / validate_model_name(name)
+
+    def config_path(self, name: str) -> Path:
+        return self.model_dir(name) / CONFIG_FILE
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.model_dir(name) / str(version)
+
+    # -- reading ------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Names of the models in the repository, sorted."""
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.path.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def has_model(self, name: str) -> bool:
+        return self.model_dir(name).is_dir()
+
+    def versions(self, name: str) -> list[int]:
+        """Integer versions of ``name``, ascending. Raises if the model is unknown."""
+        mdir = self.model_dir(name)
+        if not mdir.is_dir():
+            raise ModelNotFoundError(f"model {name!r} is not in repository {self.path}")
+        return sorted(int(p.name) for p in mdir.iterdir() if p.is_dir() and is_version_name(p.name))
+
+    def version_info(self, name: str) -> list[VersionInfo]:
+        return [self.get_version(name, v) for v in self.versions(name)]
+
+    def get_version(self, name: str, version: int) -> VersionInfo:
+        vdir = self.version_dir(name, version)
+        if not vdir.is_dir():
+            raise ModelNotFoundError(f"model {name!r} has no version {version} in {self.path}")
+        return VersionInfo(name, version, vdir, read_provenance(vdir))
+
+    # -- locking and staging -----------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the per-model write lock (publishers and pruners of ``name`` take turns)."""
+        self.ensure()
+        lock_dir = self.meta_dir / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        lock = FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))
+        try:
+            with lock.acquire(timeout=timeout):
+                yield
+        except Timeout as exc:
+            raise RepositoryError(
+                f"model {name!r} is locked by another tritonctl process (waited {timeout:.0f} s)"
+            ) from exc
+
+    def staging_dir(self, name: str) -> Path:
+        """A fresh folder on the repository's filesystem to build into (renames are atomic)."""
+        root = self.meta_dir / "staging"
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / f"{name}.{uuid.uuid4().hex[:12]}"
+        path.mkdir()
+        return path
+
+    def clear_stale_staging(self, name: str) -> None:
+        """Remove what killed publishers of ``name`` left behind. Call under ``lock(name)``."""
+        root = self.meta_dir / "staging"
+        if not root.is_dir():
+            return
+        for p in root.glob(f"{name}.*"):
+            if p.name.rsplit(".", 1)[0] == name:
+                log.info("removing stale staging folder %s", p)
+                shutil.rmtree(p, ignore_errors=True)
+
+    def remove_version(self, name: str, version: int) -> None:
+        """Take a version out of the repository in one rename, then delete it."""
+        vdir = self.version_dir(name, version)
+        trash = self.meta_dir / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        target = trash / f"{name}.{version}.{uuid.uuid4().hex[:8]}"
+        os.rename(vdir, target)
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def is_version_name(text: str) -> bool:
+    return text.isdigit() and text.isascii() and int(text) > 0 and not text.startswith("0")
+
+
+def read_provenance(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"cannot read provenance {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RepositoryError(f"provenance {path} is not a JSON object")
+    return data
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` so that readers see the old or the new file, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

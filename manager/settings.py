@@ -1,0 +1,20 @@
+"""Where the manager looks for its repository, server URL and config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_REPO = "model_repository"
+DEFAULT_URL = "http://localhost:8000"
+REPO_ENV = "TRITONCTL_REPO"
+URL_ENV = "TRITONCTL_URL"
+META_DIR = ".tritonctl"
+
+
+def default_repo() -> Path:
+    return Path(os.environ.get(REPO_ENV) or DEFAULT_REPO)
+
+
+def default_url() -> str:
+    return os.environ.get(URL_ENV) or DEFAULT_URL

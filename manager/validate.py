@@ -1,0 +1,171 @@
+"""Consistency checks of a model repository (what ``tritonctl validate`` reports)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from manager.errors import ManagerError
+from manager.filecopy import sha256_of
+from manager.modelconfig import read_config
+from manager.names import validate_model_name
+from manager.repository import CONFIG_FILE, PROVENANCE_FILE, Repository, is_version_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    model: str
+    message: str
+    severity: str = "error"  # "error" makes the repository inconsistent; "warning" does not
+
+    def to_dict(self) -> dict[str, str]:
+        return {"model": self.model, "severity": self.severity, "message": self.message}
+
+
+def _version_payload(
+    config_backend: str, config_platform: str, params: dict[str, str]
+) -> list[str]:
+    """Files a version folder must hold to be servable under this config."""
+    if config_platform == "ensemble":
+        return []
+    if config_platform == "onnxruntime_onnx" or config_backend == "onnxruntime":
+        return ["model.onnx"]
+    if config_platform == "pytorch_libtorch" or config_backend == "pytorch":
+        return ["model.pt"]
+    if config_backend == "python":
+        files = ["model.py"]
+        if params.get("tritonctl.artifact"):
+            files.append(params["tritonctl.artifact"])
+        return files
+    return []
+
+
+def validate_repository(
+    repo: Repository, name: str | None = None, *, check_hashes: bool = True
+) -> list[Problem]:
+    """Every problem found in ``repo`` (or in model ``name`` only); empty when consistent."""
+    repo.require()
+    names = [name] if name is not None else repo.models()
+    problems: list[Problem] = []
+    for model in names:
+        problems.extend(_validate_model(repo, model, check_hashes=check_hashes))
+    staging = repo.meta_dir / "staging"
+    if name is None and staging.is_dir() and any(staging.iterdir()):
+        problems.append(
+            Problem("-", f"{staging} holds leftovers of interrupted publishes", "warning")
+        )
+    return problems
+
+
+def _validate_model(repo: Repository, model: str, *, check_hashes: bool) -> list[Problem]:
+    problems: list[Problem] = []
+    try:
+        validate_model_name(model)
+    except ManagerError as exc:
+        return [Problem(model, str(exc))]
+    mdir = repo.path / model
+    if not mdir.exists():
+        return [Problem(model, f"model folder {mdir} does not exist")]
+    real_repo = repo.path.resolve()
+    if mdir.is_symlink() and real_repo not in mdir.resolve().parents:
+        problems.append(Problem(model, f"{mdir} is a symlink pointing outside the repository"))
+    cfg_path = mdir / CONFIG_FILE
+    params: dict[str, str] = {}
+    backend = platform = ""
+    if not cfg_path.is_file():
+        problems.append(Problem(model, "config.pbtxt is missing"))
+    else:
+        try:
+            config = read_config(cfg_path)
+        except ManagerError as exc:
+            problems.append(Problem(model, str(exc)))
+        else:
+            if config.name and config.name != model:
+                problems.append(
+                    Problem(
+                        model,
+                        f"config.pbtxt names the model {config.name!r}, its folder is {model!r}",
+                    )
+                )
+            if not config.platform and not config.backend:
+                problems.append(Problem(model, "config.pbtxt sets neither platform nor backend"))
+            backend, platform = config.backend, config.platform
+            params = {k: v.string_value for k, v in config.parameters.items()}
+    versions = []
+    for child in sorted(mdir.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            if is_version_name(child.name):
+                versions.append(int(child.name))
+            else:
+                problems.append(
+                    Problem(model, f"folder {child.name!r} is not an integer version", "warning")
+                )
+    if not versions:
+        problems.append(Problem(model, "has no version folder"))
+    for v in versions:
+        problems.extend(
+            _validate_version(
+                repo, model, v, mdir / str(v), backend, platform, params, check_hashes
+            )
+        )
+    return problems
+
+
+def _validate_version(
+    repo: Repository,
+    model: str,
+    version: int,
+    vdir: Path,
+    backend: str,
+    platform: str,
+    params: dict[str, str],
+    check_hashes: bool,
+) -> list[Problem]:
+    problems = []
+    where = f"version {version}"
+    real_repo = repo.path.resolve()
+    for p in vdir.rglob("*"):
+        if p.is_symlink():
+            target = p.resolve()
+            if real_repo not in target.parents:
+                problems.append(
+                    Problem(model, f"{where}: {p.name} links outside the repository to {target}")
+                )
+    for needed in _version_payload(backend, platform, params):
+        if not (vdir / needed).exists():
+            problems.append(Problem(model, f"{where}: {needed} is missing"))
+    prov_path = vdir / PROVENANCE_FILE
+    if platform == "ensemble":
+        return problems
+    if not prov_path.is_file():
+        problems.append(Problem(model, f"{where}: no provenance ({PROVENANCE_FILE})", "warning"))
+        return problems
+    try:
+        prov = repo.get_version(model, version).provenance
+    except ManagerError as exc:
+        problems.append(Problem(model, f"{where}: {exc}"))
+        return problems
+    if check_hashes and prov.get("sha256"):
+        target = _artifact_in_version(vdir, prov, params)
+        if target is not None and target.exists() and sha256_of(target) != prov["sha256"]:
+            problems.append(
+                Problem(
+                    model,
+                    f"{where}: {target.name} does not match its recorded sha256 (changed since publish)",
+                )
+            )
+    return problems
+
+
+def _artifact_in_version(
+    vdir: Path, prov: dict[str, object], params: dict[str, str]
+) -> Path | None:
+    fmt = prov.get("format")
+    if fmt == "python":
+        return None  # the folder's files are spread in the version folder
+    if params.get("tritonctl.artifact"):
+        return vdir / params["tritonctl.artifact"]
+    return {"onnx": vdir / "model.onnx", "torchscript": vdir / "model.pt"}.get(str(fmt))

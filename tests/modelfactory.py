@@ -1,0 +1,82 @@
+"""Small models the tests build themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_onnx(
+    path: Path,
+    *,
+    in_dims: tuple[int | str | None, ...] = ("batch", 4),
+    out_features: int = 2,
+    seed: int = 0,
+    input_name: str = "x",
+    output_name: str = "y",
+) -> tuple[np.ndarray, np.ndarray]:
+    """A linear layer y = x @ W + b as an ONNX file; returns (W, b)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    in_features = int(in_dims[-1])  # type: ignore[arg-type]
+    w = rng.standard_normal((in_features, out_features)).astype(np.float32)
+    b = rng.standard_normal((out_features,)).astype(np.float32)
+    out_dims = (*in_dims[:-1], out_features)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", [input_name, "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "B"], [output_name]),
+        ],
+        "linear",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(in_dims))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(out_dims))],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return w, b
+
+
+def make_torchscript(path: Path, *, in_features: int = 4, out_features: int = 2, seed: int = 0) -> object:
+    """A scripted torch Linear saved with torch.jit.save; returns the module."""
+    import torch
+
+    torch.manual_seed(seed)
+    module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(in_features, out_features), torch.nn.Tanh()))
+    torch.jit.save(module, str(path))
+    return module
+
+
+def write_python_model(folder: Path, *, with_config: bool = True, name: str | None = None) -> Path:
+    """A Python-backend model folder (model.py + config.pbtxt) that adds 1 to its input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(PYTHON_ADD_ONE)
+    if with_config:
+        lines = [f'name: "{name}"'] if name else []
+        lines += [
+            'backend: "python"',
+            "max_batch_size: 0",
+            'input [{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }]',
+            'output [{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }]',
+        ]
+        (folder / "config.pbtxt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+PYTHON_ADD_ONE = '''
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
+        return responses
+'''
