@@ -42,12 +42,16 @@ def make_onnx(
     return w, b
 
 
-def make_torchscript(path: Path, *, in_features: int = 4, out_features: int = 2, seed: int = 0) -> object:
+def make_torchscript(
+    path: Path, *, in_features: int = 4, out_features: int = 2, seed: int = 0
+) -> object:
     """A scripted torch Linear saved with torch.jit.save; returns the module."""
     import torch
 
     torch.manual_seed(seed)
-    module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(in_features, out_features), torch.nn.Tanh()))
+    module = torch.jit.script(
+        torch.nn.Sequential(torch.nn.Linear(in_features, out_features), torch.nn.Tanh())
+    )
     torch.jit.save(module, str(path))
     return module
 
@@ -68,7 +72,7 @@ def write_python_model(folder: Path, *, with_config: bool = True, name: str | No
     return folder
 
 
-PYTHON_ADD_ONE = '''
+PYTHON_ADD_ONE = """
 import triton_python_backend_utils as pb_utils
 
 
@@ -79,4 +83,4 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
         return responses
-'''
+"""

@@ -1,0 +1,119 @@
+"""The repository commands from the command line: JSON output, exit codes, env vars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from manager.cli import main
+from tests.modelfactory import make_onnx
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    make_onnx(path)
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_publish_json_prints_name_and_version(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    code, out, _ = run(
+        "--repo",
+        str(repo),
+        "publish",
+        "lin",
+        str(onnx_file),
+        "--runtime",
+        "native",
+        "--label",
+        "git_commit=abc",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["name"] == "lin"
+    assert data["version"] == 1
+    assert data["labels"] == {"git_commit": "abc"}
+
+
+def test_repo_comes_from_environment(tmp_path, onnx_file):
+    repo = tmp_path / "envrepo"
+    code, _, _ = run(
+        "publish", "lin", str(onnx_file), "--runtime", "native", env={"TRITONCTL_REPO": str(repo)}
+    )
+    assert code == 0
+    assert (repo / "lin" / "1" / "model.onnx").is_file()
+
+
+def test_versions_json_lists_versions_with_provenance(tmp_path, onnx_file):
+    repo = str(tmp_path / "repo")
+    for _ in range(2):
+        run(
+            "--repo",
+            repo,
+            "publish",
+            "lin",
+            str(onnx_file),
+            "--runtime",
+            "native",
+            "--label",
+            "team=search",
+        )
+    code, out, _ = run("--repo", repo, "versions", "lin", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["version"] for r in rows] == [1, 2]
+    assert all(r["labels"] == {"team": "search"} and len(r["sha256"]) == 64 for r in rows)
+
+
+def test_bad_input_exits_non_zero_with_one_line_error(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    code, _, err = run("--repo", str(repo), "publish", "../evil", str(onnx_file))
+    assert code != 0
+    assert err.strip().startswith("error:") and "path separator" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = run("--repo", str(repo), "publish", "m", str(tmp_path / "missing.onnx"))
+    assert code != 0 and "does not exist" in err
+    assert not repo.exists() or not any(p for p in repo.iterdir() if not p.name.startswith("."))
+
+
+def test_existing_version_exit_code_and_message(tmp_path, onnx_file):
+    repo = str(tmp_path / "repo")
+    run("--repo", repo, "publish", "lin", str(onnx_file), "--runtime", "native")
+    code, _, err = run(
+        "--repo", repo, "publish", "lin", str(onnx_file), "--runtime", "native", "--version", "1"
+    )
+    assert code != 0
+    assert "already has version 1" in err
+
+
+def test_validate_exit_code_follows_consistency(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    run("--repo", str(repo), "publish", "lin", str(onnx_file), "--runtime", "native")
+    code, out, _ = run("--repo", str(repo), "validate")
+    assert code == 0 and "ok" in out
+    (repo / "lin" / "config.pbtxt").unlink()
+    code, out, _ = run("--repo", str(repo), "validate", "--json")
+    assert code == 1
+    assert json.loads(out)["ok"] is False
+
+
+def test_prune_keeps_newest(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    for _ in range(3):
+        run("--repo", str(repo), "publish", "lin", str(onnx_file), "--runtime", "native")
+    code, out, _ = run(
+        "--repo", str(repo), "--url", "http://127.0.0.1:9", "prune", "lin", "--keep", "1", "--json"
+    )
+    assert code == 0, out
+    assert json.loads(out)["removed"] == [1, 2]
+    assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["3"]

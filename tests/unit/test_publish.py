@@ -1,0 +1,318 @@
+"""Publishing: versions, formats, validation against the artifact, and atomicity."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from manager.errors import ArtifactError, ConfigError, InvalidNameError, VersionExistsError
+from manager.modelconfig import TensorSpec, read_config
+from manager.publish import PublishOptions, parse_labels, publish
+from manager.repository import Repository
+from tests.modelfactory import make_onnx, make_torchscript, write_python_model
+
+NATIVE = PublishOptions(runtime="native")
+
+
+@pytest.fixture
+def onnx_file(tmp_path: Path) -> Path:
+    path = tmp_path / "linear.onnx"
+    make_onnx(path)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository(tmp_path / "repo")
+
+
+def test_publish_onnx_creates_version_one_with_config_from_graph(repo, onnx_file):
+    result = publish(repo, "linear", onnx_file, NATIVE)
+    assert result.version == 1
+    config = read_config(repo.config_path("linear"))
+    assert config.name == "linear"
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 0
+    assert [(i.name, list(i.dims)) for i in config.input] == [("x", [-1, 4])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("y", [-1, 2])]
+    assert (repo.version_dir("linear", 1) / "model.onnx").read_bytes() == onnx_file.read_bytes()
+
+
+def test_next_version_is_highest_plus_one(repo, onnx_file):
+    publish(repo, "linear", onnx_file, NATIVE)
+    publish(repo, "linear", onnx_file, PublishOptions(runtime="native", version=7))
+    assert publish(repo, "linear", onnx_file, NATIVE).version == 8
+    assert repo.versions("linear") == [1, 7, 8]
+
+
+def test_existing_version_is_never_overwritten(repo, onnx_file, tmp_path):
+    publish(repo, "linear", onnx_file, NATIVE)
+    before = (repo.version_dir("linear", 1) / "tritonctl.json").read_text()
+    other = tmp_path / "other.onnx"
+    make_onnx(other, seed=3)
+    with pytest.raises(VersionExistsError, match="already has version 1"):
+        publish(repo, "linear", other, PublishOptions(runtime="native", version=1))
+    assert (repo.version_dir("linear", 1) / "tritonctl.json").read_text() == before
+
+
+def test_leading_dynamic_dim_becomes_batch_dim_when_batching(repo, onnx_file):
+    publish(repo, "linear", onnx_file, PublishOptions(runtime="native", max_batch_size=16))
+    config = read_config(repo.config_path("linear"))
+    assert config.max_batch_size == 16
+    assert list(config.input[0].dims) == [4]
+    assert list(config.output[0].dims) == [2]
+    assert config.HasField("dynamic_batching")
+
+
+def test_batching_refused_when_leading_dim_is_fixed(repo, tmp_path):
+    path = tmp_path / "fixed.onnx"
+    make_onnx(path, in_dims=(1, 4))
+    with pytest.raises(ConfigError, match=r"input 'x'.*dynamic leading dimension"):
+        publish(repo, "fixed", path, PublishOptions(runtime="native", max_batch_size=4))
+    assert not repo.has_model("fixed")
+
+
+def test_provenance_records_hash_source_time_and_labels(repo, onnx_file):
+    import hashlib
+
+    publish(
+        repo, "linear", onnx_file, PublishOptions(runtime="native", labels={"git_commit": "abc123"})
+    )
+    info = repo.get_version("linear", 1).provenance
+    assert info["sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert info["source"] == str(onnx_file.resolve())
+    assert info["labels"] == {"git_commit": "abc123"}
+    assert info["format"] == "onnx"
+    assert "published_at" in info
+
+
+def test_user_config_matching_the_artifact_is_accepted(repo, onnx_file, tmp_path):
+    cfg = tmp_path / "config.pbtxt"
+    cfg.write_text(
+        'max_batch_size: 0\ninput [{ name: "x" data_type: TYPE_FP32 dims: [ -1, 4 ] }]\n'
+        'output [{ name: "y" data_type: TYPE_FP32 dims: [ -1, 2 ] }]\n'
+    )
+    publish(repo, "linear", onnx_file, PublishOptions(runtime="native", config_path=cfg))
+    assert read_config(repo.config_path("linear")).name == "linear"
+
+
+@pytest.mark.parametrize(
+    ("tensor", "match"),
+    [
+        (
+            'input [{ name: "x" data_type: TYPE_INT32 dims: [ -1, 4 ] }]',
+            "input 'x' has data type INT32",
+        ),
+        (
+            'input [{ name: "x" data_type: TYPE_FP32 dims: [ -1, 5 ] }]',
+            r"input 'x' has dims \[-1, 5\]",
+        ),
+        (
+            'input [{ name: "z" data_type: TYPE_FP32 dims: [ -1, 4 ] }]',
+            "input 'z' is not in the artifact",
+        ),
+    ],
+)
+def test_user_config_mismatch_is_refused_naming_the_tensor(
+    repo, onnx_file, tmp_path, tensor, match
+):
+    cfg = tmp_path / "config.pbtxt"
+    cfg.write_text(tensor + '\noutput [{ name: "y" data_type: TYPE_FP32 dims: [ -1, 2 ] }]\n')
+    with pytest.raises(ConfigError, match=match):
+        publish(repo, "linear", onnx_file, PublishOptions(runtime="native", config_path=cfg))
+    assert not repo.has_model("linear")
+
+
+def test_torchscript_needs_tensors_and_gets_libtorch_platform(repo, tmp_path):
+    pt = tmp_path / "m.pt"
+    make_torchscript(pt)
+    with pytest.raises(ConfigError, match="does not declare its tensors"):
+        publish(repo, "ts", pt, NATIVE)
+    opts = PublishOptions(
+        runtime="native",
+        inputs=[TensorSpec("x", "FP32", (-1, 4))],
+        outputs=[TensorSpec("y", "FP32", (-1, 2))],
+    )
+    publish(repo, "ts", pt, opts)
+    config = read_config(repo.config_path("ts"))
+    assert config.platform == "pytorch_libtorch"
+    assert (repo.version_dir("ts", 1) / "model.pt").is_file()
+
+
+def test_python_model_folder_without_name_gets_the_published_name(repo, tmp_path):
+    folder = write_python_model(tmp_path / "addone")
+    publish(repo, "add_one", folder)
+    config = read_config(repo.config_path("add_one"))
+    assert config.name == "add_one"
+    assert config.backend == "python"
+    assert config.max_batch_size == 0
+    assert (repo.version_dir("add_one", 1) / "model.py").is_file()
+    assert not (repo.version_dir("add_one", 1) / "config.pbtxt").exists()
+
+
+def test_python_model_without_config_takes_tensors_from_flags(repo, tmp_path):
+    folder = write_python_model(tmp_path / "addone", with_config=False)
+    with pytest.raises(ConfigError):
+        publish(repo, "add_one", folder)
+    opts = PublishOptions(
+        inputs=[TensorSpec("X", "FP32", (-1,))], outputs=[TensorSpec("Y", "FP32", (-1,))]
+    )
+    publish(repo, "add_one", folder, opts)
+    assert read_config(repo.config_path("add_one")).input[0].name == "X"
+
+
+def test_format_auto_detects_each_kind(tmp_path, onnx_file):
+    from manager.artifacts import detect_format
+
+    pt = tmp_path / "m.pt"
+    make_torchscript(pt)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    assert detect_format(onnx_file) == "onnx"
+    assert detect_format(pt) == "torchscript"
+    assert detect_format(write_python_model(tmp_path / "py")) == "python"
+    assert detect_format(hf) == "transformers"
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "../evil", "x y"])
+def test_publish_refuses_bad_names_and_writes_nothing(repo, onnx_file, name):
+    with pytest.raises(InvalidNameError):
+        publish(repo, name, onnx_file, NATIVE)
+    assert repo.models() == []
+
+
+def test_truncated_onnx_is_refused_and_nothing_is_written(repo, onnx_file, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="ONNX"):
+        publish(repo, "bad", bad, NATIVE)
+    assert repo.models() == []
+
+
+def test_missing_artifact_and_unknown_format_are_refused(repo, tmp_path, onnx_file):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        publish(repo, "m", tmp_path / "nope.onnx", NATIVE)
+    with pytest.raises(ArtifactError, match="unknown format"):
+        publish(repo, "m", onnx_file, PublishOptions(format="tensorflow"))
+    odd = tmp_path / "weights.bin"
+    odd.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ArtifactError, match="cannot tell the format"):
+        publish(repo, "m", odd, NATIVE)
+
+
+def test_symlink_pointing_outside_the_artifact_is_refused(repo, tmp_path):
+    folder = write_python_model(tmp_path / "py")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the repository")
+    os.symlink(secret, folder / "data.txt")
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        publish(repo, "py", folder)
+    assert repo.models() == []
+
+
+def test_changed_tensors_on_a_new_version_are_refused(repo, onnx_file, tmp_path):
+    publish(repo, "linear", onnx_file, NATIVE)
+    wider = tmp_path / "wider.onnx"
+    make_onnx(wider, in_dims=("batch", 8))
+    with pytest.raises(ConfigError, match="input x FP32"):
+        publish(repo, "linear", wider, NATIVE)
+    assert repo.versions("linear") == [1]
+
+
+def test_failed_verification_publishes_nothing(repo, onnx_file):
+    def reject(staged: Path, config: object) -> None:
+        assert (staged / "1" / "model.onnx").is_file()
+        raise ConfigError("smoke test failed")
+
+    with pytest.raises(ConfigError, match="smoke test failed"):
+        publish(repo, "linear", onnx_file, NATIVE, verify=reject)
+    assert repo.models() == []
+    assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+def test_labels_must_be_key_value():
+    assert parse_labels(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ConfigError):
+        parse_labels(["novalue"])
+
+
+def _publish_in_process(repo_path: str, artifact: str, queue: multiprocessing.Queue) -> None:
+    result = publish(Repository(repo_path), "linear", artifact, PublishOptions(runtime="native"))
+    queue.put(result.version)
+
+
+def test_concurrent_publishers_get_distinct_versions(repo, onnx_file):
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_publish_in_process, args=(str(repo.path), str(onnx_file), queue))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    versions = sorted(queue.get(timeout=5) for _ in procs)
+    assert versions == [1, 2, 3, 4]
+    for v in versions:
+        info = repo.get_version("linear", v)
+        assert (info.path / "model.onnx").read_bytes() == onnx_file.read_bytes()
+        assert info.provenance["version"] == v
+
+
+KILL_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+from manager.publish import publish, PublishOptions
+from manager.repository import Repository
+
+def slow(total, done):
+    def advance(n):
+        print("placing", flush=True)
+        time.sleep(0.5)
+    return advance
+
+publish(Repository(sys.argv[1]), "big", sys.argv[2], PublishOptions(runtime="native", link=False), progress=slow)
+"""
+
+
+def test_publish_killed_midway_leaves_no_partial_version(repo, tmp_path, onnx_file):
+    # a large self-contained ONNX file so that the copy takes several chunks
+    big = tmp_path / "big.onnx"
+    make_onnx(big, in_dims=("batch", 4096), out_features=1024)
+    publish(repo, "big", big, NATIVE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(repo.path), str(big)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "placing"  # it is copying now
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert repo.versions("big") == [1]
+    assert any((repo.meta_dir / "staging").iterdir())  # the leftover is only in staging
+    # the next publisher cleans up and gets version 2
+    assert publish(repo, "big", big, NATIVE).version == 2
+    assert list((repo.meta_dir / "staging").iterdir()) == []
+    assert json.loads((repo.version_dir("big", 2) / "tritonctl.json").read_text())["version"] == 2
+
+
+def test_hard_link_is_used_when_the_filesystem_allows(repo, onnx_file):
+    result = publish(repo, "linear", onnx_file, NATIVE)
+    placed = repo.version_dir("linear", 1) / "model.onnx"
+    assert result.placed_by == "link"
+    assert placed.stat().st_ino == onnx_file.stat().st_ino
+    copied = publish(repo, "linear", onnx_file, PublishOptions(runtime="native", link=False))
+    assert copied.placed_by == "copy"
+    assert (copied.path / "model.onnx").stat().st_ino != onnx_file.stat().st_ino
