@@ -415,6 +415,22 @@ def publish(
     )
 
 
+def make_verifier(
+    golden_dir: Path | None, staging_url: str | None
+) -> Callable[[Path, mc.ModelConfig], None]:
+    """A ``verify`` hook for :func:`publish` that smoke-tests the staged version."""
+    from manager.golden import load_cases
+    from manager.smoke import smoke_test
+
+    cases = load_cases(golden_dir) if golden_dir is not None else []
+
+    def verify(staged_model: Path, config: mc.ModelConfig) -> None:
+        versions = [int(p.name) for p in staged_model.iterdir() if p.is_dir() and p.name.isdigit()]
+        smoke_test(staged_model, config, versions[0], cases, url=staging_url)
+
+    return verify
+
+
 def _who() -> str:
     try:
         user = getpass.getuser()

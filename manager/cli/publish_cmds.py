@@ -16,7 +16,7 @@ from manager.cli.common import Context, console, err_console, pass_context, prin
 from manager.errors import ManagerError
 from manager.modelconfig import TensorSpec
 from manager.prune import prune as prune_versions
-from manager.publish import PublishOptions, parse_labels, publish
+from manager.publish import PublishOptions, make_verifier, parse_labels, publish
 from manager.repository import Repository
 from manager.runtime import RUNTIMES
 from manager.validate import validate_repository
@@ -106,6 +106,22 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
     is_flag=True,
     help="Copy the artifact even where a hard link is possible.",
 )
+@click.option(
+    "--smoke-test",
+    is_flag=True,
+    help="Before publishing, load the version into a throwaway Triton and run requests.",
+)
+@click.option(
+    "--golden",
+    "golden_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Golden requests (*.npz / *.json with inputs and expected outputs) for --smoke-test.",
+)
+@click.option(
+    "--staging-url",
+    default=None,
+    help="Run the smoke test on this Triton server instead of a throwaway one.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def publish_cmd(
@@ -123,9 +139,16 @@ def publish_cmd(
     config_path: Path | None,
     labels: tuple[str, ...],
     force_copy: bool,
+    smoke_test: bool,
+    golden_dir: Path | None,
+    staging_url: str | None,
     as_json: bool,
 ) -> None:
-    """Publish ARTIFACT as a new version of model NAME."""
+    """Publish ARTIFACT as a new version of model NAME.
+
+    With --smoke-test the new version becomes visible only after it loaded in a
+    throwaway Triton (or --staging-url) and answered every golden request.
+    """
     options = PublishOptions(
         format=fmt,
         version=version,
@@ -139,9 +162,14 @@ def publish_cmd(
         config_path=config_path,
         link=not force_copy,
     )
+    if (golden_dir or staging_url) and not smoke_test:
+        raise click.UsageError("--golden and --staging-url need --smoke-test")
+    verify = make_verifier(golden_dir, staging_url) if smoke_test else None
     show_bar = not as_json and artifact.exists() and _size(artifact) >= LARGE_BYTES
     with _progress(show_bar) as progress:
-        result = publish(Repository(obj.repo), name, artifact, options, progress=progress)
+        result = publish(
+            Repository(obj.repo), name, artifact, options, progress=progress, verify=verify
+        )
     if as_json:
         print_json(result.to_dict())
         return

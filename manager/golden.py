@@ -1,0 +1,166 @@
+"""Golden requests: inputs with expected outputs, checked against a served model.
+
+A golden folder holds one file per case, either
+
+* ``<case>.npz`` with arrays named ``inputs/<tensor>`` and ``outputs/<tensor>``, or
+* ``<case>.json``: ``{"inputs": {"x": {"data": [...], "datatype": "FP32", "shape": [..]}},
+  "outputs": {...same...}, "rtol": 1e-5, "atol": 1e-6}``.
+
+Optional ``tolerance.json`` in the folder sets the default ``rtol``/``atol``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from manager.errors import ConfigError, ManagerError
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+
+_NP_FROM_TRITON = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+    "STRING": np.object_,
+}
+
+
+class GoldenMismatch(ManagerError):
+    """A served model's answer differs from a golden expected output."""
+
+    exit_code = 3
+
+
+@dataclass
+class GoldenCase:
+    name: str
+    inputs: dict[str, np.ndarray]
+    expected: dict[str, np.ndarray]
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+
+
+def _array(spec: Mapping[str, object], where: str) -> np.ndarray:
+    try:
+        dtype = _NP_FROM_TRITON[str(spec.get("datatype", "FP32")).upper()]
+        data = spec["data"]
+    except KeyError as exc:
+        raise ConfigError(f"{where}: needs 'data' and a known 'datatype'") from exc
+    if dtype is np.object_:
+        arr = np.array(
+            [str(d).encode() for d in np.ravel(np.array(data, dtype=object))], dtype=object
+        )
+    else:
+        arr = np.asarray(data, dtype=dtype)
+    shape = spec.get("shape")
+    return arr.reshape(shape) if shape is not None else arr  # type: ignore[call-overload]
+
+
+def load_cases(folder: str | Path) -> list[GoldenCase]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"golden folder {root} does not exist")
+    defaults = {"rtol": DEFAULT_RTOL, "atol": DEFAULT_ATOL}
+    tol = root / "tolerance.json"
+    if tol.is_file():
+        defaults.update(json.loads(tol.read_text()))
+    cases: list[GoldenCase] = []
+    for path in sorted(root.iterdir()):
+        if path.name == "tolerance.json":
+            continue
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=True) as data:
+                ins = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("inputs/")}
+                outs = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("outputs/")}
+            cases.append(GoldenCase(path.stem, ins, outs, defaults["rtol"], defaults["atol"]))
+        elif path.suffix == ".json":
+            try:
+                doc = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+            ins = {k: _array(v, f"{path} input {k}") for k, v in doc.get("inputs", {}).items()}
+            outs = {k: _array(v, f"{path} output {k}") for k, v in doc.get("outputs", {}).items()}
+            cases.append(
+                GoldenCase(
+                    path.stem,
+                    ins,
+                    outs,
+                    float(doc.get("rtol", defaults["rtol"])),
+                    float(doc.get("atol", defaults["atol"])),
+                )
+            )
+    if not cases:
+        raise ConfigError(f"golden folder {root} holds no *.npz or *.json case")
+    for case in cases:
+        if not case.inputs or not case.expected:  # a golden case always has both
+            raise ConfigError(f"golden case {case.name!r} needs inputs and expected outputs")
+    return cases
+
+
+def save_case(
+    folder: Path, name: str, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+) -> Path:
+    """Write a case as ``<name>.npz`` (how a pipeline records golden outputs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"inputs/{k}": v for k, v in inputs.items()}
+    arrays.update({f"outputs/{k}": v for k, v in outputs.items()})
+    path = folder / f"{name}.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def compare(case: GoldenCase, actual: Mapping[str, np.ndarray], *, model: str) -> None:
+    """Raise GoldenMismatch naming the first tensor that differs."""
+    for tensor, expected in case.expected.items():
+        got = actual.get(tensor)
+        if got is None:
+            raise GoldenMismatch(
+                f"{model}: golden case {case.name!r}: output {tensor!r} is missing"
+            )
+        if got.shape != expected.shape:
+            raise GoldenMismatch(
+                f"{model}: golden case {case.name!r}: output {tensor!r} has shape "
+                f"{list(got.shape)}, expected {list(expected.shape)}"
+            )
+        if expected.dtype == np.object_ or got.dtype == np.object_:
+            equal = bool(np.array_equal(got.astype(object), expected.astype(object)))
+            worst = "values differ"
+        else:
+            equal = bool(np.allclose(got, expected, rtol=case.rtol, atol=case.atol))
+            worst = f"max abs diff {float(np.max(np.abs(got.astype(np.float64) - expected))):.3g}"
+        if not equal:
+            raise GoldenMismatch(
+                f"{model}: golden case {case.name!r}: output {tensor!r} does not match "
+                f"({worst}; rtol {case.rtol}, atol {case.atol})"
+            )
+
+
+def check(
+    cases: list[GoldenCase],
+    run: Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]],
+    *,
+    model: str,
+) -> int:
+    """Run every case through ``run`` and compare; return the number of cases checked."""
+    for case in cases:
+        actual = run(case.inputs)
+        if not case.expected and not actual:
+            raise GoldenMismatch(f"{model}: case {case.name!r} returned no output")
+        compare(case, actual, model=model)
+    return len(cases)

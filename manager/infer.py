@@ -1,0 +1,84 @@
+"""Plain inference calls through tritonclient, for golden checks and smoke tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from manager.errors import ManagerError, TritonUnreachableError
+from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
+
+
+class InferenceError(ManagerError):
+    """An inference request failed; the message carries Triton's reason."""
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    if url.startswith("grpc://"):
+        return "grpc", url.removeprefix("grpc://")
+    if url.startswith("http://"):
+        return "http", url.removeprefix("http://")
+    raise ManagerError(f"URL {url!r} must start with http:// or grpc://")
+
+
+def infer(
+    url: str,
+    model: str,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    version: int | None = None,
+    outputs: list[str] | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, np.ndarray]:
+    """Run one request on ``model`` (``version`` pinned if given); return outputs by name."""
+    protocol, address = _split_url(url)
+    if protocol == "grpc":
+        import tritonclient.grpc as client_mod
+    else:
+        import tritonclient.http as client_mod  # type: ignore[no-redef]
+    from tritonclient.utils import InferenceServerException
+
+    tensors = []
+    for name, array in inputs.items():
+        dtype = protocol_dtype(numpy_to_triton_dtype(array.dtype))
+        t = client_mod.InferInput(name, list(array.shape), dtype)
+        t.set_data_from_numpy(array)
+        tensors.append(t)
+    requested = [client_mod.InferRequestedOutput(n) for n in outputs] if outputs else None
+    if protocol == "grpc":
+        client: Any = client_mod.InferenceServerClient(address)
+    else:
+        client = client_mod.InferenceServerClient(address, network_timeout=timeout)
+    try:
+        if protocol == "grpc":
+            result = client.infer(
+                model,
+                tensors,
+                model_version=str(version or ""),
+                outputs=requested,
+                parameters=dict(parameters) if parameters else None,
+                client_timeout=timeout,
+            )
+            response = result.get_response(as_json=True)
+        else:
+            result = client.infer(
+                model,
+                tensors,
+                model_version=str(version or ""),
+                outputs=requested,
+                parameters=dict(parameters) if parameters else None,
+            )
+            response = result.get_response()
+    except InferenceServerException as exc:
+        raise InferenceError(f"inference on {model!r} failed: {exc.message() or exc}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise TritonUnreachableError(f"no Triton server answers at {url}: {exc}") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+    names = [o["name"] for o in response.get("outputs", [])]
+    return {n: result.as_numpy(n) for n in names}

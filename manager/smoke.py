@@ -1,0 +1,143 @@
+"""Smoke tests of a staged model before it is published.
+
+The staged model is loaded into a throwaway embedded tritonserver (or a given staging
+server) by sending its config and files with the load request, under a temporary name,
+then the golden requests are run against it. Nothing of the live repository is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from manager.errors import LoadError, ManagerError, TritonUnreachableError
+from manager.golden import GoldenCase, check
+from manager.infer import infer
+from manager.repository import CONFIG_FILE
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_case(config: mc.ModelConfig) -> GoldenCase:
+    """A request of ones for every input (dynamic dims as 1), with no expected values:
+    it checks only that the model loads and answers with every output."""
+    from manager.golden import _NP_FROM_TRITON
+    from manager.modelconfig import triton_dtype_name
+
+    batch = [1] if config.max_batch_size > 0 else []
+    inputs: dict[str, np.ndarray] = {}
+    for spec in config.input:
+        shape = batch + [d if d > 0 else 1 for d in spec.dims]
+        dtype = triton_dtype_name(spec.data_type)
+        if dtype == "STRING":
+            inputs[spec.name] = np.full(shape, b"tritonctl smoke test", dtype=object)
+        else:
+            inputs[spec.name] = np.ones(shape, dtype=_NP_FROM_TRITON[dtype])
+    return GoldenCase("synthetic", inputs, {})
+
+
+def model_files(staged_model: Path) -> dict[str, bytes]:
+    """The files of a staged model folder as Triton's load API takes them (``file:<path>``)."""
+    files: dict[str, bytes] = {}
+    for path in sorted(staged_model.rglob("*")):
+        if path.is_file() and path.name != CONFIG_FILE:
+            files["file:" + path.relative_to(staged_model).as_posix()] = path.read_bytes()
+    return files
+
+
+@contextmanager
+def throwaway_server() -> Iterator[str]:
+    """An embedded tritonserver on free ports over an empty repository; yields its HTTP URL."""
+    from manager.server import EmbeddedServer, free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="tritonctl-smoke-"))
+    server = EmbeddedServer(root)
+    try:
+        http, grpc, metrics = free_ports(3)
+        info = server.start(http, grpc, metrics, wait_timeout=120)
+        yield info.http_url
+    finally:
+        try:
+            server.stop(timeout=30)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _client(url: str) -> object:
+    if url.startswith("grpc://"):
+        import tritonclient.grpc as grpcclient
+
+        return grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(
+        url.removeprefix("http://"), connection_timeout=600, network_timeout=600
+    )
+
+
+def smoke_test(
+    staged_model: Path,
+    config: mc.ModelConfig,
+    version: int,
+    cases: list[GoldenCase],
+    *,
+    url: str | None = None,
+) -> int:
+    """Load the staged model and check ``cases`` against it; return the cases checked.
+
+    ``url``: a staging server; None starts a throwaway embedded server.
+    Raises ``GoldenMismatch`` naming the tensor, or ``LoadError`` with Triton's reason.
+    """
+    if url is None:
+        with throwaway_server() as local_url:
+            return _run(local_url, staged_model, config, version, cases)
+    return _run(url, staged_model, config, version, cases)
+
+
+def _run(
+    url: str, staged_model: Path, config: mc.ModelConfig, version: int, cases: list[GoldenCase]
+) -> int:
+    from tritonclient.utils import InferenceServerException
+
+    temp_name = f"{config.name}__smoke_{uuid.uuid4().hex[:8]}"
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(config)
+    cfg.name = temp_name
+    cfg.version_policy.specific.versions[:] = [version]
+    config_json = json_format.MessageToJson(cfg, preserving_proto_field_name=True)
+    files = model_files(staged_model)
+    client = _client(url)
+    try:
+        log.info("smoke test: loading %s as %s on %s", config.name, temp_name, url)
+        try:
+            client.load_model(temp_name, config=config_json, files=files)  # type: ignore[attr-defined]
+        except InferenceServerException as exc:
+            raise LoadError(
+                f"smoke test: {config.name!r} failed to load: {exc.message() or exc}"
+            ) from exc
+        except OSError as exc:
+            raise TritonUnreachableError(
+                f"smoke test: no Triton server answers at {url}: {exc}"
+            ) from exc
+        checked = check(
+            cases or [synthetic_case(config)],
+            lambda inputs: infer(url, temp_name, inputs, version=version),
+            model=config.name,
+        )
+        log.info("smoke test: %d golden case(s) passed for %s", checked, config.name)
+        return checked
+    finally:
+        try:
+            client.unload_model(temp_name)  # type: ignore[attr-defined]
+        except (InferenceServerException, OSError, ManagerError) as exc:
+            log.warning("smoke test: could not unload %s: %s", temp_name, exc)
+        client.close()  # type: ignore[attr-defined]
