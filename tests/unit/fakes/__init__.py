@@ -1,0 +1,1 @@
+"""Stand-ins for modules that only exist inside Triton (for unit tests without a server)."""

@@ -1,0 +1,276 @@
+"""tritonctl transformers runner: text embeddings from a Hugging Face model folder.
+
+The publisher copies this file verbatim into a version folder next to the artifact (a
+Hugging Face model folder, usually ``hf/``), so it is self-contained: at module level it
+imports only the standard library, numpy and ``triton_python_backend_utils``; torch and
+transformers are imported in ``initialize``, with the Hugging Face hub switched offline.
+
+The config has one STRING input (usually ``TEXT``; each element is one UTF-8 sentence,
+e.g. shape ``[B, 1]`` with ``max_batch_size > 0``) and one output (usually ``EMBEDDING``,
+FP32) that receives one embedding per sentence, shape ``[number of sentences, hidden]``.
+
+config.pbtxt parameters read here:
+
+- ``tritonctl.artifact``: the model folder, relative to the version folder (``hf``).
+- ``tritonctl.task``: ``sentence-embedding`` (mean pooling over the attention mask, then
+  L2 normalisation: what sentence-transformers does for all-MiniLM-L6-v2) or
+  ``feature-extraction`` (mean pooling, no normalisation). Default: feature-extraction.
+- ``tritonctl.max_length``: tokens per sentence before truncation. Default: the folder's
+  ``sentence_bert_config.json`` ``max_seq_length``, else 256 (or the tokenizer's limit
+  when that is lower).
+- ``tritonctl.threads``: torch CPU threads (default 1).
+- ``tritonctl.batch_size``: sentences per forward pass (default 32).
+
+All sentences of all requests in one ``execute`` call are encoded together (sorted by
+length, in chunks of ``tritonctl.batch_size``) and split back per request. A request that
+cannot be decoded gets its own error; the others their embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+RUNNER = "transformers"
+DEFAULT_ARTIFACT = "hf"
+TASKS = ("sentence-embedding", "feature-extraction")
+DEFAULT_MAX_LENGTH = 256
+# sentence-transformers modules this runner reproduces exactly (with mean pooling).
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+
+_TRITON_TO_NUMPY: dict[str, Any] = {
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+}
+
+
+def _log(level: str, message: str) -> None:
+    """Log through Triton's logger (``pb_utils.Logger``); print where it is missing."""
+    text = f"tritonctl {RUNNER} runner: {message}"
+    logger = getattr(pb_utils, "Logger", None)
+    emit = getattr(logger, f"log_{level}", None) if logger is not None else None
+    if emit is None:
+        print(text, flush=True)
+    else:
+        emit(text)
+
+
+def _parameters(config: dict[str, Any]) -> dict[str, str]:
+    params = config.get("parameters") or {}
+    return {str(k): str((v or {}).get("string_value", "")) for k, v in params.items()}
+
+
+def _artifact_path(args: dict[str, str], params: dict[str, str], default: str) -> str:
+    artifact = params.get("tritonctl.artifact") or default
+    path = os.path.join(args["model_repository"], str(args["model_version"]), artifact)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"artifact {path} does not exist (tritonctl.artifact={artifact!r})")
+    return path
+
+
+def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
+    text = params.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise ValueError(f"parameter {key} must be an integer, got {text!r}") from exc
+    if value < 1:
+        raise ValueError(f"parameter {key} must be >= 1, got {value}")
+    return value
+
+
+def _error_response(exc: BaseException) -> Any:
+    message = f"tritonctl {RUNNER} runner: {type(exc).__name__}: {exc}"
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_sentence_transformers_layout(folder: str) -> None:
+    """Refuse a sentence-transformers folder whose pipeline this runner would not reproduce."""
+    modules_path = os.path.join(folder, "modules.json")
+    if not os.path.isfile(modules_path):
+        return
+    for module in _read_json(modules_path):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _ST_MODULES:
+            raise ValueError(
+                f"{modules_path}: module {kind!r} is not supported (only Transformer, "
+                "mean Pooling and Normalize are reproduced by this runner)"
+            )
+        if kind == "Pooling":
+            pooling_config = os.path.join(folder, str(module.get("path", "")), "config.json")
+            if os.path.isfile(pooling_config):
+                pooling = _read_json(pooling_config)
+                modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
+                if modes != ["pooling_mode_mean_tokens"]:
+                    raise ValueError(
+                        f"{pooling_config}: pooling {modes} is not supported (mean pooling only)"
+                    )
+
+
+def _sentences(array: np.ndarray) -> list[str]:
+    texts = []
+    for item in array.reshape(-1):
+        if isinstance(item, (bytes, np.bytes_)):
+            texts.append(bytes(item).decode("utf-8"))
+        elif isinstance(item, str):
+            texts.append(item)
+        else:
+            raise TypeError(f"expected UTF-8 strings, got {type(item).__name__}")
+    return texts
+
+
+class TritonPythonModel:
+    """Triton's entry point: one instance per model instance."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = _parameters(config)
+        inputs = config.get("input", [])
+        outputs = config.get("output", [])
+        if len(inputs) != 1 or inputs[0].get("data_type") != "TYPE_STRING":
+            raise ValueError("the model config must declare exactly one STRING input")
+        if len(outputs) != 1 or outputs[0].get("data_type") not in _TRITON_TO_NUMPY:
+            raise ValueError("the model config must declare exactly one FP16, FP32 or FP64 output")
+        self.input_name = str(inputs[0]["name"])
+        self.output_name = str(outputs[0]["name"])
+        self.output_dtype = np.dtype(_TRITON_TO_NUMPY[outputs[0]["data_type"]])
+        output_dims = [int(d) for d in outputs[0].get("dims", [])]
+
+        self.task = params.get("tritonctl.task") or "feature-extraction"
+        if self.task not in TASKS:
+            raise ValueError(f"tritonctl.task {self.task!r} is not one of {', '.join(TASKS)}")
+        path = _artifact_path(args, params, DEFAULT_ARTIFACT)
+        _check_sentence_transformers_layout(path)
+        threads = _int_parameter(params, "tritonctl.threads", 1)
+        self.batch_size = _int_parameter(params, "tritonctl.batch_size", 32)
+        st_config_path = os.path.join(path, "sentence_bert_config.json")
+        st_config = _read_json(st_config_path) if os.path.isfile(st_config_path) else {}
+        self.lower_case = bool(st_config.get("do_lower_case", False))
+
+        # Nothing may be downloaded at run time.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.torch = torch
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device_id = int(args.get("model_instance_device_id", 0) or 0)
+            if torch.cuda.is_available():
+                device = f"cuda:{device_id}"
+            else:
+                _log("warn", "instance kind is GPU but torch sees no CUDA device; running on CPU")
+        if device == "cpu":
+            torch.set_num_threads(threads)
+            # only allowed before the first parallel work: best effort
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(1)
+        self.device = torch.device(device)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model: Any = AutoModel.from_pretrained(path, local_files_only=True)
+        self.model.to(self.device)
+        self.model.eval()
+
+        if params.get("tritonctl.max_length", "").strip():
+            max_length = _int_parameter(params, "tritonctl.max_length", DEFAULT_MAX_LENGTH)
+        else:
+            max_length = int(st_config.get("max_seq_length") or DEFAULT_MAX_LENGTH)
+            limit = getattr(self.tokenizer, "model_max_length", None)
+            if isinstance(limit, int) and limit > 0:
+                max_length = min(max_length, limit)
+        self.max_length = max_length
+        self.hidden = int(self.model.config.hidden_size)
+        if output_dims and output_dims[-1] not in (-1, self.hidden):
+            raise ValueError(
+                f"output {self.output_name!r} has dims {output_dims}; the model's hidden size "
+                f"is {self.hidden}"
+            )
+        _log(
+            "info",
+            f"loaded {path} on {self.device} (task {self.task}, max_length {self.max_length}, "
+            f"hidden {self.hidden}, {torch.get_num_threads()} thread(s))",
+        )
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts`` in order, shape [len(texts), hidden], as float32."""
+        torch = self.torch
+        result = np.zeros((len(texts), self.hidden), dtype=np.float32)
+        if self.lower_case:
+            texts = [t.lower() for t in texts]
+        # Longest first, as sentence-transformers does, so each chunk pads little.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.inference_mode():
+                output = self.model(**batch)
+                tokens = output[0] if isinstance(output, tuple) else output.last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+                summed = (tokens * mask).sum(dim=1)
+                counts = mask.sum(dim=1).clamp(min=1e-9)
+                pooled = summed / counts
+                if self.task == "sentence-embedding":
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            result[chunk] = pooled.float().cpu().numpy()
+        return result
+
+    def _respond(self, embeddings: np.ndarray) -> Any:
+        array = np.ascontiguousarray(embeddings.astype(self.output_dtype, copy=False))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, array)])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        ready: list[tuple[int, list[str]]] = []
+        for index, request in enumerate(requests):
+            try:
+                tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
+                if tensor is None:
+                    raise ValueError(f"request has no input {self.input_name!r}")
+                ready.append((index, _sentences(tensor.as_numpy())))
+            except Exception as exc:
+                responses[index] = _error_response(exc)
+        try:
+            embeddings = self._encode([t for _, texts in ready for t in texts])
+        except Exception as exc:
+            if len(ready) > 1:
+                _log("warn", f"{len(ready)} requests failed together ({exc}); one by one now")
+            for index, texts in ready:
+                try:
+                    responses[index] = self._respond(self._encode(texts))
+                except Exception as exc_one:
+                    responses[index] = _error_response(exc_one)
+            return responses
+        at = 0
+        for index, texts in ready:
+            responses[index] = self._respond(embeddings[at : at + len(texts)])
+            at += len(texts)
+        return responses
+
+    def finalize(self) -> None:
+        self.model = None
+        self.tokenizer = None
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+        _log("info", "model released")
