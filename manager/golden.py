@@ -121,7 +121,7 @@ def save_case(
     arrays = {f"inputs/{k}": v for k, v in inputs.items()}
     arrays.update({f"outputs/{k}": v for k, v in outputs.items()})
     path = folder / f"{name}.npz"
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    np.savez(path, **arrays)
     return path
 
 

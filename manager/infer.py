@@ -39,7 +39,7 @@ def infer(
     if protocol == "grpc":
         import tritonclient.grpc as client_mod
     else:
-        import tritonclient.http as client_mod  # type: ignore[no-redef]
+        import tritonclient.http as client_mod
     from tritonclient.utils import InferenceServerException
 
     tensors = []

@@ -22,7 +22,7 @@ ModelConfig = mc.ModelConfig
 
 # Triton data type names (as in the inference protocol, without the TYPE_ prefix).
 DTYPES: tuple[str, ...] = tuple(
-    n.removeprefix("TYPE_") for n in mc.DataType.keys() if n != "TYPE_INVALID"
+    n.removeprefix("TYPE_") for n, _ in mc.DataType.items() if n != "TYPE_INVALID"
 )
 
 _NUMPY_TO_TRITON: dict[str, str] = {
@@ -175,8 +175,6 @@ def tensors_from_config(
     specs = []
     for e in entries:
         dims = tuple(int(d) for d in e.dims)
-        if e.HasField("reshape"):
-            dims = tuple(int(d) for d in e.dims)
         specs.append(TensorSpec(e.name, triton_dtype_name(e.data_type), dims))
     return specs
 

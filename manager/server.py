@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -44,6 +45,7 @@ RECORD_FILE = "server.json"
 LOG_FILE = "server.log"
 LOCK_FILE = "server.lock"
 BACKENDS_DIR = "backends"
+DEFAULT_EXIT_TIMEOUT_S = 10
 _LOG_TAIL_LINES = 25
 # psutil's create_time is derived from boot time and clock ticks; allow rounding slack.
 _CREATE_TIME_SLACK_S = 0.05
@@ -136,8 +138,15 @@ def _describe_bundled(root: Path, path: Path, source: str) -> TritonBinary:
             "with one of those Python versions or pass --binary"
         )
     libs = root.parent.parent / "nvidia_pytriton.libs"
+    ld_path = str(libs)
+    # The stub links against the system's libpython; the interpreter of this environment
+    # may be a different build of the same version (pyenv, a venv over it), whose compiled
+    # stdlib modules (_ssl, ...) then miss symbols. Its own libpython comes first.
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and (Path(libdir) / f"libpython{version}.so.1.0").exists():
+        ld_path = f"{libdir}{os.pathsep}{ld_path}"
     env = {
-        "LD_LIBRARY_PATH": _prepend_path(str(libs), os.environ.get("LD_LIBRARY_PATH")),
+        "LD_LIBRARY_PATH": _prepend_path(ld_path, os.environ.get("LD_LIBRARY_PATH")),
         # The stub takes its site-packages from the first `python3` on PATH.
         "PATH": _prepend_path(str(Path(sys.executable).parent), os.environ.get("PATH")),
     }
@@ -350,11 +359,17 @@ def probe_live(http_url: str, timeout: float = 1.0) -> bool:
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines of the server log; a usage text after the error is dropped."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    all_lines = text.splitlines()
+    for i, line in enumerate(all_lines):
+        if line.startswith("Usage: tritonserver"):
+            all_lines = all_lines[:i]
+            break
+    return "\n".join(all_lines[-lines:])
 
 
 # Background servers started by this process: kept referenced so that Popen does not
@@ -392,6 +407,7 @@ class EmbeddedServer:
         metrics_port: int,
         *,
         metrics_interval_ms: int | None = None,
+        exit_timeout_s: int | None = None,
         extra_args: Sequence[str] = (),
     ) -> list[str]:
         """The tritonserver command line for this repository."""
@@ -408,6 +424,8 @@ class EmbeddedServer:
             cmd.append(f"--backend-directory={backend_dir}")
         if metrics_interval_ms is not None:
             cmd.append(f"--metrics-interval-ms={int(metrics_interval_ms)}")
+        if exit_timeout_s is not None:
+            cmd.append(f"--exit-timeout-secs={int(exit_timeout_s)}")
         cmd.extend(extra_args)
         return cmd
 
@@ -419,6 +437,7 @@ class EmbeddedServer:
         *,
         foreground: bool = False,
         metrics_interval_ms: int | None = None,
+        exit_timeout_s: int | None = DEFAULT_EXIT_TIMEOUT_S,
         extra_args: Sequence[str] = (),
         wait_timeout: float = 60,
         on_ready: Callable[[ServerInfo], None] | None = None,
@@ -428,6 +447,8 @@ class EmbeddedServer:
         In the background (default) this returns once ``/v2/health/live`` answers. With
         ``foreground=True`` it runs until the server exits or this process receives
         SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live.
+        ``exit_timeout_s`` bounds how long the server, asked to stop, waits for in-flight
+        requests and open HTTP connections (Triton's own default is 30 s).
         """
         if not self.repo.is_dir():
             raise RepositoryError(f"model repository {self.repo} does not exist")
@@ -455,6 +476,7 @@ class EmbeddedServer:
                 grpc_port,
                 metrics_port,
                 metrics_interval_ms=metrics_interval_ms,
+                exit_timeout_s=exit_timeout_s,
                 extra_args=extra_args,
             )
             info = self._spawn(cmd, binary, http_port, grpc_port, metrics_port, foreground)
@@ -531,6 +553,7 @@ class EmbeddedServer:
                 return
             if time.monotonic() > deadline:
                 self._terminate(info, timeout=10)
+                _remove_record(self.repo, info.pid)
                 tail = "" if foreground else f"; last lines of its log:\n{_log_tail(self.log_file)}"
                 raise ServerError(
                     f"tritonserver did not become live at {info.http_url} within "
@@ -595,7 +618,9 @@ class EmbeddedServer:
             try:
                 proc.wait(timeout=timeout)
             except psutil.TimeoutExpired:
-                log.warning("tritonserver pid %d ignored SIGTERM for %g s; killing", info.pid, timeout)
+                log.warning(
+                    "tritonserver pid %d ignored SIGTERM for %g s; killing", info.pid, timeout
+                )
                 proc.kill()
                 # The server leads its own session; its Python-backend stubs share the group.
                 with contextlib.suppress(ProcessLookupError, PermissionError):

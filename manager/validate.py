@@ -149,12 +149,12 @@ def _validate_version(
         problems.append(Problem(model, f"{where}: {exc}"))
         return problems
     if check_hashes and prov.get("sha256"):
-        target = _artifact_in_version(vdir, prov, params)
-        if target is not None and target.exists() and sha256_of(target) != prov["sha256"]:
+        artifact = _artifact_in_version(vdir, prov, params)
+        if artifact is not None and artifact.exists() and sha256_of(artifact) != prov["sha256"]:
             problems.append(
                 Problem(
                     model,
-                    f"{where}: {target.name} does not match its recorded sha256 (changed since publish)",
+                    f"{where}: {artifact.name} does not match its recorded sha256 (changed since publish)",
                 )
             )
     return problems

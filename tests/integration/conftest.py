@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,15 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
     server = EmbeddedServer(repo)
     http_port, grpc_port, metrics_port = free_ports(3)
     info = server.start(
-        http_port, grpc_port, metrics_port, metrics_interval_ms=200, wait_timeout=120
+        http_port,
+        grpc_port,
+        metrics_port,
+        metrics_interval_ms=200,
+        exit_timeout_s=5,
+        wait_timeout=120,
     )
     try:
         yield TritonHandle(repo=repo, server=server, info=info)
     finally:
+        gc.collect()  # close clients tests left open: Triton waits for open connections
         server.stop(timeout=30)

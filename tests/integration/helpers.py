@@ -10,7 +10,7 @@ from manager.modelconfig import TensorSpec, build_config, write_config
 
 # Doubles INPUT0 (FP32, any shape) into OUTPUT0.
 DOUBLE_MODEL_PY = textwrap.dedent(
-    '''
+    """
     import numpy as np
     import triton_python_backend_utils as pb_utils
 
@@ -23,12 +23,12 @@ DOUBLE_MODEL_PY = textwrap.dedent(
                 out = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             return responses
-    '''
+    """
 )
 
 # Adds a constant to INPUT0; the constant is formatted in by write_add_model.
 ADD_MODEL_PY = textwrap.dedent(
-    '''
+    """
     import numpy as np
     import triton_python_backend_utils as pb_utils
 
@@ -43,19 +43,19 @@ ADD_MODEL_PY = textwrap.dedent(
                 out = pb_utils.Tensor("OUTPUT0", (x + ADD).astype(np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             return responses
-    '''
+    """
 )
 
 # Fails in initialize with a recognisable message.
 FAILING_MODEL_PY = textwrap.dedent(
-    '''
+    """
     class TritonPythonModel:
         def initialize(self, args):
             raise RuntimeError("tritonctl-test: initialize refused on purpose")
 
         def execute(self, requests):
             return []
-    '''
+    """
 )
 
 INPUT = TensorSpec("INPUT0", "FP32", (-1,))

@@ -1,0 +1,135 @@
+"""``tritonctl server start|status|stop``: the embedded tritonserver of a repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from manager.cli.app import main
+from manager.cli.common import Context, console, pass_context, print_json
+from manager.server import EmbeddedServer, ServerInfo, probe_live
+
+
+def say(text: str) -> None:
+    """One plain line: no markup, no highlighting, never wrapped (paths stay whole)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@main.group()
+def server() -> None:
+    """Run a tritonserver on the repository (explicit model control, nothing loaded)."""
+
+
+def _describe(info: ServerInfo, *, verb: str) -> None:
+    say(f"tritonserver {verb} (pid {info.pid}) serving {info.repo}")
+    say(f"  HTTP     {info.http_url}")
+    say(f"  gRPC     {info.grpc_url}")
+    say(f"  metrics  {info.metrics_url}/metrics")
+    if info.log_file:
+        say(f"  log      {info.log_file}")
+    say("Try:")
+    say(f"  curl -s {info.http_url}/v2/health/ready -w '%{{http_code}}\\n'")
+    say(f"  curl -s -X POST {info.http_url}/v2/repository/index")
+    say("  tritonctl load MODEL && tritonctl ls")
+
+
+@server.command()
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Run in the foreground until Ctrl-C or SIGTERM (for containers).",
+)
+@click.option(
+    "--binary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="tritonserver binary (default: $TRITONSERVER, PATH, /opt/tritonserver, nvidia-pytriton).",
+)
+@click.option(
+    "--metrics-interval-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How often the server samples its metrics (Triton's default: 2000).",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the server to become live.",
+)
+@pass_context
+def start(
+    obj: Context,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    foreground: bool,
+    binary: Path | None,
+    metrics_interval_ms: int | None,
+    wait_timeout: float,
+) -> None:
+    """Start tritonserver on --repo and print how to reach it."""
+    embedded = EmbeddedServer(obj.repo, binary=binary)
+    info = embedded.start(
+        http_port,
+        grpc_port,
+        metrics_port,
+        foreground=foreground,
+        metrics_interval_ms=metrics_interval_ms,
+        wait_timeout=wait_timeout,
+        on_ready=(lambda i: _describe(i, verb="running")) if foreground else None,
+    )
+    if foreground:
+        say(f"tritonserver pid {info.pid} stopped")
+    else:
+        _describe(info, verb="started")
+
+
+@server.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def status(obj: Context, as_json: bool) -> None:
+    """Show the embedded server of --repo; exit code 1 if none runs."""
+    info = EmbeddedServer(obj.repo).status()
+    if as_json:
+        data = {"running": False, "repo": str(obj.repo.absolute())}
+        if info is not None:
+            data = {"running": True, "live": probe_live(info.http_url), **info.to_json()}
+        print_json(data)
+    elif info is None:
+        say(f"no tritonserver is running for {obj.repo.absolute()}")
+    else:
+        live = "live" if probe_live(info.http_url) else "NOT answering"
+        say(f"tritonserver pid {info.pid} ({live}), started {info.started_at}")
+        say(f"  repo     {info.repo}")
+        say(f"  HTTP     {info.http_url}")
+        say(f"  gRPC     {info.grpc_url}")
+        say(f"  metrics  {info.metrics_url}/metrics")
+        say(f"  binary   {info.binary}")
+        if info.log_file:
+            say(f"  log      {info.log_file}")
+    if info is None:
+        raise click.exceptions.Exit(1)
+
+
+@server.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
+@pass_context
+def stop(obj: Context, timeout: float) -> None:
+    """Stop the embedded server of --repo (only the recorded process)."""
+    info = EmbeddedServer(obj.repo).stop(timeout=timeout)
+    if info is None:
+        say(f"no tritonserver is running for {obj.repo.absolute()}")
+    else:
+        say(f"stopped tritonserver pid {info.pid}")

@@ -1,0 +1,155 @@
+"""``tritonctl load|unload|ls``: drive the models a live Triton serves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from manager import serving
+from manager.cli.app import main
+from manager.cli.common import Context, console, pass_context, print_json
+from manager.metrics import MemoryReading
+from manager.triton import TritonControl
+
+
+def say(text: str) -> None:
+    """One plain line: no markup, no highlighting, never wrapped."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _control(obj: Context) -> TritonControl:
+    return TritonControl.connect(obj.url, obj.repo)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Load only this version (pins the version policy).",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=serving.DEFAULT_LOAD_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the model to become READY.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def load(obj: Context, name: str, version: int | None, wait_timeout: float, as_json: bool) -> None:
+    """Load model NAME on the server and wait until it is READY."""
+    with _control(obj) as control:
+        what = f"{name} version {version}" if version else name
+        with console.status(f"loading {what} on {control.url}..."):
+            result = serving.load(
+                control, name, version=version, repo=obj.repo, wait_timeout=wait_timeout
+            )
+    if as_json:
+        print_json(result.to_json())
+        return
+    versions = ", ".join(str(v) for v in result.versions)
+    if result.cache_hit:
+        say(f"{name} already loaded (version {versions})")
+    else:
+        say(f"loaded {name} (version {versions}) in {result.seconds:.2f} s")
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0),
+    default=serving.DEFAULT_UNLOAD_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait until the model is UNAVAILABLE.",
+)
+@click.option("--dependents", is_flag=True, help="Also unload models that depend on it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def unload(obj: Context, name: str, wait_timeout: float, dependents: bool, as_json: bool) -> None:
+    """Unload model NAME and wait until Triton has released it."""
+    with _control(obj) as control, console.status(f"unloading {name} on {control.url}..."):
+        result = serving.unload(
+            control, name, unload_dependents=dependents, wait_timeout=wait_timeout
+        )
+    if as_json:
+        print_json(result.to_json())
+    elif result.was_loaded:
+        say(f"unloaded {name} in {result.seconds:.2f} s")
+    else:
+        say(f"{name} was not loaded")
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover
+
+
+def _print_memory(memory: MemoryReading) -> None:
+    for dev in memory.devices():
+        label = "host memory" if dev.device == "cpu" else f"GPU {dev.device}"
+        say(f"{label}: {_bytes(dev.used_bytes)} used of {_bytes(dev.total_bytes)}")
+
+
+_STATE_STYLE = {"READY": "green", "LOADING": "yellow", "UNLOADING": "yellow"}
+
+
+@main.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of model versions.")
+@pass_context
+def ls(obj: Context, as_json: bool) -> None:
+    """List the models the server knows: state, last inference, request counts."""
+    with _control(obj) as control:
+        view = serving.overview(control, obj.repo)
+        url = control.url
+    if as_json:
+        print_json([row.to_json() for row in view.models])
+        return
+    table = Table(title=f"models on {url}", title_justify="left")
+    longest = max((len(r.name) for r in view.models), default=5)
+    table.add_column("model", no_wrap=True, min_width=min(longest, 60))
+    table.add_column("ver", no_wrap=True)
+    table.add_column("state", no_wrap=True, min_width=11)
+    used = any(r.last_inference_ms for r in view.models)
+    table.add_column("last inference", no_wrap=True, min_width=19 if used else 1)
+    for column in ("infer", "ok", "fail"):
+        table.add_column(column, justify="right", no_wrap=True)
+    # reasons can hold a whole Python traceback: `ls --json` has them in full
+    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=48)
+    for row in view.models:
+        style = _STATE_STYLE.get(row.state, "dim")
+        table.add_row(
+            row.name,
+            "-" if row.version is None else str(row.version),
+            f"[{style}]{row.state}[/]",
+            _when(row.last_inference_ms),
+            str(row.inference_count),
+            str(row.success_count),
+            str(row.fail_count),
+            row.reason,
+        )
+    # piped output is not cut to the 80 columns rich assumes: the table gets what it needs
+    out = console
+    if not console.is_terminal:
+        wide = console.options.update_width(10_000)
+        out = Console(width=max(Measurement.get(console, wide, table).maximum, console.width))
+    out.print(table)
+    if view.memory is not None:
+        _print_memory(view.memory)

@@ -1,0 +1,424 @@
+"""Serving operations on a live Triton: load, unload, list.
+
+These wrap the raw model-control calls of :mod:`manager.triton` with what Triton does
+not do by itself: a load of a model that is already READY is a no-op (a reload would
+need the memory of both copies at once), a load of one version pins the version policy
+to it, a failed load reports Triton's own reason, and an unload returns only once the
+index shows the model UNAVAILABLE (Triton answers before the memory is freed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf.json_format import MessageToJson
+
+from manager.errors import LoadError, ManagerError, ModelNotFoundError, UnloadError
+from manager.metrics import MemoryReading, parse_memory
+from manager.modelconfig import read_config
+from manager.names import validate_model_name
+from manager.triton import IndexEntry, ModelStats, one_line
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOAD_TIMEOUT_S = 600.0
+DEFAULT_UNLOAD_TIMEOUT_S = 120.0
+POLL_INTERVAL_S = 0.1
+# States in which a model version still holds (or is about to hold) its resources.
+BUSY_STATES = frozenset({"READY", "LOADING", "UNLOADING"})
+
+
+class ModelControl(Protocol):
+    """What the serving operations need from Triton (TritonControl, or a fake)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def repository_index(self) -> list[IndexEntry]: ...
+
+    def load_model(self, name: str, config: str | None = None) -> None: ...
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    def model_config(self, name: str) -> dict[str, Any]: ...
+
+    def statistics(self, name: str | None = None) -> list[ModelStats]: ...
+
+    def metrics_text(self) -> str: ...
+
+
+class AsyncModelControl(Protocol):
+    """The asyncio twin of :class:`ModelControl` (AsyncTritonControl, or a fake)."""
+
+    @property
+    def url(self) -> str: ...
+
+    async def repository_index(self) -> list[IndexEntry]: ...
+
+    async def load_model(self, name: str, config: str | None = None) -> None: ...
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+    async def model_config(self, name: str) -> dict[str, Any]: ...
+
+    async def statistics(self, name: str | None = None) -> list[ModelStats]: ...
+
+    async def metrics_text(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """A model that is READY: its ready versions, how long the load took, and whether it
+    was already loaded (``cache_hit``: nothing was done)."""
+
+    name: str
+    versions: tuple[int, ...]
+    seconds: float
+    cache_hit: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "versions": list(self.versions)}
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    """A model that is no longer loaded; ``was_loaded`` is False if nothing was done."""
+
+    name: str
+    seconds: float
+    was_loaded: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model version as ``tritonctl ls`` shows it: index state joined with stats."""
+
+    name: str
+    version: int | None
+    state: str
+    reason: str
+    last_inference_ms: int | None
+    inference_count: int
+    success_count: int
+    fail_count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServingOverview:
+    """Every model version the server knows, plus its server-level memory reading
+    (None if the metrics endpoint does not answer)."""
+
+    models: list[ModelRow]
+    memory: MemoryReading | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_json() for m in self.models],
+            "memory": self.memory.to_json() if self.memory is not None else None,
+        }
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def entries_of(index: Sequence[IndexEntry], name: str) -> list[IndexEntry]:
+    return [e for e in index if e.name == name]
+
+
+def ready_versions(entries: Sequence[IndexEntry]) -> tuple[int, ...]:
+    return tuple(sorted(e.version for e in entries if e.ready and e.version is not None))
+
+
+def _require_known(index: Sequence[IndexEntry], name: str, url: str) -> list[IndexEntry]:
+    entries = entries_of(index, name)
+    if not entries:
+        raise ModelNotFoundError(f"model {name!r} is not in the repository served by {url}")
+    return entries
+
+
+def _is_loaded(entries: Sequence[IndexEntry], version: int | None) -> bool:
+    if version is None:
+        return bool(ready_versions(entries))
+    return version in ready_versions(entries)
+
+
+def override_for_version(config: Any, version: int) -> str:
+    """JSON config override = ``config`` with ``version_policy`` pinned to ``version``.
+
+    ``config`` is a protobuf ModelConfig or a dict in proto field names (as Triton's
+    model-config API returns it). ``max_batch_size`` is always written, also when 0:
+    JSON drops default fields, and a missing value would let auto-complete pick one.
+    """
+    if isinstance(config, dict):
+        data = dict(config)
+        max_batch_size = int(data.get("max_batch_size", 0) or 0)
+    else:
+        data = json.loads(MessageToJson(config, preserving_proto_field_name=True))
+        max_batch_size = int(config.max_batch_size)
+    data["max_batch_size"] = max_batch_size
+    data["version_policy"] = {"specific": {"versions": [int(version)]}}
+    return json.dumps(data)
+
+
+def _config_from_repo(repo: Path | None, name: str) -> Any | None:
+    if repo is None:
+        return None
+    path = Path(repo) / name / "config.pbtxt"
+    return read_config(path) if path.is_file() else None
+
+
+def _load_error(name: str, exc: ManagerError | None, entries: Sequence[IndexEntry]) -> LoadError:
+    """A LoadError naming the model, with Triton's load message and the index reasons."""
+    parts = [str(exc)] if exc is not None else []
+    for e in entries:
+        reason = one_line(e.reason)
+        if reason and not any(reason in p for p in parts):
+            label = f"version {e.version}" if e.version is not None else "model"
+            parts.append(f"{label} {e.state}: {reason}")
+    cause = "; ".join(parts) or "Triton gave no reason"
+    return LoadError(f"model {name!r} failed to load: {cause}")
+
+
+def _load_done(
+    name: str, entries: Sequence[IndexEntry], version: int | None
+) -> tuple[int, ...] | None:
+    """Ready versions when the load finished; None while it runs; LoadError if it failed."""
+    if _is_loaded(entries, version):
+        return ready_versions(entries)
+    if any(e.state == "LOADING" for e in entries):
+        return None
+    raise _load_error(name, None, entries)
+
+
+def _unload_done(entries: Sequence[IndexEntry]) -> bool:
+    return not any(e.state in BUSY_STATES for e in entries)
+
+
+def _on_disk_versions(repo: Path | None, name: str) -> list[int]:
+    if repo is None:
+        return []
+    folder = Path(repo) / name
+    try:
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    except OSError:
+        return []
+
+
+def build_rows(
+    index: Sequence[IndexEntry], stats: Sequence[ModelStats], repo: Path | None = None
+) -> list[ModelRow]:
+    """Join the index with statistics; with ``repo``, also list on-disk versions that
+    Triton has not loaded (state UNAVAILABLE)."""
+    by_key = {(s.name, s.version): s for s in stats}
+    keyed: dict[tuple[str, int | None], IndexEntry] = {}
+    for e in index:
+        keyed[(e.name, e.version)] = e
+    for name in sorted({e.name for e in index}):
+        for v in _on_disk_versions(repo, name):
+            keyed.setdefault((name, v), IndexEntry(name, v, "UNAVAILABLE", ""))
+        if any(k[0] == name and k[1] is not None for k in keyed):
+            keyed.pop((name, None), None)
+    rows = []
+    for (name, version), e in sorted(keyed.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        s = by_key.get((name, version))
+        rows.append(
+            ModelRow(
+                name=name,
+                version=version,
+                state=e.state,
+                reason=one_line(e.reason),
+                last_inference_ms=(s.last_inference_ms or None) if s else None,
+                inference_count=s.inference_count if s else 0,
+                success_count=s.success_count if s else 0,
+                fail_count=s.fail_count if s else 0,
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def load(
+    control: ModelControl,
+    name: str,
+    *,
+    version: int | None = None,
+    repo: Path | None = None,
+    wait_timeout: float = DEFAULT_LOAD_TIMEOUT_S,
+) -> LoadResult:
+    """Load ``name`` (only ``version`` if given) and return once it is READY.
+
+    Already READY -> nothing is done (``cache_hit``). Pinning a version needs the
+    model's config: from ``<repo>/<name>/config.pbtxt`` when ``repo`` holds it, else
+    from Triton if the model is loaded. Raises ModelNotFoundError for a model the
+    server's repository does not hold, LoadError with Triton's reason if it fails.
+    """
+    validate_model_name(name)
+    started = time.monotonic()
+    entries = _require_known(control.repository_index(), name, control.url)
+    if _is_loaded(entries, version):
+        log.info("model %s already ready (versions %s)", name, ready_versions(entries))
+        return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
+    override = None
+    if version is not None:
+        config = _config_from_repo(repo, name)
+        if config is None:
+            if not ready_versions(entries):
+                raise LoadError(
+                    f"cannot pin model {name!r} to version {version}: its config.pbtxt "
+                    "is not in the local repository (pass --repo) and it is not loaded"
+                )
+            config = control.model_config(name)
+        override = override_for_version(config, version)
+    log.info(
+        "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
+    )
+    try:
+        control.load_model(name, config=override)
+    except LoadError as exc:
+        raise _load_error(name, exc, _safe_entries(control, name)) from exc
+    deadline = started + wait_timeout
+    while True:
+        done = _load_done(name, entries_of(control.repository_index(), name), version)
+        if done is not None:
+            seconds = time.monotonic() - started
+            log.info("model %s ready in %.2f s", name, seconds)
+            return LoadResult(name, done, seconds, cache_hit=False)
+        if time.monotonic() > deadline:
+            raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _safe_entries(control: ModelControl, name: str) -> list[IndexEntry]:
+    try:
+        return entries_of(control.repository_index(), name)
+    except ManagerError:
+        return []
+
+
+def unload(
+    control: ModelControl,
+    name: str,
+    *,
+    unload_dependents: bool = False,
+    wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+) -> UnloadResult:
+    """Unload ``name`` and return once no version is READY, LOADING or UNLOADING."""
+    validate_model_name(name)
+    started = time.monotonic()
+    entries = _require_known(control.repository_index(), name, control.url)
+    if _unload_done(entries):
+        return UnloadResult(name, 0.0, was_loaded=False)
+    log.info("unloading model %s on %s", name, control.url)
+    control.unload_model(name, unload_dependents=unload_dependents)
+    deadline = started + wait_timeout
+    while not _unload_done(entries_of(control.repository_index(), name)):
+        if time.monotonic() > deadline:
+            raise UnloadError(f"model {name!r} is still not unloaded after {wait_timeout:g} s")
+        time.sleep(POLL_INTERVAL_S)
+    seconds = time.monotonic() - started
+    log.info("model %s unloaded in %.2f s", name, seconds)
+    return UnloadResult(name, seconds, was_loaded=True)
+
+
+def list_models(control: ModelControl, repo: Path | None = None) -> list[ModelRow]:
+    """Every model version the server knows, with its statistics."""
+    return build_rows(control.repository_index(), control.statistics(), repo)
+
+
+def overview(control: ModelControl, repo: Path | None = None) -> ServingOverview:
+    """:func:`list_models` plus the server's memory reading."""
+    rows = list_models(control, repo)
+    try:
+        memory: MemoryReading | None = parse_memory(control.metrics_text())
+    except ManagerError as exc:
+        log.info("no memory reading from %s: %s", control.url, exc)
+        memory = None
+    return ServingOverview(models=rows, memory=memory)
+
+
+# --------------------------------------------------------------------------- async
+
+
+async def aload(
+    control: AsyncModelControl,
+    name: str,
+    *,
+    version: int | None = None,
+    repo: Path | None = None,
+    wait_timeout: float = DEFAULT_LOAD_TIMEOUT_S,
+) -> LoadResult:
+    """The asyncio form of :func:`load`."""
+    validate_model_name(name)
+    started = time.monotonic()
+    entries = _require_known(await control.repository_index(), name, control.url)
+    if _is_loaded(entries, version):
+        return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
+    override = None
+    if version is not None:
+        config = _config_from_repo(repo, name)
+        if config is None:
+            if not ready_versions(entries):
+                raise LoadError(
+                    f"cannot pin model {name!r} to version {version}: its config.pbtxt "
+                    "is not in the local repository and it is not loaded"
+                )
+            config = await control.model_config(name)
+        override = override_for_version(config, version)
+    try:
+        await control.load_model(name, config=override)
+    except LoadError as exc:
+        try:
+            after = entries_of(await control.repository_index(), name)
+        except ManagerError:
+            after = []
+        raise _load_error(name, exc, after) from exc
+    deadline = started + wait_timeout
+    while True:
+        done = _load_done(name, entries_of(await control.repository_index(), name), version)
+        if done is not None:
+            return LoadResult(name, done, time.monotonic() - started, cache_hit=False)
+        if time.monotonic() > deadline:
+            raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def aunload(
+    control: AsyncModelControl,
+    name: str,
+    *,
+    unload_dependents: bool = False,
+    wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+) -> UnloadResult:
+    """The asyncio form of :func:`unload`."""
+    validate_model_name(name)
+    started = time.monotonic()
+    entries = _require_known(await control.repository_index(), name, control.url)
+    if _unload_done(entries):
+        return UnloadResult(name, 0.0, was_loaded=False)
+    await control.unload_model(name, unload_dependents=unload_dependents)
+    deadline = started + wait_timeout
+    while not _unload_done(entries_of(await control.repository_index(), name)):
+        if time.monotonic() > deadline:
+            raise UnloadError(f"model {name!r} is still not unloaded after {wait_timeout:g} s")
+        await asyncio.sleep(POLL_INTERVAL_S)
+    return UnloadResult(name, time.monotonic() - started, was_loaded=True)
+
+
+async def alist_models(control: AsyncModelControl, repo: Path | None = None) -> list[ModelRow]:
+    """The asyncio form of :func:`list_models`."""
+    return build_rows(await control.repository_index(), await control.statistics(), repo)

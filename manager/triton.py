@@ -1,0 +1,660 @@
+"""A small, typed facade over Triton's model-control API (HTTP or gRPC).
+
+``TritonControl`` talks to ``http://HOST:PORT`` through ``tritonclient.http`` and to
+``grpc://HOST:PORT`` through ``tritonclient.grpc``; ``AsyncTritonControl`` does the same
+with the ``aio`` clients. Both return plain dataclasses and turn every tritonclient or
+socket error into a :class:`~manager.errors.ManagerError` subclass that carries Triton's
+own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from manager.errors import (
+    LoadError,
+    ManagerError,
+    ModelNotFoundError,
+    TritonUnreachableError,
+    UnloadError,
+)
+from manager.server import ServerInfo, running_server
+from manager.settings import DEFAULT_URL, URL_ENV
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 5.0
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of Triton's repository index: a model version and its state.
+
+    ``version`` is None for a model Triton has never tried to load; its state is then
+    ``UNAVAILABLE`` with an empty reason.
+    """
+
+    name: str
+    version: int | None
+    state: str
+    reason: str
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "READY"
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Inference statistics of one loaded model version (times in ns, counts)."""
+
+    name: str
+    version: int | None
+    last_inference_ms: int
+    inference_count: int
+    execution_count: int
+    success_count: int
+    success_ns: int
+    fail_count: int
+    fail_ns: int
+    queue_ns: int
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a Triton server answers: protocol, host, port and its metrics URL."""
+
+    protocol: str  # "http" or "grpc"
+    host: str
+    port: int
+    metrics_url: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as tritonclient takes it."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_url(url: str, *, metrics_url: str | None = None) -> Endpoint:
+    """Parse ``http://HOST:PORT``, ``grpc://HOST:PORT`` or ``HOST:PORT`` (HTTP).
+
+    Without ``metrics_url`` the metrics endpoint is taken to be ``http://HOST:8002``.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    protocol = parts.scheme.lower()
+    if protocol not in ("http", "grpc"):
+        raise ManagerError(
+            f"unsupported Triton URL {url!r}: use http://HOST:PORT or grpc://HOST:PORT"
+        )
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ManagerError(f"invalid port in Triton URL {url!r}") from exc
+    host = parts.hostname
+    if not host:
+        raise ManagerError(f"no host in Triton URL {url!r}")
+    if port is None:
+        port = DEFAULT_HTTP_PORT if protocol == "http" else DEFAULT_GRPC_PORT
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    metrics = (metrics_url or f"http://{host}:{DEFAULT_METRICS_PORT}").rstrip("/")
+    return Endpoint(protocol=protocol, host=host, port=port, metrics_url=metrics)
+
+
+def resolve_url(explicit: str | None = None, repo: Path | None = None) -> str:
+    """The Triton URL to use: ``explicit`` (or ``TRITONCTL_URL``), else the embedded
+    server recorded for ``repo`` if its process is alive, else ``http://localhost:8000``."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(URL_ENV)
+    if from_env:
+        return from_env
+    if repo is not None:
+        info = running_server(repo)
+        if info is not None:
+            return info.http_url
+    return DEFAULT_URL
+
+
+def resolve_endpoint(explicit: str | None = None, repo: Path | None = None) -> Endpoint:
+    """Like :func:`resolve_url`, with the metrics URL of the embedded server when the URL
+    is one of its endpoints."""
+    url = resolve_url(explicit, repo)
+    metrics_url = None
+    if repo is not None:
+        info = running_server(repo)
+        if info is not None:
+            ep = parse_url(url)
+            if ep.url in (parse_url(info.http_url).url, parse_url(info.grpc_url).url):
+                metrics_url = info.metrics_url
+    return parse_url(url, metrics_url=metrics_url)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _version(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_index(rows: Iterable[Mapping[str, Any]]) -> list[IndexEntry]:
+    """Index rows (HTTP list or gRPC ``models``) -> entries; hidden ``.``-names dropped."""
+    entries = []
+    for row in rows:
+        name = str(row.get("name", ""))
+        if not name or name.startswith("."):
+            continue
+        entries.append(
+            IndexEntry(
+                name=name,
+                version=_version(row.get("version")),
+                state=str(row.get("state") or "UNAVAILABLE"),
+                reason=str(row.get("reason") or ""),
+            )
+        )
+    entries.sort(key=lambda e: (e.name, e.version or 0))
+    return entries
+
+
+def parse_statistics(data: Mapping[str, Any]) -> list[ModelStats]:
+    """``model_stats`` of the statistics API (HTTP JSON or gRPC as_json) -> dataclasses.
+
+    gRPC's JSON drops zero fields and writes 64-bit integers as strings; both are handled.
+    """
+    stats = []
+    for row in data.get("model_stats", []) or []:
+        name = str(row.get("name", ""))
+        if not name or name.startswith("."):
+            continue
+        inf = row.get("inference_stats", {}) or {}
+
+        def part(key: str, field: str, inf: Mapping[str, Any] = inf) -> int:
+            return _int((inf.get(key) or {}).get(field))
+
+        stats.append(
+            ModelStats(
+                name=name,
+                version=_version(row.get("version")),
+                last_inference_ms=_int(row.get("last_inference")),
+                inference_count=_int(row.get("inference_count")),
+                execution_count=_int(row.get("execution_count")),
+                success_count=part("success", "count"),
+                success_ns=part("success", "ns"),
+                fail_count=part("fail", "count"),
+                fail_ns=part("fail", "ns"),
+                queue_ns=part("queue", "ns"),
+                compute_input_ns=part("compute_input", "ns"),
+                compute_infer_ns=part("compute_infer", "ns"),
+                compute_output_ns=part("compute_output", "ns"),
+            )
+        )
+    stats.sort(key=lambda s: (s.name, s.version or 0))
+    return stats
+
+
+def one_line(message: str) -> str:
+    """Triton's messages carry Python tracebacks over several lines; join them."""
+    return " ".join(message.split()).rstrip(" ;")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or type(exc).__name__ in (
+        "ServerTimeoutError",
+        "Timeout",
+    )
+
+
+def translate_error(
+    exc: BaseException,
+    *,
+    url: str,
+    action: str,
+    error: type[ManagerError] = ManagerError,
+    timeout: float | None = None,
+) -> ManagerError:
+    """Map a tritonclient/socket exception to the ManagerError the caller should see."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        message = one_line(str(exc.message() or exc))
+        if status == "StatusCode.UNAVAILABLE":
+            return TritonUnreachableError(f"no Triton server answers at {url} ({message})")
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            return error(f"{action}: no answer from {url} within {timeout:g} s")
+        if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
+            return ModelNotFoundError(message)
+        return error(message)
+    if _is_timeout(exc):
+        limit = f" within {timeout:g} s" if timeout else ""
+        return error(f"{action}: no answer from {url}{limit}")
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
+        return TritonUnreachableError(f"no Triton server answers at {url} ({exc})")
+    return error(f"{action} at {url} failed: {exc}")
+
+
+def _fetch_text(url: str, timeout: float) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bytes(resp.read()).decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        raise ManagerError(f"GET {url} answered {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise TritonUnreachableError(
+            f"no Triton metrics endpoint answers at {url} ({exc})"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- sync
+
+
+class TritonControl:
+    """Model control, index, statistics and metrics of one Triton server.
+
+    Use as a context manager (or call :meth:`close`): Triton waits for open HTTP
+    connections when it shuts down.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.endpoint = parse_url(url, metrics_url=metrics_url)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+
+    @classmethod
+    def connect(
+        cls, url: str | None = None, repo: Path | None = None, **kwargs: Any
+    ) -> TritonControl:
+        """A control for :func:`resolve_endpoint` ``(url, repo)``."""
+        ep = resolve_endpoint(url, repo)
+        return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
+
+    @classmethod
+    def for_server(cls, info: ServerInfo, *, grpc: bool = False, **kwargs: Any) -> TritonControl:
+        """A control for an embedded server (its HTTP or gRPC URL and its metrics URL)."""
+        url = info.grpc_url if grpc else info.http_url
+        return cls(url, metrics_url=info.metrics_url, **kwargs)
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoint.metrics_url
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.endpoint.protocol == "grpc"
+
+    def __repr__(self) -> str:
+        return f"TritonControl({self.url!r})"
+
+    def __enter__(self) -> TritonControl:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception as exc:  # pragma: no cover - best effort
+                log.debug("closing client for %s: %s", self.url, exc)
+
+    @property
+    def client(self) -> Any:
+        """The underlying tritonclient client (created on first use)."""
+        if self._client is None:
+            try:
+                if self.is_grpc:
+                    import tritonclient.grpc as grpcclient
+
+                    self._client = grpcclient.InferenceServerClient(self.endpoint.address)
+                else:
+                    import tritonclient.http as httpclient
+
+                    self._client = httpclient.InferenceServerClient(
+                        self.endpoint.address,
+                        connection_timeout=self.connect_timeout,
+                        network_timeout=self.timeout,
+                    )
+            except Exception as exc:
+                raise translate_error(exc, url=self.url, action="connect") from exc
+        return self._client
+
+    def _call(
+        self,
+        action: str,
+        fn: Callable[[Any], T],
+        error: type[ManagerError] = ManagerError,
+    ) -> T:
+        client = self.client  # outside the try: its own errors are already translated
+        try:
+            return fn(client)
+        except Exception as exc:
+            raise translate_error(
+                exc, url=self.url, action=action, error=error, timeout=self.timeout
+            ) from exc
+
+    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
+
+    # ---------------------------------------------------------------- health
+
+    def is_live(self) -> bool:
+        """True if the server answers live; False if it does not answer at all."""
+        try:
+            return bool(
+                self._call(
+                    "health", lambda c: c.is_server_live(**self._grpc_kw(self.connect_timeout))
+                )
+            )
+        except TritonUnreachableError:
+            return False
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(
+                self._call(
+                    "health",
+                    lambda c: c.is_server_ready(**self._grpc_kw(self.connect_timeout)),
+                )
+            )
+        except TritonUnreachableError:
+            return False
+
+    # ---------------------------------------------------------------- repository
+
+    def repository_index(self) -> list[IndexEntry]:
+        """Every model version Triton knows in its repository (hidden names dropped)."""
+
+        def call(c: Any) -> list[IndexEntry]:
+            if self.is_grpc:
+                raw = c.get_model_repository_index(as_json=True, **self._grpc_kw())
+                return parse_index(raw.get("models", []))
+            return parse_index(c.get_model_repository_index())
+
+        return self._call("repository index", call)
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        """Load (or reload) ``name``; ``config`` is a JSON ModelConfig override."""
+        log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
+        self._call(
+            f"load {name!r}",
+            lambda c: c.load_model(name, config=config, **self._grpc_kw()),
+            LoadError,
+        )
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        """Ask Triton to unload ``name``; returns before the memory is freed."""
+        log.debug("unload %s on %s", name, self.url)
+        self._call(
+            f"unload {name!r}",
+            lambda c: c.unload_model(name, unload_dependents=unload_dependents, **self._grpc_kw()),
+            UnloadError,
+        )
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        """The configuration Triton uses for loaded model ``name`` (proto field names)."""
+
+        def call(c: Any) -> dict[str, Any]:
+            if self.is_grpc:
+                raw = c.get_model_config(name, as_json=True, **self._grpc_kw())
+                return dict(raw.get("config", {}))
+            return dict(c.get_model_config(name))
+
+        return self._call(f"config of {name!r}", call, ModelNotFoundError)
+
+    def statistics(self, name: str | None = None) -> list[ModelStats]:
+        """Statistics of every loaded version of ``name`` (all loaded models if None)."""
+
+        def call(c: Any) -> list[ModelStats]:
+            if self.is_grpc:
+                raw = c.get_inference_statistics(name or "", as_json=True, **self._grpc_kw())
+            else:
+                raw = c.get_inference_statistics(name or "")
+            return parse_statistics(raw)
+
+        return self._call(
+            f"statistics of {name!r}" if name else "statistics",
+            call,
+            ModelNotFoundError if name else ManagerError,
+        )
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of ``<metrics_url>/metrics``."""
+        return _fetch_text(f"{self.metrics_url}/metrics", self.connect_timeout)
+
+
+# --------------------------------------------------------------------------- async
+
+
+class AsyncTritonControl:
+    """The asyncio twin of :class:`TritonControl` (``tritonclient.*.aio`` clients).
+
+    The client is created on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.endpoint = parse_url(url, metrics_url=metrics_url)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+
+    @classmethod
+    def connect(
+        cls, url: str | None = None, repo: Path | None = None, **kwargs: Any
+    ) -> AsyncTritonControl:
+        ep = resolve_endpoint(url, repo)
+        return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
+
+    @classmethod
+    def for_server(
+        cls, info: ServerInfo, *, grpc: bool = False, **kwargs: Any
+    ) -> AsyncTritonControl:
+        url = info.grpc_url if grpc else info.http_url
+        return cls(url, metrics_url=info.metrics_url, **kwargs)
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def metrics_url(self) -> str:
+        return self.endpoint.metrics_url
+
+    @property
+    def is_grpc(self) -> bool:
+        return self.endpoint.protocol == "grpc"
+
+    def __repr__(self) -> str:
+        return f"AsyncTritonControl({self.url!r})"
+
+    async def __aenter__(self) -> AsyncTritonControl:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await client.close()
+            except Exception as exc:  # pragma: no cover - best effort
+                log.debug("closing client for %s: %s", self.url, exc)
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            try:
+                if self.is_grpc:
+                    import tritonclient.grpc.aio as grpcaio
+
+                    self._client = grpcaio.InferenceServerClient(self.endpoint.address)
+                else:
+                    import tritonclient.http.aio as httpaio
+
+                    self._client = httpaio.InferenceServerClient(
+                        self.endpoint.address, conn_timeout=self.timeout
+                    )
+            except Exception as exc:
+                raise translate_error(exc, url=self.url, action="connect") from exc
+        return self._client
+
+    async def _call(
+        self,
+        action: str,
+        fn: Callable[[Any], Awaitable[T]],
+        error: type[ManagerError] = ManagerError,
+    ) -> T:
+        client = self._get_client()
+        try:
+            return await fn(client)
+        except Exception as exc:
+            raise translate_error(
+                exc, url=self.url, action=action, error=error, timeout=self.timeout
+            ) from exc
+
+    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
+
+    async def is_live(self) -> bool:
+        try:
+            return bool(
+                await self._call(
+                    "health", lambda c: c.is_server_live(**self._grpc_kw(self.connect_timeout))
+                )
+            )
+        except TritonUnreachableError:
+            return False
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(
+                await self._call(
+                    "health", lambda c: c.is_server_ready(**self._grpc_kw(self.connect_timeout))
+                )
+            )
+        except TritonUnreachableError:
+            return False
+
+    async def repository_index(self) -> list[IndexEntry]:
+        async def call(c: Any) -> list[IndexEntry]:
+            if self.is_grpc:
+                raw = await c.get_model_repository_index(as_json=True, **self._grpc_kw())
+                return parse_index(raw.get("models", []))
+            return parse_index(await c.get_model_repository_index())
+
+        return await self._call("repository index", call)
+
+    async def load_model(self, name: str, config: str | None = None) -> None:
+        log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
+        await self._call(
+            f"load {name!r}",
+            lambda c: c.load_model(name, config=config, **self._grpc_kw()),
+            LoadError,
+        )
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        log.debug("unload %s on %s", name, self.url)
+        await self._call(
+            f"unload {name!r}",
+            lambda c: c.unload_model(name, unload_dependents=unload_dependents, **self._grpc_kw()),
+            UnloadError,
+        )
+
+    async def model_config(self, name: str) -> dict[str, Any]:
+        async def call(c: Any) -> dict[str, Any]:
+            if self.is_grpc:
+                raw = await c.get_model_config(name, as_json=True, **self._grpc_kw())
+                return dict(raw.get("config", {}))
+            return dict(await c.get_model_config(name))
+
+        return await self._call(f"config of {name!r}", call, ModelNotFoundError)
+
+    async def statistics(self, name: str | None = None) -> list[ModelStats]:
+        async def call(c: Any) -> list[ModelStats]:
+            if self.is_grpc:
+                raw = await c.get_inference_statistics(name or "", as_json=True, **self._grpc_kw())
+            else:
+                raw = await c.get_inference_statistics(name or "")
+            return parse_statistics(raw)
+
+        return await self._call(
+            f"statistics of {name!r}" if name else "statistics",
+            call,
+            ModelNotFoundError if name else ManagerError,
+        )
+
+    async def metrics_text(self) -> str:
+        return await asyncio.to_thread(
+            _fetch_text, f"{self.metrics_url}/metrics", self.connect_timeout
+        )

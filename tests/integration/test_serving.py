@@ -1,0 +1,203 @@
+"""Load, unload and list models on a real tritonserver, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from manager import serving
+from manager.errors import LoadError, ModelNotFoundError, TritonUnreachableError
+from manager.metrics import read_memory
+from manager.triton import AsyncTritonControl, TritonControl
+from tests.integration.conftest import TritonHandle
+from tests.integration.helpers import FAILING_MODEL_PY, write_add_model, write_python_model
+
+pytestmark = pytest.mark.integration
+
+
+def infer(http_url: str, model: str, x: np.ndarray, version: int | None = None) -> np.ndarray:
+    """One request with plain tritonclient (no manager code in the data path)."""
+    client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        result = client.infer(model, [inp], model_version=str(version or ""))
+        out = result.as_numpy("OUTPUT0")
+        assert out is not None
+        return out
+    finally:
+        client.close()
+
+
+def states(control: TritonControl, name: str) -> dict[int | None, str]:
+    return {e.version: e.state for e in control.repository_index() if e.name == name}
+
+
+@pytest.fixture(params=["http", "grpc"])
+def control(request: pytest.FixtureRequest, triton: TritonHandle) -> Iterator[TritonControl]:
+    url = triton.http_url if request.param == "http" else triton.grpc_url
+    with TritonControl(url, metrics_url=triton.metrics_url) as c:
+        yield c
+
+
+def test_load_infer_unload_round_trip(triton: TritonHandle, control: TritonControl) -> None:
+    name = f"double_{control.endpoint.protocol}"
+    write_python_model(triton.repo, name)
+
+    result = serving.load(control, name)
+    assert result.versions == (1,)
+    assert not result.cache_hit
+    assert states(control, name) == {1: "READY"}
+    x = np.array([1.0, 2.5, -3.0], dtype=np.float32)
+    np.testing.assert_allclose(infer(triton.http_url, name, x), x * 2)
+
+    assert serving.load(control, name).cache_hit
+
+    unloaded = serving.unload(control, name)
+    assert unloaded.was_loaded
+    assert states(control, name) == {1: "UNAVAILABLE"}
+    reason = next(e.reason for e in control.repository_index() if e.name == name)
+    assert reason == "unloaded"
+    assert not serving.unload(control, name).was_loaded
+
+
+def test_load_of_one_version_serves_only_that_version(
+    triton: TritonHandle, control: TritonControl
+) -> None:
+    name = f"adder_{control.endpoint.protocol}"
+    write_add_model(triton.repo, name, {1: 1.0, 2: 100.0})
+    x = np.array([1.0, 2.0], dtype=np.float32)
+    try:
+        one = serving.load(control, name, version=1, repo=triton.repo)
+        assert one.versions == (1,)
+        np.testing.assert_allclose(infer(triton.http_url, name, x), x + 1)
+
+        two = serving.load(control, name, version=2, repo=triton.repo)
+        assert two.versions == (2,)
+        assert states(control, name)[2] == "READY"
+        np.testing.assert_allclose(infer(triton.http_url, name, x, version=2), x + 100)
+    finally:
+        serving.unload(control, name)
+
+
+def test_failed_load_names_model_and_cause_and_others_keep_serving(
+    triton: TritonHandle, control: TritonControl
+) -> None:
+    proto = control.endpoint.protocol
+    good, bad = f"steady_{proto}", f"broken_{proto}"
+    write_python_model(triton.repo, good)
+    write_python_model(triton.repo, bad, FAILING_MODEL_PY)
+    serving.load(control, good)
+    try:
+        with pytest.raises(LoadError) as err:
+            serving.load(control, bad)
+        message = str(err.value)
+        assert f"'{bad}'" in message
+        assert "initialize refused on purpose" in message
+        assert "\n" not in message
+        assert states(control, bad) == {1: "UNAVAILABLE"}
+
+        x = np.array([4.0], dtype=np.float32)
+        np.testing.assert_allclose(infer(triton.http_url, good, x), x * 2)
+        assert states(control, good) == {1: "READY"}
+    finally:
+        serving.unload(control, good)
+
+
+def test_unknown_model_is_model_not_found(control: TritonControl) -> None:
+    with pytest.raises(ModelNotFoundError, match="'no_such_model'"):
+        serving.load(control, "no_such_model")
+    with pytest.raises(ModelNotFoundError):
+        serving.unload(control, "no_such_model")
+
+
+def test_index_hides_the_managers_own_folder(control: TritonControl) -> None:
+    assert all(not e.name.startswith(".") for e in control.repository_index())
+    assert all(not r.name.startswith(".") for r in serving.list_models(control))
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_server_not_running_is_unreachable_and_names_the_url(scheme: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"{scheme}://127.0.0.1:{port}"
+    with TritonControl(url, timeout=5, connect_timeout=2) as control:
+        assert not control.is_live()
+        with pytest.raises(TritonUnreachableError, match=url):
+            control.repository_index()
+        with pytest.raises(TritonUnreachableError, match=url):
+            serving.load(control, "anything")
+
+
+def test_wrong_host_is_unreachable() -> None:
+    with (
+        TritonControl("http://no-such-host.invalid:8000", connect_timeout=2) as control,
+        pytest.raises(TritonUnreachableError, match=r"no-such-host\.invalid"),
+    ):
+        control.repository_index()
+
+
+def test_list_models_shows_statistics_and_memory_after_inference(triton: TritonHandle) -> None:
+    name = "listed"
+    write_python_model(triton.repo, name)
+    with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
+        serving.load(control, name)
+        try:
+            for _ in range(3):
+                infer(triton.http_url, name, np.ones(2, dtype=np.float32))
+            # Triton records a request's statistics just after it has answered it
+            deadline = time.monotonic() + 10
+            while True:
+                rows = {(r.name, r.version): r for r in serving.list_models(control, triton.repo)}
+                row = rows[(name, 1)]
+                if row.inference_count >= 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert row.state == "READY"
+            assert row.inference_count == 3
+            assert row.success_count == 3
+            assert row.fail_count == 0
+            assert row.last_inference_ms is not None and row.last_inference_ms > 1e12
+
+            stats = control.statistics(name)
+            assert [s.version for s in stats] == [1]
+            assert stats[0].compute_infer_ns > 0
+
+            memory = read_memory(control)
+            assert memory.cpu is not None
+            assert 0 < memory.cpu.used_bytes <= memory.cpu.total_bytes
+            view = serving.overview(control, triton.repo)
+            assert view.memory is not None
+        finally:
+            serving.unload(control, name)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_async_load_list_unload(triton: TritonHandle, scheme: str) -> None:
+    name = f"async_{scheme}"
+    write_python_model(triton.repo, name)
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+
+    async def scenario() -> None:
+        async with AsyncTritonControl(url, metrics_url=triton.metrics_url) as control:
+            assert await control.is_live()
+            loaded = await serving.aload(control, name)
+            assert loaded.versions == (1,)
+            assert (await serving.aload(control, name)).cache_hit
+            rows = await serving.alist_models(control)
+            assert any(r.name == name and r.state == "READY" for r in rows)
+            assert "nv_cpu_memory_used_bytes" in await control.metrics_text()
+            with pytest.raises(ModelNotFoundError):
+                await serving.aload(control, "no_such_model")
+            assert (await serving.aunload(control, name)).was_loaded
+            index = await control.repository_index()
+            assert {e.state for e in index if e.name == name} == {"UNAVAILABLE"}
+
+    asyncio.run(scenario())

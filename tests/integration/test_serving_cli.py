@@ -1,0 +1,93 @@
+"""``tritonctl load|unload|ls`` against the session's real tritonserver."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from manager.cli import main
+from tests.integration.conftest import TritonHandle
+from tests.integration.helpers import FAILING_MODEL_PY, write_add_model, write_python_model
+
+pytestmark = pytest.mark.integration
+
+
+def run(triton: TritonHandle, *args: str, url: str | None = None) -> tuple[int, str]:
+    argv = ["--repo", str(triton.repo), "--url", url or triton.http_url, *args]
+    result = CliRunner().invoke(main, argv)
+    return result.exit_code, result.output
+
+
+def rows(triton: TritonHandle, name: str, url: str | None = None) -> dict[int | None, dict]:
+    code, out = run(triton, "ls", "--json", url=url)
+    assert code == 0, out
+    data = json.loads(out)
+    assert isinstance(data, list)
+    return {r["version"]: r for r in data if r["name"] == name}
+
+
+def test_cli_load_ls_unload_over_http(triton: TritonHandle) -> None:
+    write_python_model(triton.repo, "cli_double")
+    code, out = run(triton, "load", "cli_double")
+    assert code == 0, out
+    assert "loaded cli_double (version 1)" in out
+    assert rows(triton, "cli_double")[1]["state"] == "READY"
+
+    code, out = run(triton, "load", "cli_double")
+    assert code == 0 and "already loaded" in out
+
+    code, out = run(triton, "ls")
+    assert code == 0 and "cli_double" in out and "READY" in out
+    assert "host memory" in out or "GPU" in out
+
+    code, out = run(triton, "unload", "cli_double")
+    assert code == 0, out
+    assert "unloaded cli_double" in out
+    assert rows(triton, "cli_double")[1]["state"] == "UNAVAILABLE"
+
+
+def test_cli_load_a_version_over_grpc_with_json(triton: TritonHandle) -> None:
+    write_add_model(triton.repo, "cli_adder", {1: 1.0, 2: 2.0})
+    code, out = run(triton, "load", "cli_adder", "--version", "1", "--json", url=triton.grpc_url)
+    assert code == 0, out
+    result = json.loads(out)
+    assert result["versions"] == [1] and result["cache_hit"] is False
+    listed = rows(triton, "cli_adder", url=triton.grpc_url)
+    assert listed[1]["state"] == "READY"
+    assert listed[2]["state"] == "UNAVAILABLE"
+    code, out = run(triton, "unload", "cli_adder", "--json", url=triton.grpc_url)
+    assert code == 0 and json.loads(out)["was_loaded"] is True
+
+
+def test_cli_errors_are_one_line_with_a_non_zero_exit(triton: TritonHandle) -> None:
+    code, out = run(triton, "load", "cli_no_such_model")
+    assert code != 0
+    assert "cli_no_such_model" in out
+    assert len(out.strip().splitlines()) == 1
+
+    write_python_model(triton.repo, "cli_broken", FAILING_MODEL_PY)
+    code, out = run(triton, "load", "cli_broken")
+    assert code != 0
+    assert "cli_broken" in out and "initialize refused on purpose" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_cli_without_url_uses_the_embedded_server_of_the_repo(
+    triton: TritonHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRITONCTL_URL", raising=False)
+    result = CliRunner().invoke(main, ["--repo", str(triton.repo), "ls", "--json"])
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(result.output), list)
+
+
+def test_cli_unreachable_server_is_a_clean_error(triton: TritonHandle) -> None:
+    from manager.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out = run(triton, "ls", url=url)
+    assert code != 0
+    assert url in out
+    assert "Traceback" not in out

@@ -1,0 +1,366 @@
+"""The embedded server without starting one: binary search, records, ports, stop safety."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import sysconfig
+from pathlib import Path
+
+import psutil
+import pytest
+
+from manager import server as srv
+from manager.errors import RepositoryError, ServerError
+from manager.server import (
+    EmbeddedServer,
+    ServerInfo,
+    find_tritonserver,
+    free_port,
+    free_ports,
+    port_in_use,
+    read_record,
+    running_server,
+)
+
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _exe(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def _fake_bundled(tmp_path: Path, stub_versions: tuple[str, ...] = (PY,)) -> Path:
+    """A site-packages-like tree: pytriton/tritonserver/{bin,backends,python_backend_stubs}."""
+    root = tmp_path / "site" / "pytriton" / "tritonserver"
+    _exe(root / "bin" / "tritonserver")
+    backend = root / "backends" / "python"
+    backend.mkdir(parents=True)
+    (backend / "libtriton_python.so").write_bytes(b"")
+    (backend / "triton_python_backend_utils.py").write_text("")
+    for v in stub_versions:
+        _exe(root / "python_backend_stubs" / v / "triton_python_backend_stub")
+    (tmp_path / "site" / "nvidia_pytriton.libs").mkdir()
+    return root
+
+
+@pytest.fixture
+def no_binaries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No TRITONSERVER, nothing on PATH, no /opt binary, no nvidia-pytriton."""
+    monkeypatch.delenv(srv.BINARY_ENV, raising=False)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(srv, "SYSTEM_BINARY", tmp_path / "opt" / "tritonserver")
+    monkeypatch.setattr(srv, "_bundled_root", lambda: None)
+
+
+def _info(repo: Path, pid: int, create_time: float) -> ServerInfo:
+    return ServerInfo(
+        pid=pid,
+        create_time=create_time,
+        http_port=18000,
+        grpc_port=18001,
+        metrics_port=18002,
+        binary="/bin/tritonserver",
+        repo=str(repo),
+        log_file=None,
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def _write(repo: Path, info: ServerInfo) -> None:
+    (repo / ".tritonctl").mkdir(parents=True, exist_ok=True)
+    srv._write_record(repo, info)
+
+
+def _dead_pid() -> int:
+    proc = psutil.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return int(proc.pid)
+
+
+# --------------------------------------------------------------------- binary search
+
+
+def test_explicit_binary_wins_over_everything(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    explicit = _exe(tmp_path / "a" / "tritonserver")
+    monkeypatch.setenv(srv.BINARY_ENV, str(_exe(tmp_path / "b" / "tritonserver")))
+    binary = find_tritonserver(str(explicit))
+    assert binary.path == explicit
+    assert binary.source == "option"
+    assert not binary.bundled
+
+
+def test_environment_variable_comes_before_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from_env = _exe(tmp_path / "env" / "tritonserver")
+    on_path = _exe(tmp_path / "bin" / "tritonserver")
+    monkeypatch.setenv(srv.BINARY_ENV, str(from_env))
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert find_tritonserver().path == from_env
+
+
+def test_path_comes_before_opt_and_bundled(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    on_path = _exe(tmp_path / "bin" / "tritonserver")
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    _exe(srv.SYSTEM_BINARY)
+    root = _fake_bundled(tmp_path)
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    binary = find_tritonserver()
+    assert binary.path == on_path
+    assert binary.source == "PATH"
+
+
+def test_opt_tritonserver_comes_before_bundled(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _exe(srv.SYSTEM_BINARY)
+    root = _fake_bundled(tmp_path)
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    assert find_tritonserver().path == srv.SYSTEM_BINARY
+
+
+def test_bundled_binary_gets_its_libraries_stub_and_this_python_first_on_path(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = _fake_bundled(tmp_path)
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/usr/local/lib")
+    binary = find_tritonserver()
+    assert binary.bundled
+    assert binary.source == "nvidia-pytriton"
+    libs = str(tmp_path / "site" / "nvidia_pytriton.libs")
+    # this interpreter's own libpython (when it has a shared one) precedes the bundled libs
+    pylib = sysconfig.get_config_var("LIBDIR")
+    own = [pylib] if pylib and (Path(pylib) / f"libpython{PY}.so.1.0").exists() else []
+    assert binary.env["LD_LIBRARY_PATH"].split(os.pathsep) == [*own, libs, "/usr/local/lib"]
+    assert binary.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert binary.python_stub == root / "python_backend_stubs" / PY / "triton_python_backend_stub"
+    env = binary.environment({"HOME": "/root"})
+    assert env["HOME"] == "/root"
+    assert env["LD_LIBRARY_PATH"].startswith(os.pathsep.join([*own, libs]))
+
+
+def test_explicit_path_to_the_bundled_binary_is_treated_as_bundled(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = _fake_bundled(tmp_path)
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    binary = find_tritonserver(root / "bin" / "tritonserver")
+    assert binary.bundled
+    assert binary.source == "option"
+
+
+def test_bundled_backend_dir_links_library_utils_and_the_stub_of_this_python(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = _fake_bundled(tmp_path)
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    binary = find_tritonserver()
+    backends = tmp_path / "repo" / ".tritonctl" / "backends"
+    assert binary.prepare_backend_dir(backends) == backends
+    assert binary.prepare_backend_dir(backends) == backends  # idempotent
+    links = {p.name: p for p in (backends / "python").iterdir()}
+    assert sorted(links) == [
+        "libtriton_python.so",
+        "triton_python_backend_stub",
+        "triton_python_backend_utils.py",
+    ]
+    assert all(p.is_symlink() for p in links.values())
+    assert links["triton_python_backend_stub"].resolve() == binary.python_stub
+
+
+def test_missing_stub_for_this_python_is_a_clear_error(
+    no_binaries: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = _fake_bundled(tmp_path, stub_versions=("3.8",))
+    monkeypatch.setattr(srv, "_bundled_root", lambda: root)
+    with pytest.raises(ServerError, match=rf"no Python-backend stub for Python {PY}.*3\.8"):
+        find_tritonserver()
+
+
+def test_no_binary_anywhere_names_what_was_tried(no_binaries: None) -> None:
+    with pytest.raises(ServerError) as err:
+        find_tritonserver()
+    message = str(err.value)
+    for tried in ("TRITONSERVER", "PATH", "/opt/tritonserver", "nvidia-pytriton"):
+        assert tried in message
+
+
+def test_explicit_binary_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="not an executable"):
+        find_tritonserver(tmp_path / "nope")
+
+
+def test_non_bundled_binary_needs_no_backend_dir(tmp_path: Path) -> None:
+    binary = find_tritonserver(_exe(tmp_path / "tritonserver"))
+    assert binary.prepare_backend_dir(tmp_path / "backends") is None
+    assert binary.env == {}
+
+
+def test_the_installed_nvidia_pytriton_is_found_through_importlib() -> None:
+    pytest.importorskip("pytriton")
+    root = srv._bundled_root()
+    assert root is not None
+    assert (root / "bin" / "tritonserver").is_file()
+
+
+# --------------------------------------------------------------------- command line
+
+
+def test_command_line_is_explicit_mode_on_the_repository(tmp_path: Path) -> None:
+    binary = find_tritonserver(_exe(tmp_path / "tritonserver"))
+    repo = tmp_path / "repo"
+    cmd = EmbeddedServer(repo).command(
+        binary, 1, 2, 3, metrics_interval_ms=200, exit_timeout_s=5, extra_args=["--x"]
+    )
+    assert cmd[0] == str(binary.path)
+    assert f"--model-repository={repo}" in cmd
+    assert "--model-control-mode=explicit" in cmd
+    assert {"--http-port=1", "--grpc-port=2", "--metrics-port=3"} <= set(cmd)
+    assert "--metrics-interval-ms=200" in cmd
+    assert "--exit-timeout-secs=5" in cmd
+    assert not any(a.startswith("--load-model") for a in cmd)
+    assert cmd[-1] == "--x"
+
+
+# --------------------------------------------------------------------- ports
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = free_ports(3)
+    assert len(set(ports)) == 3
+    assert not any(port_in_use(p) for p in ports)
+    assert isinstance(free_port(), int)
+
+
+def test_a_listening_port_is_in_use() -> None:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        assert port_in_use(sock.getsockname()[1])
+
+
+def test_start_refuses_a_busy_port_before_spawning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_spawn(*args: object, **kwargs: object) -> None:
+        raise AssertionError("must not look for a binary or spawn")
+
+    monkeypatch.setattr(srv, "find_tritonserver", no_spawn)
+    http, grpc = free_ports(2)
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        busy = sock.getsockname()[1]
+        with pytest.raises(ServerError, match=rf"port {busy} \(metrics\) is already in use"):
+            EmbeddedServer(tmp_path).start(http, grpc, busy)
+
+
+def test_start_refuses_the_same_port_twice(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="must differ"):
+        EmbeddedServer(tmp_path).start(18000, 18000, 18002)
+
+
+def test_start_on_a_missing_repository_is_a_repository_error(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="does not exist"):
+        EmbeddedServer(tmp_path / "missing").start(*free_ports(3))
+
+
+# --------------------------------------------------------------------- records
+
+
+def test_server_info_round_trips_through_json(tmp_path: Path) -> None:
+    info = _info(tmp_path, 123, 456.0)
+    _write(tmp_path, info)
+    assert read_record(tmp_path) == info
+    data = info.to_json()
+    assert data["http_url"] == "http://127.0.0.1:18000"
+    assert data["grpc_url"] == "grpc://127.0.0.1:18001"
+    assert data["metrics_url"] == "http://127.0.0.1:18002"
+
+
+def test_unreadable_record_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / ".tritonctl").mkdir()
+    (tmp_path / ".tritonctl" / "server.json").write_text("{not json")
+    assert read_record(tmp_path) is None
+    (tmp_path / ".tritonctl" / "server.json").write_text('{"pid": 1}')
+    assert read_record(tmp_path) is None
+
+
+def test_status_cleans_up_a_record_whose_pid_is_dead(tmp_path: Path) -> None:
+    _write(tmp_path, _info(tmp_path, _dead_pid(), 1.0))
+    assert EmbeddedServer(tmp_path).status() is None
+    assert not (tmp_path / ".tritonctl" / "server.json").exists()
+
+
+def test_a_reused_pid_is_not_the_recorded_server(tmp_path: Path) -> None:
+    me = psutil.Process()
+    _write(tmp_path, _info(tmp_path, me.pid, me.create_time() - 1000))
+    assert running_server(tmp_path) is None
+    assert EmbeddedServer(tmp_path).status() is None
+
+
+def test_stop_never_signals_a_process_that_is_not_the_recorded_one(tmp_path: Path) -> None:
+    me = psutil.Process()
+    _write(tmp_path, _info(tmp_path, me.pid, me.create_time() + 5))
+    assert EmbeddedServer(tmp_path).stop(timeout=1) is None  # and we are still alive
+    assert not (tmp_path / ".tritonctl" / "server.json").exists()
+
+
+def test_a_live_recorded_process_is_running(tmp_path: Path) -> None:
+    me = psutil.Process()
+    info = _info(tmp_path, me.pid, me.create_time())
+    _write(tmp_path, info)
+    assert running_server(tmp_path) == info
+    assert EmbeddedServer(tmp_path).status() == info
+
+
+def test_start_refuses_while_the_recorded_server_runs(tmp_path: Path) -> None:
+    me = psutil.Process()
+    _write(tmp_path, _info(tmp_path, me.pid, me.create_time()))
+    with pytest.raises(ServerError, match=rf"already running .*pid {me.pid}, http://"):
+        EmbeddedServer(tmp_path).start(*free_ports(3))
+
+
+def test_stop_terminates_the_recorded_process_and_removes_the_record(tmp_path: Path) -> None:
+    proc = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _write(tmp_path, _info(tmp_path, proc.pid, proc.create_time()))
+        stopped = EmbeddedServer(tmp_path).stop(timeout=10)
+        assert stopped is not None and stopped.pid == proc.pid
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+        assert not (tmp_path / ".tritonctl" / "server.json").exists()
+    finally:
+        if proc.is_running():
+            proc.kill()
+
+
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    proc = psutil.Popen([sys.executable, "-c", code], stdout=-1, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the handler is installed
+        _write(tmp_path, _info(tmp_path, proc.pid, proc.create_time()))
+        assert EmbeddedServer(tmp_path).stop(timeout=0.5) is not None
+        assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.is_running():
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_stop_without_a_record_does_nothing(tmp_path: Path) -> None:
+    assert EmbeddedServer(tmp_path).stop() is None

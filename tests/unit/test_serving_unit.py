@@ -1,0 +1,207 @@
+"""Serving decisions against a fake Triton: no-op loads, version pinning, unload polling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager import serving
+from manager.errors import LoadError, ModelNotFoundError
+from manager.modelconfig import TensorSpec, build_config, config_from_text, write_config
+from manager.triton import IndexEntry, ModelStats
+
+
+class FakeTriton:
+    """A Triton that knows some models; unloads take ``unload_polls`` index calls."""
+
+    url = "http://fake:8000"
+
+    def __init__(self, models: dict[str, list[int]], *, unload_polls: int = 2) -> None:
+        self.state: dict[tuple[str, int], tuple[str, str]] = {
+            (name, v): ("UNAVAILABLE", "") for name, versions in models.items() for v in versions
+        }
+        self.failing: dict[str, str] = {}
+        self.loads: list[tuple[str, str | None]] = []
+        self.unloads: list[str] = []
+        self.unload_polls = unload_polls
+        self._pending: dict[str, int] = {}
+
+    def repository_index(self) -> list[IndexEntry]:
+        for name in list(self._pending):
+            self._pending[name] -= 1
+            if self._pending[name] <= 0:
+                del self._pending[name]
+                for key, (st, _) in self.state.items():
+                    if key[0] == name and st == "UNLOADING":
+                        self.state[key] = ("UNAVAILABLE", "unloaded")
+        return [IndexEntry(n, v, st, r) for (n, v), (st, r) in sorted(self.state.items())]
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        self.loads.append((name, config))
+        versions = sorted(v for (n, v) in self.state if n == name)
+        if config is not None:
+            versions = json.loads(config)["version_policy"]["specific"]["versions"]
+        else:
+            versions = versions[-1:]
+        if name in self.failing:
+            for v in versions:
+                self.state[(name, v)] = ("UNAVAILABLE", self.failing[name])
+            raise LoadError(f"load failed for model '{name}': {self.failing[name]}")
+        for key in self.state:
+            if key[0] == name:
+                self.state[key] = ("READY", "") if key[1] in versions else ("UNAVAILABLE", "")
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self.unloads.append(name)
+        for key, (st, _) in self.state.items():
+            if key[0] == name and st == "READY":
+                self.state[key] = ("UNLOADING", "")
+        self._pending[name] = self.unload_polls
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        return {"name": name, "backend": "python", "max_batch_size": 0}
+
+    def statistics(self, name: str | None = None) -> list[ModelStats]:
+        return [
+            ModelStats(n, v, 1700000000000, 4, 4, 3, 30, 1, 10, 0, 0, 0, 0)
+            for (n, v), (st, _) in self.state.items()
+            if st == "READY" and (name is None or n == name)
+        ]
+
+    def metrics_text(self) -> str:
+        return "nv_cpu_memory_used_bytes 10\nnv_cpu_memory_total_bytes 100\n"
+
+
+def _write_model(repo: Path, name: str, versions: list[int]) -> None:
+    folder = repo / name
+    folder.mkdir(parents=True)
+    config = build_config(
+        name,
+        [TensorSpec("INPUT0", "FP32", (-1,))],
+        [TensorSpec("OUTPUT0", "FP32", (-1,))],
+        backend="python",
+    )
+    write_config(folder / "config.pbtxt", config)
+    for v in versions:
+        (folder / str(v)).mkdir()
+
+
+def test_load_waits_until_ready_and_reports_the_ready_versions() -> None:
+    fake = FakeTriton({"m": [1, 2]})
+    result = serving.load(fake, "m")
+    assert result.versions == (2,)
+    assert not result.cache_hit
+    assert fake.loads == [("m", None)]
+
+
+def test_load_of_a_ready_model_is_a_no_op() -> None:
+    fake = FakeTriton({"m": [1]})
+    serving.load(fake, "m")
+    again = serving.load(fake, "m")
+    assert again.cache_hit
+    assert again.versions == (1,)
+    assert len(fake.loads) == 1
+
+
+def test_load_of_an_unknown_model_is_model_not_found() -> None:
+    with pytest.raises(ModelNotFoundError, match=r"'ghost'.*http://fake:8000"):
+        serving.load(FakeTriton({"m": [1]}), "ghost")
+
+
+def test_load_of_a_version_pins_the_policy_with_the_repository_config(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]})
+    result = serving.load(fake, "m", version=1, repo=tmp_path)
+    assert result.versions == (1,)
+    override = json.loads(fake.loads[0][1] or "")
+    assert override["version_policy"] == {"specific": {"versions": [1]}}
+    assert override["backend"] == "python"
+    assert override["max_batch_size"] == 0  # survives JSON, which drops default fields
+
+
+def test_load_of_a_version_that_is_already_ready_is_a_no_op(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]})
+    serving.load(fake, "m", version=1, repo=tmp_path)
+    assert serving.load(fake, "m", version=1, repo=tmp_path).cache_hit
+    assert not serving.load(fake, "m", version=2, repo=tmp_path).cache_hit
+
+
+def test_load_of_a_version_without_local_config_uses_tritons_config_if_loaded(
+    tmp_path: Path,
+) -> None:
+    fake = FakeTriton({"m": [1, 2]})
+    serving.load(fake, "m")
+    serving.load(fake, "m", version=1, repo=tmp_path)
+    assert json.loads(fake.loads[-1][1] or "")["version_policy"]["specific"]["versions"] == [1]
+
+
+def test_load_of_a_version_without_any_config_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match=r"config\.pbtxt"):
+        serving.load(FakeTriton({"m": [1, 2]}), "m", version=1, repo=tmp_path)
+
+
+def test_failed_load_names_the_model_and_tritons_reason() -> None:
+    fake = FakeTriton({"bad": [1]})
+    fake.failing["bad"] = "RuntimeError: no weights"
+    with pytest.raises(LoadError, match=r"model 'bad' failed to load: .*RuntimeError: no weights"):
+        serving.load(fake, "bad")
+
+
+def test_override_keeps_max_batch_size_zero_from_a_protobuf_config() -> None:
+    config = config_from_text('name: "m"\nbackend: "python"\nmax_batch_size: 0\n')
+    data = json.loads(serving.override_for_version(config, 3))
+    assert data["max_batch_size"] == 0
+    assert data["version_policy"] == {"specific": {"versions": [3]}}
+    assert data["name"] == "m"
+
+
+def test_unload_returns_only_once_the_index_shows_unavailable() -> None:
+    fake = FakeTriton({"m": [1]}, unload_polls=3)
+    serving.load(fake, "m")
+    result = serving.unload(fake, "m")
+    assert result.was_loaded
+    assert [e.state for e in fake.repository_index()] == ["UNAVAILABLE"]
+    assert fake._pending == {}
+
+
+def test_unload_of_a_model_that_is_not_loaded_does_nothing() -> None:
+    fake = FakeTriton({"m": [1]})
+    assert not serving.unload(fake, "m").was_loaded
+    assert fake.unloads == []
+
+
+def test_unload_of_an_unknown_model_is_model_not_found() -> None:
+    with pytest.raises(ModelNotFoundError):
+        serving.unload(FakeTriton({}), "ghost")
+
+
+def test_list_models_joins_index_and_statistics() -> None:
+    fake = FakeTriton({"a": [1], "b": [1, 2]})
+    serving.load(fake, "b")
+    rows = {(r.name, r.version): r for r in serving.list_models(fake)}
+    assert rows[("b", 2)].state == "READY"
+    assert rows[("b", 2)].inference_count == 4
+    assert rows[("b", 2)].last_inference_ms == 1700000000000
+    assert (rows[("b", 2)].success_count, rows[("b", 2)].fail_count) == (3, 1)
+    assert rows[("a", 1)].last_inference_ms is None
+
+
+def test_list_models_adds_on_disk_versions_triton_has_not_seen(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    index = [IndexEntry("m", None, "UNAVAILABLE", "")]
+    rows = serving.build_rows(index, [], tmp_path)
+    assert [(r.name, r.version, r.state) for r in rows] == [
+        ("m", 1, "UNAVAILABLE"),
+        ("m", 2, "UNAVAILABLE"),
+    ]
+
+
+def test_overview_carries_the_memory_reading() -> None:
+    view = serving.overview(FakeTriton({"m": [1]}))
+    assert view.memory is not None and view.memory.cpu is not None
+    assert view.memory.cpu.used_bytes == 10
+    assert view.to_json()["models"][0]["name"] == "m"

@@ -1,0 +1,255 @@
+"""URL resolution, response parsing and error mapping of the Triton facade."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from manager import server as srv
+from manager.errors import (
+    LoadError,
+    ManagerError,
+    ModelNotFoundError,
+    TritonUnreachableError,
+    UnloadError,
+)
+from manager.settings import DEFAULT_URL, URL_ENV
+from manager.triton import (
+    TritonControl,
+    parse_index,
+    parse_statistics,
+    parse_url,
+    resolve_endpoint,
+    resolve_url,
+    translate_error,
+)
+
+
+def _record(repo: Path, pid: int, create_time: float) -> srv.ServerInfo:
+    info = srv.ServerInfo(
+        pid=pid,
+        create_time=create_time,
+        http_port=18100,
+        grpc_port=18101,
+        metrics_port=18102,
+        binary="tritonserver",
+        repo=str(repo),
+        log_file=None,
+        started_at="",
+    )
+    (repo / ".tritonctl").mkdir(parents=True, exist_ok=True)
+    srv._write_record(repo, info)
+    return info
+
+
+@pytest.fixture(autouse=True)
+def _no_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(URL_ENV, raising=False)
+
+
+# --------------------------------------------------------------------- resolve_url
+
+
+def test_explicit_url_wins_over_env_and_embedded_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = psutil.Process()
+    _record(tmp_path, me.pid, me.create_time())
+    monkeypatch.setenv(URL_ENV, "grpc://env:1")
+    assert resolve_url("http://explicit:9", tmp_path) == "http://explicit:9"
+
+
+def test_env_url_wins_over_embedded_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    me = psutil.Process()
+    _record(tmp_path, me.pid, me.create_time())
+    monkeypatch.setenv(URL_ENV, "grpc://env:1")
+    assert resolve_url(None, tmp_path) == "grpc://env:1"
+
+
+def test_running_embedded_server_of_the_repo_is_used(tmp_path: Path) -> None:
+    me = psutil.Process()
+    info = _record(tmp_path, me.pid, me.create_time())
+    assert resolve_url(None, tmp_path) == info.http_url
+    ep = resolve_endpoint(None, tmp_path)
+    assert ep.metrics_url == info.metrics_url
+
+
+def test_dead_embedded_server_falls_back_to_localhost(tmp_path: Path) -> None:
+    me = psutil.Process()
+    _record(tmp_path, me.pid, me.create_time() - 100)
+    assert resolve_url(None, tmp_path) == DEFAULT_URL
+    assert resolve_url(None, None) == DEFAULT_URL
+
+
+def test_metrics_url_of_embedded_server_applies_to_its_grpc_url_too(tmp_path: Path) -> None:
+    me = psutil.Process()
+    info = _record(tmp_path, me.pid, me.create_time())
+    ep = resolve_endpoint(info.grpc_url, tmp_path)
+    assert ep.protocol == "grpc"
+    assert ep.metrics_url == info.metrics_url
+
+
+def test_connect_builds_a_control_for_the_resolved_endpoint(tmp_path: Path) -> None:
+    me = psutil.Process()
+    info = _record(tmp_path, me.pid, me.create_time())
+    with TritonControl.connect(None, tmp_path) as control:
+        assert control.url == info.http_url
+        assert control.metrics_url == info.metrics_url
+
+
+# --------------------------------------------------------------------- parse_url
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "address", "metrics"),
+    [
+        ("http://h:9000", "http", "h:9000", "http://h:8002"),
+        ("grpc://h:9001", "grpc", "h:9001", "http://h:8002"),
+        ("h:9000", "http", "h:9000", "http://h:8002"),
+        ("http://h", "http", "h:8000", "http://h:8002"),
+        ("grpc://h", "grpc", "h:8001", "http://h:8002"),
+        ("grpc://[::1]:5", "grpc", "[::1]:5", "http://[::1]:8002"),
+    ],
+)
+def test_parse_url_understands_http_grpc_and_bare_addresses(
+    url: str, protocol: str, address: str, metrics: str
+) -> None:
+    ep = parse_url(url)
+    assert (ep.protocol, ep.address, ep.metrics_url) == (protocol, address, metrics)
+
+
+def test_parse_url_keeps_an_explicit_metrics_url() -> None:
+    assert parse_url("grpc://h:1", metrics_url="http://m:2/").metrics_url == "http://m:2"
+
+
+@pytest.mark.parametrize("url", ["ftp://h:1", "http://:1", "http://h:notaport"])
+def test_parse_url_rejects_what_is_not_a_triton_url(url: str) -> None:
+    with pytest.raises(ManagerError):
+        parse_url(url)
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def test_index_drops_hidden_names_and_reads_versions() -> None:
+    rows = [
+        {"name": ".tritonctl"},
+        {"name": "b", "version": "2", "state": "READY"},
+        {"name": "a"},
+        {"name": "b", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+    ]
+    entries = parse_index(rows)
+    assert [(e.name, e.version, e.state, e.reason) for e in entries] == [
+        ("a", None, "UNAVAILABLE", ""),
+        ("b", 1, "UNAVAILABLE", "unloaded"),
+        ("b", 2, "READY", ""),
+    ]
+    assert entries[2].ready
+
+
+def test_statistics_parse_http_json() -> None:
+    data = {
+        "model_stats": [
+            {
+                "name": "m",
+                "version": "1",
+                "last_inference": 1700000000123,
+                "inference_count": 7,
+                "execution_count": 5,
+                "inference_stats": {
+                    "success": {"count": 6, "ns": 600},
+                    "fail": {"count": 1, "ns": 10},
+                    "queue": {"count": 6, "ns": 60},
+                    "compute_input": {"count": 6, "ns": 1},
+                    "compute_infer": {"count": 6, "ns": 300},
+                    "compute_output": {"count": 6, "ns": 2},
+                },
+            }
+        ]
+    }
+    (s,) = parse_statistics(data)
+    assert (s.name, s.version, s.last_inference_ms) == ("m", 1, 1700000000123)
+    assert (s.inference_count, s.execution_count) == (7, 5)
+    assert (s.success_count, s.success_ns, s.fail_count, s.fail_ns) == (6, 600, 1, 10)
+    assert (s.queue_ns, s.compute_infer_ns) == (60, 300)
+
+
+def test_statistics_parse_grpc_json_with_strings_and_missing_zeros() -> None:
+    data = {
+        "model_stats": [
+            {
+                "name": "m",
+                "version": "2",
+                "last_inference": "1700000000123",
+                "inference_count": "3",
+                "inference_stats": {"success": {"count": "3", "ns": "99"}, "fail": {}},
+            },
+            {"name": ".hidden", "version": "1"},
+        ]
+    }
+    (s,) = parse_statistics(data)
+    assert (s.version, s.last_inference_ms, s.inference_count) == (2, 1700000000123, 3)
+    assert (s.success_count, s.success_ns, s.fail_count, s.execution_count) == (3, 99, 0, 0)
+
+
+# --------------------------------------------------------------------- errors
+
+
+def _tse(msg: str, status: str) -> InferenceServerException:
+    return InferenceServerException(msg=msg, status=status)
+
+
+def test_refused_connection_is_unreachable_and_names_the_url() -> None:
+    err = translate_error(ConnectionRefusedError(111, "refused"), url="http://h:1", action="x")
+    assert isinstance(err, TritonUnreachableError)
+    assert "http://h:1" in str(err)
+
+
+def test_grpc_unavailable_is_unreachable() -> None:
+    err = translate_error(
+        _tse("connect failed", "StatusCode.UNAVAILABLE"), url="grpc://h:1", action="x"
+    )
+    assert isinstance(err, TritonUnreachableError)
+
+
+def test_load_failure_keeps_tritons_message_on_one_line() -> None:
+    msg = "load failed for model 'bad': version 1 is at UNAVAILABLE state: Internal: boom\n\nAt:\n  f(1)\n;\n"
+    err = translate_error(_tse(msg, "400"), url="u", action="load", error=LoadError)
+    assert isinstance(err, LoadError)
+    assert (
+        str(err)
+        == "load failed for model 'bad': version 1 is at UNAVAILABLE state: Internal: boom At: f(1)"
+    )
+
+
+def test_unknown_model_maps_to_model_not_found() -> None:
+    err = translate_error(
+        _tse("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND"),
+        url="u",
+        action="unload",
+        error=UnloadError,
+    )
+    assert isinstance(err, ModelNotFoundError)
+
+
+def test_timeout_is_reported_as_the_action_failing() -> None:
+    err = translate_error(TimeoutError(), url="u", action="load 'm'", error=LoadError, timeout=3)
+    assert isinstance(err, LoadError)
+    assert "within 3 s" in str(err)
+
+
+def test_calls_to_a_closed_port_raise_unreachable_with_the_url() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with TritonControl(url, metrics_url=url, connect_timeout=2) as control:
+        assert control.is_live() is False
+        with pytest.raises(TritonUnreachableError, match=url):
+            control.repository_index()
+        with pytest.raises(TritonUnreachableError, match=f"{url}/metrics"):
+            control.metrics_text()
