@@ -35,7 +35,9 @@ _UNITS: dict[str, int] = {
     "t": 2**40,
 }
 
-_SIZE_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[eE](?P<exp>[+-]?\d+))?\s*(?P<unit>[A-Za-z]*)\s*$")
+_SIZE_RE = re.compile(
+    r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)(?:[eE](?P<exp>[+-]?\d+))?\s*(?P<unit>[A-Za-z]*)\s*$"
+)
 
 
 def parse_size(text: str | int) -> int:
