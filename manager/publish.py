@@ -396,8 +396,11 @@ def publish(
                 os.rename(staged_model, model_dir)
             else:
                 os.rename(staged_version, model_dir / str(version))
-                if config_to_text(read_config(model_dir / CONFIG_FILE)) != config_to_text(config):
+                if not (model_dir / CONFIG_FILE).is_file():
                     write_text_atomic(model_dir / CONFIG_FILE, config_to_text(config))
+                # else: the model's config.pbtxt stays as it is; it is shared by every
+                # version and carries what serving wrote into it (the version policy
+                # of endpoints), and `compatible` checked that it fits this version.
             log.info("published %s version %d in %.3f s", name, version, time.monotonic() - started)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

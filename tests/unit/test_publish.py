@@ -316,3 +316,13 @@ def test_hard_link_is_used_when_the_filesystem_allows(repo, onnx_file):
     copied = publish(repo, "linear", onnx_file, PublishOptions(runtime="native", link=False))
     assert copied.placed_by == "copy"
     assert (copied.path / "model.onnx").stat().st_ino != onnx_file.stat().st_ino
+
+
+def test_new_version_keeps_the_models_config_and_its_version_policy(repo, onnx_file):
+    publish(repo, "linear", onnx_file, NATIVE)
+    path = repo.config_path("linear")
+    path.write_text(path.read_text() + "version_policy { specific { versions: 1 } }\n")
+    before = path.read_text()
+    publish(repo, "linear", onnx_file, NATIVE)
+    assert path.read_text() == before
+    assert list(read_config(path).version_policy.specific.versions) == [1]
