@@ -1,0 +1,5 @@
+"""``python -m manager.cli`` runs ``tritonctl``."""
+
+from manager.cli import main
+
+main()

@@ -1,0 +1,338 @@
+"""``tritonctl endpoint ...`` and ``tritonctl rollout ...``: stable names and version shifts."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.table import Table
+
+from manager.cli.app import main
+from manager.cli.common import Context, console, err_console, pass_context, print_json
+from manager.endpoints import Endpoints, EndpointState, Target
+from manager.errors import ManagerError
+from manager.repository import Repository
+from manager.rollout import DEFAULT_STAGES, FINAL, RolloutPolicy, RolloutState, parse_stages
+from manager.rollout_service import begin_rollout, finish, run_rollout, spawn_worker, status
+from manager.triton import TritonControl
+
+
+def _control(obj: Context) -> TritonControl:
+    return TritonControl.connect(obj.url, obj.repo)
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _parse_model_version(text: str) -> tuple[str, int | None]:
+    model, colon, version = text.rpartition(":")
+    if not colon:
+        return text, None
+    try:
+        return model, int(version)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} must be MODEL or MODEL:VERSION") from exc
+
+
+def _show_endpoint(state: EndpointState) -> None:
+    table = Table(title=f"endpoint {state.name} ({state.mode})")
+    for col in ("target", "weight", "share"):
+        table.add_column(col)
+    shares = state.shares()
+    for t in state.targets:
+        table.add_row(t.label(), f"{t.weight:g}", f"{shares[t.key]:.0%}")
+    console.print(table)
+
+
+@main.group()
+def endpoint() -> None:
+    """Stable names that clients call, pointing at model versions."""
+
+
+@endpoint.command("show")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
+    """Targets and weights of endpoint NAME (all endpoints without NAME)."""
+    with _control(obj) as control:
+        eps = Endpoints(Repository(obj.repo), control)
+        states = [eps.get(name)] if name else eps.list()
+    if as_json:
+        print_json(states[0].to_dict() if name else [s.to_dict() for s in states])
+        return
+    for s in states:
+        _show_endpoint(s)
+
+
+@endpoint.command("switch")
+@click.argument("name")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="MODEL[:VERSION]",
+    help="The model (newest version) or model version to serve under NAME.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
+    """Point endpoint NAME at one model version (created if new); no client change."""
+    model, version = _parse_model_version(to)
+    with _control(obj) as control:
+        state = Endpoints(Repository(obj.repo), control).switch(name, model, version)
+    if as_json:
+        print_json(state.to_dict())
+    else:
+        _say(f"endpoint {name} -> {state.targets[0].label()}")
+
+
+@endpoint.command("split")
+@click.argument("name")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="MODEL:VERSION=WEIGHT",
+    help="A target and its weight (repeat for each target).",
+)
+@click.option(
+    "--sticky-parameter",
+    default=None,
+    help="Route by the hash of this request parameter, so one key sees one target.",
+)
+@click.option(
+    "--sticky-correlation-id", is_flag=True, help="Route by the request's correlation id."
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def endpoint_split(
+    obj: Context,
+    name: str,
+    targets: tuple[str, ...],
+    sticky_parameter: str | None,
+    sticky_correlation_id: bool,
+    as_json: bool,
+) -> None:
+    """Split endpoint NAME's traffic across targets by weight (an A/B test)."""
+    parsed = [Target.parse(t) for t in targets]
+    with _control(obj) as control:
+        state = Endpoints(Repository(obj.repo), control).split(
+            name,
+            parsed,
+            sticky_parameter=sticky_parameter,
+            use_correlation_id=sticky_correlation_id,
+        )
+    if as_json:
+        print_json(state.to_dict())
+    else:
+        _show_endpoint(state)
+
+
+@endpoint.command("delete")
+@click.argument("name")
+@pass_context
+def endpoint_delete(obj: Context, name: str) -> None:
+    """Unload and remove endpoint NAME (its targets keep serving)."""
+    with _control(obj) as control:
+        Endpoints(Repository(obj.repo), control).delete(name)
+    _say(f"endpoint {name} deleted")
+
+
+# -- rollouts ----------------------------------------------------------------------------
+
+
+def _rollout_line(state: RolloutState) -> str:
+    driver = "running" if state.driver_alive() else "not running"
+    line = (
+        f"{state.endpoint}: {state.model}:{state.old_version} -> {state.new_version} "
+        f"{state.status} at {state.weight} %"
+    )
+    if state.status not in FINAL:
+        line += f" (driver {driver})"
+    if state.reason:
+        line += f": {state.reason}"
+    return line
+
+
+@main.group()
+def rollout() -> None:
+    """Move an endpoint to a new version stage by stage, with health gates."""
+
+
+@rollout.command("start")
+@click.argument("name")
+@click.option(
+    "--to",
+    "to_version",
+    type=click.IntRange(min=1),
+    required=True,
+    help="The version of the endpoint's model to roll out.",
+)
+@click.option("--stages", default=",".join(str(s) for s in DEFAULT_STAGES), show_default=True)
+@click.option("--stage-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.option(
+    "--min-requests",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Requests the new version must see in a stage before it may pass.",
+)
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+@click.option(
+    "--max-latency-ratio",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.5,
+    show_default=True,
+    help="New/old mean request latency above this rolls back.",
+)
+@click.option(
+    "--golden",
+    "golden_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Golden requests the new version must answer before any traffic.",
+)
+@click.option("--wait", is_flag=True, help="Run here until promoted or rolled back.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def rollout_start(
+    obj: Context,
+    name: str,
+    to_version: int,
+    stages: str,
+    stage_seconds: float,
+    min_requests: int,
+    max_error_rate: float,
+    max_latency_ratio: float,
+    golden_dir: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Roll endpoint NAME out to version --to of its model."""
+    policy = RolloutPolicy(
+        stages=parse_stages(stages),
+        stage_seconds=stage_seconds,
+        min_requests=min_requests,
+        max_error_rate=max_error_rate,
+        max_latency_ratio=max_latency_ratio,
+        golden_dir=golden_dir,
+    )
+    repo = Repository(obj.repo)
+    with _control(obj) as control:
+        state = begin_rollout(repo, control, name, to_version, policy)
+        if not wait:
+            pid = spawn_worker(repo, control.url, name)
+            if as_json:
+                print_json({**state.to_dict(), "worker_pid": pid})
+            else:
+                _say(
+                    f"rollout of {name} to version {to_version} started (worker pid {pid}); "
+                    f"follow it with: tritonctl rollout status {name}"
+                )
+            return
+
+        def show(s: RolloutState) -> None:
+            if not as_json:
+                err_console.print(f"stage {s.weight} %: {s.model}:{s.new_version}", highlight=False)
+
+        state = run_rollout(repo, control, state, on_stage=show)
+    if as_json:
+        print_json(state.to_dict())
+    else:
+        _say(_rollout_line(state))
+    if state.status != "promoted":
+        raise SystemExit(4)
+
+
+@rollout.command("run", hidden=True)
+@click.argument("name")
+@pass_context
+def rollout_run(obj: Context, name: str) -> None:
+    """Drive the recorded rollout of NAME (what `rollout start` runs in the background)."""
+    repo = Repository(obj.repo)
+    with _control(obj) as control:
+        state = run_rollout(repo, control, status(repo, name))
+    _say(_rollout_line(state))
+
+
+@rollout.command("resume")
+@click.argument("name")
+@click.option("--wait", is_flag=True)
+@pass_context
+def rollout_resume(obj: Context, name: str, wait: bool) -> None:
+    """Continue a rollout whose driver died, from its recorded stage."""
+    repo = Repository(obj.repo)
+    state = status(repo, name)
+    if state.status in FINAL:
+        raise ManagerError(f"the rollout of {name!r} is over ({state.status})")
+    if state.driver_alive():
+        raise ManagerError(f"the rollout of {name!r} is running (pid {state.driver_pid})")
+    with _control(obj) as control:
+        if wait:
+            state = run_rollout(repo, control, state)
+            _say(_rollout_line(state))
+            return
+        pid = spawn_worker(repo, control.url, name)
+    _say(f"rollout of {name} resumed at {state.weight} % (worker pid {pid})")
+
+
+@rollout.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def rollout_status(obj: Context, name: str, as_json: bool) -> None:
+    """Stage, weights and per-stage health of NAME's rollout."""
+    state = status(Repository(obj.repo), name)
+    if as_json:
+        print_json(state.to_dict())
+        return
+    _say(_rollout_line(state))
+    table = Table()
+    for col in ("stage", "new ok/fail", "new ms", "old ok/fail", "old ms", "verdict"):
+        table.add_column(col)
+    for h in state.history:
+        n, o = h.new or {}, h.old or {}
+        table.add_row(
+            f"{h.weight} %",
+            f"{n.get('success', 0)}/{n.get('fail', 0)}",
+            f"{n.get('success_ns', 0) / max(n.get('success', 0), 1) / 1e6:.2f}",
+            f"{o.get('success', 0)}/{o.get('fail', 0)}",
+            f"{o.get('success_ns', 0) / max(o.get('success', 0), 1) / 1e6:.2f}",
+            h.verdict,
+        )
+    console.print(table)
+    if state.status not in FINAL and not state.driver_alive():
+        _say(
+            f"the driver is not running: `tritonctl rollout resume {name}` continues, "
+            f"`tritonctl rollout abort {name}` rolls back"
+        )
+
+
+def _finish(obj: Context, name: str, action: str) -> None:
+    repo = Repository(obj.repo)
+    with _control(obj) as control:
+        state = finish(repo, control, name, action)
+    deadline = time.monotonic() + 120
+    while state.status not in FINAL and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = status(repo, name)
+    _say(_rollout_line(state))
+
+
+@rollout.command("promote")
+@click.argument("name")
+@pass_context
+def rollout_promote(obj: Context, name: str) -> None:
+    """Skip the remaining stages: pin NAME to the new version now."""
+    _finish(obj, name, "promote")
+
+
+@rollout.command("abort")
+@click.argument("name")
+@pass_context
+def rollout_abort(obj: Context, name: str) -> None:
+    """Roll NAME back to the old version now."""
+    _finish(obj, name, "abort")

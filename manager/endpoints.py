@@ -1,0 +1,928 @@
+"""Endpoints: stable model names that clients call while the versions behind them change.
+
+An endpoint ``NAME`` is a Triton **ensemble** in the repository (``<repo>/NAME/``: a
+``config.pbtxt`` with platform ``ensemble`` and an empty version folder ``1/`` that holds
+only ``tritonctl.json`` ``{"kind": "endpoint"}``). Its single step calls
+
+* **pinned** (one target): the target model version itself (no Python in the path);
+* **routed** (several weighted targets): the router ``<repo>/NAME__router/``, a Python
+  backend model (``triton_backends/router/model.py``) that forwards every request by BLS
+  to one target chosen by weight (optionally sticky by a request parameter or the
+  correlation id).
+
+The routes of an endpoint, pinned or routed, are the JSON file
+``<repo>/.tritonctl/endpoints/NAME.json`` (written atomically); it is the source of truth
+for :meth:`Endpoints.get` and the file the router re-reads when it changes, so a weight
+change takes effect in well under a second without reloading anything.
+
+A Triton model serves the versions its ``version_policy`` allows, so the targets are
+loaded with a config override whose policy is ``specific { versions: [...] }``: the
+versions already READY, those any endpoint targets, and the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from filelock import FileLock, Timeout
+from tritonclient.grpc import model_config_pb2 as mc
+
+from manager.errors import (
+    EndpointError,
+    LoadError,
+    ManagerError,
+    ModelNotFoundError,
+    RepositoryError,
+)
+from manager.modelconfig import (
+    config_from_text,
+    config_to_text,
+    read_config,
+    triton_dtype_name,
+)
+from manager.names import validate_model_name, validate_version
+from manager.repository import (
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    Repository,
+    read_provenance,
+    write_json_atomic,
+    write_text_atomic,
+)
+from manager.triton import IndexEntry
+
+log = logging.getLogger(__name__)
+
+# ``Endpoints.list`` shadows the builtin inside the class body.
+_Targets = list["Target"]
+_IndexRows = list[IndexEntry]
+
+ENDPOINT_KIND = "endpoint"
+ROUTER_KIND = "endpoint-router"
+ROUTER_SUFFIX = "__router"
+ROUTES_DIR = "endpoints"
+KIND_PARAMETER = "tritonctl.kind"
+ROUTES_PARAMETER = "tritonctl.routes"
+ENDPOINT_PARAMETER = "tritonctl.endpoint"
+MERGE_PARAMETER = "tritonctl.merge_batches"
+MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
+ENDPOINT_VERSION = 1
+PINNED = "pinned"
+ROUTED = "routed"
+MODES = (PINNED, ROUTED)
+UNLOAD_WAIT_S = 60.0
+POLL_S = 0.05
+LOCK_TIMEOUT_S = 600.0
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class Target:
+    """One (model, version) an endpoint sends traffic to, with its relative weight."""
+
+    model: str
+    version: int
+    weight: float = 100.0
+
+    def __post_init__(self) -> None:
+        validate_model_name(self.model)
+        validate_version(self.version)
+        weight = float(self.weight)
+        if not math.isfinite(weight) or weight < 0:
+            raise EndpointError(
+                f"target {self.model}:{self.version}: weight must be a finite number >= 0, "
+                f"got {self.weight!r}"
+            )
+        object.__setattr__(self, "weight", weight)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.model, self.version)
+
+    def label(self) -> str:
+        return f"{self.model}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "version": self.version, "weight": self.weight}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Target:
+        return cls(str(data["model"]), int(data["version"]), float(data.get("weight", 100.0)))
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """``MODEL:VERSION=WEIGHT`` (weight optional, default 100), as the CLI takes it."""
+        spec, sep, weight_text = text.partition("=")
+        model, colon, version_text = spec.rpartition(":")
+        if not colon or not model:
+            raise EndpointError(f"target {text!r} must be MODEL:VERSION[=WEIGHT]")
+        try:
+            version = int(version_text)
+            weight = float(weight_text) if sep else 100.0
+        except ValueError as exc:
+            raise EndpointError(f"target {text!r} must be MODEL:VERSION[=WEIGHT]") from exc
+        return cls(model, version, weight)
+
+
+@dataclass
+class EndpointState:
+    """An endpoint's routes, as stored in ``<repo>/.tritonctl/endpoints/NAME.json``."""
+
+    name: str
+    mode: str
+    targets: list[Target]
+    sticky_parameter: str | None = None
+    use_correlation_id: bool = False
+    generation: int = 0
+    updated_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise EndpointError(f"endpoint {self.name!r}: unknown mode {self.mode!r}")
+
+    @property
+    def total_weight(self) -> float:
+        return sum(t.weight for t in self.targets)
+
+    def shares(self) -> dict[tuple[str, int], float]:
+        """Expected fraction of the traffic per target."""
+        total = self.total_weight
+        return {t.key: (t.weight / total if total else 0.0) for t in self.targets}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mode": self.mode,
+            "targets": [t.to_dict() for t in self.targets],
+            "sticky": {
+                "parameter": self.sticky_parameter,
+                "use_correlation_id": self.use_correlation_id,
+            },
+            "generation": self.generation,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EndpointState:
+        try:
+            sticky = data.get("sticky") or {}
+            parameter = sticky.get("parameter")
+            return cls(
+                name=str(data["name"]),
+                mode=str(data["mode"]),
+                targets=[Target.from_dict(t) for t in data["targets"]],
+                sticky_parameter=str(parameter) if parameter else None,
+                use_correlation_id=bool(sticky.get("use_correlation_id", False)),
+                generation=int(data.get("generation", 0)),
+                updated_at=str(data.get("updated_at", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EndpointError(f"endpoint routes are malformed: {exc}") from exc
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What clients of a model see: batching, inputs and outputs (names, types, dims)."""
+
+    max_batch_size: int
+    inputs: tuple[tuple[str, str, tuple[int, ...], bool], ...]
+    outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, config: mc.ModelConfig) -> Signature:
+        return cls(
+            max_batch_size=int(config.max_batch_size),
+            inputs=tuple(
+                (i.name, triton_dtype_name(i.data_type), tuple(int(d) for d in i.dims), i.optional)
+                for i in config.input
+            ),
+            outputs=tuple(
+                (o.name, triton_dtype_name(o.data_type), tuple(int(d) for d in o.dims))
+                for o in config.output
+            ),
+        )
+
+
+def _describe_tensor(entry: tuple[Any, ...]) -> str:
+    text = f"{entry[1]}{list(entry[2])}"
+    return text + (" optional" if len(entry) > 3 and entry[3] else "")
+
+
+def check_same_io(configs: Sequence[tuple[str, mc.ModelConfig]]) -> Signature:
+    """The common :class:`Signature` of labelled configs; refuses any difference, naming
+    the tensor (or batch size) that differs."""
+    if not configs:
+        raise EndpointError("an endpoint needs at least one target")
+    first_label, first = configs[0]
+    ref = Signature.of(first)
+    for label, config in configs[1:]:
+        sig = Signature.of(config)
+        if sig.max_batch_size != ref.max_batch_size:
+            raise EndpointError(
+                f"targets differ in max_batch_size: {label} has {sig.max_batch_size}, "
+                f"{first_label} has {ref.max_batch_size}"
+            )
+        for what, mine, theirs in (
+            ("input", sig.inputs, ref.inputs),
+            ("output", sig.outputs, ref.outputs),
+        ):
+            mine_by = {t[0]: t for t in mine}
+            theirs_by = {t[0]: t for t in theirs}
+            for tensor_name in sorted(set(mine_by) | set(theirs_by)):
+                a, b = mine_by.get(tensor_name), theirs_by.get(tensor_name)
+                if a is None:
+                    raise EndpointError(
+                        f"targets differ in {what} {tensor_name!r}: {first_label} has it, "
+                        f"{label} does not"
+                    )
+                if b is None:
+                    raise EndpointError(
+                        f"targets differ in {what} {tensor_name!r}: {label} has it, "
+                        f"{first_label} does not"
+                    )
+                if a != b:
+                    raise EndpointError(
+                        f"targets differ in {what} {tensor_name!r}: {label} has "
+                        f"{_describe_tensor(a)}, {first_label} has {_describe_tensor(b)}"
+                    )
+    return ref
+
+
+def _copy_io(config: mc.ModelConfig, target: mc.ModelConfig, *, ragged: bool = False) -> None:
+    """Copy the client-visible inputs/outputs of ``target`` into ``config``."""
+    config.max_batch_size = target.max_batch_size
+    for i in target.input:
+        entry = config.input.add()
+        entry.name = i.name
+        entry.data_type = i.data_type
+        entry.dims.extend(i.dims)
+        if i.optional:
+            entry.optional = True
+        if ragged and target.max_batch_size > 0:
+            entry.allow_ragged_batch = True
+    for o in target.output:
+        out = config.output.add()
+        out.name = o.name
+        out.data_type = o.data_type
+        out.dims.extend(o.dims)
+
+
+def endpoint_config(
+    name: str, target: mc.ModelConfig, step_model: str, step_version: int = -1
+) -> mc.ModelConfig:
+    """The ensemble config of endpoint ``name``: one step calling ``step_model`` (a target
+    model version when pinned, the router when routed) with ``target``'s inputs/outputs."""
+    config = mc.ModelConfig(name=name, platform="ensemble")
+    _copy_io(config, target)
+    step = config.ensemble_scheduling.step.add()
+    step.model_name = step_model
+    step.model_version = step_version
+    for i in target.input:
+        step.input_map[i.name] = i.name
+    for o in target.output:
+        step.output_map[o.name] = o.name
+    config.parameters[KIND_PARAMETER].string_value = ENDPOINT_KIND
+    return config
+
+
+@dataclass(frozen=True)
+class RouterOptions:
+    """How the router model is configured; the defaults are what ``bench/endpoint.py``
+    measured fastest on the embedded server.
+
+    ``instance_count`` None chooses by the targets: with batching (``max_batch_size >
+    0``) as many router instances as the target with the most instances has (more
+    instances split the dynamic batches the router joins into one BLS call per target:
+    0.53-0.57x of direct throughput with 2 instances vs 0.65-0.67x with 1 in the bench),
+    and without batching that number plus 2 (each router instance holds one request while
+    it waits for the target: 0.47x with 1, 0.52x with 2, 0.58x with 3).
+    """
+
+    instance_count: int | None = None
+    dynamic_batching: bool = True
+    max_queue_delay_us: int = 0
+    merge_batches: bool = True
+    merge_max_bytes: int = 1 << 20
+
+    def instances_for(self, target: mc.ModelConfig, target_instances: int) -> int:
+        if self.instance_count is not None:
+            return max(1, int(self.instance_count))
+        base = max(1, int(target_instances))
+        return base if target.max_batch_size > 0 and self.dynamic_batching else base + 2
+
+
+def instance_total(config: mc.ModelConfig) -> int:
+    """How many instances a model config asks for (1 without an instance group)."""
+    total = 0
+    for group in config.instance_group:
+        count = int(group.count) or 1
+        total += count * max(1, len(group.gpus))
+    return total or 1
+
+
+def router_name(endpoint: str) -> str:
+    return validate_model_name(endpoint + ROUTER_SUFFIX, what="router name")
+
+
+def routes_relpath(endpoint: str) -> str:
+    """Where the router finds the routes file, relative to its own model folder."""
+    from manager.settings import META_DIR
+
+    return f"../{META_DIR}/{ROUTES_DIR}/{endpoint}.json"
+
+
+def router_config(
+    endpoint: str,
+    target: mc.ModelConfig,
+    options: RouterOptions | None = None,
+    target_instances: int = 1,
+) -> mc.ModelConfig:
+    """The Python-backend config of ``endpoint``'s router (``target``'s inputs/outputs;
+    ``target_instances``: the most instances any target has)."""
+    opts = options or RouterOptions()
+    config = mc.ModelConfig(name=router_name(endpoint), backend="python")
+    _copy_io(config, target, ragged=True)
+    group = config.instance_group.add()
+    group.count = opts.instances_for(target, target_instances)
+    group.kind = mc.ModelInstanceGroup.Kind.Value("KIND_CPU")
+    if opts.dynamic_batching and target.max_batch_size > 0:
+        config.dynamic_batching.SetInParent()
+        if opts.max_queue_delay_us:
+            config.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    config.parameters[KIND_PARAMETER].string_value = ROUTER_KIND
+    config.parameters[ENDPOINT_PARAMETER].string_value = endpoint
+    config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint)
+    config.parameters[MERGE_PARAMETER].string_value = "true" if opts.merge_batches else "false"
+    config.parameters[MERGE_BYTES_PARAMETER].string_value = str(int(opts.merge_max_bytes))
+    return config
+
+
+def with_versions(config: mc.ModelConfig, versions: Iterable[int]) -> mc.ModelConfig:
+    """A copy of ``config`` whose version policy serves exactly ``versions``."""
+    wanted = sorted({validate_version(v) for v in versions})
+    if not wanted:
+        raise EndpointError(f"no versions of {config.name!r} to serve")
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    out.version_policy.specific.versions[:] = wanted
+    return out
+
+
+def policy_versions(config: mc.ModelConfig) -> set[int] | None:
+    """The versions of a ``specific`` version policy, or None for latest/all."""
+    if config.version_policy.WhichOneof("policy_choice") != "specific":
+        return None
+    return {int(v) for v in config.version_policy.specific.versions}
+
+
+def router_source() -> Path:
+    """The router's ``model.py`` shipped in ``triton_backends``."""
+    ref = resources.files("triton_backends").joinpath("router", "model.py")
+    path = Path(str(ref))
+    if not path.is_file():
+        raise ManagerError(f"the endpoint router is missing from this installation ({path})")
+    return path
+
+
+def _write_config_atomic(path: Path, config: mc.ModelConfig) -> None:
+    text = config_to_text(config)
+    if config_from_text(text, source=str(path)) != config:  # pragma: no cover
+        raise EndpointError(f"config for {config.name!r} does not survive a round trip")
+    write_text_atomic(path, text)
+
+
+# --------------------------------------------------------------------------- control
+
+
+class ModelControl(Protocol):
+    """What endpoints need from Triton (``manager.triton.TritonControl`` or a fake)."""
+
+    def repository_index(self) -> list[IndexEntry]: ...
+
+    def load_model(self, name: str, config: str | None = None) -> None: ...
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
+
+
+def is_endpoint_folder(repo: Repository, name: str) -> bool:
+    """True if ``<repo>/name`` is an endpoint's ensemble or router made by this module."""
+    if name.startswith("."):
+        return False
+    info = read_provenance(repo.path / name / str(ENDPOINT_VERSION))
+    return info.get("kind") in (ENDPOINT_KIND, ROUTER_KIND)
+
+
+class Endpoints:
+    """Create, re-point, split and delete the endpoints of one repository on one server."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        control: ModelControl,
+        *,
+        router: RouterOptions | None = None,
+        unload_wait_s: float = UNLOAD_WAIT_S,
+    ) -> None:
+        self.repo = repo
+        self.control = control
+        self.router_options = router or RouterOptions()
+        self.unload_wait_s = unload_wait_s
+
+    def __repr__(self) -> str:
+        return f"Endpoints({self.repo!r})"
+
+    # ---------------------------------------------------------------- paths and state
+
+    @property
+    def routes_dir(self) -> Path:
+        return self.repo.meta_dir / ROUTES_DIR
+
+    def routes_path(self, name: str) -> Path:
+        return self.routes_dir / f"{validate_model_name(name, what='endpoint name')}.json"
+
+    def _read(self, name: str) -> EndpointState | None:
+        path = self.routes_path(name)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise EndpointError(f"cannot read endpoint routes {path}: {exc}") from exc
+        try:
+            return EndpointState.from_dict(json.loads(text))
+        except (ValueError, EndpointError) as exc:
+            raise EndpointError(f"endpoint routes {path} are malformed: {exc}") from exc
+
+    def _write(self, state: EndpointState) -> None:
+        self.routes_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.routes_path(state.name), state.to_dict())
+
+    def get(self, name: str) -> EndpointState:
+        state = self._read(name)
+        if state is None:
+            raise EndpointError(f"no endpoint named {name!r} in {self.repo.path}")
+        return state
+
+    def list(self) -> list[EndpointState]:
+        if not self.routes_dir.is_dir():
+            return []
+        states = []
+        for path in sorted(self.routes_dir.glob("*.json")):
+            state = self._read(path.stem)
+            if state is not None:
+                states.append(state)
+        return states
+
+    def target_versions(self, name: str) -> set[tuple[str, int]]:
+        """The (model, version) pairs endpoint ``name`` sends traffic to (or may, at 0 %)."""
+        return {t.key for t in self.get(name).targets}
+
+    def all_target_versions(self) -> set[tuple[str, int]]:
+        """Every (model, version) some endpoint targets: never evict or prune these."""
+        return {t.key for state in self.list() for t in state.targets}
+
+    # ---------------------------------------------------------------- checks
+
+    def _check_endpoint_name(self, name: str) -> str:
+        validate_model_name(name, what="endpoint name")
+        if name.endswith(ROUTER_SUFFIX):
+            raise EndpointError(f"endpoint name {name!r} must not end with {ROUTER_SUFFIX!r}")
+        router_name(name)
+        for folder in (name, name + ROUTER_SUFFIX):
+            if self.repo.has_model(folder) and not is_endpoint_folder(self.repo, folder):
+                raise EndpointError(
+                    f"{folder!r} is a model in {self.repo.path}, not an endpoint: "
+                    "choose another endpoint name"
+                )
+        return name
+
+    def _target_config(self, model: str) -> mc.ModelConfig:
+        validate_model_name(model)
+        if not self.repo.has_model(model):
+            raise ModelNotFoundError(f"model {model!r} is not in repository {self.repo.path}")
+        if is_endpoint_folder(self.repo, model):
+            raise EndpointError(f"{model!r} is an endpoint; an endpoint must target a model")
+        return read_config(self.repo.config_path(model))
+
+    def _resolve_version(self, model: str, version: int | None) -> int:
+        versions = self.repo.versions(model)
+        if version is None:
+            if not versions:
+                raise ModelNotFoundError(f"model {model!r} has no published version")
+            return versions[-1]
+        validate_version(version)
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {model!r} has no version {version} in {self.repo.path} "
+                f"(it has: {', '.join(map(str, versions)) or 'none'})"
+            )
+        return version
+
+    def _check_targets(
+        self, targets: Sequence[Target]
+    ) -> tuple[_Targets, dict[str, mc.ModelConfig]]:
+        """Checked targets and their models' configs (inputs/outputs all identical)."""
+        if not targets:
+            raise EndpointError("an endpoint needs at least one target")
+        checked = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        seen: set[tuple[str, int]] = set()
+        for t in checked:
+            if t.key in seen:
+                raise EndpointError(f"target {t.label()} is listed twice")
+            seen.add(t.key)
+            self._resolve_version(t.model, t.version)
+        if sum(t.weight for t in checked) <= 0:
+            raise EndpointError("the weights of the targets add up to 0")
+        configs = {m: self._target_config(m) for m in {t.model for t in checked}}
+        check_same_io([(t.label(), configs[t.model]) for t in checked])
+        return checked, configs
+
+    # ---------------------------------------------------------------- locks
+
+    @contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        self.repo.ensure()
+        lock_dir = self.repo.meta_dir / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        lock = FileLock(str(lock_dir / f"{key}.lock"))
+        try:
+            with lock.acquire(timeout=LOCK_TIMEOUT_S):
+                yield
+        except Timeout as exc:
+            raise RepositoryError(
+                f"{key!r} is locked by another tritonctl process (waited {LOCK_TIMEOUT_S:.0f} s)"
+            ) from exc
+
+    # ---------------------------------------------------------------- triton
+
+    def _index(self) -> _IndexRows:
+        return self.control.repository_index()
+
+    def _ready_versions(self, model: str, index: Sequence[IndexEntry] | None = None) -> set[int]:
+        rows = index if index is not None else self._index()
+        return {e.version for e in rows if e.name == model and e.ready and e.version is not None}
+
+    def _is_ready(self, model: str) -> bool:
+        return bool(self._ready_versions(model))
+
+    def serve_versions(self, model: str, versions: Iterable[int]) -> set[int]:
+        """Make Triton serve ``versions`` of ``model`` besides what it serves already.
+
+        The versions to serve are written into the model's ``config.pbtxt`` as a
+        ``specific`` version policy (the versions READY now, those any endpoint targets,
+        and the new ones) and the model is loaded from it; Triton keeps the old copy
+        serving until the new one is ready. A config *override* would not do: Triton
+        reloads a model loaded with an override from its files the next time anything
+        polls it, and loading an ensemble polls its steps' models. Nothing is done when
+        the versions are READY and the policy on disk already lists them. Returns the
+        versions READY afterwards.
+        """
+        wanted = {validate_version(v) for v in versions}
+        validate_model_name(model)
+        with self.repo.lock(model):
+            on_disk = set(self.repo.versions(model))
+            absent = wanted - on_disk
+            if absent:
+                raise ModelNotFoundError(
+                    f"model {model!r} has no version {min(absent)} in {self.repo.path}"
+                )
+            path = self.repo.config_path(model)
+            config = read_config(path)
+            ready = self._ready_versions(model)
+            targeted = {v for m, v in self.all_target_versions() if m == model}
+            serve = ((ready | targeted) & on_disk) | wanted
+            policy = policy_versions(config)
+            if wanted <= ready and policy is not None and serve <= policy:
+                return ready
+            if policy != serve:
+                _write_config_atomic(path, with_versions(config, serve))
+            log.info("loading %s serving versions %s", model, sorted(serve))
+            self.control.load_model(model)
+            ready = self._ready_versions(model)
+            missing = wanted - ready
+            if missing:
+                raise LoadError(
+                    f"model {model!r} loaded but versions {sorted(missing)} are not READY"
+                )
+            return ready
+
+    def retire(self, model: str, version: int) -> None:
+        """Stop serving one version of ``model`` (the others keep serving).
+
+        Refused while an endpoint targets that version. The version leaves the model's
+        version policy and the model is reloaded with the rest, or unloaded (and its
+        policy cleared) when no version remains.
+        """
+        validate_version(version)
+        validate_model_name(model)
+        with self.repo.lock(model):
+            users = [s.name for s in self.list() if (model, version) in {t.key for t in s.targets}]
+            if users:
+                raise EndpointError(
+                    f"{model}:{version} is a target of endpoint(s) {', '.join(users)}"
+                )
+            path = self.repo.config_path(model)
+            config = read_config(path)
+            ready = self._ready_versions(model)
+            remaining = ready - {version}
+            if not remaining:
+                if config.HasField("version_policy"):
+                    cleared = mc.ModelConfig()
+                    cleared.CopyFrom(config)
+                    cleared.ClearField("version_policy")
+                    _write_config_atomic(path, cleared)
+                if version in ready:
+                    log.info("unloading %s (its last version %d is retired)", model, version)
+                    self.control.unload_model(model)
+                    self._wait_unloaded(model)
+                return
+            _write_config_atomic(path, with_versions(config, remaining))
+            if version in ready:
+                log.info("reloading %s serving versions %s", model, sorted(remaining))
+                self.control.load_model(model)
+
+    def _wait_unloaded(self, name: str) -> None:
+        deadline = time.monotonic() + self.unload_wait_s
+        while time.monotonic() < deadline:
+            rows = [e for e in self._index() if e.name == name]
+            if not any(e.state in ("READY", "LOADING", "UNLOADING") for e in rows):
+                return
+            time.sleep(POLL_S)
+        log.warning("%s is still unloading after %.0f s", name, self.unload_wait_s)
+
+    def _unload_if_loaded(self, name: str) -> None:
+        rows = [e for e in self._index() if e.name == name]
+        if any(e.state in ("READY", "LOADING") for e in rows):
+            log.info("unloading %s", name)
+            self.control.unload_model(name)
+            self._wait_unloaded(name)
+
+    # ---------------------------------------------------------------- folders
+
+    def _write_marker(self, folder: Path, data: dict[str, Any]) -> None:
+        vdir = folder / str(ENDPOINT_VERSION)
+        vdir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(vdir / PROVENANCE_FILE, data)
+
+    def _write_endpoint(self, name: str, config: mc.ModelConfig) -> None:
+        folder = self.repo.path / name
+        self._write_marker(folder, {"kind": ENDPOINT_KIND, "name": name})
+        _write_config_atomic(folder / CONFIG_FILE, config)
+
+    def _write_router(self, name: str, config: mc.ModelConfig) -> None:
+        folder = self.repo.path / router_name(name)
+        self._write_marker(folder, {"kind": ROUTER_KIND, "endpoint": name})
+        write_text_atomic(folder / str(ENDPOINT_VERSION) / "model.py", router_source().read_text())
+        _write_config_atomic(folder / CONFIG_FILE, config)
+
+    def _remove_folder(self, folder_name: str) -> None:
+        folder = self.repo.path / folder_name
+        if not folder.exists():
+            return
+        trash = self.repo.meta_dir / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        target = trash / f"{folder_name}.{uuid.uuid4().hex[:8]}"
+        os.rename(folder, target)
+        shutil.rmtree(target, ignore_errors=True)
+
+    def _router_current(self, name: str, wanted: mc.ModelConfig) -> bool:
+        """True if the router on disk is ``wanted`` and Triton serves it."""
+        path = self.repo.path / router_name(name) / CONFIG_FILE
+        if not path.is_file():
+            return False
+        try:
+            current = read_config(path)
+        except ManagerError:
+            return False
+        return current == wanted and self._is_ready(router_name(name))
+
+    # ---------------------------------------------------------------- operations
+
+    def switch(self, name: str, model: str, version: int | None = None) -> EndpointState:
+        """Point endpoint ``name`` at one model version (created if new).
+
+        ``version`` None is the newest published version. The target is loaded, the
+        routes file and the pinned ensemble are written, the ensemble is (re)loaded
+        (Triton keeps the old one serving until the new one is ready), and the router,
+        if one was in the path, is unloaded and removed.
+        """
+        self._check_endpoint_name(name)
+        config = self._target_config(model)
+        version = self._resolve_version(model, version)
+        with self._lock(name):
+            previous = self._read(name)
+            self.serve_versions(model, {version})
+            state = EndpointState(
+                name=name,
+                mode=PINNED,
+                targets=[Target(model, version, 100.0)],
+                generation=(previous.generation + 1) if previous else 1,
+                updated_at=_now(),
+            )
+            # Written first: a router still in the path sends everything to the new target.
+            self._apply(name, previous, state, endpoint_config(name, config, model, version))
+            self._unload_if_loaded(router_name(name))
+            self._remove_folder(router_name(name))
+            log.info("endpoint %s -> %s:%d (pinned)", name, model, version)
+            return state
+
+    def split(
+        self,
+        name: str,
+        targets: Sequence[Target],
+        *,
+        sticky_parameter: str | None = None,
+        use_correlation_id: bool = False,
+    ) -> EndpointState:
+        """Send endpoint ``name``'s traffic to several targets by weight (created if new).
+
+        Every target is loaded first. If the router is already in the path with the same
+        inputs/outputs, only the routes file is rewritten (effective within ~0.2 s).
+        Otherwise the router is written and loaded, then the ensemble's step is pointed
+        at it.
+        """
+        self._check_endpoint_name(name)
+        checked, configs = self._check_targets(targets)
+        target = configs[checked[0].model]
+        wanted_router = router_config(
+            name,
+            target,
+            self.router_options,
+            max(instance_total(c) for c in configs.values()),
+        )
+        by_model: dict[str, set[int]] = {}
+        for t in checked:
+            by_model.setdefault(t.model, set()).add(t.version)
+        with self._lock(name):
+            previous = self._read(name)
+            for model, versions in sorted(by_model.items()):
+                self.serve_versions(model, versions)
+            state = EndpointState(
+                name=name,
+                mode=ROUTED,
+                targets=list(checked),
+                sticky_parameter=sticky_parameter or None,
+                use_correlation_id=bool(use_correlation_id),
+                generation=(previous.generation + 1) if previous else 1,
+                updated_at=_now(),
+            )
+            if (
+                previous is not None
+                and previous.mode == ROUTED
+                and self._router_current(name, wanted_router)
+                and self._is_ready(name)
+            ):
+                self._write(state)
+                log.info("endpoint %s: routes generation %d", name, state.generation)
+                return state
+            self._write(state)
+            try:
+                self._write_router(name, wanted_router)
+                self.control.load_model(router_name(name))
+            except ManagerError:
+                self._restore(name, previous)
+                raise
+            self._apply(
+                name, previous, state, endpoint_config(name, target, router_name(name)), write=False
+            )
+            log.info(
+                "endpoint %s routed: %s",
+                name,
+                ", ".join(f"{t.label()}={t.weight:g}" for t in checked),
+            )
+            return state
+
+    def set_weights(self, name: str, targets: Sequence[Target]) -> EndpointState:
+        """New weights for a routed endpoint's targets (same targets; the order given is
+        the order of the sticky ranges). Only the routes file changes."""
+        checked = [t if isinstance(t, Target) else Target(*t) for t in targets]
+        with self._lock(name):
+            state = self.get(name)
+            if state.mode != ROUTED:
+                raise EndpointError(
+                    f"endpoint {name!r} is pinned to {state.targets[0].label()}: use split "
+                    "to route it to several targets"
+                )
+            given = [t.key for t in checked]
+            if len(set(given)) != len(given):
+                raise EndpointError("a target is listed twice")
+            if set(given) != {t.key for t in state.targets}:
+                raise EndpointError(
+                    f"endpoint {name!r} routes to "
+                    f"{', '.join(t.label() for t in state.targets)}; set_weights takes the same "
+                    "targets (use split to change them)"
+                )
+            if sum(t.weight for t in checked) <= 0:
+                raise EndpointError("the weights of the targets add up to 0")
+            new = EndpointState(
+                name=name,
+                mode=ROUTED,
+                targets=checked,
+                sticky_parameter=state.sticky_parameter,
+                use_correlation_id=state.use_correlation_id,
+                generation=state.generation + 1,
+                updated_at=_now(),
+            )
+            self._write(new)
+            log.info(
+                "endpoint %s weights: %s",
+                name,
+                ", ".join(f"{t.label()}={t.weight:g}" for t in checked),
+            )
+            return new
+
+    def delete(self, name: str) -> None:
+        """Unload and remove endpoint ``name`` (its targets keep serving)."""
+        validate_model_name(name, what="endpoint name")
+        with self._lock(name):
+            if self._read(name) is None and not is_endpoint_folder(self.repo, name):
+                raise EndpointError(f"no endpoint named {name!r} in {self.repo.path}")
+            self._unload_if_loaded(name)
+            self._unload_if_loaded(router_name(name))
+            for folder in (name, router_name(name)):
+                if is_endpoint_folder(self.repo, folder):
+                    self._remove_folder(folder)
+            self.routes_path(name).unlink(missing_ok=True)
+            log.info("endpoint %s deleted", name)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _apply(
+        self,
+        name: str,
+        previous: EndpointState | None,
+        state: EndpointState,
+        config: mc.ModelConfig,
+        *,
+        write: bool = True,
+    ) -> None:
+        """Write ``state`` (unless written already) and the ensemble, then (re)load it;
+        on failure put the previous routes and ensemble back."""
+        config_path = self.repo.path / name / CONFIG_FILE
+        old_config = config_path.read_text() if config_path.is_file() else None
+        if write:
+            self._write(state)
+        if old_config == config_to_text(config) and self._is_ready(name):
+            return  # the ensemble already calls what it should
+        try:
+            self._write_endpoint(name, config)
+            self.control.load_model(name)
+        except ManagerError as exc:
+            log.error("endpoint %s: %s; restoring the previous routes", name, exc)
+            if old_config is not None:
+                write_text_atomic(config_path, old_config)
+            else:
+                self._remove_folder(name)
+            self._restore(name, previous)
+            if isinstance(exc, LoadError):
+                raise EndpointError(f"endpoint {name!r} could not be loaded: {exc}") from exc
+            raise
+
+    def _restore(self, name: str, previous: EndpointState | None) -> None:
+        if previous is None:
+            self.routes_path(name).unlink(missing_ok=True)
+        else:
+            self._write(previous)
+
+
+__all__ = [
+    "ENDPOINT_KIND",
+    "ROUTER_KIND",
+    "ROUTER_SUFFIX",
+    "EndpointState",
+    "Endpoints",
+    "ModelControl",
+    "RouterOptions",
+    "Signature",
+    "Target",
+    "check_same_io",
+    "endpoint_config",
+    "is_endpoint_folder",
+    "policy_versions",
+    "router_config",
+    "router_name",
+    "routes_relpath",
+    "with_versions",
+]

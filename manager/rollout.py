@@ -1,0 +1,455 @@
+"""Rollouts: move an endpoint's traffic from one model version to another, stage by stage.
+
+The weights go 5 -> 15 -> 30 -> 50 -> 75 -> 90 -> 100 % (by default). At each stage the
+driver reads Triton's per-version statistics of the two versions and gates:
+
+* error rate of the new version above ``max_error_rate`` -> roll back,
+* mean compute latency of the new version above ``max_latency_ratio`` x the old's -> roll back,
+* a golden request answered wrongly by the new version (checked before any traffic) -> roll back.
+
+Rolling back puts 100 % on the old version, pins the endpoint to it and unloads the new
+version. At 100 % the endpoint is pinned to the new version (no router in the path) and the
+old version is unloaded. Every transition is written to
+``<repo>/.tritonctl/rollouts/<endpoint>.json`` before it is acted on, so a driver that dies
+can be resumed (or rolled back) from the recorded state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from manager.errors import ManagerError, RolloutError
+from manager.repository import Repository, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STAGES: tuple[int, ...] = (5, 15, 30, 50, 75, 90, 100)
+ACTIVE = ("starting", "running")
+FINAL = ("promoted", "rolled_back")
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Cumulative per-version counters, as Triton's statistics report them."""
+
+    success: int = 0
+    fail: int = 0
+    success_ns: int = 0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(
+            self.success - other.success, self.fail - other.fail, self.success_ns - other.success_ns
+        )
+
+    @property
+    def requests(self) -> int:
+        return self.success + self.fail
+
+    @property
+    def error_rate(self) -> float:
+        return self.fail / self.requests if self.requests else 0.0
+
+    @property
+    def mean_ms(self) -> float:
+        return self.success_ns / self.success / 1e6 if self.success else 0.0
+
+
+@dataclass
+class RolloutPolicy:
+    stages: tuple[int, ...] = DEFAULT_STAGES
+    stage_seconds: float = 60.0
+    min_requests: int = 20
+    max_error_rate: float = 0.01
+    max_latency_ratio: float = 1.5
+    # a stage that has not seen min_requests on the new version by this many stage
+    # lengths is rolled back: a rollout never promotes what it could not observe
+    max_stage_wait: float = 10.0
+    golden_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        stages = tuple(int(s) for s in self.stages)
+        if (
+            not stages
+            or any(s <= 0 or s > 100 for s in stages)
+            or list(stages) != sorted(set(stages))
+        ):
+            raise RolloutError(f"stages must rise strictly within 1..100, got {list(self.stages)}")
+        if stages[-1] != 100:
+            stages = (*stages, 100)
+        self.stages = stages
+        if self.stage_seconds < 0 or self.min_requests < 0:
+            raise RolloutError("stage seconds and min requests must not be negative")
+        if not 0 <= self.max_error_rate <= 1:
+            raise RolloutError(f"max error rate must be within 0..1, got {self.max_error_rate}")
+        if self.max_latency_ratio <= 0:
+            raise RolloutError(f"max latency ratio must be positive, got {self.max_latency_ratio}")
+
+
+@dataclass
+class StageRecord:
+    weight: int
+    started_at: str
+    new: dict[str, Any] = field(default_factory=dict)
+    old: dict[str, Any] = field(default_factory=dict)
+    verdict: str = ""
+
+
+@dataclass
+class RolloutState:
+    endpoint: str
+    model: str
+    old_version: int
+    new_version: int
+    policy: RolloutPolicy
+    status: str = "starting"  # starting | running | promoted | rolled_back
+    stage_index: int = -1  # index into policy.stages of the weight now applied
+    reason: str = ""
+    driver_pid: int = 0
+    driver_create_time: float = 0.0
+    requested: str = ""  # "promote" or "abort", set by another process for the driver
+    baseline_new: dict[str, int] = field(default_factory=dict)
+    baseline_old: dict[str, int] = field(default_factory=dict)
+    history: list[StageRecord] = field(default_factory=list)
+    started_at: str = ""
+    updated_at: str = ""
+
+    @property
+    def weight(self) -> int:
+        return self.policy.stages[self.stage_index] if self.stage_index >= 0 else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["weight"] = self.weight
+        data["weights"] = {
+            f"{self.model}:{self.old_version}": 100 - self.weight,
+            f"{self.model}:{self.new_version}": self.weight,
+        }
+        data["driver_alive"] = self.driver_alive()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutState:
+        data = dict(data)
+        for derived in ("weight", "weights", "driver_alive"):
+            data.pop(derived, None)
+        policy = _policy_from(data.pop("policy"))
+        history = [StageRecord(**h) for h in data.pop("history", [])]
+        return cls(policy=policy, history=history, **data)
+
+    def driver_alive(self) -> bool:
+        if not self.driver_pid:
+            return False
+        try:
+            proc = psutil.Process(self.driver_pid)
+            return abs(proc.create_time() - self.driver_create_time) < 0.5 and proc.is_running()
+        except psutil.Error:
+            return False
+
+
+def _policy_from(data: dict[str, Any]) -> RolloutPolicy:
+    return RolloutPolicy(**{**data, "stages": tuple(data["stages"])})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class EndpointControl(Protocol):
+    """What the rollout needs from endpoints (``manager.endpoints.Endpoints`` provides it)."""
+
+    def split(self, name: str, targets: list[Any]) -> Any: ...
+    def set_weights(self, name: str, targets: list[Any]) -> Any: ...
+    def switch(self, name: str, model: str, version: int | None = None) -> Any: ...
+
+
+StatsReader = Callable[[str], dict[int, Counters]]  # model -> {version: counters}
+VersionRetirer = Callable[[str, int], None]  # (model, version) to stop serving
+GoldenRunner = Callable[[str, int], None]  # (model, version); raises on mismatch
+
+
+class RolloutStore:
+    """Where rollout state lives: ``<repo>/.tritonctl/rollouts/<endpoint>.json``."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.root = repo.meta_dir / "rollouts"
+
+    def path(self, endpoint: str) -> Path:
+        return self.root / f"{endpoint}.json"
+
+    def load(self, endpoint: str) -> RolloutState | None:
+        import json
+
+        path = self.path(endpoint)
+        if not path.is_file():
+            return None
+        try:
+            return RolloutState.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise RolloutError(f"rollout state {path} is unreadable: {exc}") from exc
+
+    def save(self, state: RolloutState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        state.updated_at = _now()
+        write_json_atomic(self.path(state.endpoint), state.to_dict())
+
+    def active(self) -> list[RolloutState]:
+        if not self.root.is_dir():
+            return []
+        states = [self.load(p.stem) for p in sorted(self.root.glob("*.json"))]
+        return [s for s in states if s is not None and s.status in ACTIVE]
+
+
+class RolloutDriver:
+    """Runs one endpoint's rollout to its end, writing every step down first."""
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        endpoints: EndpointControl,
+        stats: StatsReader,
+        retire: VersionRetirer,
+        *,
+        golden: GoldenRunner | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        poll_seconds: float = 0.5,
+        on_stage: Callable[[RolloutState], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.endpoints = endpoints
+        self.stats = stats
+        self.retire = retire
+        self.golden = golden
+        self.sleep = sleep
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.on_stage = on_stage
+
+    # -- entry points -------------------------------------------------------------
+    def begin(
+        self, endpoint: str, model: str, old_version: int, new_version: int, policy: RolloutPolicy
+    ) -> RolloutState:
+        """Record a new rollout (refusing one over an active rollout) and return its state."""
+        current = self.store.load(endpoint)
+        if current is not None and current.status in ACTIVE:
+            raise RolloutError(
+                f"endpoint {endpoint!r} already has a rollout to version {current.new_version} "
+                f"({current.status}, {current.weight} %); promote, abort or resume it first"
+            )
+        if old_version == new_version:
+            raise RolloutError(f"endpoint {endpoint!r} already serves {model}:{new_version}")
+        state = RolloutState(endpoint, model, old_version, new_version, policy, started_at=_now())
+        self.store.save(state)
+        return state
+
+    def run(self, state: RolloutState) -> RolloutState:
+        """Drive ``state`` to ``promoted`` or ``rolled_back``; resumes where it stands."""
+        self._claim(state)
+        try:
+            if state.status == "starting":
+                self._prepare(state)
+            while state.status == "running":
+                request = self._requested(state)
+                if request == "abort":
+                    return self.rollback(state, "aborted by request")
+                if request == "promote":
+                    return self.promote(state, "promoted by request")
+                nxt = state.stage_index + 1
+                if nxt >= len(state.policy.stages) or state.policy.stages[nxt] == 100:
+                    return self.promote(state, "all stages healthy")
+                self._enter_stage(state, nxt)
+                verdict = self._watch_stage(state)
+                if verdict:
+                    return self.rollback(state, verdict)
+            return state
+        except ManagerError as exc:
+            if state.status in ACTIVE:
+                log.error("rollout of %s failed: %s; rolling back", state.endpoint, exc)
+                return self.rollback(state, f"error: {exc}")
+            raise
+
+    # -- steps ------------------------------------------------------------------------
+    def _claim(self, state: RolloutState) -> None:
+        me = psutil.Process(os.getpid())
+        state.driver_pid, state.driver_create_time = me.pid, me.create_time()
+        self.store.save(state)
+
+    def _requested(self, state: RolloutState) -> str:
+        fresh = self.store.load(state.endpoint)
+        return fresh.requested if fresh is not None else ""
+
+    def _targets(self, state: RolloutState, weight: int) -> list[Any]:
+        from manager.endpoints import Target
+
+        return [
+            Target(state.model, state.old_version, float(100 - weight)),
+            Target(state.model, state.new_version, float(weight)),
+        ]
+
+    def _prepare(self, state: RolloutState) -> None:
+        # load the new version beside the old one, at 0 % of the traffic
+        self.endpoints.split(state.endpoint, self._targets(state, 0))
+        if self.golden is not None:
+            try:
+                self.golden(state.model, state.new_version)
+            except ManagerError as exc:
+                self.rollback(state, f"golden check failed: {exc}")
+                raise RolloutError(state.reason) from exc
+        state.status = "running"
+        self.store.save(state)
+
+    def _enter_stage(self, state: RolloutState, index: int) -> None:
+        weight = state.policy.stages[index]
+        base = self.stats(state.model)
+        state.baseline_new = asdict(base.get(state.new_version, Counters()))
+        state.baseline_old = asdict(base.get(state.old_version, Counters()))
+        state.stage_index = index
+        state.history.append(StageRecord(weight=weight, started_at=_now()))
+        self.store.save(state)
+        self.endpoints.set_weights(state.endpoint, self._targets(state, weight))
+        log.info("rollout %s: stage %d %%", state.endpoint, weight)
+        if self.on_stage:
+            self.on_stage(state)
+
+    def _deltas(self, state: RolloutState) -> tuple[Counters, Counters]:
+        now = self.stats(state.model)
+        new = now.get(state.new_version, Counters()) - Counters(**state.baseline_new)
+        old = now.get(state.old_version, Counters()) - Counters(**state.baseline_old)
+        return new, old
+
+    def gate(self, state: RolloutState, new: Counters, old: Counters, *, final: bool) -> str:
+        """The reason to roll back, or "" when the stage looks healthy so far."""
+        p = state.policy
+        if (
+            new.fail
+            and new.requests >= max(1, min(p.min_requests, 10))
+            and new.error_rate > p.max_error_rate
+        ):
+            return (
+                f"error rate of {state.model}:{state.new_version} is {new.error_rate:.1%} "
+                f"({new.fail}/{new.requests}) > {p.max_error_rate:.1%}"
+            )
+        if (
+            final
+            and new.success >= p.min_requests
+            and old.success >= p.min_requests
+            and old.mean_ms > 0
+        ):
+            ratio = new.mean_ms / old.mean_ms
+            if ratio > p.max_latency_ratio:
+                return (
+                    f"latency of {state.model}:{state.new_version} is {new.mean_ms:.2f} ms, "
+                    f"{ratio:.2f}x the old version's {old.mean_ms:.2f} ms > {p.max_latency_ratio}x"
+                )
+        return ""
+
+    def _watch_stage(self, state: RolloutState) -> str:
+        p = state.policy
+        start = self.clock()
+        deadline = start + p.stage_seconds
+        give_up = start + max(p.stage_seconds * p.max_stage_wait, p.stage_seconds + 5)
+        while True:
+            if self._requested(state):
+                return ""  # handled by run()
+            new, old = self._deltas(state)
+            now = self.clock()
+            enough = new.requests >= p.min_requests
+            final = now >= deadline and enough
+            verdict = self.gate(state, new, old, final=final)
+            record = state.history[-1]
+            record.new, record.old = asdict(new), asdict(old)
+            if verdict:
+                record.verdict = verdict
+                self.store.save(state)
+                return verdict
+            if final:
+                record.verdict = "healthy"
+                self.store.save(state)
+                return ""
+            if now >= give_up:
+                verdict = (
+                    f"stage {state.weight} % saw {new.requests} request(s) on the new version "
+                    f"in {now - start:.0f} s, fewer than --min-requests {p.min_requests}"
+                )
+                record.verdict = verdict
+                self.store.save(state)
+                return verdict
+            self.sleep(self.poll_seconds)
+
+    def promote(self, state: RolloutState, reason: str) -> RolloutState:
+        """Pin the endpoint to the new version and retire the old one."""
+        state.stage_index = len(state.policy.stages) - 1
+        state.reason = reason
+        state.requested = ""
+        self.store.save(state)
+        self.endpoints.switch(state.endpoint, state.model, state.new_version)
+        self.retire(state.model, state.old_version)
+        state.status = "promoted"
+        self.store.save(state)
+        log.info(
+            "rollout %s: promoted %s:%d (%s)",
+            state.endpoint,
+            state.model,
+            state.new_version,
+            reason,
+        )
+        return state
+
+    def rollback(self, state: RolloutState, reason: str) -> RolloutState:
+        """All traffic back on the old version, pinned; the new version unloaded."""
+        state.reason = reason
+        state.requested = ""
+        state.stage_index = -1
+        self.store.save(state)
+        self.endpoints.switch(state.endpoint, state.model, state.old_version)
+        self.retire(state.model, state.new_version)
+        state.status = "rolled_back"
+        self.store.save(state)
+        log.warning(
+            "rollout %s: rolled back to %s:%d: %s",
+            state.endpoint,
+            state.model,
+            state.old_version,
+            reason,
+        )
+        return state
+
+
+def request_action(store: RolloutStore, endpoint: str, action: str) -> RolloutState:
+    """Ask the running driver of ``endpoint`` to ``promote`` or ``abort``."""
+    if action not in ("promote", "abort"):
+        raise RolloutError(f"unknown rollout action {action!r}")
+    state = store.load(endpoint)
+    if state is None or state.status not in ACTIVE:
+        raise RolloutError(f"endpoint {endpoint!r} has no rollout in progress")
+    state.requested = action
+    store.save(state)
+    return state
+
+
+def newest_version(repo: Repository, model: str) -> int:
+    versions = repo.versions(model)
+    if not versions:
+        raise RolloutError(f"model {model!r} has no version")
+    return versions[-1]
+
+
+def parse_stages(text: str | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(text, str):
+        try:
+            return tuple(int(s) for s in text.split(",") if s.strip())
+        except ValueError as exc:
+            raise RolloutError(
+                f"stages must be integers separated by commas, got {text!r}"
+            ) from exc
+    return tuple(text)

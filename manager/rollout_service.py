@@ -1,0 +1,200 @@
+"""Starting, resuming, promoting and aborting rollouts against a Triton server.
+
+This wires :class:`manager.rollout.RolloutDriver` to the real parts: the endpoints of a
+repository, Triton's per-version statistics, golden requests. A rollout runs either in
+the calling process (``wait=True``) or in a detached ``tritonctl`` worker process that
+survives the caller; either way its state is in ``<repo>/.tritonctl/rollouts/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from manager.endpoints import PINNED, Endpoints
+from manager.errors import RolloutError
+from manager.golden import check, load_cases
+from manager.infer import infer
+from manager.repository import Repository
+from manager.rollout import (
+    ACTIVE,
+    Counters,
+    RolloutDriver,
+    RolloutPolicy,
+    RolloutState,
+    RolloutStore,
+    request_action,
+)
+from manager.triton import TritonControl
+
+log = logging.getLogger(__name__)
+
+
+def stats_reader(control: TritonControl) -> Callable[[str], dict[int, Counters]]:
+    """Per-version success/fail counters of a model, from Triton's statistics."""
+
+    def read(model: str) -> dict[int, Counters]:
+        return {
+            s.version: Counters(s.success_count, s.fail_count, s.success_ns)
+            for s in control.statistics(model)
+            if s.name == model and s.version is not None
+        }
+
+    return read
+
+
+def make_driver(
+    repo: Repository,
+    control: TritonControl,
+    policy: RolloutPolicy | None = None,
+    *,
+    on_stage: Callable[[RolloutState], None] | None = None,
+) -> RolloutDriver:
+    endpoints = Endpoints(repo, control)
+    golden = None
+    if policy is not None and policy.golden_dir:
+        cases = load_cases(policy.golden_dir)
+
+        def golden(model: str, version: int) -> None:
+            check(
+                cases,
+                lambda inputs: infer(control.url, model, inputs, version=version),
+                model=f"{model}:{version}",
+            )
+
+    return RolloutDriver(
+        RolloutStore(repo),
+        endpoints,
+        stats_reader(control),
+        endpoints.retire,
+        golden=golden,
+        on_stage=on_stage,
+    )
+
+
+def begin_rollout(
+    repo: Repository, control: TritonControl, endpoint: str, to_version: int, policy: RolloutPolicy
+) -> RolloutState:
+    """Record a rollout of ``endpoint`` from its pinned version to ``to_version``.
+
+    A rollout whose driver died is resumed instead when it goes to the same version.
+    """
+    store = RolloutStore(repo)
+    current = store.load(endpoint)
+    if current is not None and current.status in ACTIVE:
+        if current.new_version == to_version and not current.driver_alive():
+            log.info("resuming the rollout of %s to version %d", endpoint, to_version)
+            return current
+        raise RolloutError(
+            f"endpoint {endpoint!r} already has a rollout to version {current.new_version} "
+            f"({current.status}, {current.weight} %, driver "
+            f"{'running' if current.driver_alive() else 'not running'})"
+        )
+    state = Endpoints(repo, control).get(endpoint)
+    if state.mode != PINNED or len(state.targets) != 1:
+        raise RolloutError(
+            f"endpoint {endpoint!r} is split across {len(state.targets)} targets; pin it with "
+            "`endpoint switch` before a rollout"
+        )
+    model, old = state.targets[0].model, state.targets[0].version
+    if to_version not in repo.versions(model):
+        raise RolloutError(f"model {model!r} has no version {to_version} to roll out")
+    return make_driver(repo, control, policy).begin(endpoint, model, old, to_version, policy)
+
+
+def run_rollout(
+    repo: Repository,
+    control: TritonControl,
+    state: RolloutState,
+    *,
+    on_stage: Callable[[RolloutState], None] | None = None,
+) -> RolloutState:
+    return make_driver(repo, control, state.policy, on_stage=on_stage).run(state)
+
+
+def spawn_worker(repo: Repository, url: str, endpoint: str) -> int:
+    """Run the rollout of ``endpoint`` in a detached ``tritonctl rollout run`` process."""
+    log_path = repo.meta_dir / "rollouts" / f"{endpoint}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "manager.cli",
+                "--repo",
+                str(repo.path),
+                "--url",
+                url,
+                "-v",
+                "rollout",
+                "run",
+                endpoint,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+    return proc.pid
+
+
+def finish(repo: Repository, control: TritonControl, endpoint: str, action: str) -> RolloutState:
+    """``promote`` or ``abort`` a rollout: through its driver when it runs, else here."""
+    store = RolloutStore(repo)
+    state = request_action(store, endpoint, action)
+    if state.driver_alive() and state.driver_pid != os.getpid():
+        return state  # the driver acts on it within a poll
+    driver = make_driver(repo, control, state.policy)
+    if action == "promote":
+        return driver.promote(state, "promoted by request")
+    return driver.rollback(state, "aborted by request")
+
+
+def status(repo: Repository, endpoint: str) -> RolloutState:
+    state = RolloutStore(repo).load(endpoint)
+    if state is None:
+        raise RolloutError(f"endpoint {endpoint!r} has no rollout recorded")
+    return state
+
+
+# -- asyncio API ------------------------------------------------------------------------
+
+
+async def astart_rollout(
+    repo: Repository | str | Path,
+    url: str,
+    endpoint: str,
+    to_version: int,
+    policy: RolloutPolicy | None = None,
+) -> RolloutState:
+    """Start a rollout and await its end (promoted or rolled back)."""
+    repository = repo if isinstance(repo, Repository) else Repository(repo)
+
+    def work() -> RolloutState:
+        with TritonControl(url) as control:
+            state = begin_rollout(
+                repository, control, endpoint, to_version, policy or RolloutPolicy()
+            )
+            return run_rollout(repository, control, state)
+
+    return await asyncio.to_thread(work)
+
+
+async def aswitch(
+    repo: Repository | str | Path, url: str, endpoint: str, model: str, version: int | None = None
+) -> object:
+    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it."""
+    repository = repo if isinstance(repo, Repository) else Repository(repo)
+
+    def work() -> object:
+        with TritonControl(url) as control:
+            return Endpoints(repository, control).switch(endpoint, model, version)
+
+    return await asyncio.to_thread(work)

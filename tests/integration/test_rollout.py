@@ -1,0 +1,199 @@
+"""Full rollouts through the endpoint router on a real tritonserver, with a client
+calling the endpoint the whole time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from click.testing import CliRunner
+
+from manager.cli import main
+from manager.endpoints import Endpoints
+from manager.golden import save_case
+from manager.publish import publish
+from manager.repository import Repository
+from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
+from manager.rollout_service import begin_rollout, run_rollout
+from manager.triton import TritonControl
+from tests.integration.conftest import TritonHandle
+
+pytestmark = pytest.mark.integration
+
+VERSIONED_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.version = float(args["model_version"])
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x * 0 + self.version).astype(np.float32))]))
+        return out
+"""
+
+BROKEN_MODEL_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        raise pb_utils.TritonModelException("version 3 is broken")
+"""
+
+CONFIG = (
+    'backend: "python"\nmax_batch_size: 0\n'
+    'input [{ name: "X" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
+    'output [{ name: "Y" data_type: TYPE_FP32 dims: [ -1 ] }]\n'
+    "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+)
+
+
+def model_folder(tmp: Path, name: str, source: str) -> Path:
+    folder = tmp / name
+    folder.mkdir()
+    (folder / "model.py").write_text(source)
+    (folder / "config.pbtxt").write_text(CONFIG)
+    return folder
+
+
+class Client(threading.Thread):
+    """Calls the endpoint in a loop; records (weight of the stage, answer or error)."""
+
+    def __init__(self, url: str, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.endpoint = url, endpoint
+        self.weight = 0
+        self.answers: list[tuple[int, float]] = []
+        self.errors: list[tuple[int, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url.removeprefix("grpc://"))
+        x = np.ones(2, dtype=np.float32)
+        t = grpcclient.InferInput("X", [2], "FP32")
+        t.set_data_from_numpy(x)
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            weight = self.weight
+            try:
+                y = client.infer(self.endpoint, [t]).as_numpy("Y")
+                self.answers.append((weight, float(y[0])))
+            except Exception as exc:  # every failure is recorded and asserted on
+                self.errors.append((weight, str(exc)))
+        client.close()
+
+
+@pytest.fixture
+def setup(triton: TritonHandle, tmp_path: Path) -> Iterator[tuple[Repository, TritonControl]]:
+    repo = Repository(triton.repo)
+    good = model_folder(tmp_path, "good", VERSIONED_MODEL_PY)
+    broken = model_folder(tmp_path, "broken", BROKEN_MODEL_PY)
+    for folder in (good, good, broken):
+        publish(repo, "scorer", folder)
+    with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
+        Endpoints(repo, control).switch("score", "scorer", 1)
+        yield repo, control
+        Endpoints(repo, control).delete("score")
+
+
+def test_full_rollout_with_zero_failed_requests_then_broken_version_rolls_back(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl], tmp_path: Path
+) -> None:
+    repo, control = setup
+    client = Client(triton.grpc_url, "score")
+    client.start()
+    time.sleep(0.5)
+
+    def on_stage(state: RolloutState) -> None:
+        client.weight = state.weight
+
+    policy = RolloutPolicy(
+        stage_seconds=1.5, min_requests=10, max_error_rate=0.05, max_latency_ratio=20
+    )
+    state = run_rollout(
+        repo, control, begin_rollout(repo, control, "score", 2, policy), on_stage=on_stage
+    )
+    client.weight = 100
+    time.sleep(0.5)
+    assert state.status == "promoted", state.reason
+    assert client.errors == []
+    assert {v for _, v in client.answers} <= {1.0, 2.0}
+    for weight in (5, 15, 30, 50, 75, 90):
+        got = [v for w, v in client.answers if w == weight]
+        assert len(got) >= 20, f"stage {weight}: only {len(got)} answers"
+        share = sum(1 for v in got if v == 2.0) / len(got)
+        assert abs(share - weight / 100) <= 0.2, f"stage {weight} %: v2 share {share:.2f}"
+    after = [v for w, v in client.answers[-20:]]
+    assert after == [2.0] * 20  # pinned to v2
+    endpoint = Endpoints(repo, control).get("score")
+    assert endpoint.mode == "pinned" and endpoint.targets[0].version == 2
+    assert not [e for e in control.repository_index() if e.name == "score__router" and e.ready]
+    assert {e.version for e in control.repository_index() if e.name == "scorer" and e.ready} == {2}
+
+    # broken v3: the gate rolls it back by itself and v2 keeps serving 100 %
+    client.answers.clear()
+    policy = RolloutPolicy(
+        stage_seconds=1.5, min_requests=10, max_error_rate=0.05, max_latency_ratio=20
+    )
+    state = run_rollout(
+        repo, control, begin_rollout(repo, control, "score", 3, policy), on_stage=on_stage
+    )
+    client.weight = 0
+    time.sleep(1.0)
+    client.stop.set()
+    client.join(30)
+    assert state.status == "rolled_back"
+    assert "error rate" in state.reason
+    assert state.history[-1].weight == 5  # caught at the first stage
+    # the only failures the client saw are the new version's, while the gate allowed them
+    assert all(w == 5 for w, _ in client.errors), client.errors
+    assert all("broken" in e for _, e in client.errors)
+    assert len(client.errors) <= 0.25 * len([a for a in client.answers if a[0] == 5]) + 5
+    assert [v for _, v in client.answers[-20:]] == [2.0] * 20
+    assert {e.version for e in control.repository_index() if e.name == "scorer" and e.ready} == {2}
+    assert RolloutStore(repo).load("score").status == "rolled_back"
+
+
+def test_golden_check_fails_before_any_traffic_reaches_the_new_version(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl], tmp_path: Path
+) -> None:
+    repo, control = setup
+    golden = tmp_path / "golden"
+    x = np.ones(2, dtype=np.float32)
+    save_case(golden, "ones", {"X": x}, {"Y": np.full(2, 1.0, dtype=np.float32)})  # v1's answer
+    result = CliRunner().invoke(
+        main,
+        [
+            "--repo",
+            str(repo.path),
+            "--url",
+            triton.grpc_url,
+            "rollout",
+            "start",
+            "score",
+            "--to",
+            "2",
+            "--stage-seconds",
+            "1",
+            "--golden",
+            str(golden),
+            "--wait",
+        ],
+    )
+    assert result.exit_code != 0
+    state = RolloutStore(repo).load("score")
+    assert state.status == "rolled_back"
+    assert "golden check failed" in state.reason and "'Y'" in state.reason
+    assert state.history == []
+    assert Endpoints(repo, control).get("score").targets[0].version == 1
