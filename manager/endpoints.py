@@ -853,6 +853,20 @@ class Endpoints:
             )
             return new
 
+    def ensure(self, name: str) -> EndpointState:
+        """Serve endpoint ``name`` as its routes file says (e.g. after a server restart):
+        its targets, the router if routed, the ensemble."""
+        state = self.get(name)
+        if state.mode == PINNED:
+            target = state.targets[0]
+            return self.switch(name, target.model, target.version)
+        return self.split(
+            name,
+            state.targets,
+            sticky_parameter=state.sticky_parameter,
+            use_correlation_id=state.use_correlation_id,
+        )
+
     def delete(self, name: str) -> None:
         """Unload and remove endpoint ``name`` (its targets keep serving)."""
         validate_model_name(name, what="endpoint name")

@@ -1,0 +1,346 @@
+"""Endpoints on a real tritonserver: pinned ensembles, the router, weight changes, errors,
+and clients that keep calling while all of that happens."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from manager.endpoints import Endpoints, Target, router_name
+from manager.modelconfig import TensorSpec, build_config, write_config
+from manager.publish import publish
+from manager.repository import Repository
+from manager.triton import TritonControl
+from tests.integration.conftest import TritonHandle
+
+pytestmark = pytest.mark.integration
+
+ADDER = "ep_adder"
+BROKEN = "ep_broken"
+
+# Version N answers x + N: the version is read from Triton's args, so one source serves all.
+ADDER_PY = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.add = np.float32(int(args["model_version"]))
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", x + self.add)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    """
+)
+
+BROKEN_PY = textwrap.dedent(
+    """
+    class TritonPythonModel:
+        def execute(self, requests):
+            raise RuntimeError("tritonctl-test: execute refused on purpose")
+    """
+)
+
+
+def source_folder(root: Path, name: str, model_py: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(model_py)
+    config = build_config(
+        name,
+        [TensorSpec("INPUT0", "FP32", (-1,))],
+        [TensorSpec("OUTPUT0", "FP32", (-1,))],
+        backend="python",
+        kind="cpu",
+    )
+    write_config(folder / "config.pbtxt", config)
+    return folder
+
+
+def publish_versions(repo: Path, name: str, model_py: str, count: int, tmp: Path) -> None:
+    src = source_folder(tmp, name, model_py)
+    for _ in range(count):
+        publish(repo, name, src)
+
+
+@pytest.fixture(scope="module")
+def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> TritonHandle:
+    tmp = tmp_path_factory.mktemp("endpoint_sources")
+    publish_versions(triton.repo, ADDER, ADDER_PY, 2, tmp)
+    publish_versions(triton.repo, BROKEN, BROKEN_PY, 1, tmp)
+    return triton
+
+
+@pytest.fixture(scope="module")
+def control(models: TritonHandle) -> Iterator[TritonControl]:
+    with TritonControl(models.grpc_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def endpoints(models: TritonHandle, control: TritonControl) -> Endpoints:
+    return Endpoints(Repository(models.repo), control)
+
+
+def grpc_client(triton: TritonHandle) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(triton.grpc_url.removeprefix("grpc://"))
+
+
+def call(
+    client: grpcclient.InferenceServerClient,
+    model: str,
+    *,
+    version: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> int:
+    """One request of zeros; returns the version that answered (what it added)."""
+    x = np.zeros(4, dtype=np.float32)
+    inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(model, [inp], model_version=version, parameters=parameters)
+    out = result.as_numpy("OUTPUT0")
+    assert out is not None and out.shape == (4,)
+    assert len(set(out.tolist())) == 1
+    return int(out[0])
+
+
+def http_call(triton: TritonHandle, model: str) -> int:
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", [3], "FP32")
+        inp.set_data_from_numpy(np.zeros(3, dtype=np.float32))
+        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
+        assert out is not None
+        return int(out[0])
+    finally:
+        client.close()
+
+
+def ready(control: TritonControl, name: str) -> set[int]:
+    return {
+        e.version for e in control.repository_index() if e.name == name and e.ready and e.version
+    }
+
+
+@dataclass
+class ClientLoop:
+    """Threads calling one model without pause, recording every answer and error."""
+
+    triton: TritonHandle
+    model: str
+    version: str = ""
+    threads: int = 2
+    answers: list[tuple[float, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def __enter__(self) -> ClientLoop:
+        for _ in range(self.threads):
+            worker = threading.Thread(target=self._run, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _run(self) -> None:
+        client = grpc_client(self.triton)
+        try:
+            while not self._stop.is_set():
+                try:
+                    answer = call(client, self.model, version=self.version)
+                except InferenceServerException as exc:
+                    self.errors.append(str(exc))
+                    continue
+                self.answers.append((time.monotonic(), answer))
+        finally:
+            client.close()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(timeout=30)
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.answers) + len(self.errors)
+        while len(self.answers) + len(self.errors) - start < count:
+            assert time.monotonic() < deadline, "the client loop stalled"
+            time.sleep(0.01)
+
+
+def test_switch_pins_an_endpoint_to_the_chosen_version(
+    models: TritonHandle, endpoints: Endpoints, control: TritonControl
+) -> None:
+    state = endpoints.switch("ep_switch", ADDER, 1)
+    assert state.mode == "pinned"
+    with grpc_client(models) as client:
+        assert {call(client, "ep_switch") for _ in range(20)} == {1}
+    assert http_call(models, "ep_switch") == 1
+    endpoints.switch("ep_switch", ADDER, 2)
+    with grpc_client(models) as client:
+        assert {call(client, "ep_switch") for _ in range(20)} == {2}
+        # the versions stay callable by their own name and version
+        assert call(client, ADDER, version="1") == 1
+    assert not ready(control, router_name("ep_switch"))
+
+
+def test_endpoints_pinned_to_different_versions_of_one_model_both_keep_serving(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    # Loading an ensemble makes Triton poll its step's model: the version policy must live
+    # in the model's config.pbtxt, or that poll would reload the model with one version.
+    endpoints.switch("ep_old", ADDER, 1)
+    endpoints.switch("ep_new", ADDER, 2)
+    endpoints.switch("ep_old", ADDER, 1)
+    with grpc_client(models) as client:
+        assert call(client, "ep_old") == 1
+        assert call(client, "ep_new") == 2
+
+
+def test_reloading_a_model_to_add_a_version_keeps_the_served_version_answering(
+    models: TritonHandle,
+    endpoints: Endpoints,
+    control: TritonControl,
+    tmp_path: Path,
+) -> None:
+    name = "ep_reload"
+    publish_versions(models.repo, name, ADDER_PY, 2, tmp_path)
+    assert endpoints.serve_versions(name, {1}) == {1}
+    with ClientLoop(models, name, version="1") as loop:
+        loop.wait_for(20)
+        started = time.monotonic()
+        assert endpoints.serve_versions(name, {2}) == {1, 2}
+        reload_s = time.monotonic() - started
+        loop.wait_for(20)
+    assert loop.errors == []
+    assert {a for _, a in loop.answers} == {1}
+    during = [t for t, _ in loop.answers if started <= t <= started + reload_s]
+    assert during, "no answer arrived while the model was reloading"
+    with grpc_client(models) as client:
+        assert call(client, name, version="2") == 2
+    endpoints.retire(name, 1)
+    assert ready(control, name) == {2}
+
+
+def test_split_shares_traffic_by_weight_and_a_weight_change_applies_within_a_second(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    endpoints.split("ep_split", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    with grpc_client(models) as client:
+        answers = [call(client, "ep_split") for _ in range(400)]
+        assert set(answers) == {1, 2}
+        assert 0.35 < answers.count(2) / len(answers) < 0.65
+
+        started = time.monotonic()
+        endpoints.set_weights("ep_split", [Target(ADDER, 1, 0), Target(ADDER, 2, 100)])
+        streak = 0
+        while streak < 50:
+            assert time.monotonic() - started < 1.0, "the weight change took over 1 s"
+            streak = streak + 1 if call(client, "ep_split") == 2 else 0
+        assert {call(client, "ep_split") for _ in range(100)} == {2}
+
+
+def test_switching_a_split_endpoint_back_to_pinned_unloads_the_router(
+    models: TritonHandle, endpoints: Endpoints, control: TritonControl
+) -> None:
+    endpoints.split("ep_back", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    assert ready(control, router_name("ep_back")) == {1}
+    endpoints.switch("ep_back", ADDER, 1)
+    assert not ready(control, router_name("ep_back"))
+    assert not (models.repo / router_name("ep_back")).exists()
+    with grpc_client(models) as client:
+        assert {call(client, "ep_back") for _ in range(20)} == {1}
+
+
+def test_a_failing_target_answers_the_client_with_its_error(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    endpoints.split("ep_err", [Target(BROKEN, 1, 100), Target(ADDER, 1, 0)])
+    with grpc_client(models) as client:
+        for _ in range(10):
+            with pytest.raises(InferenceServerException, match="refused on purpose") as info:
+                call(client, "ep_err")
+            assert f"{BROKEN}:1" in str(info.value)
+
+
+def test_sticky_parameter_keeps_each_user_on_one_version(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    endpoints.split(
+        "ep_sticky", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)], sticky_parameter="user"
+    )
+    seen = set()
+    with grpc_client(models) as client:
+        for user in (f"user-{i}" for i in range(12)):
+            answers = {call(client, "ep_sticky", parameters={"user": user}) for _ in range(10)}
+            assert len(answers) == 1
+            seen |= answers
+    assert seen == {1, 2}
+
+
+def test_clients_see_no_failure_while_the_endpoint_is_switched_and_split(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    endpoints.switch("ep_live", ADDER, 1)
+    with ClientLoop(models, "ep_live", threads=3) as loop:
+        loop.wait_for(30)
+        endpoints.switch("ep_live", ADDER, 2)
+        loop.wait_for(30)
+        endpoints.split("ep_live", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+        loop.wait_for(60)
+        endpoints.set_weights("ep_live", [Target(ADDER, 1, 90), Target(ADDER, 2, 10)])
+        loop.wait_for(30)
+        endpoints.switch("ep_live", ADDER, 2)
+        loop.wait_for(30)
+        endpoints.switch("ep_live", ADDER, 1)
+        loop.wait_for(30)
+    assert loop.errors == []
+    assert {a for _, a in loop.answers} == {1, 2}
+    assert loop.answers[-1][1] == 1
+
+
+def test_publishing_a_new_version_keeps_the_versions_endpoints_pin_served(
+    models: TritonHandle, endpoints: Endpoints, control: TritonControl, tmp_path: Path
+) -> None:
+    name = "ep_grow"
+    publish_versions(models.repo, name, ADDER_PY, 2, tmp_path)
+    endpoints.switch("ep_grow_old", name, 1)
+    endpoints.switch("ep_grow_mid", name, 2)
+    publish_versions(models.repo, name, ADDER_PY, 1, tmp_path)  # version 3
+    with ClientLoop(models, "ep_grow_old") as loop:
+        loop.wait_for(10)
+        endpoints.switch("ep_grow_new", name)  # the newest: 3
+        loop.wait_for(10)
+    assert loop.errors == []
+    assert ready(control, name) == {1, 2, 3}
+    with grpc_client(models) as client:
+        assert call(client, "ep_grow_old") == 1
+        assert call(client, "ep_grow_mid") == 2
+        assert call(client, "ep_grow_new") == 3
+
+
+def test_the_python_example_of_the_docs_runs(models: TritonHandle, tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "endpoints.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    publish_versions(models.repo, "doc_model", ADDER_PY, 2, tmp_path)
+    exec(compile(block, "docs/endpoints.md", "exec"), {"url": models.grpc_url, "repo": models.repo})
+    with grpc_client(models) as client:
+        assert call(client, "doc_ep") == 2

@@ -1,0 +1,739 @@
+"""Endpoints without a server: configs, routes files, the identical-IO check, the router's
+choice of target, and the Endpoints operations against a fake Triton."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from manager.endpoints import (
+    ENDPOINT_KIND,
+    ROUTER_SUFFIX,
+    Endpoints,
+    EndpointState,
+    RouterOptions,
+    Target,
+    check_same_io,
+    endpoint_config,
+    instance_total,
+    is_endpoint_folder,
+    policy_versions,
+    router_config,
+    routes_relpath,
+    with_versions,
+)
+from manager.errors import EndpointError, InvalidNameError, ModelNotFoundError
+from manager.modelconfig import (
+    ModelConfig,
+    TensorSpec,
+    build_config,
+    config_from_text,
+    config_to_text,
+    read_config,
+    write_config,
+)
+from manager.repository import Repository
+from manager.triton import IndexEntry
+from tests.unit.fakes import triton_python_backend_utils as fake_pb
+
+ROUTER_PY = Path(__file__).resolve().parents[2] / "triton_backends" / "router" / "model.py"
+
+X = TensorSpec("INPUT0", "FP32", (-1,))
+Y = TensorSpec("OUTPUT0", "FP32", (-1,))
+
+
+def model_config(
+    name: str = "m",
+    *,
+    max_batch_size: int = 0,
+    inputs: tuple[TensorSpec, ...] = (X,),
+    outputs: tuple[TensorSpec, ...] = (Y,),
+    instances: int = 1,
+) -> ModelConfig:
+    return build_config(
+        name,
+        list(inputs),
+        list(outputs),
+        max_batch_size=max_batch_size,
+        backend="python",
+        kind="cpu",
+        instance_count=instances,
+    )
+
+
+def round_trip(config: ModelConfig) -> ModelConfig:
+    text = config_to_text(config)
+    back = config_from_text(text)
+    assert back == config
+    return back
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_pinned_endpoint_config_is_an_ensemble_calling_the_target_version() -> None:
+    config = round_trip(endpoint_config("ep", model_config("m"), "m", 3))
+    assert config.platform == "ensemble"
+    assert config.name == "ep"
+    assert "max_batch_size: 0" in config_to_text(config)
+    [step] = config.ensemble_scheduling.step
+    assert (step.model_name, step.model_version) == ("m", 3)
+    assert dict(step.input_map) == {"INPUT0": "INPUT0"}
+    assert dict(step.output_map) == {"OUTPUT0": "OUTPUT0"}
+    assert [i.name for i in config.input] == ["INPUT0"]
+    assert [o.name for o in config.output] == ["OUTPUT0"]
+    assert not config.instance_group  # an ensemble has no instances
+
+
+def test_routed_endpoint_config_calls_the_router_with_the_targets_batch_size() -> None:
+    target = model_config("m", max_batch_size=8)
+    config = round_trip(endpoint_config("ep", target, "ep" + ROUTER_SUFFIX))
+    [step] = config.ensemble_scheduling.step
+    assert step.model_name == "ep__router"
+    assert step.model_version == -1
+    assert config.max_batch_size == 8
+    assert list(config.input[0].dims) == [-1]
+
+
+def test_router_config_is_a_python_model_that_finds_its_routes_file() -> None:
+    config = round_trip(router_config("ep", model_config("m", max_batch_size=8)))
+    assert config.name == "ep__router"
+    assert config.backend == "python"
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["tritonctl.routes"] == "../.tritonctl/endpoints/ep.json"
+    assert params["tritonctl.kind"] == "endpoint-router"
+    assert config.HasField("dynamic_batching")
+    assert config.input[0].allow_ragged_batch
+    assert config.instance_group[0].count == 1
+
+
+def test_router_instances_follow_the_targets_unless_given() -> None:
+    batched = model_config("m", max_batch_size=8)
+    unbatched = model_config("m", max_batch_size=0)
+    assert router_config("ep", batched, target_instances=3).instance_group[0].count == 3
+    # without batching each router instance waits on one request: two more than the target
+    assert router_config("ep", unbatched, target_instances=1).instance_group[0].count == 3
+    assert not router_config("ep", unbatched).HasField("dynamic_batching")
+    fixed = RouterOptions(instance_count=5)
+    assert router_config("ep", batched, fixed).instance_group[0].count == 5
+    assert instance_total(model_config(instances=4)) == 4
+    assert instance_total(ModelConfig(name="bare")) == 1
+
+
+def test_routes_path_is_relative_to_the_router_folder() -> None:
+    router_dir = Path("/repo/ep__router")
+    assert (router_dir / routes_relpath("ep")).resolve() == Path(
+        "/repo/.tritonctl/endpoints/ep.json"
+    )
+
+
+def test_version_policy_lists_exactly_the_versions_to_serve_and_round_trips() -> None:
+    config = round_trip(with_versions(model_config("m"), [3, 1, 3]))
+    assert list(config.version_policy.specific.versions) == [1, 3]
+    assert policy_versions(config) == {1, 3}
+    assert policy_versions(model_config("m")) is None
+    with pytest.raises(EndpointError):
+        with_versions(model_config("m"), [])
+
+
+# --------------------------------------------------------------------------- identical IO
+
+
+def test_identical_targets_pass_the_io_check() -> None:
+    sig = check_same_io([("a:1", model_config("a")), ("b:2", model_config("b"))])
+    assert sig.inputs[0][0] == "INPUT0"
+
+
+def test_io_check_refuses_a_different_dtype_naming_the_tensor() -> None:
+    other = model_config("b", inputs=(TensorSpec("INPUT0", "FP16", (-1,)),))
+    with pytest.raises(EndpointError, match=r"input 'INPUT0'.*FP16.*FP32"):
+        check_same_io([("a:1", model_config("a")), ("b:2", other)])
+
+
+def test_io_check_refuses_a_missing_output_naming_it() -> None:
+    other = model_config("b", outputs=(Y, TensorSpec("EXTRA", "INT64", (1,))))
+    with pytest.raises(EndpointError, match="output 'EXTRA'"):
+        check_same_io([("a:1", model_config("a")), ("b:2", other)])
+
+
+def test_io_check_refuses_different_batch_sizes() -> None:
+    with pytest.raises(EndpointError, match="max_batch_size"):
+        check_same_io([("a:1", model_config("a")), ("b:2", model_config("b", max_batch_size=4))])
+
+
+# --------------------------------------------------------------------------- state
+
+
+def test_routes_state_round_trips_through_its_dict() -> None:
+    state = EndpointState(
+        name="ep",
+        mode="routed",
+        targets=[Target("m", 1, 90), Target("m", 2, 10)],
+        sticky_parameter="user",
+        use_correlation_id=True,
+        generation=4,
+        updated_at="2024-01-01T00:00:00+00:00",
+    )
+    data = json.loads(json.dumps(state.to_dict()))
+    assert data["sticky"] == {"parameter": "user", "use_correlation_id": True}
+    assert EndpointState.from_dict(data) == state
+    assert state.shares() == {("m", 1): 0.9, ("m", 2): 0.1}
+
+
+def test_target_parse_reads_model_version_and_weight() -> None:
+    assert Target.parse("m:2=25") == Target("m", 2, 25.0)
+    assert Target.parse("my.model:3") == Target("my.model", 3, 100.0)
+    with pytest.raises(EndpointError):
+        Target.parse("m")
+    with pytest.raises(EndpointError):
+        Target("m", 1, -1)
+    with pytest.raises(InvalidNameError):
+        Target("../m", 1)
+
+
+def test_malformed_routes_are_refused() -> None:
+    with pytest.raises(EndpointError):
+        EndpointState.from_dict({"name": "ep", "mode": "sideways", "targets": []})
+    with pytest.raises(EndpointError):
+        EndpointState.from_dict({"name": "ep"})
+
+
+# --------------------------------------------------------------------------- the router
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[ModuleType]:
+    saved = sys.modules.get("triton_python_backend_utils")
+    fake_pb.install()
+    spec = importlib.util.spec_from_file_location("tritonctl_router_under_test", ROUTER_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    if saved is None:
+        sys.modules.pop("triton_python_backend_utils", None)
+    else:
+        sys.modules["triton_python_backend_utils"] = saved
+
+
+def routes(targets: list[tuple[str, int, float]], **sticky: Any) -> dict[str, Any]:
+    return {
+        "name": "ep",
+        "mode": "routed",
+        "generation": 1,
+        "targets": [{"model": m, "version": v, "weight": w} for m, v, w in targets],
+        "sticky": {"parameter": sticky.get("parameter"), "use_correlation_id": False}
+        | {k: v for k, v in sticky.items() if k == "use_correlation_id"},
+    }
+
+
+def test_sticky_key_always_picks_the_same_target(router: ModuleType) -> None:
+    r = router.Routes(routes([("m", 1, 50), ("m", 2, 50)], parameter="user"))
+    for key in ("alice", "bob", "carol", "user-17"):
+        picks = {r.pick(key) for _ in range(20)}
+        assert len(picks) == 1
+    # the hash is stable across processes: a fixed key maps to a fixed point
+    assert router.stable_point("alice", 1.0) == router.stable_point("alice", 1.0)
+    assert 0.0 <= router.stable_point("alice", 100.0) < 100.0
+
+
+def test_sticky_shares_follow_the_weights_over_many_keys(router: ModuleType) -> None:
+    r = router.Routes(routes([("m", 1, 70), ("m", 2, 20), ("n", 5, 10)], parameter="user"))
+    counts: dict[tuple[str, int], int] = {}
+    n = 20000
+    for i in range(n):
+        t = r.pick(f"user-{i}")
+        counts[t] = counts.get(t, 0) + 1
+    assert abs(counts[("m", 1)] / n - 0.7) < 0.02
+    assert abs(counts[("m", 2)] / n - 0.2) < 0.02
+    assert abs(counts[("n", 5)] / n - 0.1) < 0.02
+
+
+def test_random_shares_follow_the_weights_and_zero_weight_gets_nothing(
+    router: ModuleType,
+) -> None:
+    r = router.Routes(routes([("m", 1, 0), ("m", 2, 25), ("m", 3, 75)]))
+    counts = {2: 0, 3: 0}
+    for _ in range(20000):
+        counts[r.pick(None)[1]] += 1
+    assert abs(counts[2] / 20000 - 0.25) < 0.02
+
+
+def test_a_single_positive_weight_takes_all_traffic(router: ModuleType) -> None:
+    r = router.Routes(routes([("m", 1, 0), ("m", 2, 100)], parameter="user"))
+    assert {r.pick(f"k{i}") for i in range(200)} == {("m", 2)}
+    assert {r.pick(None) for _ in range(200)} == {("m", 2)}
+
+
+def test_a_growing_canary_never_sends_a_moved_user_back(router: ModuleType) -> None:
+    keys = [f"user-{i}" for i in range(3000)]
+    moved: set[str] = set()
+    for new_weight in (5, 15, 30, 50, 75, 90, 100):
+        r = router.Routes(routes([("m", 1, 100 - new_weight), ("m", 2, new_weight)]))
+        now_new = {k for k in keys if r.pick(k) == ("m", 2)}
+        assert moved <= now_new
+        moved = now_new
+    assert moved == set(keys)
+
+
+def test_routes_with_no_weight_are_refused(router: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        router.Routes(routes([("m", 1, 0), ("m", 2, 0)]))
+    with pytest.raises(ValueError):
+        router.Routes(routes([]))
+
+
+class BlsRequest:
+    """What the router builds for a BLS call; ``exec`` asks the fake ``server``."""
+
+    server: Callable[[str, int, dict[str, np.ndarray]], dict[str, np.ndarray]]
+    calls: list[tuple[str, int, int]] = []
+    parameters: list[dict[str, Any] | None] = []
+
+    def __init__(
+        self,
+        model_name: str,
+        inputs: list[Any],
+        requested_output_names: list[str],
+        model_version: int = -1,
+        parameters: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        BlsRequest.parameters.append(parameters)
+        self.model = model_name
+        self.version = model_version
+        self.inputs = {t.name(): t.as_numpy() for t in inputs}
+        self.wanted = requested_output_names
+
+    def exec(self) -> fake_pb.InferenceResponse:
+        batch = next(iter(self.inputs.values())).shape[0]
+        BlsRequest.calls.append((self.model, self.version, batch))
+        try:
+            outputs = BlsRequest.server(self.model, self.version, self.inputs)
+        except Exception as exc:
+            return fake_pb.InferenceResponse(error=fake_pb.TritonError(str(exc)))
+        return fake_pb.InferenceResponse(
+            [fake_pb.Tensor(n, a) for n, a in outputs.items() if n in self.wanted]
+        )
+
+
+class ClientRequest(fake_pb.InferenceRequest):
+    """A client request as the router receives it (parameters and correlation id)."""
+
+    def __init__(self, x: np.ndarray, parameters: str = "{}", correlation_id: int = 0) -> None:
+        super().__init__([fake_pb.input_tensor("INPUT0", x)], ["OUTPUT0"])
+        self._parameters = parameters
+        self._cid = correlation_id
+
+    def parameters(self) -> str:
+        return self._parameters
+
+    def correlation_id(self) -> int:
+        return self._cid
+
+
+def add_version(model: str, version: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if model == "broken":
+        raise RuntimeError("broken on purpose")
+    return {"OUTPUT0": inputs["INPUT0"] + np.float32(version)}
+
+
+def make_router(
+    router: ModuleType,
+    tmp_path: Path,
+    targets: list[tuple[str, int, float]],
+    *,
+    max_batch_size: int = 8,
+    **sticky: Any,
+) -> Any:
+    folder = tmp_path / "ep__router"
+    folder.mkdir(exist_ok=True)
+    routes_file = tmp_path / ".tritonctl" / "endpoints" / "ep.json"
+    routes_file.parent.mkdir(parents=True, exist_ok=True)
+    routes_file.write_text(json.dumps(routes(targets, **sticky)))
+    config = router_config("ep", model_config("m", max_batch_size=max_batch_size))
+    from google.protobuf import json_format
+
+    args = {
+        "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+        "model_repository": str(folder),
+        "model_version": "1",
+    }
+    router.pb_utils.InferenceRequest = BlsRequest
+    BlsRequest.server = staticmethod(add_version)
+    BlsRequest.calls = []
+    BlsRequest.parameters = []
+    model = router.TritonPythonModel()
+    model.initialize(args)
+    return model
+
+
+def outputs_of(response: fake_pb.InferenceResponse) -> np.ndarray:
+    assert not response.has_error(), response.error()
+    [tensor] = response.output_tensors()
+    assert tensor.name() == "OUTPUT0"
+    return tensor.as_numpy()
+
+
+def test_router_answers_with_the_target_outputs_unchanged(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 0), ("m", 2, 100)])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    [response] = model.execute([ClientRequest(x)])
+    np.testing.assert_array_equal(outputs_of(response), x + 2)
+    assert BlsRequest.calls == [("m", 2, 2)]
+
+
+def test_router_joins_a_batch_per_target_and_splits_the_answers(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 50), ("m", 2, 50)])
+    requests = [ClientRequest(np.full((1, 4), 10 * i, np.float32)) for i in range(8)]
+    responses = model.execute(requests)
+    versions = []
+    for i, response in enumerate(responses):
+        out = outputs_of(response)
+        version = int(out[0, 0]) - 10 * i
+        assert version in (1, 2)
+        np.testing.assert_array_equal(out, np.full((1, 4), 10 * i + version))
+        versions.append(version)
+    # one BLS call per target, carrying the joined batch
+    assert sorted(BlsRequest.calls) == sorted(("m", v, versions.count(v)) for v in set(versions))
+
+
+def test_router_passes_parameters_on_and_joins_only_equal_ones(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 100)], parameter="user")
+    x = np.ones((1, 2), np.float32)
+    model.execute([ClientRequest(x, json.dumps({"user": u})) for u in ("a", "b")])
+    assert [p for p in BlsRequest.parameters] == [{"user": "a"}, {"user": "b"}]
+    BlsRequest.calls, BlsRequest.parameters = [], []
+    model.execute([ClientRequest(x, json.dumps({"user": "a"})) for _ in range(3)])
+    assert BlsRequest.calls == [("m", 1, 3)]
+    assert BlsRequest.parameters == [{"user": "a"}]
+
+
+def test_router_returns_a_target_error_as_an_error_without_fallback(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("broken", 1, 100), ("m", 2, 0)])
+    responses = model.execute([ClientRequest(np.ones((1, 2), np.float32)) for _ in range(3)])
+    for response in responses:
+        assert response.has_error()
+        assert "broken:1" in response.error().message()
+        assert "broken on purpose" in response.error().message()
+    # the joined call failed, then each request was tried alone: never another target
+    assert {c[0] for c in BlsRequest.calls} == {"broken"}
+    assert len(BlsRequest.calls) == 4
+
+
+def test_router_keeps_unjoinable_requests_apart(router: ModuleType, tmp_path: Path) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 100)])
+    a = np.ones((1, 2), np.float32)
+    b = np.ones((1, 3), np.float32)
+    ra, rb = model.execute([ClientRequest(a), ClientRequest(b)])
+    np.testing.assert_array_equal(outputs_of(ra), a + 1)
+    np.testing.assert_array_equal(outputs_of(rb), b + 1)
+    assert BlsRequest.calls == [("m", 1, 1), ("m", 1, 1)]
+
+
+def test_router_picks_up_a_new_routes_file_without_a_reload(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 100), ("m", 2, 0)])
+    x = np.zeros((1, 1), np.float32)
+    assert outputs_of(model.execute([ClientRequest(x)])[0])[0, 0] == 1
+    path = tmp_path / ".tritonctl" / "endpoints" / "ep.json"
+    tmp = path.with_name("tmp.json")
+    tmp.write_text(json.dumps(routes([("m", 1, 0), ("m", 2, 100)])))
+    tmp.replace(path)
+    model._next_check = 0.0  # the router looks at most every CHECK_INTERVAL_S
+    assert outputs_of(model.execute([ClientRequest(x)])[0])[0, 0] == 2
+
+
+def test_router_keeps_its_routes_when_the_file_turns_bad(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 100)])
+    path = tmp_path / ".tritonctl" / "endpoints" / "ep.json"
+    path.write_text("{not json")
+    model._next_check = 0.0
+    x = np.zeros((1, 1), np.float32)
+    assert outputs_of(model.execute([ClientRequest(x)])[0])[0, 0] == 1
+
+
+def test_router_routes_by_correlation_id_when_asked(router: ModuleType, tmp_path: Path) -> None:
+    model = make_router(
+        router, tmp_path, [("m", 1, 50), ("m", 2, 50)], use_correlation_id=True, max_batch_size=0
+    )
+    x = np.zeros((1,), np.float32)
+    for cid in (11, 12, 13, 14):
+        answers = {
+            float(outputs_of(model.execute([ClientRequest(x, correlation_id=cid)])[0])[0])
+            for _ in range(10)
+        }
+        assert len(answers) == 1
+
+
+# --------------------------------------------------------------------------- Endpoints
+
+
+class FakeTriton:
+    """Loads what the repository says: the version policy on disk, ensembles' steps."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.loaded: dict[str, set[int]] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def repository_index(self) -> list[IndexEntry]:
+        return [
+            IndexEntry(name, v, "READY", "") for name, vs in self.loaded.items() for v in sorted(vs)
+        ]
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        self.calls.append(("load", name))
+        cfg = read_config(self.repo / name / "config.pbtxt")
+        on_disk = sorted(int(p.name) for p in (self.repo / name).iterdir() if p.name.isdigit())
+        policy = policy_versions(cfg)
+        versions = policy if policy is not None else set(on_disk[-1:])
+        for step in cfg.ensemble_scheduling.step:
+            served = self.loaded.get(step.model_name, set())
+            if not served or (step.model_version > 0 and step.model_version not in served):
+                from manager.errors import LoadError
+
+                raise LoadError(f"ensemble {name!r} needs {step.model_name}:{step.model_version}")
+        self.loaded[name] = set(versions)
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self.calls.append(("unload", name))
+        self.loaded.pop(name, None)
+
+
+def publish_model(repo: Path, name: str, versions: tuple[int, ...] = (1, 2), **kw: Any) -> None:
+    folder = repo / name
+    folder.mkdir(parents=True)
+    write_config(folder / "config.pbtxt", model_config(name, **kw))
+    for v in versions:
+        (folder / str(v)).mkdir()
+        (folder / str(v) / "model.py").write_text("# a model\n")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Endpoints, FakeTriton, Path]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_model(repo, "m")
+    triton = FakeTriton(repo)
+    return Endpoints(Repository(repo), triton), triton, repo
+
+
+def test_switch_creates_a_pinned_endpoint_and_loads_its_target(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    state = endpoints.switch("ep", "m")
+    assert state.mode == "pinned"
+    assert state.targets == [Target("m", 2, 100.0)]  # newest published version
+    assert triton.loaded["m"] == {2}
+    assert triton.loaded["ep"] == {1}
+    assert json.loads((repo / "ep" / "1" / "tritonctl.json").read_text())["kind"] == ENDPOINT_KIND
+    assert is_endpoint_folder(Repository(repo), "ep")
+    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
+    assert (step.model_name, step.model_version) == ("m", 2)
+    assert endpoints.get("ep") == state
+    assert endpoints.target_versions("ep") == {("m", 2)}
+
+
+def test_switching_versions_keeps_the_old_one_served_in_the_version_policy(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    endpoints.switch("ep", "m", 2)
+    assert triton.loaded["m"] == {1, 2}
+    assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {1, 2}
+    assert endpoints.get("ep").generation == 2
+
+
+def test_split_puts_the_router_in_the_path(setup: tuple[Endpoints, FakeTriton, Path]) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    state = endpoints.split("ep", [Target("m", 1, 90), Target("m", 2, 10)], sticky_parameter="u")
+    assert state.mode == "routed" and state.sticky_parameter == "u"
+    assert triton.loaded["m"] == {1, 2}
+    assert "ep__router" in triton.loaded
+    assert (repo / "ep__router" / "1" / "model.py").read_text() == ROUTER_PY.read_text()
+    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
+    assert step.model_name == "ep__router"
+    routes_file = json.loads((repo / ".tritonctl" / "endpoints" / "ep.json").read_text())
+    assert routes_file["targets"][1] == {"model": "m", "version": 2, "weight": 10.0}
+
+
+def test_split_of_a_routed_endpoint_only_rewrites_the_routes(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    triton.calls.clear()
+    state = endpoints.split("ep", [Target("m", 1, 20), Target("m", 2, 80)])
+    assert triton.calls == []
+    assert state.targets[1].weight == 80.0
+
+
+def test_set_weights_changes_only_the_routes_file(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)], use_correlation_id=True)
+    triton.calls.clear()
+    state = endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 100)])
+    assert triton.calls == []
+    assert state.use_correlation_id
+    assert endpoints.get("ep").shares() == {("m", 1): 0.0, ("m", 2): 1.0}
+
+
+def test_set_weights_refuses_a_pinned_endpoint_and_other_targets(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, _ = setup
+    endpoints.switch("ep", "m", 1)
+    with pytest.raises(EndpointError, match="pinned"):
+        endpoints.set_weights("ep", [Target("m", 1, 100)])
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    with pytest.raises(EndpointError, match="same targets"):
+        endpoints.set_weights("ep", [Target("m", 1, 100)])
+    with pytest.raises(EndpointError, match="add up to 0"):
+        endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 0)])
+
+
+def test_switch_back_to_pinned_unloads_and_removes_the_router(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    endpoints.switch("ep", "m", 2)
+    assert ("unload", "ep__router") in triton.calls
+    assert "ep__router" not in triton.loaded
+    assert not (repo / "ep__router").exists()
+    assert endpoints.get("ep").mode == "pinned"
+
+
+def test_split_refuses_targets_with_different_inputs(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, repo = setup
+    publish_model(repo, "other", inputs=(TensorSpec("INPUT0", "INT32", (-1,)),))
+    with pytest.raises(EndpointError, match="'INPUT0'"):
+        endpoints.split("ep", [Target("m", 1, 50), Target("other", 1, 50)])
+    assert not (repo / "ep").exists()
+
+
+def test_endpoint_name_of_an_existing_model_is_refused(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, repo = setup
+    publish_model(repo, "n")
+    with pytest.raises(EndpointError, match="is a model"):
+        endpoints.switch("n", "m")
+    with pytest.raises(EndpointError, match=ROUTER_SUFFIX):
+        endpoints.switch("x" + ROUTER_SUFFIX, "m")
+    endpoints.switch("ep", "m")
+    with pytest.raises(EndpointError, match="is an endpoint"):
+        endpoints.switch("ep2", "ep")
+
+
+def test_unknown_targets_are_refused(setup: tuple[Endpoints, FakeTriton, Path]) -> None:
+    endpoints, _, _ = setup
+    with pytest.raises(ModelNotFoundError):
+        endpoints.switch("ep", "nope")
+    with pytest.raises(ModelNotFoundError):
+        endpoints.switch("ep", "m", 7)
+    with pytest.raises(EndpointError, match="twice"):
+        endpoints.split("ep", [Target("m", 1, 50), Target("m", 1, 50)])
+    with pytest.raises(EndpointError):
+        endpoints.get("ep")
+
+
+def test_a_failed_endpoint_load_restores_the_previous_routes(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    before = endpoints.get("ep")
+    original = triton.load_model
+
+    def failing(name: str, config: str | None = None) -> None:
+        if name == "ep":
+            from manager.errors import LoadError
+
+            raise LoadError("refused on purpose")
+        original(name, config)
+
+    triton.load_model = failing  # type: ignore[method-assign]
+    with pytest.raises(EndpointError, match="refused on purpose"):
+        endpoints.switch("ep", "m", 2)
+    assert endpoints.get("ep") == before
+    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
+    assert step.model_version == 1
+
+
+def test_delete_unloads_and_removes_the_endpoint_but_not_its_targets(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    endpoints.delete("ep")
+    assert not (repo / "ep").exists() and not (repo / "ep__router").exists()
+    assert set(triton.loaded) == {"m"}
+    assert endpoints.list() == []
+    with pytest.raises(EndpointError):
+        endpoints.delete("ep")
+
+
+def test_retire_refuses_a_targeted_version_and_reloads_without_the_other(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    endpoints.switch("ep", "m", 2)
+    with pytest.raises(EndpointError, match="ep"):
+        endpoints.retire("m", 2)
+    endpoints.retire("m", 1)
+    assert triton.loaded["m"] == {2}
+    assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {2}
+    assert endpoints.all_target_versions() == {("m", 2)}
+
+
+def test_list_returns_every_endpoint_sorted(setup: tuple[Endpoints, FakeTriton, Path]) -> None:
+    endpoints, _, _ = setup
+    endpoints.switch("b", "m", 1)
+    endpoints.switch("a", "m", 2)
+    assert [s.name for s in endpoints.list()] == ["a", "b"]
+    assert endpoints.all_target_versions() == {("m", 1), ("m", 2)}
+
+
+def test_ensure_serves_every_endpoint_again_after_a_restart(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.switch("pinned", "m", 1)
+    endpoints.split("routed", [Target("m", 1, 30), Target("m", 2, 70)], sticky_parameter="u")
+    triton.loaded.clear()  # the server restarted with nothing loaded
+    for state in endpoints.list():
+        endpoints.ensure(state.name)
+    assert set(triton.loaded) == {"m", "pinned", "routed", "routed__router"}
+    assert triton.loaded["m"] == {1, 2}
+    routed = endpoints.get("routed")
+    assert routed.sticky_parameter == "u"
+    assert [t.weight for t in routed.targets] == [30.0, 70.0]
