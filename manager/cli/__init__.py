@@ -5,7 +5,13 @@ commands parse options, call the library, and print. A ``ManagerError`` becomes 
 message on stderr and the error's exit code.
 """
 
-from manager.cli import endpoint_cmds, publish_cmds, server_cmds, serving_cmds  # noqa: F401
+from manager.cli import (  # noqa: F401
+    endpoint_cmds,
+    memory_cmds,
+    publish_cmds,
+    server_cmds,
+    serving_cmds,
+)
 from manager.cli.app import main
 
 __all__ = ["main"]

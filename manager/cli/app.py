@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from manager import settings
+from manager.budget import ServingConfig, resolve_serving_config
 from manager.cli.common import Context, ManagerGroup
+from manager.policies import policy_names
+
+
+@dataclass
+class AppContext(Context):
+    """The global options, with the serving budget given on the command line."""
+
+    memory_limit: str | None = None
+    max_models: int | None = None
+    policy: str | None = None
+
+    def serving_config(self) -> ServingConfig:
+        """The settings in effect: tritonctl.yaml (or --config), then these options."""
+        return resolve_serving_config(
+            self.repo,
+            self.config_file,
+            memory_limit=self.memory_limit,
+            max_models=self.max_models,
+            eviction_policy=self.policy,
+        )
 
 
 @click.group(cls=ManagerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,15 +57,52 @@ from manager.cli.common import Context, ManagerGroup
     default=None,
     help="tritonctl.yaml with serving settings (default: the one in the repository).",
 )
+@click.option(
+    "--memory-limit",
+    default=None,
+    metavar="SIZE",
+    help="Memory budget for loaded models: bytes, a size (12GB, 12GiB) or a fraction of "
+    "the device total (0.8, 80%). Makes `load` evict to make room.",
+)
+@click.option(
+    "--max-models",
+    type=click.IntRange(min=1),
+    default=None,
+    help="At most this many models loaded at once (evict to make room).",
+)
+@click.option(
+    "--policy",
+    type=click.Choice(policy_names()),
+    default=None,
+    help="Eviction policy (default: tritonctl.yaml's eviction_policy, else gdsf_decay).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(package_name="tritonctl")
 @click.pass_context
 def main(
-    ctx: click.Context, repo: Path, url: str | None, config_file: Path | None, verbose: int
+    ctx: click.Context,
+    repo: Path,
+    url: str | None,
+    config_file: Path | None,
+    memory_limit: str | None,
+    max_models: int | None,
+    policy: str | None,
+    verbose: int,
 ) -> None:
     """Manage NVIDIA Triton Inference Server model repositories."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    ctx.obj = Context(repo=repo, url=url, config_file=config_file)
+    ctx.obj = AppContext(
+        repo=repo,
+        url=url,
+        config_file=config_file,
+        memory_limit=memory_limit,
+        max_models=max_models,
+        policy=policy,
+    )
+
+
+pass_app = click.make_pass_decorator(AppContext)
+"""Like ``pass_context``, for commands that need the serving budget options."""

@@ -14,11 +14,13 @@ from manager.artifacts import FORMATS
 from manager.cli.app import main
 from manager.cli.common import Context, console, err_console, pass_context, print_json
 from manager.errors import ManagerError
+from manager.footprint import FootprintStore, footprint_fields
 from manager.modelconfig import TensorSpec
 from manager.prune import prune as prune_versions
 from manager.publish import PublishOptions, make_verifier, parse_labels, publish
 from manager.repository import Repository
 from manager.runtime import RUNTIMES
+from manager.units import format_size
 from manager.validate import validate_repository
 
 LARGE_BYTES = 64 * 1024 * 1024  # show a progress bar from this size on
@@ -195,19 +197,30 @@ def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
     repo = Repository(obj.repo)
     repo.require()
     infos = repo.version_info(name)
+    store = FootprintStore(obj.repo)
     if as_json:
         rows = []
         for i in infos:
             row = {k: v for k, v in i.to_dict().items() if k != "config"}
-            rows.append(row)
+            rows.append({**row, **footprint_fields(store.known(name, i.version))})
         print_json(rows)
         return
     table = Table(title=f"{name} versions")
-    for col in ("version", "format", "runtime", "published", "sha256", "labels"):
+    for col in (
+        "version",
+        "format",
+        "runtime",
+        "published",
+        "sha256",
+        "labels",
+        "memory",
+        "measured",
+    ):
         table.add_column(col)
     for i in infos:
         p = i.provenance
         labels = ", ".join(f"{k}={v}" for k, v in (p.get("labels") or {}).items())
+        fp = store.known(name, i.version)
         table.add_row(
             str(i.version),
             str(p.get("format", "?")),
@@ -215,6 +228,8 @@ def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
             str(p.get("published_at", "?")),
             str(p.get("sha256", ""))[:12],
             labels,
+            format_size(fp.bytes) if fp else "-",
+            fp.method if fp else "-",
         )
     console.print(table)
 

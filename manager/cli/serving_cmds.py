@@ -10,10 +10,14 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from manager import serving
-from manager.cli.app import main
+from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import Context, console, pass_context, print_json
+from manager.cli.memory_cmds import budget_configured, open_controller
+from manager.controller import EnsureResult
+from manager.footprint import Footprint, FootprintStore, footprint_fields
 from manager.metrics import MemoryReading
 from manager.triton import TritonControl
+from manager.units import format_size
 
 
 def say(text: str) -> None:
@@ -42,9 +46,23 @@ def _control(obj: Context) -> TritonControl:
     help="Seconds to wait for the model to become READY.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@pass_context
-def load(obj: Context, name: str, version: int | None, wait_timeout: float, as_json: bool) -> None:
-    """Load model NAME on the server and wait until it is READY."""
+@pass_app
+def load(
+    obj: AppContext, name: str, version: int | None, wait_timeout: float, as_json: bool
+) -> None:
+    """Load model NAME on the server and wait until it is READY.
+
+    With a memory budget (--memory-limit, --max-models, or tritonctl.yaml) it first makes
+    room: it evicts what the policy picks, or refuses before loading when NAME cannot fit.
+    """
+    config = obj.serving_config()
+    if budget_configured(config):
+        with open_controller(obj, config, load_timeout=wait_timeout) as controller:
+            what = f"{name} version {version}" if version else name
+            with console.status(f"making room for and loading {what}..."):
+                ensured = controller.ensure_loaded(name, version)
+        _print_ensured(ensured, as_json)
+        return
     with _control(obj) as control:
         what = f"{name} version {version}" if version else name
         with console.status(f"loading {what} on {control.url}..."):
@@ -59,6 +77,23 @@ def load(obj: Context, name: str, version: int | None, wait_timeout: float, as_j
         say(f"{name} already loaded (version {versions})")
     else:
         say(f"loaded {name} (version {versions}) in {result.seconds:.2f} s")
+
+
+def _print_ensured(result: EnsureResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json())
+        return
+    for e in result.evicted:
+        say(f"evicted {e.model}:{e.version} ({format_size(e.bytes)}): {e.reason}")
+    versions = ", ".join(str(v) for v in result.versions)
+    if result.cache_hit:
+        say(f"{result.name} already loaded (version {versions})")
+        return
+    measured = ""
+    if result.footprints:
+        methods = ", ".join(sorted({f.method for f in result.footprints}))
+        measured = f", footprint {format_size(result.bytes_loaded)} ({methods})"
+    say(f"loaded {result.name} (version {versions}) in {result.seconds:.2f} s{measured}")
 
 
 @main.command()
@@ -119,8 +154,24 @@ def ls(obj: Context, as_json: bool) -> None:
     with _control(obj) as control:
         view = serving.overview(control, obj.repo)
         url = control.url
+    store = FootprintStore(obj.repo)
+    footprints: dict[tuple[str, int], Footprint | None] = {
+        (row.name, row.version): store.known(row.name, row.version)
+        for row in view.models
+        if row.version is not None
+    }
     if as_json:
-        print_json([row.to_json() for row in view.models])
+        print_json(
+            [
+                {
+                    **row.to_json(),
+                    **footprint_fields(
+                        footprints.get((row.name, row.version)) if row.version else None
+                    ),
+                }
+                for row in view.models
+            ]
+        )
         return
     table = Table(title=f"models on {url}", title_justify="left")
     longest = max((len(r.name) for r in view.models), default=5)
@@ -129,12 +180,14 @@ def ls(obj: Context, as_json: bool) -> None:
     table.add_column("state", no_wrap=True, min_width=11)
     used = any(r.last_inference_ms for r in view.models)
     table.add_column("last inference", no_wrap=True, min_width=19 if used else 1)
-    for column in ("infer", "ok", "fail"):
+    for column in ("infer", "ok", "fail", "memory"):
         table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("measured", no_wrap=True)
     # reasons can hold a whole Python traceback: `ls --json` has them in full
     table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=48)
     for row in view.models:
         style = _STATE_STYLE.get(row.state, "dim")
+        fp = footprints.get((row.name, row.version)) if row.version is not None else None
         table.add_row(
             row.name,
             "-" if row.version is None else str(row.version),
@@ -143,6 +196,8 @@ def ls(obj: Context, as_json: bool) -> None:
             str(row.inference_count),
             str(row.success_count),
             str(row.fail_count),
+            format_size(fp.bytes) if fp else "-",
+            fp.method if fp else "-",
             row.reason,
         )
     # piped output is not cut to the 80 columns rich assumes: the table gets what it needs

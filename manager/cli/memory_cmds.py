@@ -1,0 +1,229 @@
+"""``tritonctl evict|pin|unpin|controller``: the memory budget by hand and in a loop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from manager.budget import ServingConfig
+from manager.cli.app import AppContext, main, pass_app
+from manager.cli.common import console, print_json
+from manager.controller import Controller, EvictionPlan, set_pin
+from manager.errors import TritonUnreachableError
+from manager.triton import TritonControl
+from manager.units import format_size
+
+
+def say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def budget_configured(config: ServingConfig) -> bool:
+    """True when a memory limit or a model count limit is set (then loads make room)."""
+    return config.budget.limit is not None or config.budget.max_models is not None
+
+
+@contextmanager
+def open_controller(
+    obj: AppContext, config: ServingConfig | None = None, **options: Any
+) -> Iterator[Controller]:
+    """A controller for the server and repository of the global options."""
+    with TritonControl.connect(obj.url, obj.repo) as control:
+        yield Controller(control, obj.repo, config or obj.serving_config(), **options)
+
+
+def _print_table(table: Table) -> None:
+    out = console
+    if not console.is_terminal:
+        wide = console.options.update_width(10_000)
+        out = Console(width=max(Measurement.get(console, wide, table).maximum, console.width))
+    out.print(table)
+
+
+def render_plan(plan: EvictionPlan) -> None:
+    usage = plan.usage
+    say(
+        f"used {format_size(usage.used_bytes)} of limit {format_size(plan.limit_bytes)} "
+        f"({usage.method}); high watermark {format_size(plan.high_bytes)}, "
+        f"low {format_size(plan.low_bytes)}; {plan.loaded} models loaded"
+        + (f" (max {plan.max_models})" if plan.max_models else "")
+        + f"; policy {plan.policy}"
+    )
+    if plan.for_model is not None:
+        what = plan.for_model
+        if plan.footprint is not None:
+            what += (
+                f" ({format_size(plan.footprint.bytes)}, {plan.footprint.method}"
+                + (f": {plan.footprint.basis}" if plan.footprint.basis else "")
+                + ")"
+            )
+        say(f"to load {what}:")
+    if plan.refused:
+        say(f"cannot make room: {plan.refused}")
+    elif plan.victims:
+        table = Table(title="would evict", title_justify="left")
+        for column in ("model", "ver", "memory", "reason"):
+            table.add_column(column, no_wrap=column != "reason")
+        for v in plan.victims:
+            table.add_row(v.model, str(v.version), format_size(v.bytes), v.reason)
+        _print_table(table)
+    else:
+        say("nothing would be evicted now")
+    if plan.ranking:
+        table = Table(title="eviction order", title_justify="left")
+        for column in ("#", "model", "ver", "memory", "reason"):
+            table.add_column(column, no_wrap=column != "reason")
+        for i, v in enumerate(plan.ranking, 1):
+            table.add_row(str(i), v.model, str(v.version), format_size(v.bytes), v.reason)
+        _print_table(table)
+    if plan.protected:
+        table = Table(title="never evicted", title_justify="left")
+        for column in ("model", "ver", "memory", "why"):
+            table.add_column(column, no_wrap=column != "why")
+        for p in plan.protected:
+            table.add_row(p.model, str(p.version), format_size(p.bytes), p.reason)
+        _print_table(table)
+
+
+@main.command("evict")
+@click.argument("name", required=False)
+@click.option("--dry-run", is_flag=True, help="Show what would be evicted and why; change nothing.")
+@click.option(
+    "--for",
+    "for_model",
+    default=None,
+    metavar="MODEL",
+    help="With --dry-run: what would go to make room for loading MODEL.",
+)
+@click.option(
+    "--force", is_flag=True, help="Evict NAME even if it is pinned or an endpoint target."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def evict_cmd(
+    obj: AppContext,
+    name: str | None,
+    dry_run: bool,
+    for_model: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Unload NAME to free its memory (audited), or show what would go (--dry-run)."""
+    if dry_run:
+        with open_controller(obj) as controller:
+            plan = controller.plan(for_model or name)
+        if as_json:
+            print_json(plan.to_json())
+        else:
+            render_plan(plan)
+        return
+    if name is None:
+        raise click.UsageError("give a model NAME to evict, or --dry-run")
+    if for_model is not None:
+        raise click.UsageError("--for goes with --dry-run")
+    with open_controller(obj) as controller:
+        evicted = controller.evict(name, force=force)
+    if as_json:
+        print_json({"name": name, "evicted": [e.to_json() for e in evicted]})
+    elif evicted:
+        freed = sum(e.bytes for e in evicted)
+        say(f"evicted {name} ({format_size(freed)})")
+    else:
+        say(f"{name} was not loaded")
+
+
+def _pin(obj: AppContext, name: str, pinned: bool, as_json: bool) -> None:
+    changed = set_pin(obj.repo, name, pinned)
+    if as_json:
+        print_json({"name": name, "pinned": pinned, "changed": changed})
+        return
+    word = "pinned" if pinned else "unpinned"
+    say(f"{word} {name}" if changed else f"{name} was already {word}")
+
+
+@main.command("pin")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def pin_cmd(obj: AppContext, name: str, as_json: bool) -> None:
+    """Never evict model NAME (recorded in the repository's metadata)."""
+    _pin(obj, name, True, as_json)
+
+
+@main.command("unpin")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def unpin_cmd(obj: AppContext, name: str, as_json: bool) -> None:
+    """Let model NAME be evicted again (a pin in tritonctl.yaml stays)."""
+    _pin(obj, name, False, as_json)
+
+
+@main.group("controller")
+def controller_group() -> None:
+    """The memory controller: keeps used memory under the high watermark."""
+
+
+@controller_group.command("run")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many polls (default: until interrupted).",
+)
+@pass_app
+def controller_run(obj: AppContext, interval: float, iterations: int | None) -> None:
+    """Run the controller loop in the foreground (Ctrl-C or SIGTERM stops it).
+
+    Every poll feeds the eviction policy with Triton's request counts; when used memory
+    is above the high watermark it evicts down to the low one. Decisions are printed and
+    written to <repo>/.tritonctl/audit.log.
+    """
+    config = obj.serving_config()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with open_controller(obj, config) as controller:
+            limit = str(config.budget.limit) if config.budget.limit else "the whole device"
+            say(
+                f"controller on {controller.control.url}: limit {limit}, watermarks "
+                f"{config.budget.high_watermark:.0%}/{config.budget.low_watermark:.0%}, "
+                f"policy {config.eviction_policy}, every {interval:g} s"
+            )
+            done = 0
+            while not stop.is_set():
+                try:
+                    evicted = controller.run_once()
+                except TritonUnreachableError as exc:
+                    say(f"warning: {exc}; retrying in {interval:g} s")
+                    evicted = []
+                for e in evicted:
+                    say(f"evicted {e.model}:{e.version} ({format_size(e.bytes)}): {e.reason}")
+                done += 1
+                if iterations is not None and done >= iterations:
+                    break
+                stop.wait(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,831 @@
+"""The memory controller: keep the loaded models inside a memory budget.
+
+``Controller.ensure_loaded(name)`` makes a model READY without breaking the budget: a model
+already loaded is a cache hit; otherwise its footprint (measured before, or estimated) is
+compared with what is free under the limit (and with ``max_models``), victims chosen by
+the eviction policy are unloaded, and the load waits until their memory is really free
+(the index shows them UNAVAILABLE, their stub processes are gone, a fresh metrics sample).
+A model that cannot fit even after evicting everything evictable is refused *before* it is
+loaded, with a ``MemoryBudgetError`` that says how much is missing. The load itself is
+measured (``manager.footprint``) and the footprint stored for next time.
+
+``Controller.run_once()`` / ``run(interval)`` is the loop of the long-running process:
+when used memory is above the high watermark it evicts down to the low watermark, and it
+feeds the policy the growth of Triton's ``inference_count`` per poll.
+
+Never evicted (*protected*): models pinned in ``tritonctl.yaml`` or with ``tritonctl pin``,
+models in an active rollout, models an endpoint routes to, and the steps of a loaded
+ensemble. Endpoint ensembles and routers, and ensembles in general, are not candidates at
+all: they hold no model memory of their own. Triton unloads a model with all its versions,
+so a model with any protected version is protected as a whole.
+
+Every decision goes to the audit log (``manager.audit``). Loads, evictions and the loop
+are serialized by a thread lock and a file lock in the repository, so footprint deltas
+are clean also when a CLI and a controller process share a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from manager import serving
+from manager.audit import AuditLog, AuditRecord
+from manager.budget import MemoryBudget, ServingConfig
+from manager.endpoints import Endpoints, is_endpoint_folder
+from manager.errors import (
+    ManagerError,
+    MemoryBudgetError,
+    ModelNotFoundError,
+    RepositoryError,
+    TritonUnreachableError,
+    UnloadError,
+)
+from manager.footprint import (
+    Footprint,
+    FootprintStore,
+    MemoryMeter,
+    Usage,
+    artifact_size,
+    predicted_versions,
+)
+from manager.metrics import MemoryReading
+from manager.modelconfig import read_config
+from manager.names import validate_model_name
+from manager.pins import PinStore
+from manager.policies import EvictionPolicy, ModelState, Victim, get_policy
+from manager.repository import Repository
+from manager.rollout import RolloutStore
+from manager.serving import ModelControl
+from manager.settings import META_DIR
+from manager.triton import IndexEntry, ModelStats
+from manager.units import format_size
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = "memory.lock"
+LOCK_TIMEOUT_S = 900.0
+MAX_ROUNDS = 4
+"""Eviction rounds per load: footprints can be off, so the fit is re-checked after each."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """A model version that was (or would be) evicted, and why."""
+
+    model: str
+    version: int
+    bytes: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "bytes": self.bytes,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Protected:
+    """A loaded model version that may not be evicted, and why."""
+
+    model: str
+    version: int
+    bytes: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "bytes": self.bytes,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class EnsureResult:
+    """A model that is READY, what had to go for it, and its measured footprints."""
+
+    name: str
+    versions: tuple[int, ...]
+    seconds: float
+    cache_hit: bool
+    evicted: tuple[Eviction, ...] = ()
+    footprints: tuple[Footprint, ...] = ()
+
+    @property
+    def bytes_loaded(self) -> int:
+        return sum(f.bytes for f in self.footprints)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": list(self.versions),
+            "seconds": self.seconds,
+            "cache_hit": self.cache_hit,
+            "evicted": [e.to_json() for e in self.evicted],
+            "footprints": [f.to_json() for f in self.footprints],
+        }
+
+
+@dataclass(frozen=True)
+class EvictionPlan:
+    """What would be evicted now, and why (``tritonctl evict --dry-run``)."""
+
+    usage: Usage
+    limit_bytes: int
+    high_bytes: int
+    low_bytes: int
+    max_models: int | None
+    loaded: int
+    policy: str
+    victims: tuple[Eviction, ...]
+    """What would go now: to get under the low watermark (when above the high one), or to
+    make room for ``for_model``."""
+    ranking: tuple[Eviction, ...]
+    """Every evictable model version, first to go first."""
+    protected: tuple[Protected, ...]
+    need_bytes: int = 0
+    need_slots: int = 0
+    for_model: str | None = None
+    footprint: Footprint | None = None
+    refused: str | None = None
+    """Why ``for_model`` could not be made to fit, if it could not."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "usage": self.usage.to_json(),
+            "limit_bytes": self.limit_bytes,
+            "high_watermark_bytes": self.high_bytes,
+            "low_watermark_bytes": self.low_bytes,
+            "max_models": self.max_models,
+            "loaded": self.loaded,
+            "policy": self.policy,
+            "for_model": self.for_model,
+            "footprint": self.footprint.to_json() if self.footprint else None,
+            "need_bytes": self.need_bytes,
+            "need_slots": self.need_slots,
+            "refused": self.refused,
+            "victims": [v.to_json() for v in self.victims],
+            "ranking": [v.to_json() for v in self.ranking],
+            "protected": [p.to_json() for p in self.protected],
+        }
+
+
+@dataclass
+class ControllerStats:
+    """Counters since the controller was made."""
+
+    loads: int = 0
+    cache_hits: int = 0
+    evictions: int = 0
+    failures: int = 0
+    load_seconds_total: float = 0.0
+
+    @property
+    def average_load_seconds(self) -> float:
+        return self.load_seconds_total / self.loads if self.loads else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "loads": self.loads,
+            "cache_hits": self.cache_hits,
+            "evictions": self.evictions,
+            "failures": self.failures,
+            "average_load_seconds": self.average_load_seconds,
+        }
+
+
+@dataclass
+class _View:
+    """The loaded models at one moment, as the policy sees them."""
+
+    index: list[IndexEntry]
+    usage: Usage
+    states: list[ModelState]
+    protected: dict[str, str] = field(default_factory=dict)
+
+    def of_model(self, name: str) -> list[ModelState]:
+        return [s for s in self.states if s.name == name]
+
+
+# --------------------------------------------------------------------------- controller
+
+
+class Controller:
+    """Keeps the models one Triton server has loaded inside a memory budget.
+
+    ``control`` is a :class:`manager.triton.TritonControl` (or a fake), ``repo`` the
+    repository the server serves (footprints, pins, endpoints, rollouts and the audit log
+    live in its ``.tritonctl`` folder). Thread-safe: every operation holds one lock.
+    """
+
+    def __init__(
+        self,
+        control: ModelControl,
+        repo: Path,
+        config: ServingConfig | None = None,
+        *,
+        policy: EvictionPolicy | None = None,
+        meter: MemoryMeter | None = None,
+        audit: AuditLog | None = None,
+        load_timeout: float = serving.DEFAULT_LOAD_TIMEOUT_S,
+        unload_timeout: float = serving.DEFAULT_UNLOAD_TIMEOUT_S,
+    ) -> None:
+        self.control = control
+        self.repo = Path(repo)
+        self.config = config or ServingConfig()
+        self.meter = meter or MemoryMeter.for_control(control, control.url, self.repo)
+        self._policy = policy
+        self.footprints = FootprintStore(self.repo)
+        self.pins = PinStore(self.repo)
+        self.audit = audit or AuditLog(self.repo)
+        self.load_timeout = load_timeout
+        self.unload_timeout = unload_timeout
+        self.stats = ControllerStats()
+        self._lock = threading.RLock()
+        self._file_lock: FileLock | None = None
+        self._seen: dict[tuple[str, int], ModelState] = {}
+        self._seen_counts: dict[tuple[str, int], int] = {}
+        self._loaded_at: dict[tuple[str, int], float] = {}
+        self._alerting = False
+
+    def __repr__(self) -> str:
+        return f"Controller({self.control.url!r}, {str(self.repo)!r})"
+
+    @property
+    def budget(self) -> MemoryBudget:
+        return self.config.budget
+
+    @property
+    def policy(self) -> EvictionPolicy:
+        """The policy instance (built on first use: size-aware ones need the limit)."""
+        if self._policy is None:
+            budget_bytes = 0
+            if self.budget.limit is not None:
+                try:
+                    budget_bytes = self.budget.limit_bytes(self.meter.usage().total_bytes)
+                except ManagerError as exc:
+                    log.debug("no byte budget for the policy yet: %s", exc)
+            self._policy = get_policy(
+                self.config.eviction_policy,
+                budget_bytes=budget_bytes,
+                max_models=self.budget.max_models,
+            )
+        return self._policy
+
+    # ---------------------------------------------------------------- locking
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._file_lock is None:
+                meta = self.repo / META_DIR
+                try:
+                    meta.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise RepositoryError(f"cannot create {meta}: {exc}") from exc
+                self._file_lock = FileLock(str(meta / LOCK_FILE))
+            try:
+                self._file_lock.acquire(timeout=LOCK_TIMEOUT_S)
+            except Timeout as exc:
+                raise RepositoryError(
+                    f"another tritonctl process holds {self._file_lock.lock_file} "
+                    f"(waited {LOCK_TIMEOUT_S:.0f} s)"
+                ) from exc
+            try:
+                yield
+            finally:
+                self._file_lock.release()
+
+    # ---------------------------------------------------------------- what is loaded
+
+    def _memoryless(self, name: str) -> bool:
+        """Endpoint ensembles, their routers and ensembles: never candidates."""
+        repo = Repository(self.repo)
+        if is_endpoint_folder(repo, name):
+            return True
+        path = self.repo / name / "config.pbtxt"
+        if not path.is_file():
+            return False
+        try:
+            return read_config(path).platform == "ensemble"
+        except ManagerError:
+            return False
+
+    def protections(self, ready: Sequence[str] = ()) -> dict[str, str]:
+        """Model name -> why it may not be evicted (``ready``: the loaded model names,
+        whose ensembles protect their steps)."""
+        reasons: dict[str, str] = {}
+        where = f" in {self.config.source}" if self.config.source else ""
+        for name in sorted(self.config.pinned):
+            reasons[name] = f"pinned{where or ' in the serving config'}"
+        for name in sorted(self.pins.names()):
+            reasons.setdefault(name, "pinned (tritonctl pin)")
+        repo = Repository(self.repo)
+        for rollout in RolloutStore(repo).active():
+            reasons.setdefault(
+                rollout.model,
+                f"in the rollout of endpoint {rollout.endpoint} "
+                f"({rollout.model}:{rollout.old_version} -> {rollout.new_version})",
+            )
+        for state in Endpoints(repo, self.control).list():
+            for target in state.targets:
+                reasons.setdefault(
+                    target.model,
+                    f"target of endpoint {state.name} ({target.model}:{target.version})",
+                )
+        for name in ready:
+            path = self.repo / name / "config.pbtxt"
+            if not path.is_file():
+                continue
+            try:
+                config = read_config(path)
+            except ManagerError:
+                continue
+            if config.platform == "ensemble":
+                for step in config.ensemble_scheduling.step:
+                    reasons.setdefault(step.model_name, f"step of the loaded ensemble {name}")
+        return reasons
+
+    def _view(self, index: list[IndexEntry] | None = None) -> _View:
+        index = self.control.repository_index() if index is None else index
+        usage = self.meter.usage()
+        ready = sorted({(e.name, e.version) for e in index if e.ready and e.version is not None})
+        ready_names = sorted({name for name, _ in ready})
+        protected = self.protections(ready_names)
+        stats: dict[tuple[str, int | None], ModelStats] = {}
+        if ready:
+            stats = {(s.name, s.version): s for s in self.control.statistics()}
+        known_loaded_at = self.footprints.loaded_at()
+        now = time.time()
+        states = []
+        for name, version in ready:
+            assert version is not None
+            if self._memoryless(name):
+                continue
+            key = (name, version)
+            stat = stats.get(key)
+            recorded = self.footprints.get(name, version)
+            live = usage.per_version
+            if (name, version) in live or (name, None) in live:
+                footprint = live.get((name, version), 0) + live.get((name, None), 0)
+            else:
+                footprint = (recorded or self.footprints.estimate(name, version)).bytes
+            if key not in self._loaded_at:
+                self._loaded_at[key] = known_loaded_at.get(key, now)
+            reason = protected.get(name, "")
+            states.append(
+                ModelState(
+                    name=name,
+                    version=version,
+                    footprint=footprint,
+                    loaded_at=self._loaded_at[key],
+                    last_inference=stat.last_inference_ms if stat else 0,
+                    inference_count=stat.inference_count if stat else 0,
+                    load_seconds=recorded.load_seconds if recorded else None,
+                    pinned=bool(reason) and not reason.startswith("in the rollout"),
+                    in_rollout=reason.startswith("in the rollout"),
+                )
+            )
+        return _View(index=index, usage=usage, states=states, protected=protected)
+
+    def _observe(self, view: _View) -> None:
+        """Tell the policy what happened since the last poll: new models, request counts
+        (growth of ``inference_count``), models that left."""
+        policy = self.policy
+        current = {s.key: s for s in view.states}
+        for key, state in current.items():
+            if key not in self._seen_counts:
+                policy.on_load(state)
+                if state.inference_count > 0:
+                    policy.on_hit(state, state.inference_count)
+            else:
+                grown = state.inference_count - self._seen_counts[key]
+                if grown > 0:
+                    policy.on_hit(state, grown)
+            self._seen_counts[key] = state.inference_count
+            self._seen[key] = state
+        for key in [k for k in self._seen if k not in current]:
+            policy.on_unload(self._seen.pop(key))
+            self._seen_counts.pop(key, None)
+            self._loaded_at.pop(key, None)
+
+    def _limits(self, usage: Usage) -> tuple[int, int, int]:
+        budget = self.budget
+        total = usage.total_bytes
+        return budget.limit_bytes(total), budget.high_bytes(total), budget.low_bytes(total)
+
+    # ---------------------------------------------------------------- evicting
+
+    def _record(self, action: str, model: str, version: int | None, reason: str, **kw: Any) -> None:
+        nbytes = kw.pop("bytes", None)
+        extra = {k: v for k, v in kw.items() if v is not None}
+        self.audit.write(AuditRecord(action, model, version, reason, nbytes, extra=extra))
+
+    def _reading_before_release(self) -> MemoryReading | None:
+        """The metrics reading to compare with after an unload (None: memory is read from
+        the server's processes, which need no metrics sample)."""
+        if self.meter.has_gpu or self.meter.server_pid is None:
+            return self.meter.reading()
+        return None
+
+    def _evict_model(
+        self, view: _View, name: str, reason: str, *, chosen: Sequence[ModelState] = ()
+    ) -> list[Eviction]:
+        """Unload ``name`` (every version), wait until its memory is free, tell the policy."""
+        states = view.of_model(name)
+        before = self._reading_before_release()
+        serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+        if not self.meter.wait_released([name], before):
+            raise UnloadError(f"model {name!r} is unloaded but its processes have not exited")
+        chosen_keys = {s.key for s in chosen}
+        out = []
+        for state in states:
+            if state.key in chosen_keys or not chosen_keys:
+                self.policy.on_evict(state)
+            else:
+                self.policy.on_unload(state)
+            self._seen.pop(state.key, None)
+            self._seen_counts.pop(state.key, None)
+            self._loaded_at.pop(state.key, None)
+            out.append(Eviction(name, state.version, state.footprint, reason))
+            self._record(
+                "evict",
+                name,
+                state.version,
+                reason,
+                bytes=state.footprint,
+                policy=self.policy.name,
+                used_bytes=view.usage.used_bytes,
+            )
+        self.stats.evictions += 1
+        return out
+
+    def _evict_victims(self, view: _View, victims: Sequence[Victim], why: str) -> list[Eviction]:
+        out: list[Eviction] = []
+        by_model: dict[str, list[Victim]] = {}
+        for victim in victims:
+            by_model.setdefault(victim.model.name, []).append(victim)
+        for name, chosen in by_model.items():
+            reason = f"{why}; {chosen[0].reason}"
+            out.extend(self._evict_model(view, name, reason, chosen=[v.model for v in chosen]))
+        return out
+
+    # ---------------------------------------------------------------- ensure loaded
+
+    def ensure_loaded(self, name: str, version: int | None = None) -> EnsureResult:
+        """Make ``name`` (``version`` only, if given) READY within the budget.
+
+        Raises ``MemoryBudgetError`` (nothing loaded, nothing evicted) when it cannot fit
+        even after evicting every evictable model; ``ModelNotFoundError`` for a model the
+        server does not know; ``LoadError`` with Triton's reason when the load fails.
+        """
+        validate_model_name(name)
+        with self.locked():
+            index = self.control.repository_index()
+            entries = serving.entries_of(index, name)
+            if not entries:
+                raise ModelNotFoundError(
+                    f"model {name!r} is not in the repository served by {self.control.url}"
+                )
+            ready_before = serving.ready_versions(entries)
+            if (version is None and ready_before) or (version in ready_before):
+                self.stats.cache_hits += 1
+                return EnsureResult(name, ready_before, 0.0, cache_hit=True)
+            versions = [
+                v for v in predicted_versions(self.repo, name, version) if v not in ready_before
+            ]
+            memoryless = self._memoryless(name)
+            needed = [] if memoryless else [self.footprints.footprint(name, v) for v in versions]
+            evicted = self._make_room(name, version, needed, index)
+            before = self.meter.baseline()
+            try:
+                result = serving.load(
+                    self.control,
+                    name,
+                    version=version,
+                    repo=self.repo,
+                    wait_timeout=self.load_timeout,
+                )
+            except ManagerError as exc:
+                self.stats.failures += 1
+                self._record("load-failed", name, version, str(exc))
+                raise
+            new = [v for v in result.versions if v not in ready_before]
+            loaded_at = time.time()
+            measured: list[Footprint] = []
+            if new and not memoryless:
+                sizes = {v: artifact_size(self.repo, name, v) for v in new}
+                measured = self.meter.measure(
+                    name, new, before, load_seconds=result.seconds, sizes=sizes
+                )
+                for footprint in measured:
+                    self.footprints.record(footprint, loaded_at=loaded_at)
+            self.stats.loads += 1
+            self.stats.load_seconds_total += result.seconds
+            for v in new:
+                self._loaded_at[(name, v)] = loaded_at
+            total = sum(f.bytes for f in measured)
+            estimated = sum(f.bytes for f in needed)
+            method = measured[0].method if measured else "none"
+            self._record(
+                "load",
+                name,
+                version if version is not None else (new[-1] if new else None),
+                f"requested; measured {format_size(total)} ({method}), "
+                f"expected {format_size(estimated)}"
+                + (f", after evicting {len(evicted)}" if evicted else ""),
+                bytes=total,
+                load_seconds=round(result.seconds, 3),
+            )
+            return EnsureResult(
+                name,
+                result.versions,
+                result.seconds,
+                cache_hit=False,
+                evicted=tuple(evicted),
+                footprints=tuple(measured),
+            )
+
+    def _make_room(
+        self,
+        name: str,
+        version: int | None,
+        needed: Sequence[Footprint],
+        index: list[IndexEntry],
+    ) -> list[Eviction]:
+        label = f"{name}:{version}" if version is not None else name
+        footprint = sum(f.bytes for f in needed)
+        how = ", ".join(sorted({f.method for f in needed})) or "nothing to load"
+        evicted: list[Eviction] = []
+        for _ in range(MAX_ROUNDS):
+            view = self._view(index)
+            self._observe(view)
+            limit, _, _ = self._limits(view.usage)
+            used = view.usage.used_bytes
+            need_bytes = used + footprint - limit
+            need_slots = 0
+            if self.budget.max_models is not None:
+                need_slots = len(view.states) + len(needed) - self.budget.max_models
+            if need_bytes <= 0 and need_slots <= 0:
+                return evicted
+            try:
+                victims = self.policy.choose_victims(
+                    view.states, max(need_bytes, 0), max(need_slots, 0)
+                )
+            except MemoryBudgetError as exc:
+                message = (
+                    f"cannot load {label}: its footprint {format_size(footprint)} ({how}) "
+                    f"and the {format_size(used)} in use ({view.usage.method}) exceed the "
+                    f"limit of {format_size(limit)}"
+                    + (f" / {self.budget.max_models} models" if self.budget.max_models else "")
+                    + f"; {exc}"
+                )
+                self._record(
+                    "refuse",
+                    name,
+                    version,
+                    message,
+                    bytes=footprint,
+                    used_bytes=used,
+                    limit_bytes=limit,
+                )
+                raise MemoryBudgetError(message) from exc
+            why = (
+                f"make room for {label} ({format_size(footprint)}, {how}): used "
+                f"{format_size(used)} + {format_size(footprint)} > limit {format_size(limit)}"
+                if need_bytes > 0
+                else f"make room for {label}: max_models {self.budget.max_models} reached"
+            )
+            evicted.extend(self._evict_victims(view, victims, why))
+            index = self.control.repository_index()
+        raise MemoryBudgetError(
+            f"cannot load {label}: still no room after {MAX_ROUNDS} rounds of eviction "
+            f"(footprint {format_size(footprint)}, {how})"
+        )
+
+    # ---------------------------------------------------------------- the loop
+
+    def run_once(self) -> list[Eviction]:
+        """One poll: feed the policy, and evict down to the low watermark when used memory
+        is above the high one (or more models are loaded than ``max_models``)."""
+        with self.locked():
+            view = self._view()
+            self._observe(view)
+            limit, high, low = self._limits(view.usage)
+            used = view.usage.used_bytes
+            need_bytes = used - low if used > high else 0
+            need_slots = 0
+            if self.budget.max_models is not None:
+                need_slots = max(len(view.states) - self.budget.max_models, 0)
+            if need_bytes <= 0 and need_slots <= 0:
+                self._alerting = False
+                return []
+            target = low
+            try:
+                victims = self.policy.choose_victims(view.states, need_bytes, need_slots)
+            except MemoryBudgetError as exc:
+                victims = []
+                if need_bytes > 0:
+                    # the low watermark is out of reach: at least get under the high one
+                    target = high
+                    try:
+                        victims = self.policy.choose_victims(view.states, used - high, need_slots)
+                    except MemoryBudgetError:
+                        victims = []
+                if not victims:
+                    message = (
+                        f"used {format_size(used)} is above the high watermark "
+                        f"{format_size(high)} and evicting all that may go is not enough: {exc}"
+                    )
+                    if not self._alerting:
+                        self._record(
+                            "alert", "-", None, message, used_bytes=used, limit_bytes=limit
+                        )
+                        self._alerting = True
+                    log.warning("%s", message)
+                    return []
+            self._alerting = False
+            why = (
+                f"used {format_size(used)} > high watermark {format_size(high)}, "
+                f"evicting down to {format_size(target)}"
+                if need_bytes > 0
+                else f"{len(view.states)} models loaded > max_models {self.budget.max_models}"
+            )
+            return self._evict_victims(view, victims, why)
+
+    def run(
+        self,
+        interval: float = 5.0,
+        *,
+        stop: threading.Event | None = None,
+        iterations: int | None = None,
+    ) -> None:
+        """Call :meth:`run_once` every ``interval`` seconds until ``stop`` is set (or
+        ``iterations`` polls were made). Triton being unreachable is logged and retried."""
+        stop = stop or threading.Event()
+        done = 0
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except TritonUnreachableError as exc:
+                log.warning("controller: %s; retrying in %g s", exc, interval)
+            done += 1
+            if iterations is not None and done >= iterations:
+                return
+            stop.wait(interval)
+
+    # ---------------------------------------------------------------- by hand
+
+    def plan(self, for_model: str | None = None, version: int | None = None) -> EvictionPlan:
+        """What would be evicted now and why; nothing is changed (``evict --dry-run``).
+
+        With ``for_model``: what would go to load it (``refused`` says why it could not).
+        """
+        with self.locked():
+            view = self._view()
+            self._observe(view)
+            policy = self.policy
+            limit, high, low = self._limits(view.usage)
+            used = view.usage.used_bytes
+            evictable = [s for s in view.states if s.evictable]
+            ranking: list[Victim] = []
+            if evictable:
+                ranking = policy.choose_victims(
+                    evictable, sum(s.footprint for s in evictable) or 1, len(evictable)
+                )
+            protected = tuple(
+                Protected(s.name, s.version, s.footprint, view.protected.get(s.name, "protected"))
+                for s in view.states
+                if not s.evictable
+            )
+            footprint: Footprint | None = None
+            refused = None
+            if for_model is not None:
+                validate_model_name(for_model)
+                entries = serving.entries_of(view.index, for_model)
+                ready = serving.ready_versions(entries)
+                versions = [
+                    v for v in predicted_versions(self.repo, for_model, version) if v not in ready
+                ]
+                needed = [self.footprints.footprint(for_model, v) for v in versions]
+                if needed:
+                    footprint = needed[0] if len(needed) == 1 else None
+                already = (version is None and ready) or version in ready
+                total = 0 if already else sum(f.bytes for f in needed)
+                need_bytes = used + total - limit if total else 0
+                need_slots = 0
+                if self.budget.max_models is not None and not already:
+                    need_slots = len(view.states) + len(needed) - self.budget.max_models
+            else:
+                need_bytes = used - low if used > high else 0
+                need_slots = 0
+                if self.budget.max_models is not None:
+                    need_slots = max(len(view.states) - self.budget.max_models, 0)
+            victims: list[Victim] = []
+            try:
+                victims = policy.choose_victims(view.states, max(need_bytes, 0), max(need_slots, 0))
+            except MemoryBudgetError as exc:
+                refused = str(exc)
+            return EvictionPlan(
+                usage=view.usage,
+                limit_bytes=limit,
+                high_bytes=high,
+                low_bytes=low,
+                max_models=self.budget.max_models,
+                loaded=len(view.states),
+                policy=policy.name,
+                victims=tuple(
+                    Eviction(v.model.name, v.model.version, v.model.footprint, v.reason)
+                    for v in victims
+                ),
+                ranking=tuple(
+                    Eviction(v.model.name, v.model.version, v.model.footprint, v.reason)
+                    for v in ranking
+                ),
+                protected=protected,
+                need_bytes=max(need_bytes, 0),
+                need_slots=max(need_slots, 0),
+                for_model=for_model,
+                footprint=footprint,
+                refused=refused,
+            )
+
+    def evict(self, name: str, *, force: bool = False, reason: str = "") -> list[Eviction]:
+        """Unload ``name`` by hand (audited). A protected model is refused unless ``force``.
+        Returns what was evicted (empty if it was not loaded)."""
+        validate_model_name(name)
+        with self.locked():
+            view = self._view()
+            self._observe(view)
+            if not any(e.name == name for e in view.index):
+                raise ModelNotFoundError(
+                    f"model {name!r} is not in the repository served by {self.control.url}"
+                )
+            why = view.protected.get(name)
+            if why and not force:
+                raise UnloadError(f"model {name!r} is protected ({why}); use --force to evict it")
+            loaded = [e for e in serving.entries_of(view.index, name) if e.ready]
+            if not loaded:
+                return []
+            text = reason or "by hand (tritonctl evict)"
+            if why:
+                text += f", forced although {why}"
+            if not view.of_model(name):
+                serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+                self._record("evict", name, None, text)
+                return []
+            return self._evict_model(view, name, text)
+
+    def unload(self, name: str) -> serving.UnloadResult:
+        """Unload ``name`` as a user asked (not an eviction): audited, the policy told."""
+        validate_model_name(name)
+        with self.locked():
+            view = self._view()
+            self._observe(view)
+            before = self._reading_before_release()
+            result = serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+            if result.was_loaded:
+                self.meter.wait_released([name], before)
+                for state in view.of_model(name):
+                    self.policy.on_unload(state)
+                    self._seen.pop(state.key, None)
+                    self._seen_counts.pop(state.key, None)
+                    self._loaded_at.pop(state.key, None)
+                self._record("unload", name, None, "requested")
+            return result
+
+
+def set_pin(repo: Path, name: str, pinned: bool) -> bool:
+    """Pin (or unpin) model ``name`` in ``repo``'s metadata; audited. Returns whether
+    anything changed. The model must be in the repository."""
+    validate_model_name(name)
+    if not Repository(repo).has_model(name):
+        raise ModelNotFoundError(f"model {name!r} is not in repository {repo}")
+    store = PinStore(repo)
+    changed = store.pin(name) if pinned else store.unpin(name)
+    if changed:
+        AuditLog(repo).write(
+            AuditRecord(
+                "pin" if pinned else "unpin",
+                name,
+                None,
+                "by hand (tritonctl pin)" if pinned else "by hand (tritonctl unpin)",
+            )
+        )
+    return changed

@@ -1,0 +1,257 @@
+"""Memory-aware serving on a real tritonserver: measured footprints, eviction, refusal.
+
+Three Python-backend models each allocate (and touch) ``ALLOC_MIB`` of memory in
+``initialize``; the budget holds two of them. On this CPU host used memory is the server's
+process tree and a model's footprint the resident memory of its stub process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+import yaml
+from click.testing import CliRunner
+
+from manager import serving
+from manager.audit import AuditLog
+from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
+from manager.cli import main
+from manager.controller import Controller, set_pin
+from manager.errors import MemoryBudgetError
+from manager.footprint import CPU_STUB_RSS, GPU_METRIC, FootprintStore
+from manager.repository import write_json_atomic
+from manager.triton import TritonControl
+from tests.integration.conftest import TritonHandle
+from tests.integration.helpers import write_python_model
+
+pytestmark = pytest.mark.integration
+
+ALLOC_MIB = 160
+ALLOC_BYTES = ALLOC_MIB * 2**20
+A, B, C, HUGE = "mem_a", "mem_b", "mem_c", "mem_huge"
+OURS = (A, B, C, HUGE)
+
+ALLOC_MODEL_PY = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+    MIB = {mib}
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            # ones(), not zeros(): every page is written, so it is resident
+            self.buffer = np.ones(MIB * 2**20 // 8, dtype=np.float64)
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    """
+)
+
+
+def infer(http_url: str, model: str) -> np.ndarray:
+    client = httpclient.InferenceServerClient(http_url.removeprefix("http://"))
+    try:
+        x = np.array([1.0, 2.0], dtype=np.float32)
+        inp = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
+        assert out is not None
+        np.testing.assert_allclose(out, x * 2)
+        return out
+    finally:
+        client.close()
+
+
+def states(control: TritonControl) -> dict[str, str]:
+    return {e.name: e.state for e in control.repository_index() if e.name in OURS}
+
+
+@pytest.fixture(scope="module")
+def control(triton: TritonHandle) -> Iterator[TritonControl]:
+    for name in (A, B, C):
+        write_python_model(triton.repo, name, ALLOC_MODEL_PY.format(mib=ALLOC_MIB))
+    huge = write_python_model(triton.repo, HUGE)
+    # provenance says the artifact is 50 GB: its estimate cannot fit anywhere here
+    write_json_atomic(huge / "1" / "tritonctl.json", {"name": HUGE, "size_bytes": 50 * 10**9})
+    with TritonControl(triton.http_url, metrics_url=triton.metrics_url) as c:
+        try:
+            yield c
+        finally:
+            for name in OURS:
+                serving.unload(c, name)
+            FootprintStore(triton.repo).forget(HUGE)
+
+
+@pytest.fixture
+def fresh(control: TritonControl) -> TritonControl:
+    """None of this module's models loaded, and no pins left from another test."""
+    for name in OURS:
+        serving.unload(control, name)
+    return control
+
+
+def others_loaded(control: TritonControl) -> frozenset[str]:
+    """Models other tests left loaded on the shared server: pinned, so never our victims."""
+    return frozenset(e.name for e in control.repository_index() if e.ready and e.name not in OURS)
+
+
+def controller(
+    triton: TritonHandle, control: TritonControl, policy: str = "lru"
+) -> tuple[Controller, int]:
+    """A controller whose byte limit holds two of the three models (and what runs now)."""
+    probe = Controller(control, triton.repo)
+    used = probe.meter.usage().used_bytes
+    limit = used + int(2.5 * ALLOC_BYTES)
+    config = ServingConfig(
+        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit)),
+        eviction_policy=policy,
+        pinned=others_loaded(control),
+    )
+    return Controller(control, triton.repo, config), limit
+
+
+def test_loading_a_third_model_evicts_the_least_recently_inferred_one(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, _ = controller(triton, fresh, "lru")
+    assert ctl.meter.mode in ("cpu-process-rss", GPU_METRIC)
+    # B is loaded first, so a fifo policy would pick B: only recency points at A
+    assert not ctl.ensure_loaded(B).cache_hit
+    assert not ctl.ensure_loaded(A).cache_hit
+    infer(triton.http_url, A)
+    time.sleep(0.05)
+    infer(triton.http_url, B)
+
+    result = ctl.ensure_loaded(C)
+
+    assert [e.model for e in result.evicted] == [A]
+    assert "lru" in result.evicted[0].reason
+    assert states(fresh) == {A: "UNAVAILABLE", B: "READY", C: "READY", HUGE: "UNAVAILABLE"}
+    infer(triton.http_url, B)
+    infer(triton.http_url, C)
+    assert ctl.stats.failures == 0
+    assert ctl.stats.loads == 3 and ctl.stats.evictions == 1
+    assert ctl.ensure_loaded(C).cache_hit
+    evictions = [r for r in AuditLog(triton.repo).read() if r["action"] == "evict"]
+    assert evictions[-1]["model"] == A and "lru" in evictions[-1]["reason"]
+    assert evictions[-1]["bytes"] > 0
+
+
+def test_measured_footprint_is_close_to_what_the_model_allocates(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, _ = controller(triton, fresh)
+    result = ctl.ensure_loaded(A)
+    (footprint,) = result.footprints
+    assert footprint.method in (CPU_STUB_RSS, GPU_METRIC)
+    assert 0.7 * ALLOC_BYTES <= footprint.bytes <= 1.6 * ALLOC_BYTES, footprint
+    assert footprint.load_seconds is not None and footprint.load_seconds > 0
+    stored = FootprintStore(triton.repo).get(A, 1)
+    assert stored is not None and stored.bytes == footprint.bytes
+    # a model never loaded is estimated from what was measured for the others
+    estimate = FootprintStore(triton.repo).footprint(C, 1)
+    if FootprintStore(triton.repo).get(C, 1) is None:
+        assert estimate.method == "estimate"
+        assert 0.5 * ALLOC_BYTES <= estimate.bytes <= 2 * ALLOC_BYTES
+
+
+def test_a_model_that_cannot_fit_is_refused_before_loading_with_the_missing_bytes(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, limit = controller(triton, fresh)
+    ctl.ensure_loaded(A)
+
+    with pytest.raises(MemoryBudgetError, match=r"missing") as caught:
+        ctl.ensure_loaded(HUGE)
+
+    missing = re.search(r"\((\d+) bytes\) missing", str(caught.value))
+    assert missing is not None and int(missing.group(1)) > 50 * 10**9 - limit
+    huge = [e for e in fresh.repository_index() if e.name == HUGE]
+    assert all(e.state == "UNAVAILABLE" and e.reason == "" for e in huge)  # never tried
+    assert states(fresh)[A] == "READY"  # nothing was evicted for a load that cannot fit
+    assert AuditLog(triton.repo).read()[-1]["action"] == "refuse"
+
+
+def test_a_pinned_model_is_never_chosen(triton: TritonHandle, fresh: TritonControl) -> None:
+    ctl, _ = controller(triton, fresh, "lru")
+    ctl.ensure_loaded(B)
+    ctl.ensure_loaded(A)
+    infer(triton.http_url, A)
+    time.sleep(0.05)
+    infer(triton.http_url, B)
+    set_pin(triton.repo, A, True)
+    try:
+        plan = ctl.plan(C)
+        assert [v.model for v in plan.victims] == [B]
+        assert any(p.model == A and "pin" in p.reason for p in plan.protected)
+        result = ctl.ensure_loaded(C)
+    finally:
+        set_pin(triton.repo, A, False)
+    assert [e.model for e in result.evicted] == [B]
+    assert states(fresh)[A] == "READY" and states(fresh)[C] == "READY"
+    infer(triton.http_url, A)
+    infer(triton.http_url, C)
+
+
+def run_cli(triton: TritonHandle, *args: str) -> tuple[int, str]:
+    argv = ["--repo", str(triton.repo), "--url", triton.http_url, *args]
+    result = CliRunner().invoke(main, argv)
+    return result.exit_code, result.output
+
+
+def test_cli_load_makes_room_and_ls_shows_footprints(
+    triton: TritonHandle, fresh: TritonControl, tmp_path: Path
+) -> None:
+    _, limit = controller(triton, fresh)
+    settings = tmp_path / "tritonctl.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "memory_limit": limit,
+                "eviction_policy": "lru",
+                "pinned": sorted(others_loaded(fresh)),
+            }
+        )
+    )
+    budget = ["--config", str(settings)]
+    for name in (A, B):
+        code, out = run_cli(triton, *budget, "load", name)
+        assert code == 0, out
+        infer(triton.http_url, name)
+        time.sleep(0.05)
+
+    code, out = run_cli(triton, *budget, "evict", "--dry-run", "--for", C, "--json")
+    assert code == 0, out
+    plan = json.loads(out)
+    assert [v["model"] for v in plan["victims"]] == [A]
+
+    code, out = run_cli(triton, *budget, "load", C, "--json")
+    assert code == 0, out
+    loaded = json.loads(out)
+    assert loaded["cache_hit"] is False and [e["model"] for e in loaded["evicted"]] == [A]
+
+    code, out = run_cli(triton, "ls", "--json")
+    assert code == 0, out
+    rows = {r["name"]: r for r in json.loads(out) if r["name"] in OURS}
+    assert rows[C]["footprint_method"] in (CPU_STUB_RSS, GPU_METRIC)
+    assert rows[C]["footprint_bytes"] > 0.7 * ALLOC_BYTES
+    assert rows[HUGE]["footprint_method"] == "estimate"
+
+    code, out = run_cli(triton, *budget, "evict", C)
+    assert code == 0 and f"evicted {C}" in out, out
+    assert states(fresh)[C] == "UNAVAILABLE"

@@ -1,0 +1,557 @@
+"""The memory controller against a fake Triton whose host memory moves with its models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.audit import AuditLog
+from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
+from manager.controller import Controller, set_pin
+from manager.dynamic import DynamicModelManager
+from manager.endpoints import ENDPOINT_KIND, EndpointState, Target
+from manager.errors import LoadError, MemoryBudgetError, ModelNotFoundError, UnloadError
+from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter
+from manager.modelconfig import TensorSpec, build_config, write_config
+from manager.policies import LruPolicy, ModelState
+from manager.repository import Repository, write_json_atomic
+from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
+from manager.triton import IndexEntry, ModelStats
+
+MIB = 2**20
+BASE = 100 * MIB
+TOTAL = 64 * 2**30
+
+
+class FakeTriton:
+    """Models with a size each; host memory used = BASE + what is loaded.
+
+    Unloads take one index poll to finish; ``infer`` moves a model's statistics.
+    """
+
+    url = "http://fake:8000"
+
+    def __init__(self, sizes: dict[str, int], *, load_delay: float = 0.0) -> None:
+        self.sizes = dict(sizes)
+        self.state: dict[str, str] = {name: "UNAVAILABLE" for name in sizes}
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+        self.failing: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.load_delay = load_delay
+        self._lock = threading.Lock()
+        self._clock = 0
+
+    def repository_index(self) -> list[IndexEntry]:
+        with self._lock:
+            for name, st in self.state.items():
+                if st == "UNLOADING":
+                    self.state[name] = "UNAVAILABLE"
+            return [
+                IndexEntry(name, 1, st, "unloaded" if st == "UNAVAILABLE" else "")
+                for name, st in sorted(self.state.items())
+            ]
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        time.sleep(self.load_delay)
+        with self._lock:
+            self.loads.append(name)
+            if name in self.failing:
+                raise LoadError(f"failed to load '{name}': broken on purpose")
+            self.state[name] = "READY"
+            self.counts[name] = 0
+            self.last[name] = 0
+
+    def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        with self._lock:
+            self.unloads.append(name)
+            if self.state.get(name) == "READY":
+                self.state[name] = "UNLOADING"
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        return {"name": name, "backend": "python", "max_batch_size": 0}
+
+    def statistics(self, name: str | None = None) -> list[ModelStats]:
+        return [
+            ModelStats(n, 1, self.last.get(n, 0), self.counts.get(n, 0), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            for n, st in sorted(self.state.items())
+            if st == "READY" and (name is None or n == name)
+        ]
+
+    def metrics_text(self) -> str:
+        used = BASE + sum(self.sizes[n] for n, st in self.state.items() if st != "UNAVAILABLE")
+        return f"nv_cpu_memory_used_bytes {used}\nnv_cpu_memory_total_bytes {TOTAL}\n"
+
+    def infer(self, name: str, count: int = 1) -> None:
+        assert self.state[name] == "READY", f"{name} is {self.state[name]}"
+        self._clock = max(self._clock + 1, int(time.time() * 1000))
+        self.counts[name] += count
+        self.last[name] = self._clock
+
+    def loaded(self) -> set[str]:
+        return {n for n, st in self.state.items() if st == "READY"}
+
+
+def write_model(repo: Path, name: str, *, size_bytes: int | None = None) -> None:
+    folder = repo / name
+    (folder / "1").mkdir(parents=True)
+    config = build_config(
+        name,
+        [TensorSpec("INPUT0", "FP32", (-1,))],
+        [TensorSpec("OUTPUT0", "FP32", (-1,))],
+        backend="python",
+    )
+    write_config(folder / "config.pbtxt", config)
+    (folder / "1" / "model.py").write_text("# code only\n")
+    if size_bytes is not None:
+        write_json_atomic(folder / "1" / "tritonctl.json", {"size_bytes": size_bytes})
+
+
+def seed_footprint(repo: Path, name: str, nbytes: int, load_seconds: float = 2.0) -> None:
+    FootprintStore(repo).record(
+        Footprint(name, 1, nbytes, CPU_METRIC, measured_at="t", load_seconds=load_seconds)
+    )
+
+
+def make(
+    tmp_path: Path,
+    sizes: dict[str, int],
+    *,
+    limit: int | None = None,
+    max_models: int | None = None,
+    policy: str = "lru",
+    pinned: frozenset[str] = frozenset(),
+    known: bool = True,
+    high: float = 0.95,
+    low: float = 0.85,
+) -> tuple[Controller, FakeTriton]:
+    """A controller over a fake server; ``known``: footprints measured before."""
+    fake = FakeTriton(sizes)
+    for name, size in sizes.items():
+        write_model(tmp_path, name)
+        if known:
+            seed_footprint(tmp_path, name, size)
+    config = ServingConfig(
+        budget=MemoryBudget(
+            limit=MemoryLimit(num_bytes=limit) if limit else None,
+            max_models=max_models,
+            high_watermark=high,
+            low_watermark=low,
+        ),
+        eviction_policy=policy,
+        pinned=pinned,
+    )
+    meter = MemoryMeter(fake, metrics_interval_s=0.001)
+    return Controller(fake, tmp_path, config, meter=meter), fake
+
+
+def audit(tmp_path: Path, action: str) -> list[dict[str, Any]]:
+    return [r for r in AuditLog(tmp_path).read() if r["action"] == action]
+
+
+# --------------------------------------------------------------------------- ensure_loaded
+
+
+def test_ensure_loaded_of_a_loaded_model_is_a_cache_hit_that_loads_nothing(
+    tmp_path: Path,
+) -> None:
+    ctl, fake = make(tmp_path, {"a": 100 * MIB}, limit=BASE + 500 * MIB)
+    first = ctl.ensure_loaded("a")
+    again = ctl.ensure_loaded("a")
+    assert not first.cache_hit and again.cache_hit
+    assert fake.loads == ["a"]
+    assert ctl.stats.loads == 1 and ctl.stats.cache_hits == 1
+
+
+def test_ensure_loaded_evicts_the_least_recently_inferred_model_to_make_room(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "c": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 450 * MIB)
+    ctl.ensure_loaded("b")
+    ctl.ensure_loaded("a")
+    fake.infer("a")
+    fake.infer("b")
+
+    result = ctl.ensure_loaded("c")
+
+    assert [e.model for e in result.evicted] == ["a"]
+    assert fake.loaded() == {"b", "c"}
+    assert fake.unloads == ["a"]
+    # the victim was gone before the load started
+    assert fake.loads == ["b", "a", "c"]
+    (record,) = audit(tmp_path, "evict")
+    assert record["model"] == "a" and record["bytes"] == 200 * MIB
+    assert "make room for c" in record["reason"] and "lru" in record["reason"]
+
+
+def test_ensure_loaded_with_fifo_evicts_the_first_loaded(tmp_path: Path) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "c": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 450 * MIB, policy="fifo")
+    ctl.ensure_loaded("b")
+    time.sleep(0.01)
+    ctl.ensure_loaded("a")
+    fake.infer("a")
+    fake.infer("b")
+    assert [e.model for e in ctl.ensure_loaded("c").evicted] == ["b"]
+
+
+def test_a_model_that_cannot_fit_is_refused_before_anything_is_loaded_or_evicted(
+    tmp_path: Path,
+) -> None:
+    ctl, fake = make(tmp_path, {"a": 200 * MIB, "big": 900 * MIB}, limit=BASE + 500 * MIB)
+    ctl.ensure_loaded("a")
+
+    with pytest.raises(MemoryBudgetError) as caught:
+        ctl.ensure_loaded("big")
+
+    message = str(caught.value)
+    # used 300 MiB + 900 MiB - limit 600 MiB = 600 MiB to free; a holds 200 MiB
+    missing = re.search(r"\((\d+) bytes\) missing", message)
+    assert missing is not None and int(missing.group(1)) == 400 * MIB
+    assert "cannot load big" in message and "evictable" in message
+    assert fake.loads == ["a"] and fake.unloads == []
+    assert audit(tmp_path, "refuse")[-1]["model"] == "big"
+
+
+def test_max_models_evicts_to_stay_within_the_count(tmp_path: Path) -> None:
+    sizes = {"a": MIB, "b": MIB, "c": MIB}
+    ctl, fake = make(tmp_path, sizes, max_models=2)
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+    fake.infer("a")
+    result = ctl.ensure_loaded("c")
+    assert [e.model for e in result.evicted] == ["b"]
+    assert "max_models" in result.evicted[0].reason
+    assert fake.loaded() == {"a", "c"}
+
+
+def test_first_load_measures_the_footprint_and_stores_it_with_its_method(
+    tmp_path: Path,
+) -> None:
+    ctl, _ = make(tmp_path, {"a": 300 * MIB}, limit=BASE + 2000 * MIB, known=False)
+    result = ctl.ensure_loaded("a")
+    (footprint,) = result.footprints
+    assert footprint.bytes == 300 * MIB and footprint.method == CPU_METRIC
+    stored = FootprintStore(tmp_path).get("a", 1)
+    assert stored is not None and stored.bytes == 300 * MIB
+    assert stored.load_seconds is not None and stored.measured_at
+    (record,) = audit(tmp_path, "load")
+    assert record["bytes"] == 300 * MIB and "cpu-metric" in record["reason"]
+
+
+def test_a_first_load_is_estimated_from_what_was_measured_for_other_models(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 300 * MIB, known=False)
+    ctl.ensure_loaded("a")  # estimated 32 MiB (nothing measured yet), measured 200 MiB
+    # b was never measured; its estimate is a's measurement, so it does not fit next to a
+    plan = ctl.plan("b")
+    assert plan.footprint is not None and plan.footprint.method == "estimate"
+    assert plan.footprint.bytes == 200 * MIB
+    result = ctl.ensure_loaded("b")
+    assert [e.model for e in result.evicted] == ["a"]
+    assert fake.loaded() == {"b"}
+
+
+def test_a_failed_load_is_counted_audited_and_raised(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": MIB}, limit=BASE + 100 * MIB)
+    fake.failing.add("a")
+    with pytest.raises(LoadError, match="broken on purpose"):
+        ctl.ensure_loaded("a")
+    assert ctl.stats.failures == 1 and ctl.stats.loads == 0
+    assert audit(tmp_path, "load-failed")[0]["model"] == "a"
+
+
+def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
+    ctl, _ = make(tmp_path, {"a": MIB})
+    with pytest.raises(ModelNotFoundError, match="ghost"):
+        ctl.ensure_loaded("ghost")
+
+
+# --------------------------------------------------------------------------- protection
+
+
+def test_pinned_models_are_never_chosen_whatever_the_policy_says(tmp_path: Path) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "c": 200 * MIB, "d": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 650 * MIB, pinned=frozenset({"a"}))
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+    ctl.ensure_loaded("c")
+    set_pin(tmp_path, "b", True)
+    fake.infer("c")  # a and b are less recently used than c, but pinned
+    result = ctl.ensure_loaded("d")
+    assert [e.model for e in result.evicted] == ["c"]
+    assert fake.loaded() == {"a", "b", "d"}
+
+
+def test_pins_are_audited_and_need_a_model_in_the_repository(tmp_path: Path) -> None:
+    write_model(tmp_path, "m")
+    assert set_pin(tmp_path, "m", True)
+    assert not set_pin(tmp_path, "m", True)
+    assert set_pin(tmp_path, "m", False)
+    assert [r["action"] for r in AuditLog(tmp_path).read()] == ["pin", "unpin"]
+    with pytest.raises(ModelNotFoundError):
+        set_pin(tmp_path, "ghost", True)
+
+
+def test_endpoint_targets_and_rollout_models_are_protected(tmp_path: Path) -> None:
+    sizes = {"routed": 200 * MIB, "rolling": 200 * MIB, "free": 200 * MIB, "new": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 650 * MIB)
+    for name in ("routed", "rolling", "free"):
+        ctl.ensure_loaded(name)
+    fake.infer("free")
+    routes = tmp_path / ".tritonctl" / "endpoints"
+    routes.mkdir(parents=True)
+    state = EndpointState("classify", "pinned", [Target("routed", 1)])
+    write_json_atomic(routes / "classify.json", state.to_dict())
+    RolloutStore(Repository(tmp_path)).save(
+        RolloutState("other", "rolling", 1, 2, RolloutPolicy(), status="running")
+    )
+
+    plan = ctl.plan("new")
+    why = {p.model: p.reason for p in plan.protected}
+    assert "target of endpoint classify" in why["routed"]
+    assert "rollout of endpoint other" in why["rolling"]
+    assert [v.model for v in plan.victims] == ["free"]
+    assert [e.model for e in ctl.ensure_loaded("new").evicted] == ["free"]
+
+
+def test_endpoint_ensembles_are_not_candidates(tmp_path: Path) -> None:
+    sizes = {"ep": 0, "a": 200 * MIB, "b": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 300 * MIB)
+    write_json_atomic(tmp_path / "ep" / "1" / "tritonctl.json", {"kind": ENDPOINT_KIND})
+    ctl.ensure_loaded("ep")
+    ctl.ensure_loaded("a")
+    fake.infer("a")
+    assert [e.model for e in ctl.ensure_loaded("b").evicted] == ["a"]
+    assert "ep" in fake.loaded()
+    assert all(r.model != "ep" for r in ctl.plan().ranking)
+
+
+def test_evicting_a_protected_model_by_hand_needs_force(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": 200 * MIB}, pinned=frozenset({"a"}))
+    ctl.ensure_loaded("a")
+    with pytest.raises(UnloadError, match="protected"):
+        ctl.evict("a")
+    evicted = ctl.evict("a", force=True)
+    assert [e.model for e in evicted] == ["a"] and fake.loaded() == set()
+    assert "forced" in audit(tmp_path, "evict")[0]["reason"]
+    assert ctl.evict("a", force=True) == []  # not loaded any more: nothing to do
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_run_once_evicts_down_to_the_low_watermark_when_above_the_high_one(
+    tmp_path: Path,
+) -> None:
+    sizes = {n: 100 * MIB for n in "abcde"}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 1000 * MIB, high=0.9, low=0.6)
+    for name in "abcde":
+        ctl.ensure_loaded(name)
+    assert ctl.run_once() == []  # 600 MiB used of 1100: under the high watermark
+    fake.sizes["e"] = 500 * MIB  # e grows: 1000 MiB > 0.9 x 1100 MiB
+    for name in "bcde":
+        fake.infer(name)
+
+    evicted = ctl.run_once()
+
+    # down to 0.6 x 1100 = 660 MiB: a (least recent, 100) then b (100), then c ... until <=
+    assert [e.model for e in evicted] == ["a", "b", "c", "d"]
+    assert fake.loaded() == {"e"}
+    reasons = [r["reason"] for r in audit(tmp_path, "evict")]
+    assert all("high watermark" in r for r in reasons)
+
+
+def test_run_once_feeds_the_policy_with_the_growth_of_inference_count(tmp_path: Path) -> None:
+    hits: list[tuple[str, int]] = []
+
+    class Recording(LruPolicy):
+        def on_hit(self, model: ModelState, count: int = 1) -> None:
+            hits.append((model.name, count))
+
+    ctl, fake = make(tmp_path, {"a": MIB}, limit=BASE + 100 * MIB)
+    ctl._policy = Recording()
+    ctl.ensure_loaded("a")
+    fake.infer("a", 3)
+    ctl.run_once()
+    fake.infer("a", 2)
+    ctl.run_once()
+    ctl.run_once()
+    assert hits == [("a", 3), ("a", 2)]
+
+
+def test_over_budget_with_nothing_evictable_is_an_alert_not_an_eviction(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": 100 * MIB}, limit=BASE + 100 * MIB, pinned=frozenset({"a"}))
+    ctl.ensure_loaded("a")
+    fake.sizes["a"] = 400 * MIB
+    assert ctl.run_once() == []
+    assert ctl.run_once() == []
+    assert len(audit(tmp_path, "alert")) == 1 and fake.loaded() == {"a"}
+
+
+def test_plan_changes_nothing_and_ranks_every_evictable_model(tmp_path: Path) -> None:
+    sizes = {"a": 100 * MIB, "b": 300 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 1000 * MIB, policy="memory_pressure")
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+    plan = ctl.plan()
+    assert plan.victims == () and [r.model for r in plan.ranking] == ["b", "a"]
+    assert "memory_pressure" in plan.ranking[0].reason
+    assert json.loads(json.dumps(plan.to_json()))["ranking"][0]["model"] == "b"
+    assert fake.unloads == []
+
+
+# --------------------------------------------------------------------------- async API
+
+
+def dynamic(tmp_path: Path, fake: FakeTriton, **kw: Any) -> DynamicModelManager:
+    for name, size in fake.sizes.items():
+        write_model(tmp_path, name)
+        seed_footprint(tmp_path, name, size)
+    manager = DynamicModelManager(repo=tmp_path, control=fake, **kw)
+    manager.controller.meter = MemoryMeter(fake, metrics_interval_s=0.001)
+    return manager
+
+
+def test_concurrent_loads_of_one_model_do_one_load(tmp_path: Path) -> None:
+    fake = FakeTriton({"a": MIB, "b": MIB}, load_delay=0.2)
+    manager = dynamic(tmp_path, fake, max_models=4, eviction_policy="lru")
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(manager.load_model("a") for _ in range(5)))
+
+    results = asyncio.run(scenario())
+    assert fake.loads == ["a"]
+    assert all(r.versions == (1,) for r in results)
+    stats = manager.stats()
+    assert stats["loads"] == 1 and stats["cache_hits"] == 4 and stats["coalesced"] == 4
+
+
+def test_the_async_manager_evicts_counts_and_unloads(tmp_path: Path) -> None:
+    fake = FakeTriton({"a": 200 * MIB, "b": 200 * MIB, "c": 200 * MIB})
+    limit_gb = (BASE + 450 * MIB) / 1e9
+    manager = dynamic(tmp_path, fake, memory_limit_gb=limit_gb, eviction_policy="lru")
+
+    async def scenario() -> None:
+        await manager.load_model("a")
+        await manager.load_model("b")
+        fake.infer("b")
+        fake.infer("a")
+        await manager.load_model("c")
+        await manager.load_model("c")
+        await manager.unload_model("a")
+        fake.failing.add("b")
+        with pytest.raises(LoadError):
+            await manager.load_model("b")
+
+    asyncio.run(scenario())
+    assert fake.loaded() == {"c"}
+    stats = manager.stats()
+    assert stats["loads"] == 3 and stats["cache_hits"] == 1
+    assert stats["evictions"] == 1 and stats["failures"] == 1
+    assert stats["average_load_seconds"] >= 0
+
+
+def test_the_sync_controller_is_safe_from_many_threads(tmp_path: Path) -> None:
+    sizes = {n: 100 * MIB for n in "abcdef"}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 350 * MIB)
+    errors: list[BaseException] = []
+
+    def worker(names: str) -> None:
+        try:
+            for name in names:
+                ctl.ensure_loaded(name)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in ("abc", "def", "fab")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(fake.loaded()) <= 3
+
+
+def test_switch_active_model_makes_room_for_the_model_then_repoints_the_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeTriton({"a": 200 * MIB, "b": 200 * MIB})
+    manager = dynamic(tmp_path, fake, max_models=1, eviction_policy="lru")
+    calls: list[tuple[str, str, int | None, set[str]]] = []
+
+    def switch(self: Any, name: str, model: str, version: int | None = None) -> EndpointState:
+        calls.append((name, model, version, fake.loaded()))
+        return EndpointState(name, "pinned", [Target(model, version or 1)])
+
+    monkeypatch.setattr("manager.dynamic.Endpoints.switch", switch)
+
+    async def scenario() -> EndpointState:
+        await manager.load_model("a")
+        return await manager.switch_active_model("classify", "b", 1)
+
+    state = asyncio.run(scenario())
+    assert state.targets == [Target("b", 1)]
+    assert calls == [("classify", "b", 1, {"b"})]  # b loaded (a evicted) before the switch
+
+
+def test_run_polls_until_the_iterations_are_done(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": 600 * MIB}, limit=BASE + 1000 * MIB, high=0.6, low=0.5)
+    ctl.ensure_loaded("a")  # 700 MiB used of 1100: fits, but above the high watermark
+    ctl.run(0.001, iterations=2)
+    assert fake.loaded() == set()
+    assert len(audit(tmp_path, "evict")) == 1
+
+
+def test_cli_pin_and_unpin_need_no_server(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+    from manager.pins import PinStore
+
+    write_model(tmp_path, "m")
+    runner = CliRunner()
+    result = runner.invoke(main, ["--repo", str(tmp_path), "pin", "m"])
+    assert result.exit_code == 0 and "pinned m" in result.output
+    assert PinStore(tmp_path).names() == {"m"}
+    result = runner.invoke(main, ["--repo", str(tmp_path), "unpin", "m", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["changed"] is True
+    result = runner.invoke(main, ["--repo", str(tmp_path), "pin", "ghost"])
+    assert result.exit_code != 0 and "ghost" in result.output
+
+
+def test_cli_rejects_a_memory_limit_that_is_not_a_size(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    write_model(tmp_path, "m")
+    argv = ["--repo", str(tmp_path), "--url", "http://127.0.0.1:1", "--memory-limit", "lots"]
+    result = CliRunner().invoke(main, [*argv, "load", "m"])
+    assert result.exit_code != 0 and "invalid memory limit 'lots'" in result.output
+
+
+def test_run_once_gets_under_the_high_watermark_when_the_low_one_is_out_of_reach(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 300 * MIB, "b": 300 * MIB}
+    ctl, fake = make(
+        tmp_path, sizes, limit=BASE + 700 * MIB, pinned=frozenset({"a"}), high=0.85, low=0.3
+    )
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")  # 700 of 800 MiB > 680; down to 240 is impossible with a pinned
+    evicted = ctl.run_once()
+    assert [e.model for e in evicted] == ["b"]
+    assert "evicting down to 680.0 MiB" in evicted[0].reason
+    assert fake.loaded() == {"a"}
