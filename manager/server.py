@@ -384,6 +384,7 @@ class EmbeddedServer:
         self.repo = Path(repo).absolute()
         self._binary_option = binary
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
 
     @property
     def meta_dir(self) -> Path:
@@ -450,6 +451,55 @@ class EmbeddedServer:
         ``exit_timeout_s`` bounds how long the server, asked to stop, waits for in-flight
         requests and open HTTP connections (Triton's own default is 30 s).
         """
+        if foreground:
+            # Handlers go in before the server is spawned: a SIGTERM that arrives while it
+            # starts must stop it too, not kill this process and orphan the server.
+            self._stopping = False
+            with _signal_handlers((signal.SIGINT, signal.SIGTERM), self._forward_signal):
+                return self._start(
+                    http_port,
+                    grpc_port,
+                    metrics_port,
+                    foreground=True,
+                    metrics_interval_ms=metrics_interval_ms,
+                    exit_timeout_s=exit_timeout_s,
+                    extra_args=extra_args,
+                    wait_timeout=wait_timeout,
+                    on_ready=on_ready,
+                )
+        return self._start(
+            http_port,
+            grpc_port,
+            metrics_port,
+            foreground=False,
+            metrics_interval_ms=metrics_interval_ms,
+            exit_timeout_s=exit_timeout_s,
+            extra_args=extra_args,
+            wait_timeout=wait_timeout,
+            on_ready=on_ready,
+        )
+
+    def _forward_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        proc = self._proc
+        log.info("received signal %d, stopping tritonserver", signum)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    def _start(
+        self,
+        http_port: int,
+        grpc_port: int,
+        metrics_port: int,
+        *,
+        foreground: bool,
+        metrics_interval_ms: int | None,
+        exit_timeout_s: int | None,
+        extra_args: Sequence[str],
+        wait_timeout: float,
+        on_ready: Callable[[ServerInfo], None] | None,
+    ) -> ServerInfo:
         if not self.repo.is_dir():
             raise RepositoryError(f"model repository {self.repo} does not exist")
         self.meta_dir.mkdir(exist_ok=True)
@@ -482,7 +532,7 @@ class EmbeddedServer:
             info = self._spawn(cmd, binary, http_port, grpc_port, metrics_port, foreground)
         self._wait_live(info, wait_timeout, foreground)
         log.info("tritonserver pid %d is live at %s", info.pid, info.http_url)
-        if on_ready is not None:
+        if on_ready is not None and not self._stopping:
             on_ready(info)
         if foreground:
             self._run_foreground(info)
@@ -541,6 +591,8 @@ class EmbeddedServer:
         deadline = time.monotonic() + timeout
         while True:
             code = self._proc.poll()
+            if code is not None and self._stopping:
+                return  # asked to stop while starting: _run_foreground reaps it
             if code is not None:
                 _remove_record(self.repo, info.pid)
                 where = (
@@ -549,7 +601,7 @@ class EmbeddedServer:
                     else f"last lines of {self.log_file}:\n{_log_tail(self.log_file)}"
                 )
                 raise ServerError(f"tritonserver exited with code {code} while starting; {where}")
-            if probe_live(info.http_url, timeout=1.0):
+            if probe_live(info.http_url, timeout=1.0) or self._stopping:
                 return
             if time.monotonic() > deadline:
                 self._terminate(info, timeout=10)
@@ -564,22 +616,12 @@ class EmbeddedServer:
     def _run_foreground(self, info: ServerInfo) -> None:
         assert self._proc is not None
         proc = self._proc
-        stopping = False
-
-        def forward(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopping
-            stopping = True
-            log.info("received signal %d, stopping tritonserver pid %d", signum, proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-
-        with _signal_handlers((signal.SIGINT, signal.SIGTERM), forward):
-            try:
-                code = proc.wait()
-            finally:
-                _remove_record(self.repo, info.pid)
-                self._proc = None
-        if code != 0 and not stopping:
+        try:
+            code = proc.wait()
+        finally:
+            _remove_record(self.repo, info.pid)
+            self._proc = None
+        if code != 0 and not self._stopping:
             raise ServerError(f"tritonserver exited with code {code}")
 
     # ------------------------------------------------------------------ status / stop

@@ -212,12 +212,14 @@ def test_malformed_routes_are_refused() -> None:
 @pytest.fixture(scope="module")
 def router() -> Iterator[ModuleType]:
     saved = sys.modules.get("triton_python_backend_utils")
+    real_request = fake_pb.InferenceRequest  # the router tests swap in BlsRequest
     fake_pb.install()
     spec = importlib.util.spec_from_file_location("tritonctl_router_under_test", ROUTER_PY)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     yield module
+    fake_pb.InferenceRequest = real_request  # type: ignore[misc]
     if saved is None:
         sys.modules.pop("triton_python_backend_utils", None)
     else:
