@@ -51,34 +51,18 @@ class TinyNet:
             return self.module(torch.from_numpy(x)).numpy()
 
     def onnx(self, path: Path) -> Path:
-        """Export through onnx.helper from the module's own weights (no exporter needed)."""
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
+        """Exported by torch's own ONNX exporter, with a dynamic batch axis."""
+        import torch
 
-        l1, l2 = self.module[0], self.module[2]
-        weights = [
-            numpy_helper.from_array(l1.weight.detach().numpy().T.copy(), "W1"),
-            numpy_helper.from_array(l1.bias.detach().numpy(), "B1"),
-            numpy_helper.from_array(l2.weight.detach().numpy().T.copy(), "W2"),
-            numpy_helper.from_array(l2.bias.detach().numpy(), "B2"),
-        ]
-        nodes = [
-            helper.make_node("MatMul", ["input", "W1"], ["h0"]),
-            helper.make_node("Add", ["h0", "B1"], ["h1"]),
-            helper.make_node("Relu", ["h1"], ["h2"]),
-            helper.make_node("MatMul", ["h2", "W2"], ["h3"]),
-            helper.make_node("Add", ["h3", "B2"], ["output"]),
-        ]
-        graph = helper.make_graph(
-            nodes,
-            "tiny",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 6])],
-            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])],
-            initializer=weights,
+        torch.onnx.export(
+            self.module,
+            (torch.zeros(1, 6),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        onnx.save(model, str(path))
         return path
 
     def torchscript(self, path: Path) -> Path:
