@@ -348,9 +348,17 @@ class FootprintStore:
         measured = self.get(model, version)
         if measured is not None:
             return measured
-        if (self.repo / model / str(version)).is_dir():
+        if (self.repo / model / str(version)).is_dir() and not _is_ensemble(self.repo / model):
             return self.estimate(model, version)
         return None
+
+
+def _is_ensemble(model_dir: Path) -> bool:
+    """An ensemble holds no memory of its own: its steps' models do."""
+    try:
+        return read_config(model_dir / "config.pbtxt").platform == "ensemble"
+    except ManagerError:
+        return False
 
 
 def footprint_fields(footprint: Footprint | None) -> dict[str, Any]:

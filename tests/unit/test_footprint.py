@@ -305,3 +305,19 @@ def test_gpu_metric_footprint_is_the_sum_of_per_device_growth(tmp_path: Path) ->
     usage = meter.usage()
     assert usage.used_bytes == 2 * 2**30 + 700 * MIB + 5
     assert usage.total_bytes == 160 * 2**30
+
+
+def test_an_ensemble_has_no_footprint_of_its_own_but_a_model_has_an_estimate(
+    tmp_path: Path,
+) -> None:
+    spec = TensorSpec("x", "FP32", (4,))
+    for name, platform in (("ep", "ensemble"), ("m", "")):
+        (tmp_path / name / "1").mkdir(parents=True)
+        config = build_config(
+            name, [spec], [spec], platform=platform, backend="" if platform else "python"
+        )
+        write_config(tmp_path / name / "config.pbtxt", config)
+    store = FootprintStore(tmp_path)
+    assert store.known("ep", 1) is None
+    estimate = store.known("m", 1)
+    assert estimate is not None and estimate.method == ESTIMATE
