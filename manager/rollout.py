@@ -150,7 +150,11 @@ class RolloutState:
             return False
         try:
             proc = psutil.Process(self.driver_pid)
-            return abs(proc.create_time() - self.driver_create_time) < 0.5 and proc.is_running()
+            return (
+                abs(proc.create_time() - self.driver_create_time) < 0.5
+                and proc.is_running()
+                and proc.status() != psutil.STATUS_ZOMBIE
+            )
         except psutil.Error:
             return False
 

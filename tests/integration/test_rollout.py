@@ -197,3 +197,58 @@ def test_golden_check_fails_before_any_traffic_reaches_the_new_version(
     assert "golden check failed" in state.reason and "'Y'" in state.reason
     assert state.history == []
     assert Endpoints(repo, control).get("score").targets[0].version == 1
+
+
+def test_rollout_worker_killed_midway_keeps_serving_and_start_resumes_it(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl]
+) -> None:
+    import json
+    import os
+    import signal
+
+    repo, control = setup
+    client = Client(triton.grpc_url, "score")
+    client.start()
+    runner = CliRunner()
+    args = [
+        "--repo",
+        str(repo.path),
+        "--url",
+        triton.grpc_url,
+        "rollout",
+        "start",
+        "score",
+        "--to",
+        "2",
+        "--stage-seconds",
+        "2",
+        "--min-requests",
+        "5",
+        "--max-latency-ratio",
+        "20",
+    ]
+    started = runner.invoke(main, [*args, "--json"])
+    assert started.exit_code == 0, started.output
+    worker = json.loads(started.stdout)["worker_pid"]
+    store = RolloutStore(repo)
+    deadline = time.monotonic() + 60
+    while (store.load("score").weight < 15) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)  # the driver dies mid-rollout
+    time.sleep(1.0)
+    state = store.load("score")
+    assert state.status == "running" and not state.driver_alive()
+    status = runner.invoke(main, ["--repo", str(repo.path), "rollout", "status", "score"])
+    assert "rollout resume score" in status.stdout
+    errors_before = len(client.errors)
+    time.sleep(1.0)  # the endpoint keeps serving with no driver
+    assert len(client.errors) == errors_before == 0
+    resumed = runner.invoke(main, [*args, "--wait", "--json"])
+    client.stop.set()
+    client.join(30)
+    assert resumed.exit_code == 0, resumed.output
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "promoted"
+    assert [h["weight"] for h in final["history"]][-1] == 90
+    assert client.errors == []
+    assert Endpoints(repo, control).get("score").targets[0].version == 2
