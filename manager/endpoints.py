@@ -867,6 +867,11 @@ class Endpoints:
             use_correlation_id=state.use_correlation_id,
         )
 
+    def restore_all(self) -> Sequence[EndpointState]:
+        """:meth:`ensure` every endpoint of the repository (a server started in explicit
+        mode serves nothing until told)."""
+        return [self.ensure(state.name) for state in self.list()]
+
     def delete(self, name: str) -> None:
         """Unload and remove endpoint ``name`` (its targets keep serving)."""
         validate_model_name(name, what="endpoint name")

@@ -131,6 +131,18 @@ def endpoint_split(
         _show_endpoint(state)
 
 
+@endpoint.command("restore")
+@click.argument("name", required=False)
+@pass_context
+def endpoint_restore(obj: Context, name: str | None) -> None:
+    """Serve endpoint NAME (all endpoints without NAME) again, e.g. after a restart."""
+    with _control(obj) as control:
+        eps = Endpoints(Repository(obj.repo), control)
+        states = [eps.ensure(name)] if name else eps.restore_all()
+    for state in states:
+        _say(f"endpoint {state.name} serving {', '.join(t.label() for t in state.targets)}")
+
+
 @endpoint.command("delete")
 @click.argument("name")
 @pass_context

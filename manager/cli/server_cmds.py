@@ -62,6 +62,11 @@ def _describe(info: ServerInfo, *, verb: str) -> None:
     show_default=True,
     help="Seconds to wait for the server to become live.",
 )
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Once live, serve every endpoint of the repository again (with its targets).",
+)
 @pass_context
 def start(
     obj: Context,
@@ -72,9 +77,16 @@ def start(
     binary: Path | None,
     metrics_interval_ms: int | None,
     wait_timeout: float,
+    restore: bool,
 ) -> None:
     """Start tritonserver on --repo and print how to reach it."""
     embedded = EmbeddedServer(obj.repo, binary=binary)
+
+    def ready(i: ServerInfo) -> None:
+        _describe(i, verb="running")
+        if restore:
+            _restore_endpoints(obj.repo, i)
+
     info = embedded.start(
         http_port,
         grpc_port,
@@ -82,12 +94,25 @@ def start(
         foreground=foreground,
         metrics_interval_ms=metrics_interval_ms,
         wait_timeout=wait_timeout,
-        on_ready=(lambda i: _describe(i, verb="running")) if foreground else None,
+        on_ready=ready if foreground else None,
     )
     if foreground:
         say(f"tritonserver pid {info.pid} stopped")
     else:
         _describe(info, verb="started")
+        if restore:
+            _restore_endpoints(obj.repo, info)
+
+
+def _restore_endpoints(repo: Path, info: ServerInfo) -> None:
+    """Serve every endpoint of the repository again, with its targets (after a restart)."""
+    from manager.endpoints import Endpoints
+    from manager.repository import Repository
+    from manager.triton import TritonControl
+
+    with TritonControl.for_server(info, grpc=True) as control:
+        for state in Endpoints(Repository(repo), control).restore_all():
+            say(f"endpoint {state.name} serving {', '.join(t.label() for t in state.targets)}")
 
 
 @server.command()

@@ -1,0 +1,66 @@
+"""A restarted server serves nothing (explicit mode); `server start --restore` brings the
+repository's endpoints back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+
+from manager.cli import main
+from manager.endpoints import Endpoints
+from manager.publish import publish
+from manager.repository import Repository
+from manager.server import EmbeddedServer, free_ports
+from manager.triton import TritonControl
+from tests.modelfactory import write_python_model
+
+pytestmark = pytest.mark.integration
+
+
+def call(url: str, model: str) -> np.ndarray:
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        t = httpclient.InferInput("X", [2], "FP32")
+        t.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+        return client.infer(model, [t]).as_numpy("Y")
+    finally:
+        client.close()
+
+
+def test_server_start_restore_serves_endpoints_again(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo")
+    publish(repo, "addone", write_python_model(tmp_path / "addone"))
+    ports = [str(p) for p in free_ports(3)]
+    server = EmbeddedServer(repo.path)
+    info = server.start(*map(int, ports))
+    try:
+        with TritonControl.for_server(info) as control:
+            Endpoints(repo, control).switch("plus", "addone", 1)
+        np.testing.assert_allclose(call(info.http_url, "plus"), [2.0, 3.0])
+    finally:
+        server.stop()
+    runner = CliRunner()
+    args = [
+        "--repo",
+        str(repo.path),
+        "server",
+        "start",
+        "--http-port",
+        ports[0],
+        "--grpc-port",
+        ports[1],
+        "--metrics-port",
+        ports[2],
+        "--restore",
+    ]
+    try:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+        assert "endpoint plus serving addone:1" in result.stdout
+        np.testing.assert_allclose(call(f"http://127.0.0.1:{ports[0]}", "plus"), [2.0, 3.0])
+    finally:
+        runner.invoke(main, ["--repo", str(repo.path), "server", "stop"])
