@@ -412,6 +412,25 @@ def test_router_joins_a_batch_per_target_and_splits_the_answers(
     assert sorted(BlsRequest.calls) == sorted(("m", v, versions.count(v)) for v in set(versions))
 
 
+def test_router_sends_a_batch_without_sticky_key_in_one_bls_call_to_one_target(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 50), ("m", 2, 50)])
+    chosen = []
+    for _ in range(200):
+        BlsRequest.calls = []
+        responses = model.execute(
+            [ClientRequest(np.full((1, 4), 10 * i, np.float32)) for i in range(8)]
+        )
+        assert len(BlsRequest.calls) == 1 and BlsRequest.calls[0][2] == 8
+        version = BlsRequest.calls[0][1]
+        for i, response in enumerate(responses):
+            np.testing.assert_array_equal(outputs_of(response), np.full((1, 4), 10 * i + version))
+        chosen.append(version)
+    # each batch (and so each request) goes to a target with the odds of its weight
+    assert 70 <= chosen.count(2) <= 130
+
+
 def test_router_passes_parameters_on_and_joins_only_equal_ones(
     router: ModuleType, tmp_path: Path
 ) -> None:

@@ -31,7 +31,11 @@ Speed (measured with ``bench/endpoint.py``): ``execute`` is a plain function cal
 ``exec()``; ``async def execute`` with ``async_exec`` was slower, because the stub runs a
 non-decoupled coroutine on another thread and ``async_exec`` runs each call in an executor
 thread. A request alone is passed on with its own tensors (no copy). When Triton's dynamic
-batcher hands over several requests (``max_batch_size > 0``), those going to one target
+batcher hands over several requests (``max_batch_size > 0``) and routing is not sticky,
+one weighted draw picks the target of the whole batch (each request still goes to a
+target with the odds of its weight, and the batch costs one BLS call: 0.79x of direct
+throughput at concurrency 8 in the bench, against 0.63x with a draw per request). With
+sticky routing each request is placed by its key, and those going to one target
 are joined into one BLS call (inputs concatenated along the batch dimension, outputs split
 back; at most ``tritonctl.merge_max_bytes`` of input, default 1 MiB; parameter
 ``tritonctl.merge_batches: false`` turns this off); calls to different targets run side
@@ -219,9 +223,14 @@ class TritonPythonModel:
             request = requests[0]
             target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
             return [self._forward(target, request)]
+        if not routes.sticky:
+            # Without a sticky key every request of this batch has the same chance of
+            # each target, so one draw for the whole batch gives each request the same
+            # odds as a draw of its own, and the batch needs only one BLS call.
+            return self._send(routes.pick(None), requests)
         groups: dict[tuple[str, int], list[int]] = {}
         for i, request in enumerate(requests):
-            target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
+            target = routes.pick(sticky_key(routes, request))
             groups.setdefault(target, []).append(i)
         responses: list[Any] = [None] * len(requests)
         jobs = [(target, [requests[i] for i in idx], idx) for target, idx in groups.items()]
