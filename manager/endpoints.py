@@ -48,10 +48,10 @@ from manager.errors import (
     RepositoryError,
 )
 from manager.modelconfig import (
-    config_from_text,
     config_to_text,
     read_config,
     triton_dtype_name,
+    write_config,
 )
 from manager.names import validate_model_name, validate_version
 from manager.repository import (
@@ -406,13 +406,6 @@ def router_source() -> Path:
     return path
 
 
-def _write_config_atomic(path: Path, config: mc.ModelConfig) -> None:
-    text = config_to_text(config)
-    if config_from_text(text, source=str(path)) != config:  # pragma: no cover
-        raise EndpointError(f"config for {config.name!r} does not survive a round trip")
-    write_text_atomic(path, text)
-
-
 # --------------------------------------------------------------------------- control
 
 
@@ -617,7 +610,7 @@ class Endpoints:
             if wanted <= ready and policy is not None and serve <= policy:
                 return ready
             if policy != serve:
-                _write_config_atomic(path, with_versions(config, serve))
+                write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
             self.control.load_model(model)
             ready = self._ready_versions(model)
@@ -652,13 +645,13 @@ class Endpoints:
                     cleared = mc.ModelConfig()
                     cleared.CopyFrom(config)
                     cleared.ClearField("version_policy")
-                    _write_config_atomic(path, cleared)
+                    write_config(path, cleared)
                 if version in ready:
                     log.info("unloading %s (its last version %d is retired)", model, version)
                     self.control.unload_model(model)
                     self._wait_unloaded(model)
                 return
-            _write_config_atomic(path, with_versions(config, remaining))
+            write_config(path, with_versions(config, remaining))
             if version in ready:
                 log.info("reloading %s serving versions %s", model, sorted(remaining))
                 self.control.load_model(model)
@@ -689,13 +682,13 @@ class Endpoints:
     def _write_endpoint(self, name: str, config: mc.ModelConfig) -> None:
         folder = self.repo.path / name
         self._write_marker(folder, {"kind": ENDPOINT_KIND, "name": name})
-        _write_config_atomic(folder / CONFIG_FILE, config)
+        write_config(folder / CONFIG_FILE, config)
 
     def _write_router(self, name: str, config: mc.ModelConfig) -> None:
         folder = self.repo.path / router_name(name)
         self._write_marker(folder, {"kind": ROUTER_KIND, "endpoint": name})
         write_text_atomic(folder / str(ENDPOINT_VERSION) / "model.py", router_source().read_text())
-        _write_config_atomic(folder / CONFIG_FILE, config)
+        write_config(folder / CONFIG_FILE, config)
 
     def _remove_folder(self, folder_name: str) -> None:
         folder = self.repo.path / folder_name

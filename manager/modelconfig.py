@@ -17,6 +17,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.errors import ConfigError
+from manager.repository import write_text_atomic
 
 ModelConfig = mc.ModelConfig
 
@@ -154,11 +155,14 @@ def read_config(path: str | os.PathLike[str]) -> mc.ModelConfig:
 
 
 def write_config(path: str | os.PathLike[str], config: mc.ModelConfig) -> None:
-    """Write ``config`` to ``path`` and check that it parses back to the same message."""
+    """Write ``config`` to ``path`` atomically, after checking that its text parses back
+    to the same message."""
     text = config_to_text(config)
-    if config_from_text(text) != config:  # pragma: no cover - protobuf guarantees this
+    if (
+        config_from_text(text, source=str(path)) != config
+    ):  # pragma: no cover - protobuf guarantees this
         raise ConfigError(f"config for {config.name!r} does not survive a round trip")
-    Path(path).write_text(text)
+    write_text_atomic(Path(path), text)
 
 
 def tensor_to_proto(spec: TensorSpec, cls: type) -> object:
