@@ -10,18 +10,11 @@ import numpy as np
 
 from manager.errors import ManagerError, TritonUnreachableError
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
+from manager.triton import parse_url
 
 
 class InferenceError(ManagerError):
     """An inference request failed; the message carries Triton's reason."""
-
-
-def _split_url(url: str) -> tuple[str, str]:
-    if url.startswith("grpc://"):
-        return "grpc", url.removeprefix("grpc://")
-    if url.startswith("http://"):
-        return "http", url.removeprefix("http://")
-    raise ManagerError(f"URL {url!r} must start with http:// or grpc://")
 
 
 def infer(
@@ -35,7 +28,8 @@ def infer(
     timeout: float = 60.0,
 ) -> dict[str, np.ndarray]:
     """Run one request on ``model`` (``version`` pinned if given); return outputs by name."""
-    protocol, address = _split_url(url)
+    endpoint = parse_url(url)
+    protocol, address = endpoint.protocol, endpoint.address
     if protocol == "grpc":
         import tritonclient.grpc as client_mod
     else:

@@ -23,6 +23,7 @@ from manager.errors import LoadError, ManagerError, TritonUnreachableError
 from manager.golden import GoldenCase, check
 from manager.infer import infer
 from manager.repository import CONFIG_FILE
+from manager.triton import parse_url
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,15 @@ def throwaway_server() -> Iterator[str]:
 
 
 def _client(url: str) -> object:
-    if url.startswith("grpc://"):
+    endpoint = parse_url(url)
+    if endpoint.protocol == "grpc":
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        return grpcclient.InferenceServerClient(endpoint.address)
     import tritonclient.http as httpclient
 
     return httpclient.InferenceServerClient(
-        url.removeprefix("http://"), connection_timeout=600, network_timeout=600
+        endpoint.address, connection_timeout=600, network_timeout=600
     )
 
 
