@@ -289,12 +289,12 @@ def _fetch_text(url: str, timeout: float) -> str:
 # --------------------------------------------------------------------------- sync
 
 
-class TritonControl:
-    """Model control, index, statistics and metrics of one Triton server.
+_Control = TypeVar("_Control", bound="_ControlBase")
 
-    Use as a context manager (or call :meth:`close`): Triton waits for open HTTP
-    connections when it shuts down.
-    """
+
+class _ControlBase:
+    """Where a Triton server answers, and the timeouts to use (shared by the sync and
+    asyncio controls, whose clients are created on first use)."""
 
     def __init__(
         self,
@@ -311,14 +311,16 @@ class TritonControl:
 
     @classmethod
     def connect(
-        cls, url: str | None = None, repo: Path | None = None, **kwargs: Any
-    ) -> TritonControl:
+        cls: type[_Control], url: str | None = None, repo: Path | None = None, **kwargs: Any
+    ) -> _Control:
         """A control for :func:`resolve_endpoint` ``(url, repo)``."""
         ep = resolve_endpoint(url, repo)
         return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
 
     @classmethod
-    def for_server(cls, info: ServerInfo, *, grpc: bool = False, **kwargs: Any) -> TritonControl:
+    def for_server(
+        cls: type[_Control], info: ServerInfo, *, grpc: bool = False, **kwargs: Any
+    ) -> _Control:
         """A control for an embedded server (its HTTP or gRPC URL and its metrics URL)."""
         url = info.grpc_url if grpc else info.http_url
         return cls(url, metrics_url=info.metrics_url, **kwargs)
@@ -336,7 +338,18 @@ class TritonControl:
         return self.endpoint.protocol == "grpc"
 
     def __repr__(self) -> str:
-        return f"TritonControl({self.url!r})"
+        return f"{type(self).__name__}({self.url!r})"
+
+    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
+
+
+class TritonControl(_ControlBase):
+    """Model control, index, statistics and metrics of one Triton server.
+
+    Use as a context manager (or call :meth:`close`): Triton waits for open HTTP
+    connections when it shuts down.
+    """
 
     def __enter__(self) -> TritonControl:
         return self
@@ -391,9 +404,6 @@ class TritonControl:
             raise translate_error(
                 exc, url=self.url, action=action, error=error, timeout=self.timeout
             ) from exc
-
-    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
-        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
 
     # ---------------------------------------------------------------- health
 
@@ -485,53 +495,11 @@ class TritonControl:
 # --------------------------------------------------------------------------- async
 
 
-class AsyncTritonControl:
+class AsyncTritonControl(_ControlBase):
     """The asyncio twin of :class:`TritonControl` (``tritonclient.*.aio`` clients).
 
     The client is created on first use, inside the running event loop.
     """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        metrics_url: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        connect_timeout: float = CONNECT_TIMEOUT_S,
-    ) -> None:
-        self.endpoint = parse_url(url, metrics_url=metrics_url)
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self._client: Any = None
-
-    @classmethod
-    def connect(
-        cls, url: str | None = None, repo: Path | None = None, **kwargs: Any
-    ) -> AsyncTritonControl:
-        ep = resolve_endpoint(url, repo)
-        return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
-
-    @classmethod
-    def for_server(
-        cls, info: ServerInfo, *, grpc: bool = False, **kwargs: Any
-    ) -> AsyncTritonControl:
-        url = info.grpc_url if grpc else info.http_url
-        return cls(url, metrics_url=info.metrics_url, **kwargs)
-
-    @property
-    def url(self) -> str:
-        return self.endpoint.url
-
-    @property
-    def metrics_url(self) -> str:
-        return self.endpoint.metrics_url
-
-    @property
-    def is_grpc(self) -> bool:
-        return self.endpoint.protocol == "grpc"
-
-    def __repr__(self) -> str:
-        return f"AsyncTritonControl({self.url!r})"
 
     async def __aenter__(self) -> AsyncTritonControl:
         return self
@@ -582,9 +550,6 @@ class AsyncTritonControl:
             raise translate_error(
                 exc, url=self.url, action=action, error=error, timeout=self.timeout
             ) from exc
-
-    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
-        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
 
     async def is_live(self) -> bool:
         try:
