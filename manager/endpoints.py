@@ -25,10 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -692,13 +689,8 @@ class Endpoints:
 
     def _remove_folder(self, folder_name: str) -> None:
         folder = self.repo.path / folder_name
-        if not folder.exists():
-            return
-        trash = self.repo.meta_dir / "trash"
-        trash.mkdir(parents=True, exist_ok=True)
-        target = trash / f"{folder_name}.{uuid.uuid4().hex[:8]}"
-        os.rename(folder, target)
-        shutil.rmtree(target, ignore_errors=True)
+        if folder.exists():
+            self.repo.discard(folder)
 
     def _router_current(self, name: str, wanted: mc.ModelConfig) -> bool:
         """True if the router on disk is ``wanted`` and Triton serves it."""

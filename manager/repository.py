@@ -153,11 +153,15 @@ class Repository:
 
     def remove_version(self, name: str, version: int) -> None:
         """Take a version out of the repository in one rename, then delete it."""
-        vdir = self.version_dir(name, version)
+        self.discard(self.version_dir(name, version))
+
+    def discard(self, path: Path) -> None:
+        """Take ``path`` out of the repository in one rename (readers see it whole or not
+        at all), then delete it."""
         trash = self.meta_dir / "trash"
         trash.mkdir(parents=True, exist_ok=True)
-        target = trash / f"{name}.{version}.{uuid.uuid4().hex[:8]}"
-        os.rename(vdir, target)
+        target = trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
+        os.rename(path, target)
         shutil.rmtree(target, ignore_errors=True)
 
 
