@@ -21,8 +21,10 @@ so a weight change takes effect within a fraction of a second without a reload. 
 that cannot be read keeps the routes in force (and is logged).
 
 Choice of target: with a sticky key (the request parameter named in the routes, else the
-correlation id when ``use_correlation_id``) the key's stable hash (blake2b, the same in
-every process) picks a point in ``[0, total weight)``; without one the point is random.
+correlation id when ``use_correlation_id``) the key's stable hash (FNV-1a 64 with the
+splitmix64 finalizer: the same in every process, and the same as the native router's in
+``triton_backends/router_native/router.cc``) picks a point in ``[0, total weight)``;
+without one the point is random.
 Targets own consecutive ranges in the order listed, so a user keeps their target while
 the weights stay the same, and in a ramp listed old-then-new with a constant total no
 user who already moved to the new target moves back.
@@ -47,7 +49,6 @@ a joined call as one request (``inference_count`` counts its batch items).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import random
@@ -62,7 +63,8 @@ MERGE_PARAMETER = "tritonctl.merge_batches"
 MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
 MERGE_MAX_BYTES = 1 << 20
 CHECK_INTERVAL_S = 0.1
-_HASH_SCALE = float(2**64)
+_MASK64 = (1 << 64) - 1
+_UNIT53 = 1.0 / float(1 << 53)
 
 
 def _log(level: str, message: str) -> None:
@@ -75,10 +77,21 @@ def _log(level: str, message: str) -> None:
         emit(text)
 
 
+def stable_hash(key: str) -> int:
+    """FNV-1a 64 of ``key``'s UTF-8 bytes, mixed by the splitmix64 finalizer."""
+    h = 0xCBF29CE484222325
+    for byte in key.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
 def stable_point(key: str, total: float) -> float:
     """A point in ``[0, total)`` that depends only on ``key`` (not on the process)."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _HASH_SCALE * total
+    return (stable_hash(key) >> 11) * _UNIT53 * total
 
 
 class Routes:
@@ -161,6 +174,8 @@ def sticky_key(routes: Routes, request: Any) -> str | None:
                 value = json.loads(text).get(routes.sticky_parameter)
             except (ValueError, AttributeError):
                 value = None
+            if isinstance(value, bool):
+                return "true" if value else "false"
             if value is not None and value != "":
                 return str(value)
     if routes.use_correlation_id:

@@ -10,8 +10,11 @@ Install it with :func:`install` (puts it into ``sys.modules`` under the real nam
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -230,3 +233,22 @@ def install() -> Any:
     module = sys.modules[__name__]
     sys.modules["triton_python_backend_utils"] = module
     return module
+
+
+def load_backend_module(path: Path, name: str) -> ModuleType:
+    """Import the Python-backend file ``path`` as module ``name`` against this fake (the
+    real ``triton_python_backend_utils`` only exists inside Triton); sys.modules is left
+    as it was."""
+    saved = sys.modules.get("triton_python_backend_utils")
+    install()
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        if saved is None:
+            sys.modules.pop("triton_python_backend_utils", None)
+        else:
+            sys.modules["triton_python_backend_utils"] = saved
