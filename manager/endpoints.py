@@ -5,15 +5,19 @@ An endpoint ``NAME`` is a Triton **ensemble** in the repository (``<repo>/NAME/`
 only ``tritonctl.json`` ``{"kind": "endpoint"}``). Its single step calls
 
 * **pinned** (one target): the target model version itself (no Python in the path);
-* **routed** (several weighted targets): the router ``<repo>/NAME__router/``, a Python
-  backend model (``triton_backends/router/model.py``) that forwards every request by BLS
-  to one target chosen by weight (optionally sticky by a request parameter or the
-  correlation id).
+* **routed** (several weighted targets): the router ``<repo>/NAME__router/``, which
+  forwards every request to one target chosen by weight (optionally sticky by a request
+  parameter or the correlation id). The router is the native one
+  (``triton_backends/router_native``, a C++ Triton backend whose library is copied into
+  the router's version folder; see :mod:`manager.native_router`) where it can be built,
+  else the Python-backend one (``triton_backends/router/model.py``, BLS).
 
 The routes of an endpoint, pinned or routed, are the JSON file
 ``<repo>/.tritonctl/endpoints/NAME.json`` (written atomically); it is the source of truth
-for :meth:`Endpoints.get` and the file the router re-reads when it changes, so a weight
-change takes effect in well under a second without reloading anything.
+for :meth:`Endpoints.get` and the file the Python router re-reads when it changes. The
+same routes are written beside it as ``NAME.routes`` (a line-oriented form the native
+router reads), so a weight change takes effect in well under a second without reloading
+anything.
 
 A Triton model serves the versions its ``version_policy`` allows, so the targets are
 loaded with a config override whose policy is ``specific { versions: [...] }``: the
@@ -25,10 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -37,6 +43,7 @@ from typing import Any, Protocol
 from filelock import FileLock, Timeout
 from tritonclient.grpc import model_config_pb2 as mc
 
+from manager import native_router
 from manager.errors import (
     EndpointError,
     LoadError,
@@ -56,6 +63,7 @@ from manager.repository import (
     PROVENANCE_FILE,
     Repository,
     read_provenance,
+    write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
 )
@@ -71,11 +79,21 @@ ENDPOINT_KIND = "endpoint"
 ROUTER_KIND = "endpoint-router"
 ROUTER_SUFFIX = "__router"
 ROUTES_DIR = "endpoints"
+NATIVE_ROUTES_SUFFIX = ".routes"
+ROUTER_BACKENDS = ("auto", "native", "python")
+ROUTER_ENV = "TRITONCTL_ROUTER"
+# Execute only hands requests on, but a second instance thread lets two requests be handed
+# on at once on a busy server (bench/endpoint.py: 0.84x -> 0.90x of direct throughput at
+# concurrency 8 with a batching target, 0.78x -> 0.83x without batching).
+NATIVE_ROUTER_INSTANCES = 2
+STICKY_PARAMETER_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 KIND_PARAMETER = "tritonctl.kind"
 ROUTES_PARAMETER = "tritonctl.routes"
 ENDPOINT_PARAMETER = "tritonctl.endpoint"
 MERGE_PARAMETER = "tritonctl.merge_batches"
 MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
+RUN_LENGTH_PARAMETER = "tritonctl.run_length"
+RUN_WINDOW_PARAMETER = "tritonctl.run_window_us"
 ENDPOINT_VERSION = 1
 PINNED = "pinned"
 ROUTED = "routed"
@@ -151,6 +169,13 @@ class EndpointState:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EndpointError(f"endpoint {self.name!r}: unknown mode {self.mode!r}")
+        if self.sticky_parameter is not None and not STICKY_PARAMETER_RE.match(
+            self.sticky_parameter
+        ):
+            raise EndpointError(
+                f"sticky parameter {self.sticky_parameter!r}: use 1-128 letters, digits, "
+                "'_', '.', ':' or '-'"
+            )
 
     @property
     def total_weight(self) -> float:
@@ -309,25 +334,61 @@ class RouterOptions:
     """How the router model is configured; the defaults are what ``bench/endpoint.py``
     measured fastest on the embedded server.
 
-    ``instance_count`` None chooses by the targets: with batching (``max_batch_size >
-    0``) as many router instances as the target with the most instances has (more
-    instances split the dynamic batches the router joins into one BLS call per target:
-    0.53-0.57x of direct throughput with 2 instances vs 0.65-0.67x with 1 in the bench),
-    and without batching that number plus 2 (each router instance holds one request while
-    it waits for the target: 0.47x with 1, 0.52x with 2, 0.58x with 3).
+    ``backend``: ``native`` (the C++ router, an error if it cannot be built), ``python``
+    (the Python-backend router) or ``auto`` (native where it can be built, else python).
+
+    The native router hands requests on without waiting: two instances and no dynamic
+    batcher serve any concurrency (``instance_count`` overrides the two). Without a sticky
+    key it sends requests to targets in runs of at most ``run_length`` requests within
+    ``run_window_us`` (shares stay exact: a deficit round robin), so that each target
+    stays busy and batches its requests; ``run_length=1`` makes an independent weighted
+    random draw per request.
+
+    For the Python router ``instance_count`` None chooses by the targets: with batching
+    (``max_batch_size > 0``) as many router instances as the target with the most
+    instances has (more instances split the dynamic batches the router joins into one BLS
+    call per target: 0.53-0.57x of direct throughput with 2 instances vs 0.65-0.67x with 1
+    in the bench), and without batching that number plus 2 (each router instance holds
+    one request while it waits for the target: 0.47x with 1, 0.52x with 2, 0.58x with 3).
     """
 
+    backend: str = field(default_factory=lambda: default_router_backend())
     instance_count: int | None = None
-    dynamic_batching: bool = True
+    run_length: int = 64
+    run_window_us: int = 2000
+    dynamic_batching: bool | None = None
     max_queue_delay_us: int = 0
     merge_batches: bool = True
     merge_max_bytes: int = 1 << 20
 
-    def instances_for(self, target: mc.ModelConfig, target_instances: int) -> int:
+    def __post_init__(self) -> None:
+        if self.backend not in ROUTER_BACKENDS:
+            raise EndpointError(
+                f"unknown router backend {self.backend!r} (one of {', '.join(ROUTER_BACKENDS)})"
+            )
+
+    def instances_for(
+        self, target: mc.ModelConfig, target_instances: int, *, native: bool = False
+    ) -> int:
         if self.instance_count is not None:
             return max(1, int(self.instance_count))
+        if native:
+            return NATIVE_ROUTER_INSTANCES
         base = max(1, int(target_instances))
-        return base if target.max_batch_size > 0 and self.dynamic_batching else base + 2
+        batching = target.max_batch_size > 0 and self.batches(native=False)
+        return base if batching else base + 2
+
+    def batches(self, *, native: bool) -> bool:
+        """Whether the router gets a dynamic batcher (for a batching target): None means
+        yes for the Python router (it joins a batch into one BLS call) and no for the
+        native one (a batcher adds a thread hop and the native router gains nothing from
+        batches)."""
+        return (not native) if self.dynamic_batching is None else self.dynamic_batching
+
+
+def default_router_backend() -> str:
+    """``$TRITONCTL_ROUTER`` (auto, native or python), default auto."""
+    return (os.environ.get(ROUTER_ENV) or "auto").strip().lower()
 
 
 def instance_total(config: mc.ModelConfig) -> int:
@@ -343,11 +404,24 @@ def router_name(endpoint: str) -> str:
     return validate_model_name(endpoint + ROUTER_SUFFIX, what="router name")
 
 
-def routes_relpath(endpoint: str) -> str:
+def routes_relpath(endpoint: str, *, native: bool = False) -> str:
     """Where the router finds the routes file, relative to its own model folder."""
     from manager.settings import META_DIR
 
-    return f"../{META_DIR}/{ROUTES_DIR}/{endpoint}.json"
+    suffix = NATIVE_ROUTES_SUFFIX if native else ".json"
+    return f"../{META_DIR}/{ROUTES_DIR}/{endpoint}{suffix}"
+
+
+def native_routes_text(state: EndpointState) -> str:
+    """``state`` in the line-oriented form the native router reads."""
+    lines = [
+        "tritonctl-routes 1",
+        f"generation {int(state.generation)}",
+        f"sticky_parameter {state.sticky_parameter or '-'}",
+        f"use_correlation_id {1 if state.use_correlation_id else 0}",
+    ]
+    lines += [f"target {t.model} {int(t.version)} {float(t.weight)!r}" for t in state.targets]
+    return "\n".join(lines) + "\n"
 
 
 def router_config(
@@ -355,24 +429,32 @@ def router_config(
     target: mc.ModelConfig,
     options: RouterOptions | None = None,
     target_instances: int = 1,
+    *,
+    native: bool = False,
 ) -> mc.ModelConfig:
-    """The Python-backend config of ``endpoint``'s router (``target``'s inputs/outputs;
-    ``target_instances``: the most instances any target has)."""
+    """The config of ``endpoint``'s router (``target``'s inputs/outputs;
+    ``target_instances``: the most instances any target has): the native backend if
+    ``native``, else the Python backend."""
     opts = options or RouterOptions()
-    config = mc.ModelConfig(name=router_name(endpoint), backend="python")
-    _copy_io(config, target, ragged=True)
+    backend = native_router.BACKEND_NAME if native else "python"
+    config = mc.ModelConfig(name=router_name(endpoint), backend=backend)
+    _copy_io(config, target, ragged=not native)
     group = config.instance_group.add()
-    group.count = opts.instances_for(target, target_instances)
+    group.count = opts.instances_for(target, target_instances, native=native)
     group.kind = mc.ModelInstanceGroup.Kind.Value("KIND_CPU")
-    if opts.dynamic_batching and target.max_batch_size > 0:
+    if opts.batches(native=native) and target.max_batch_size > 0:
         config.dynamic_batching.SetInParent()
         if opts.max_queue_delay_us:
             config.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     config.parameters[KIND_PARAMETER].string_value = ROUTER_KIND
     config.parameters[ENDPOINT_PARAMETER].string_value = endpoint
-    config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint)
-    config.parameters[MERGE_PARAMETER].string_value = "true" if opts.merge_batches else "false"
-    config.parameters[MERGE_BYTES_PARAMETER].string_value = str(int(opts.merge_max_bytes))
+    config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint, native=native)
+    if native:
+        config.parameters[RUN_LENGTH_PARAMETER].string_value = str(max(1, int(opts.run_length)))
+        config.parameters[RUN_WINDOW_PARAMETER].string_value = str(max(1, int(opts.run_window_us)))
+    else:
+        config.parameters[MERGE_PARAMETER].string_value = "true" if opts.merge_batches else "false"
+        config.parameters[MERGE_BYTES_PARAMETER].string_value = str(int(opts.merge_max_bytes))
     return config
 
 
@@ -452,6 +534,9 @@ class Endpoints:
     def routes_path(self, name: str) -> Path:
         return self.routes_dir / f"{validate_model_name(name, what='endpoint name')}.json"
 
+    def native_routes_path(self, name: str) -> Path:
+        return self.routes_path(name).with_suffix(NATIVE_ROUTES_SUFFIX)
+
     def _read(self, name: str) -> EndpointState | None:
         path = self.routes_path(name)
         try:
@@ -467,7 +552,22 @@ class Endpoints:
 
     def _write(self, state: EndpointState) -> None:
         self.routes_dir.mkdir(parents=True, exist_ok=True)
+        # the native router's form first: the JSON file is what `get` reports
+        write_text_atomic(self.native_routes_path(state.name), native_routes_text(state))
         write_json_atomic(self.routes_path(state.name), state.to_dict())
+
+    def _remove_routes(self, name: str) -> None:
+        self.routes_path(name).unlink(missing_ok=True)
+        self.native_routes_path(name).unlink(missing_ok=True)
+
+    def _router_library(self) -> Path | None:
+        """The native router library to use, or None for the Python-backend router."""
+        backend = self.router_options.backend
+        if backend == "python":
+            return None
+        if backend == "native":
+            return native_router.find_library()
+        return native_router.available()
 
     def get(self, name: str) -> EndpointState:
         state = self._read(name)
@@ -681,10 +781,21 @@ class Endpoints:
         self._write_marker(folder, {"kind": ENDPOINT_KIND, "name": name})
         write_config(folder / CONFIG_FILE, config)
 
-    def _write_router(self, name: str, config: mc.ModelConfig) -> None:
+    def _write_router(self, name: str, config: mc.ModelConfig, library: Path | None) -> None:
+        """Write the router's folder: the native ``library`` (copied into the version
+        folder, where Triton looks for a model's backend first) or, if None, the Python
+        router's ``model.py``."""
         folder = self.repo.path / router_name(name)
         self._write_marker(folder, {"kind": ROUTER_KIND, "endpoint": name})
-        write_text_atomic(folder / str(ENDPOINT_VERSION) / "model.py", router_source().read_text())
+        vdir = folder / str(ENDPOINT_VERSION)
+        native_file = vdir / native_router.LIBRARY_NAME
+        python_file = vdir / "model.py"
+        if library is not None:
+            write_bytes_atomic(native_file, library.read_bytes())
+            python_file.unlink(missing_ok=True)
+        else:
+            write_text_atomic(python_file, router_source().read_text())
+            native_file.unlink(missing_ok=True)
         write_config(folder / CONFIG_FILE, config)
 
     def _remove_folder(self, folder_name: str) -> None:
@@ -751,11 +862,13 @@ class Endpoints:
         self._check_endpoint_name(name)
         checked, configs = self._check_targets(targets)
         target = configs[checked[0].model]
+        library = self._router_library()
         wanted_router = router_config(
             name,
             target,
             self.router_options,
             max(instance_total(c) for c in configs.values()),
+            native=library is not None,
         )
         by_model: dict[str, set[int]] = {}
         for t in checked:
@@ -784,7 +897,7 @@ class Endpoints:
                 return state
             self._write(state)
             try:
-                self._write_router(name, wanted_router)
+                self._write_router(name, wanted_router, library)
                 self.control.load_model(router_name(name))
             except ManagerError:
                 self._restore(name, previous)
@@ -868,7 +981,7 @@ class Endpoints:
             for folder in (name, router_name(name)):
                 if is_endpoint_folder(self.repo, folder):
                     self._remove_folder(folder)
-            self.routes_path(name).unlink(missing_ok=True)
+            self._remove_routes(name)
             log.info("endpoint %s deleted", name)
 
     # ---------------------------------------------------------------- helpers
@@ -906,7 +1019,7 @@ class Endpoints:
 
     def _restore(self, name: str, previous: EndpointState | None) -> None:
         if previous is None:
-            self.routes_path(name).unlink(missing_ok=True)
+            self._remove_routes(name)
         else:
             self._write(previous)
 
@@ -924,6 +1037,7 @@ __all__ = [
     "check_same_io",
     "endpoint_config",
     "is_endpoint_folder",
+    "native_routes_text",
     "policy_versions",
     "router_config",
     "router_name",

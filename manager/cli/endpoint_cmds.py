@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 from rich.table import Table
 
+from manager import native_router
 from manager.cli.app import main
 from manager.cli.common import Context, console, err_console, pass_context, print_json
-from manager.endpoints import Endpoints, EndpointState, Target
+from manager.endpoints import ROUTER_BACKENDS, Endpoints, EndpointState, RouterOptions, Target
 from manager.errors import ManagerError
 from manager.repository import Repository
 from manager.rollout import DEFAULT_STAGES, FINAL, RolloutPolicy, RolloutState, parse_stages
@@ -106,6 +108,14 @@ def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
 @click.option(
     "--sticky-correlation-id", is_flag=True, help="Route by the request's correlation id."
 )
+@click.option(
+    "--router",
+    "router_backend",
+    type=click.Choice(ROUTER_BACKENDS),
+    default=None,
+    help="Router: native (C++ backend), python (Python backend) or auto (native where it "
+    "can be built). Default: $TRITONCTL_ROUTER, else auto.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def endpoint_split(
@@ -114,12 +124,14 @@ def endpoint_split(
     targets: tuple[str, ...],
     sticky_parameter: str | None,
     sticky_correlation_id: bool,
+    router_backend: str | None,
     as_json: bool,
 ) -> None:
     """Split endpoint NAME's traffic across targets by weight (an A/B test)."""
     parsed = [Target.parse(t) for t in targets]
+    options = RouterOptions(backend=router_backend) if router_backend else RouterOptions()
     with _control(obj) as control:
-        state = Endpoints(Repository(obj.repo), control).split(
+        state = Endpoints(Repository(obj.repo), control, router=options).split(
             name,
             parsed,
             sticky_parameter=sticky_parameter,
@@ -348,3 +360,42 @@ def rollout_promote(obj: Context, name: str) -> None:
 def rollout_abort(obj: Context, name: str) -> None:
     """Roll NAME back to the old version now."""
     _finish(obj, name, "abort")
+
+
+@main.group()
+def router() -> None:
+    """The native endpoint router (a C++ Triton backend built from source)."""
+
+
+@router.command("build")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the library (default: the cache that endpoints use).",
+)
+def router_build(output: Path | None) -> None:
+    """Compile the native router now (a C++ compiler is needed) and print its path."""
+    path = native_router.build(output)
+    click.echo(str(path))
+
+
+@router.command("info")
+@click.option("--json", "as_json", is_flag=True)
+def router_info(as_json: bool) -> None:
+    """Which router endpoints get and where its library is."""
+    try:
+        library: str | None = str(native_router.find_library(build_if_missing=False))
+    except native_router.RouterBuildError:
+        library = None
+    info = {
+        "backend": RouterOptions().backend,
+        "library": library,
+        "compiler": native_router.find_compiler(),
+        "source_digest": native_router.source_digest(),
+    }
+    if as_json:
+        print_json(info)
+    else:
+        for key, value in info.items():
+            _say(f"{key}: {value if value is not None else '-'}")

@@ -17,14 +17,19 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from manager.endpoints import Endpoints, Target, router_name
-from manager.modelconfig import TensorSpec, build_config, write_config
+from manager import native_router
+from manager.endpoints import Endpoints, RouterOptions, Target, router_name
+from manager.modelconfig import TensorSpec, build_config, read_config, write_config
 from manager.publish import publish
 from manager.repository import Repository
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
+from tests.unit.fakes.triton_python_backend_utils import load_backend_module
 
 pytestmark = pytest.mark.integration
+
+ROUTER_PY = Path(__file__).resolve().parents[2] / "triton_backends" / "router" / "model.py"
+stable_point = load_backend_module(ROUTER_PY, "tritonctl_router_reference").stable_point
 
 ADDER = "ep_adder"
 BROKEN = "ep_broken"
@@ -97,6 +102,18 @@ def control(models: TritonHandle) -> Iterator[TritonControl]:
 @pytest.fixture(scope="module")
 def endpoints(models: TritonHandle, control: TritonControl) -> Endpoints:
     return Endpoints(Repository(models.repo), control)
+
+
+@pytest.fixture(params=["native", "python"])
+def routed(
+    request: pytest.FixtureRequest, models: TritonHandle, control: TritonControl
+) -> tuple[Endpoints, str]:
+    """Endpoints using the native or the Python-backend router, and a suffix that keeps
+    the endpoint names of the two apart."""
+    backend = str(request.param)
+    return Endpoints(Repository(models.repo), control, router=RouterOptions(backend=backend)), (
+        f"_{backend}"
+    )
 
 
 def grpc_client(triton: TritonHandle) -> grpcclient.InferenceServerClient:
@@ -240,76 +257,105 @@ def test_reloading_a_model_to_add_a_version_keeps_the_served_version_answering(
 
 
 def test_split_shares_traffic_by_weight_and_a_weight_change_applies_within_a_second(
-    models: TritonHandle, endpoints: Endpoints
+    models: TritonHandle, routed: tuple[Endpoints, str]
 ) -> None:
-    endpoints.split("ep_split", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    endpoints, suffix = routed
+    name = "ep_split" + suffix
+    endpoints.split(name, [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
     with grpc_client(models) as client:
-        answers = [call(client, "ep_split") for _ in range(400)]
+        answers = [call(client, name) for _ in range(400)]
         assert set(answers) == {1, 2}
         assert 0.35 < answers.count(2) / len(answers) < 0.65
 
         started = time.monotonic()
-        endpoints.set_weights("ep_split", [Target(ADDER, 1, 0), Target(ADDER, 2, 100)])
+        endpoints.set_weights(name, [Target(ADDER, 1, 0), Target(ADDER, 2, 100)])
         streak = 0
         while streak < 50:
             assert time.monotonic() - started < 1.0, "the weight change took over 1 s"
-            streak = streak + 1 if call(client, "ep_split") == 2 else 0
-        assert {call(client, "ep_split") for _ in range(100)} == {2}
+            streak = streak + 1 if call(client, name) == 2 else 0
+        assert {call(client, name) for _ in range(100)} == {2}
+
+
+def test_the_native_router_is_the_one_in_the_path_where_it_can_be_built(
+    models: TritonHandle, control: TritonControl
+) -> None:
+    endpoints = Endpoints(Repository(models.repo), control)  # backend "auto"
+    endpoints.split("ep_auto", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    folder = models.repo / router_name("ep_auto")
+    assert read_config(folder / "config.pbtxt").backend == native_router.BACKEND_NAME
+    assert (folder / "1" / native_router.LIBRARY_NAME).is_file()
+    assert not (folder / "1" / "model.py").exists()
+    assert ready(control, router_name("ep_auto")) == {1}
+    # the router counts what it forwards in Triton's statistics like any model
+    before = sum(s.success_count for s in control.statistics(router_name("ep_auto")))
+    with grpc_client(models) as client:
+        assert {call(client, "ep_auto") for _ in range(40)} == {1, 2}
+    after = sum(s.success_count for s in control.statistics(router_name("ep_auto")))
+    assert after - before == 40
 
 
 def test_switching_a_split_endpoint_back_to_pinned_unloads_the_router(
-    models: TritonHandle, endpoints: Endpoints, control: TritonControl
+    models: TritonHandle, routed: tuple[Endpoints, str], control: TritonControl
 ) -> None:
-    endpoints.split("ep_back", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
-    assert ready(control, router_name("ep_back")) == {1}
-    endpoints.switch("ep_back", ADDER, 1)
-    assert not ready(control, router_name("ep_back"))
-    assert not (models.repo / router_name("ep_back")).exists()
+    endpoints, suffix = routed
+    name = "ep_back" + suffix
+    endpoints.split(name, [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    assert ready(control, router_name(name)) == {1}
+    endpoints.switch(name, ADDER, 1)
+    assert not ready(control, router_name(name))
+    assert not (models.repo / router_name(name)).exists()
     with grpc_client(models) as client:
-        assert {call(client, "ep_back") for _ in range(20)} == {1}
+        assert {call(client, name) for _ in range(20)} == {1}
 
 
 def test_a_failing_target_answers_the_client_with_its_error(
-    models: TritonHandle, endpoints: Endpoints
+    models: TritonHandle, routed: tuple[Endpoints, str]
 ) -> None:
-    endpoints.split("ep_err", [Target(BROKEN, 1, 100), Target(ADDER, 1, 0)])
+    endpoints, suffix = routed
+    name = "ep_err" + suffix
+    endpoints.split(name, [Target(BROKEN, 1, 100), Target(ADDER, 1, 0)])
     with grpc_client(models) as client:
         for _ in range(10):
             with pytest.raises(InferenceServerException, match="refused on purpose") as info:
-                call(client, "ep_err")
+                call(client, name)
             assert f"{BROKEN}:1" in str(info.value)
 
 
 def test_sticky_parameter_keeps_each_user_on_one_version(
-    models: TritonHandle, endpoints: Endpoints
+    models: TritonHandle, routed: tuple[Endpoints, str]
 ) -> None:
-    endpoints.split(
-        "ep_sticky", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)], sticky_parameter="user"
-    )
+    endpoints, suffix = routed
+    name = "ep_sticky" + suffix
+    endpoints.split(name, [Target(ADDER, 1, 30), Target(ADDER, 2, 70)], sticky_parameter="user")
     seen = set()
     with grpc_client(models) as client:
         for user in (f"user-{i}" for i in range(12)):
-            answers = {call(client, "ep_sticky", parameters={"user": user}) for _ in range(10)}
+            answers = {call(client, name, parameters={"user": user}) for _ in range(10)}
             assert len(answers) == 1
+            # both routers place a key by the same stable hash
+            expected = 1 if stable_point(user, 100.0) < 30.0 else 2
+            assert answers == {expected}, user
             seen |= answers
     assert seen == {1, 2}
 
 
 def test_clients_see_no_failure_while_the_endpoint_is_switched_and_split(
-    models: TritonHandle, endpoints: Endpoints
+    models: TritonHandle, routed: tuple[Endpoints, str]
 ) -> None:
-    endpoints.switch("ep_live", ADDER, 1)
-    with ClientLoop(models, "ep_live", threads=3) as loop:
+    endpoints, suffix = routed
+    name = "ep_live" + suffix
+    endpoints.switch(name, ADDER, 1)
+    with ClientLoop(models, name, threads=3) as loop:
         loop.wait_for(30)
-        endpoints.switch("ep_live", ADDER, 2)
+        endpoints.switch(name, ADDER, 2)
         loop.wait_for(30)
-        endpoints.split("ep_live", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+        endpoints.split(name, [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
         loop.wait_for(60)
-        endpoints.set_weights("ep_live", [Target(ADDER, 1, 90), Target(ADDER, 2, 10)])
+        endpoints.set_weights(name, [Target(ADDER, 1, 90), Target(ADDER, 2, 10)])
         loop.wait_for(30)
-        endpoints.switch("ep_live", ADDER, 2)
+        endpoints.switch(name, ADDER, 2)
         loop.wait_for(30)
-        endpoints.switch("ep_live", ADDER, 1)
+        endpoints.switch(name, ADDER, 1)
         loop.wait_for(30)
     assert loop.errors == []
     assert {a for _, a in loop.answers} == {1, 2}

@@ -25,6 +25,7 @@ from manager.endpoints import (
     endpoint_config,
     instance_total,
     is_endpoint_folder,
+    native_routes_text,
     policy_versions,
     router_config,
     routes_relpath,
@@ -556,7 +557,7 @@ def setup(tmp_path: Path) -> tuple[Endpoints, FakeTriton, Path]:
     repo.mkdir()
     publish_model(repo, "m")
     triton = FakeTriton(repo)
-    return Endpoints(Repository(repo), triton), triton, repo
+    return Endpoints(Repository(repo), triton, router=RouterOptions(backend="python")), triton, repo
 
 
 def test_switch_creates_a_pinned_endpoint_and_loads_its_target(
@@ -758,3 +759,117 @@ def test_ensure_serves_every_endpoint_again_after_a_restart(
     routed = endpoints.get("routed")
     assert routed.sticky_parameter == "u"
     assert [t.weight for t in routed.targets] == [30.0, 70.0]
+
+
+# --------------------------------------------------------------------------- native router
+
+
+def test_native_router_config_hands_requests_on_from_one_instance() -> None:
+    target = model_config("m", max_batch_size=8, instances=3)
+    config = round_trip(router_config("ep", target, target_instances=3, native=True))
+    assert config.backend == "tritonctl_router"
+    assert config.instance_group[0].count == 2
+    assert not config.HasField("dynamic_batching")
+    assert not config.input[0].allow_ragged_batch
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["tritonctl.routes"] == "../.tritonctl/endpoints/ep.routes"
+    assert params["tritonctl.run_length"] == "64"
+    assert params["tritonctl.run_window_us"] == "2000"
+    assert "tritonctl.merge_batches" not in params
+    fixed = RouterOptions(instance_count=3, run_length=1, dynamic_batching=True)
+    config = router_config("ep", target, fixed, native=True)
+    assert config.instance_group[0].count == 3
+    assert config.HasField("dynamic_batching")
+    assert config.parameters["tritonctl.run_length"].string_value == "1"
+
+
+def test_unknown_router_backend_is_refused() -> None:
+    with pytest.raises(EndpointError, match="unknown router backend 'cpp'"):
+        RouterOptions(backend="cpp")
+
+
+def test_native_routes_text_lists_the_targets_in_order() -> None:
+    state = EndpointState(
+        name="ep",
+        mode="routed",
+        targets=[Target("m", 1, 90.0), Target("m", 2, 10.5)],
+        sticky_parameter="user",
+        generation=4,
+    )
+    assert native_routes_text(state).splitlines() == [
+        "tritonctl-routes 1",
+        "generation 4",
+        "sticky_parameter user",
+        "use_correlation_id 0",
+        "target m 1 90.0",
+        "target m 2 10.5",
+    ]
+    plain = EndpointState(
+        name="ep", mode="routed", targets=[Target("m", 1)], use_correlation_id=True
+    )
+    assert "sticky_parameter -" in native_routes_text(plain)
+    assert "use_correlation_id 1" in native_routes_text(plain)
+
+
+@pytest.fixture
+def fake_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A stand-in for the built router library (the fake Triton never opens it)."""
+    lib = tmp_path / "prebuilt" / "libtriton_tritonctl_router.so"
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF stand-in")
+    monkeypatch.setenv("TRITONCTL_ROUTER_LIBRARY", str(lib))
+    return lib.read_bytes()
+
+
+def test_split_with_the_native_router_copies_its_library_and_writes_both_routes(
+    setup: tuple[Endpoints, FakeTriton, Path], fake_library: bytes
+) -> None:
+    _, triton, repo = setup
+    endpoints = Endpoints(Repository(repo), triton)  # backend "auto"
+    endpoints.split("ep", [Target("m", 1, 70), Target("m", 2, 30)])
+    folder = repo / "ep__router"
+    assert (folder / "1" / "libtriton_tritonctl_router.so").read_bytes() == fake_library
+    assert not (folder / "1" / "model.py").exists()
+    assert read_config(folder / "config.pbtxt").backend == "tritonctl_router"
+    assert "ep__router" in triton.loaded
+    text = (repo / ".tritonctl" / "endpoints" / "ep.routes").read_text()
+    assert "target m 2 30.0" in text
+    # a weight change rewrites both forms of the routes, nothing is reloaded
+    triton.calls.clear()
+    endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 100)])
+    assert triton.calls == []
+    assert "target m 2 100.0" in (repo / ".tritonctl" / "endpoints" / "ep.routes").read_text()
+    endpoints.delete("ep")
+    assert not (repo / ".tritonctl" / "endpoints" / "ep.routes").exists()
+
+
+def test_changing_the_router_backend_replaces_the_router(
+    setup: tuple[Endpoints, FakeTriton, Path], fake_library: bytes
+) -> None:
+    python_endpoints, triton, repo = setup
+    native_endpoints = Endpoints(Repository(repo), triton, router=RouterOptions(backend="native"))
+    native_endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    triton.calls.clear()
+    python_endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert ("load", "ep__router") in triton.calls
+    vdir = repo / "ep__router" / "1"
+    assert (vdir / "model.py").is_file()
+    assert not (vdir / "libtriton_tritonctl_router.so").exists()
+    assert read_config(repo / "ep__router" / "config.pbtxt").backend == "python"
+
+
+def test_auto_falls_back_to_the_python_router_without_a_compiler(
+    setup: tuple[Endpoints, FakeTriton, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, triton, repo = setup
+    monkeypatch.delenv("TRITONCTL_ROUTER_LIBRARY", raising=False)
+    monkeypatch.setenv("TRITONCTL_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    Endpoints(Repository(repo), triton).split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert (repo / "ep__router" / "1" / "model.py").is_file()
+    native = Endpoints(Repository(repo), triton, router=RouterOptions(backend="native"))
+    with pytest.raises(EndpointError, match="no C\\+\\+ compiler"):
+        native.split("ep2", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert not (repo / "ep2").exists()
