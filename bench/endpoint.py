@@ -7,7 +7,10 @@ fast Python-backend models, each in two versions (version N adds N to its input)
 (``max_batch_size`` 0). For each model it creates
 
 * ``<model>_pinned``: an endpoint pinned to version 1 (an ensemble; no Python added), and
-* ``<model>_split``: an endpoint split 50/50 between versions 1 and 2 (the router).
+* ``<model>_split``: an endpoint split 50/50 between versions 1 and 2 (the router:
+  ``--router native|python|auto``, default auto = native where it can be built;
+  ``--split-weights 100,0`` puts the router in the path with one busy target, to tell the
+  router's own cost from that of spreading traffic over two versions).
 
 It measures p50/p99 latency and throughput at concurrency 1 and 8 (gRPC asyncio client,
 one request of 16 FP32 per call) of: version 1 called directly, the pinned endpoint and
@@ -35,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from manager.endpoints import Endpoints, RouterOptions, Target
-from manager.modelconfig import TensorSpec, build_config, write_config
-from manager.repository import Repository
+from manager.endpoints import Endpoints, RouterOptions, Target, router_name
+from manager.modelconfig import TensorSpec, build_config, read_config, write_config
+from manager.repository import CONFIG_FILE, Repository
 from manager.server import EmbeddedServer, free_ports
 from manager.triton import TritonControl
 
@@ -324,10 +327,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per window")
     parser.add_argument(
+        "--router",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="router backend (default auto: native where it can be built)",
+    )
+    parser.add_argument(
         "--router-instances", type=int, default=None, help="router instances (default: auto)"
     )
     parser.add_argument(
+        "--run-length",
+        type=int,
+        default=RouterOptions().run_length,
+        help="native router: consecutive requests per weighted draw (1: a draw per request)",
+    )
+    parser.add_argument(
         "--no-merge", action="store_true", help="the router sends requests one by one"
+    )
+    parser.add_argument(
+        "--split-weights",
+        default="50,50",
+        help="weights of versions 1,2 in the split endpoint while measuring (default 50,50)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
@@ -335,7 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    options = RouterOptions(instance_count=args.router_instances, merge_batches=not args.no_merge)
+    options = RouterOptions(
+        backend=args.router,
+        instance_count=args.router_instances,
+        run_length=args.run_length,
+        merge_batches=not args.no_merge,
+    )
+    w1, w2 = (float(w) for w in args.split_weights.split(","))
     root = Path(tempfile.mkdtemp(prefix="tritonctl-bench-endpoint-"))
     repo_path = root / "repo"
     repo_path.mkdir()
@@ -358,10 +384,11 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints.switch(case.pinned, case.model, 1)
                 setup[f"{case.pinned}: switch s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                endpoints.split(
-                    case.split, [Target(case.model, 1, 50.0), Target(case.model, 2, 50.0)]
-                )
+                endpoints.split(case.split, [Target(case.model, 1, w1), Target(case.model, 2, w2)])
                 setup[f"{case.split}: split (router load) s"] = time.perf_counter() - t0
+            router_backend = read_config(
+                repo_path / router_name(CASES[0].split) / CONFIG_FILE
+            ).backend
             log("; ".join(f"{k} {v:.2f}" for k, v in setup.items()))
             for case in CASES:
                 results += asyncio.run(
@@ -385,22 +412,25 @@ def main(argv: list[str] | None = None) -> int:
                     "propagation": [asdict(p) for p in prop],
                     "setup_s": setup,
                     "ratios": summary,
-                    "router": asdict(options),
+                    "router": asdict(options) | {"backend in use": router_backend},
                 },
                 indent=2,
             )
         )
     else:
-        print_tables(results, prop, summary)
+        split = f"{w1:g}/{w2:g} split ({router_backend} router)"
+        print_tables(results, prop, summary, split)
     return 1 if any(r.errors for r in results) else 0
 
 
-def print_tables(results: list[Result], prop: list[Propagation], summary: dict[str, float]) -> None:
+def print_tables(
+    results: list[Result], prop: list[Propagation], summary: dict[str, float], split: str
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=max(Console().width, 110))
-    table = Table(title="endpoint bench: direct call vs pinned endpoint vs 50/50 split")
+    table = Table(title=f"endpoint bench: direct call vs pinned endpoint vs {split}")
     for col in (
         "model",
         "target",
