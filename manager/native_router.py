@@ -37,7 +37,7 @@ BACKEND_NAME = "tritonctl_router"
 LIBRARY_NAME = f"libtriton_{BACKEND_NAME}.so"
 LIBRARY_ENV = "TRITONCTL_ROUTER_LIBRARY"
 CACHE_ENV = "TRITONCTL_CACHE_DIR"
-SOURCES = ("router.cc", "triton_api.h")
+SOURCES = ("router.cc", "triton_api.h", "exports.map")
 # static libstdc++: the library does not depend on the C++ runtime of the server's image
 FLAGS = (
     "-std=c++17",
@@ -45,6 +45,7 @@ FLAGS = (
     "-fPIC",
     "-shared",
     "-fvisibility=hidden",
+    "-fno-gnu-unique",  # a library with unique symbols could never be unloaded
     "-pthread",
     "-static-libstdc++",
     "-static-libgcc",
@@ -121,7 +122,15 @@ def build(output: Path | None = None, *, compiler: str | None = None, reuse: boo
             return target
         fd, tmp_name = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
         os.close(fd)
-        command = [cxx, *FLAGS, "-o", tmp_name, str(src / "router.cc")]
+        # exports.map: only the TRITONBACKEND_* entry points are exported
+        command = [
+            cxx,
+            *FLAGS,
+            f"-Wl,--version-script={src / 'exports.map'}",
+            "-o",
+            tmp_name,
+            str(src / "router.cc"),
+        ]
         try:
             result = subprocess.run(
                 command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
