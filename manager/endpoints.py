@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ from manager.errors import (
     ModelNotFoundError,
     RepositoryError,
 )
+from manager.filecopy import sha256_of
 from manager.modelconfig import (
     config_to_text,
     read_config,
@@ -80,6 +82,7 @@ ROUTER_KIND = "endpoint-router"
 ROUTER_SUFFIX = "__router"
 ROUTES_DIR = "endpoints"
 NATIVE_ROUTES_SUFFIX = ".routes"
+NATIVE_REFUSAL_FILE = "native-router-refused.json"
 ROUTER_BACKENDS = ("auto", "native", "python")
 ROUTER_ENV = "TRITONCTL_ROUTER"
 # Execute only hands requests on, but a second instance thread lets two requests be handed
@@ -412,6 +415,44 @@ def routes_relpath(endpoint: str, *, native: bool = False) -> str:
     return f"../{META_DIR}/{ROUTES_DIR}/{endpoint}{suffix}"
 
 
+def native_refusal(repo: Repository, library: Path) -> str | None:
+    """Why ``repo``'s server refused to load ``library`` (the same file, by sha256), or
+    None. ``auto`` endpoints then use the Python-backend router."""
+    try:
+        data = json.loads((repo.meta_dir / NATIVE_REFUSAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("sha256") != sha256_of(library):
+        return None
+    return str(data.get("reason", ""))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes] | None:
+    """The files of ``folder`` (a router: a few small files), or None if it is missing."""
+    if not folder.is_dir():
+        return None
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _put_back(folder: Path, saved: dict[str, bytes] | None) -> None:
+    """Make ``folder`` hold exactly the files of ``saved`` again (None: no folder)."""
+    if saved is None:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and str(path.relative_to(folder)) not in saved:
+            path.unlink()
+    for rel, data in saved.items():
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(target, data)
+
+
 def native_routes_text(state: EndpointState) -> str:
     """``state`` in the line-oriented form the native router reads."""
     lines = [
@@ -561,13 +602,35 @@ class Endpoints:
         self.native_routes_path(name).unlink(missing_ok=True)
 
     def _router_library(self) -> Path | None:
-        """The native router library to use, or None for the Python-backend router."""
+        """The native router library to use, or None for the Python-backend router
+        (``auto``: where none can be built, or this repository's server refused this very
+        library before)."""
         backend = self.router_options.backend
         if backend == "python":
             return None
         if backend == "native":
             return native_router.find_library()
-        return native_router.available()
+        library = native_router.available()
+        if library is not None and native_refusal(self.repo, library) is not None:
+            return None
+        return library
+
+    def native_refusal(self, library: Path) -> str | None:
+        return native_refusal(self.repo, library)
+
+    def _record_native_refusal(self, library: Path, exc: ManagerError) -> None:
+        path = self.repo.meta_dir / NATIVE_REFUSAL_FILE
+        log.warning(
+            "the server did not load the native router (%s); endpoints of %s use the "
+            "Python-backend router (remove %s to try again)",
+            exc,
+            self.repo.path,
+            path,
+        )
+        self.repo.meta_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            path, {"sha256": sha256_of(library), "library": str(library), "reason": str(exc)}
+        )
 
     def get(self, name: str) -> EndpointState:
         state = self._read(name)
@@ -896,11 +959,33 @@ class Endpoints:
                 log.info("endpoint %s: routes generation %d", name, state.generation)
                 return state
             self._write(state)
+            router_folder = self.repo.path / router_name(name)
+            saved_router = _snapshot(router_folder)
             try:
-                self._write_router(name, wanted_router, library)
-                self.control.load_model(router_name(name))
-            except ManagerError:
+                try:
+                    self._write_router(name, wanted_router, library)
+                    self.control.load_model(router_name(name))
+                except LoadError as exc:
+                    if library is None or self.router_options.backend != "auto":
+                        raise
+                    # e.g. a server on another platform than the one that built it
+                    self._record_native_refusal(library, exc)
+                    library = None
+                    wanted_router = router_config(
+                        name,
+                        target,
+                        self.router_options,
+                        max(instance_total(c) for c in configs.values()),
+                    )
+                    self._write_router(name, wanted_router, None)
+                    self.control.load_model(router_name(name))
+            except ManagerError as exc:
                 self._restore(name, previous)
+                _put_back(router_folder, saved_router)
+                if isinstance(exc, LoadError):
+                    raise EndpointError(
+                        f"the router of endpoint {name!r} could not be loaded: {exc}"
+                    ) from exc
                 raise
             self._apply(
                 name, previous, state, endpoint_config(name, target, router_name(name)), write=False
@@ -1037,6 +1122,7 @@ __all__ = [
     "check_same_io",
     "endpoint_config",
     "is_endpoint_folder",
+    "native_refusal",
     "native_routes_text",
     "policy_versions",
     "router_config",

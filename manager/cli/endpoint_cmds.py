@@ -11,7 +11,14 @@ from rich.table import Table
 from manager import native_router
 from manager.cli.app import main
 from manager.cli.common import Context, console, err_console, pass_context, print_json
-from manager.endpoints import ROUTER_BACKENDS, Endpoints, EndpointState, RouterOptions, Target
+from manager.endpoints import (
+    ROUTER_BACKENDS,
+    Endpoints,
+    EndpointState,
+    RouterOptions,
+    Target,
+    native_refusal,
+)
 from manager.errors import ManagerError
 from manager.repository import Repository
 from manager.rollout import DEFAULT_STAGES, FINAL, RolloutPolicy, RolloutState, parse_stages
@@ -382,17 +389,19 @@ def router_build(output: Path | None) -> None:
 
 @router.command("info")
 @click.option("--json", "as_json", is_flag=True)
-def router_info(as_json: bool) -> None:
+@pass_context
+def router_info(obj: Context, as_json: bool) -> None:
     """Which router endpoints get and where its library is."""
     try:
-        library: str | None = str(native_router.find_library(build_if_missing=False))
+        found: Path | None = native_router.find_library(build_if_missing=False)
     except native_router.RouterBuildError:
-        library = None
+        found = None
     info = {
         "backend": RouterOptions().backend,
-        "library": library,
+        "library": str(found) if found else None,
         "compiler": native_router.find_compiler(),
         "source_digest": native_router.source_digest(),
+        "refused_by_server": native_refusal(Repository(obj.repo), found) if found else None,
     }
     if as_json:
         print_json(info)

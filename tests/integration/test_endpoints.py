@@ -294,6 +294,26 @@ def test_the_native_router_is_the_one_in_the_path_where_it_can_be_built(
     assert after - before == 40
 
 
+def test_a_native_router_the_server_cannot_load_falls_back_to_the_python_router(
+    models: TritonHandle,
+    control: TritonControl,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bogus = tmp_path / "libtriton_tritonctl_router.so"
+    bogus.write_bytes(b"not a shared library")  # as if built for another platform
+    monkeypatch.setenv("TRITONCTL_ROUTER_LIBRARY", str(bogus))
+    endpoints = Endpoints(Repository(models.repo), control)  # backend "auto"
+    endpoints.split("ep_fallback", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    folder = models.repo / router_name("ep_fallback")
+    assert read_config(folder / "config.pbtxt").backend == "python"
+    assert ready(control, router_name("ep_fallback")) == {1}
+    assert endpoints.native_refusal(bogus)  # Triton's reason, kept for the next split
+    with grpc_client(models) as client:
+        assert {call(client, "ep_fallback") for _ in range(40)} == {1, 2}
+    endpoints.delete("ep_fallback")
+
+
 def test_switching_a_split_endpoint_back_to_pinned_unloads_the_router(
     models: TritonHandle, routed: tuple[Endpoints, str], control: TritonControl
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -873,3 +874,54 @@ def test_auto_falls_back_to_the_python_router_without_a_compiler(
     with pytest.raises(EndpointError, match="no C\\+\\+ compiler"):
         native.split("ep2", [Target("m", 1, 50), Target("m", 2, 50)])
     assert not (repo / "ep2").exists()
+
+
+class NoNativeTriton(FakeTriton):
+    """A server that cannot load the native router (say, built for another platform)."""
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        cfg = read_config(self.repo / name / "config.pbtxt")
+        if cfg.backend == "tritonctl_router":
+            self.calls.append(("refused", name))
+            from manager.errors import LoadError
+
+            raise LoadError(f"failed to load '{name}': wrong ELF class")
+        super().load_model(name, config)
+
+
+def test_auto_falls_back_to_the_python_router_when_the_server_refuses_the_native_one(
+    tmp_path: Path, fake_library: bytes
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_model(repo, "m")
+    triton = NoNativeTriton(repo)
+    endpoints = Endpoints(Repository(repo), triton)  # backend "auto"
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert ("refused", "ep__router") in triton.calls
+    assert read_config(repo / "ep__router" / "config.pbtxt").backend == "python"
+    assert (repo / "ep__router" / "1" / "model.py").is_file()
+    assert not (repo / "ep__router" / "1" / "libtriton_tritonctl_router.so").exists()
+    assert "ep__router" in triton.loaded and "ep" in triton.loaded
+    library = Path(os.environ["TRITONCTL_ROUTER_LIBRARY"])
+    assert "wrong ELF class" in (endpoints.native_refusal(library) or "")
+    # the refusal is remembered: later splits go straight to the Python router
+    triton.calls.clear()
+    endpoints.split("ep2", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert not [c for c in triton.calls if c[0] == "refused"]
+    # a different library is tried again; an explicit native router fails loudly
+    library.write_bytes(b"\x7fELF rebuilt")
+    assert endpoints.native_refusal(library) is None
+    native = Endpoints(Repository(repo), triton, router=RouterOptions(backend="native"))
+    with pytest.raises(EndpointError, match="wrong ELF class"):
+        native.split("ep3", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert not (repo / "ep3").exists()
+    assert not (repo / "ep3__router").exists()
+    assert not (repo / ".tritonctl" / "endpoints" / "ep3.json").exists()
+    # a routed endpoint whose router cannot be replaced keeps its router files as they were
+    before = {p: p.read_bytes() for p in (repo / "ep__router").rglob("*") if p.is_file()}
+    with pytest.raises(EndpointError, match="wrong ELF class"):
+        native.split("ep", [Target("m", 1, 10), Target("m", 2, 90)])
+    after = {p: p.read_bytes() for p in (repo / "ep__router").rglob("*") if p.is_file()}
+    assert after == before
+    assert endpoints.get("ep").targets[1].weight == 50.0
