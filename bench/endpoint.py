@@ -7,7 +7,8 @@ fast Python-backend models, each in two versions (version N adds N to its input)
 (``max_batch_size`` 0). For each model it creates
 
 * ``<model>_pinned``: an endpoint pinned to version 1 (an ensemble; no Python added), and
-* ``<model>_split``: an endpoint split 50/50 between versions 1 and 2 (the router:
+* ``<model>_split``: an endpoint split 50/50 between versions 1 and 2 (the endpoint is
+  then the router itself:
   ``--router native|python|auto``, default auto = native where it can be built;
   ``--split-weights 100,0`` puts the router in the path with one busy target, to tell the
   router's own cost from that of spreading traffic over two versions).
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from manager.endpoints import Endpoints, RouterOptions, Target, router_name
+from manager.endpoints import Endpoints, RouterOptions, Target
 from manager.modelconfig import TensorSpec, build_config, read_config, write_config
 from manager.repository import CONFIG_FILE, Repository
 from manager.server import EmbeddedServer, free_ports
@@ -386,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 endpoints.split(case.split, [Target(case.model, 1, w1), Target(case.model, 2, w2)])
                 setup[f"{case.split}: split (router load) s"] = time.perf_counter() - t0
-            router_backend = read_config(
-                repo_path / router_name(CASES[0].split) / CONFIG_FILE
-            ).backend
+            router_backend = read_config(repo_path / CASES[0].split / CONFIG_FILE).backend
             log("; ".join(f"{k} {v:.2f}" for k, v in setup.items()))
             for case in CASES:
                 results += asyncio.run(

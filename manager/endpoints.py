@@ -1,16 +1,21 @@
 """Endpoints: stable model names that clients call while the versions behind them change.
 
-An endpoint ``NAME`` is a Triton **ensemble** in the repository (``<repo>/NAME/``: a
-``config.pbtxt`` with platform ``ensemble`` and an empty version folder ``1/`` that holds
-only ``tritonctl.json`` ``{"kind": "endpoint"}``). Its single step calls
+An endpoint ``NAME`` is a model in the repository (``<repo>/NAME/``, with a version folder
+``1/`` holding ``tritonctl.json`` ``{"kind": "endpoint"}``) that is, by mode:
 
-* **pinned** (one target): the target model version itself (no Python in the path);
-* **routed** (several weighted targets): the router ``<repo>/NAME__router/``, which
-  forwards every request to one target chosen by weight (optionally sticky by a request
-  parameter or the correlation id). The router is the native one
-  (``triton_backends/router_native``, a C++ Triton backend whose library is copied into
-  the router's version folder; see :mod:`manager.native_router`) where it can be built,
-  else the Python-backend one (``triton_backends/router/model.py``, BLS).
+* **pinned** (one target): a Triton **ensemble** whose single step calls the target model
+  version itself (nothing else in the path);
+* **routed** (several weighted targets): the **router** itself, which forwards every
+  request to one target chosen by weight (optionally sticky by a request parameter or the
+  correlation id). The router is the native one (``triton_backends/router_native``, a C++
+  Triton backend whose library is copied into ``NAME/1/``; see
+  :mod:`manager.native_router`) where it can be built, else the Python-backend one
+  (``triton_backends/router/model.py``, BLS, copied into ``NAME/1/``).
+
+Changing mode rewrites ``NAME/`` and reloads ``NAME``; Triton keeps the old model serving
+until the new one is ready, so clients see no gap. (The router used to be a separate
+model ``NAME__router`` behind the ensemble; one left by an older release is removed.
+Without the ensemble in front, a routed request crosses one Triton model fewer.)
 
 The routes of an endpoint, pinned or routed, are the JSON file
 ``<repo>/.tritonctl/endpoints/NAME.json`` (written atomically); it is the source of truth
@@ -404,6 +409,8 @@ def instance_total(config: mc.ModelConfig) -> int:
 
 
 def router_name(endpoint: str) -> str:
+    """The separate router model ``NAME__router`` that older releases put behind an
+    endpoint's ensemble; removed when such an endpoint is next switched or split."""
     return validate_model_name(endpoint + ROUTER_SUFFIX, what="router name")
 
 
@@ -438,12 +445,8 @@ def _snapshot(folder: Path) -> dict[str, bytes] | None:
     }
 
 
-def _put_back(folder: Path, saved: dict[str, bytes] | None) -> None:
-    """Make ``folder`` hold exactly the files of ``saved`` again (None: no folder)."""
-    if saved is None:
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        return
+def _put_back(folder: Path, saved: dict[str, bytes]) -> None:
+    """Make ``folder`` hold exactly the files of ``saved`` again."""
     for path in sorted(folder.rglob("*")):
         if path.is_file() and str(path.relative_to(folder)) not in saved:
             path.unlink()
@@ -473,12 +476,12 @@ def router_config(
     *,
     native: bool = False,
 ) -> mc.ModelConfig:
-    """The config of ``endpoint``'s router (``target``'s inputs/outputs;
-    ``target_instances``: the most instances any target has): the native backend if
-    ``native``, else the Python backend."""
+    """The config of endpoint ``endpoint`` while it routes (the endpoint model is then the
+    router itself; ``target``'s inputs/outputs; ``target_instances``: the most instances
+    any target has): the native backend if ``native``, else the Python backend."""
     opts = options or RouterOptions()
     backend = native_router.BACKEND_NAME if native else "python"
-    config = mc.ModelConfig(name=router_name(endpoint), backend=backend)
+    config = mc.ModelConfig(name=endpoint, backend=backend)
     _copy_io(config, target, ragged=not native)
     group = config.instance_group.add()
     group.count = opts.instances_for(target, target_instances, native=native)
@@ -839,27 +842,48 @@ class Endpoints:
         vdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(vdir / PROVENANCE_FILE, data)
 
-    def _write_endpoint(self, name: str, config: mc.ModelConfig) -> None:
+    def _write_endpoint(
+        self,
+        name: str,
+        config: mc.ModelConfig,
+        *,
+        router: bool = False,
+        library: Path | None = None,
+    ) -> None:
+        """Write endpoint ``name``'s folder: the pinned ensemble ``config``, or with
+        ``router`` the router ``config`` and its code in the version folder (the native
+        ``library``, where Triton looks for a model's backend first, or, if None, the
+        Python router's ``model.py``)."""
         folder = self.repo.path / name
         self._write_marker(folder, {"kind": ENDPOINT_KIND, "name": name})
-        write_config(folder / CONFIG_FILE, config)
-
-    def _write_router(self, name: str, config: mc.ModelConfig, library: Path | None) -> None:
-        """Write the router's folder: the native ``library`` (copied into the version
-        folder, where Triton looks for a model's backend first) or, if None, the Python
-        router's ``model.py``."""
-        folder = self.repo.path / router_name(name)
-        self._write_marker(folder, {"kind": ROUTER_KIND, "endpoint": name})
         vdir = folder / str(ENDPOINT_VERSION)
         native_file = vdir / native_router.LIBRARY_NAME
         python_file = vdir / "model.py"
-        if library is not None:
+        if router and library is not None:
             write_bytes_atomic(native_file, library.read_bytes())
-            python_file.unlink(missing_ok=True)
         else:
-            write_text_atomic(python_file, router_source().read_text())
             native_file.unlink(missing_ok=True)
+        if router and library is None:
+            write_text_atomic(python_file, router_source().read_text())
+        else:
+            python_file.unlink(missing_ok=True)
+            shutil.rmtree(vdir / "__pycache__", ignore_errors=True)  # the stub's bytecode
         write_config(folder / CONFIG_FILE, config)
+
+    def _remove_legacy_router(self, name: str) -> None:
+        """Unload and remove a ``NAME__router`` model an older release left."""
+        legacy = router_name(name)
+        if is_endpoint_folder(self.repo, legacy):
+            self._unload_if_loaded(legacy)
+            self._remove_folder(legacy)
+
+    def _put_back(self, folder: Path, saved: dict[str, bytes] | None) -> None:
+        """Make ``folder`` as :func:`_snapshot` saw it (None: no folder)."""
+        if saved is None:
+            if folder.exists():
+                self.repo.discard(folder)
+        else:
+            _put_back(folder, saved)
 
     def _remove_folder(self, folder_name: str) -> None:
         folder = self.repo.path / folder_name
@@ -867,15 +891,15 @@ class Endpoints:
             self.repo.discard(folder)
 
     def _router_current(self, name: str, wanted: mc.ModelConfig) -> bool:
-        """True if the router on disk is ``wanted`` and Triton serves it."""
-        path = self.repo.path / router_name(name) / CONFIG_FILE
+        """True if endpoint ``name`` on disk is the router ``wanted`` and Triton serves it."""
+        path = self.repo.path / name / CONFIG_FILE
         if not path.is_file():
             return False
         try:
             current = read_config(path)
         except ManagerError:
             return False
-        return current == wanted and self._is_ready(router_name(name))
+        return current == wanted and self._is_ready(name)
 
     # ---------------------------------------------------------------- operations
 
@@ -883,9 +907,9 @@ class Endpoints:
         """Point endpoint ``name`` at one model version (created if new).
 
         ``version`` None is the newest published version. The target is loaded, the
-        routes file and the pinned ensemble are written, the ensemble is (re)loaded
-        (Triton keeps the old one serving until the new one is ready), and the router,
-        if one was in the path, is unloaded and removed.
+        routes file and the pinned ensemble are written and the endpoint is (re)loaded
+        (Triton keeps the old model, ensemble or router, serving until the new one is
+        ready).
         """
         self._check_endpoint_name(name)
         config = self._target_config(model)
@@ -902,8 +926,7 @@ class Endpoints:
             )
             # Written first: a router still in the path sends everything to the new target.
             self._apply(name, previous, state, endpoint_config(name, config, model, version))
-            self._unload_if_loaded(router_name(name))
-            self._remove_folder(router_name(name))
+            self._remove_legacy_router(name)
             log.info("endpoint %s -> %s:%d (pinned)", name, model, version)
             return state
 
@@ -917,10 +940,10 @@ class Endpoints:
     ) -> EndpointState:
         """Send endpoint ``name``'s traffic to several targets by weight (created if new).
 
-        Every target is loaded first. If the router is already in the path with the same
+        Every target is loaded first. If the endpoint already routes with the same
         inputs/outputs, only the routes file is rewritten (effective within ~0.2 s).
-        Otherwise the router is written and loaded, then the ensemble's step is pointed
-        at it.
+        Otherwise the endpoint model becomes the router: written and (re)loaded in place
+        of the ensemble (Triton keeps the old model serving until the router is ready).
         """
         self._check_endpoint_name(name)
         checked, configs = self._check_targets(targets)
@@ -959,12 +982,12 @@ class Endpoints:
                 log.info("endpoint %s: routes generation %d", name, state.generation)
                 return state
             self._write(state)
-            router_folder = self.repo.path / router_name(name)
-            saved_router = _snapshot(router_folder)
+            folder = self.repo.path / name
+            saved = _snapshot(folder)
             try:
                 try:
-                    self._write_router(name, wanted_router, library)
-                    self.control.load_model(router_name(name))
+                    self._write_endpoint(name, wanted_router, router=True, library=library)
+                    self.control.load_model(name)
                 except LoadError as exc:
                     if library is None or self.router_options.backend != "auto":
                         raise
@@ -977,19 +1000,17 @@ class Endpoints:
                         self.router_options,
                         max(instance_total(c) for c in configs.values()),
                     )
-                    self._write_router(name, wanted_router, None)
-                    self.control.load_model(router_name(name))
+                    self._write_endpoint(name, wanted_router, router=True)
+                    self.control.load_model(name)
             except ManagerError as exc:
                 self._restore(name, previous)
-                _put_back(router_folder, saved_router)
+                self._put_back(folder, saved)
                 if isinstance(exc, LoadError):
                     raise EndpointError(
                         f"the router of endpoint {name!r} could not be loaded: {exc}"
                     ) from exc
                 raise
-            self._apply(
-                name, previous, state, endpoint_config(name, target, router_name(name)), write=False
-            )
+            self._remove_legacy_router(name)
             log.info(
                 "endpoint %s routed: %s",
                 name,
@@ -1062,10 +1083,9 @@ class Endpoints:
             if self._read(name) is None and not is_endpoint_folder(self.repo, name):
                 raise EndpointError(f"no endpoint named {name!r} in {self.repo.path}")
             self._unload_if_loaded(name)
-            self._unload_if_loaded(router_name(name))
-            for folder in (name, router_name(name)):
-                if is_endpoint_folder(self.repo, folder):
-                    self._remove_folder(folder)
+            if is_endpoint_folder(self.repo, name):
+                self._remove_folder(name)
+            self._remove_legacy_router(name)
             self._remove_routes(name)
             log.info("endpoint %s deleted", name)
 
@@ -1081,22 +1101,21 @@ class Endpoints:
         write: bool = True,
     ) -> None:
         """Write ``state`` (unless written already) and the ensemble, then (re)load it;
-        on failure put the previous routes and ensemble back."""
-        config_path = self.repo.path / name / CONFIG_FILE
+        on failure put the previous routes and endpoint folder back."""
+        folder = self.repo.path / name
+        config_path = folder / CONFIG_FILE
         old_config = config_path.read_text() if config_path.is_file() else None
         if write:
             self._write(state)
         if old_config == config_to_text(config) and self._is_ready(name):
             return  # the ensemble already calls what it should
+        saved = _snapshot(folder)
         try:
             self._write_endpoint(name, config)
             self.control.load_model(name)
         except ManagerError as exc:
             log.error("endpoint %s: %s; restoring the previous routes", name, exc)
-            if old_config is not None:
-                write_text_atomic(config_path, old_config)
-            else:
-                self._remove_folder(name)
+            self._put_back(folder, saved)
             self._restore(name, previous)
             if isinstance(exc, LoadError):
                 raise EndpointError(f"endpoint {name!r} could not be loaded: {exc}") from exc

@@ -215,7 +215,7 @@ def test_switch_pins_an_endpoint_to_the_chosen_version(
         assert {call(client, "ep_switch") for _ in range(20)} == {2}
         # the versions stay callable by their own name and version
         assert call(client, ADDER, version="1") == 1
-    assert not ready(control, router_name("ep_switch"))
+    assert read_config(models.repo / "ep_switch" / "config.pbtxt").platform == "ensemble"
 
 
 def test_endpoints_pinned_to_different_versions_of_one_model_both_keep_serving(
@@ -281,16 +281,18 @@ def test_the_native_router_is_the_one_in_the_path_where_it_can_be_built(
 ) -> None:
     endpoints = Endpoints(Repository(models.repo), control)  # backend "auto"
     endpoints.split("ep_auto", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
-    folder = models.repo / router_name("ep_auto")
+    # while it routes, the endpoint model is the router itself: no ensemble in front
+    folder = models.repo / "ep_auto"
     assert read_config(folder / "config.pbtxt").backend == native_router.BACKEND_NAME
     assert (folder / "1" / native_router.LIBRARY_NAME).is_file()
     assert not (folder / "1" / "model.py").exists()
-    assert ready(control, router_name("ep_auto")) == {1}
+    assert ready(control, "ep_auto") == {1}
+    assert not (models.repo / router_name("ep_auto")).exists()
     # the router counts what it forwards in Triton's statistics like any model
-    before = sum(s.success_count for s in control.statistics(router_name("ep_auto")))
+    before = sum(s.success_count for s in control.statistics("ep_auto"))
     with grpc_client(models) as client:
         assert {call(client, "ep_auto") for _ in range(40)} == {1, 2}
-    after = sum(s.success_count for s in control.statistics(router_name("ep_auto")))
+    after = sum(s.success_count for s in control.statistics("ep_auto"))
     assert after - before == 40
 
 
@@ -305,25 +307,26 @@ def test_a_native_router_the_server_cannot_load_falls_back_to_the_python_router(
     monkeypatch.setenv("TRITONCTL_ROUTER_LIBRARY", str(bogus))
     endpoints = Endpoints(Repository(models.repo), control)  # backend "auto"
     endpoints.split("ep_fallback", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
-    folder = models.repo / router_name("ep_fallback")
+    folder = models.repo / "ep_fallback"
     assert read_config(folder / "config.pbtxt").backend == "python"
-    assert ready(control, router_name("ep_fallback")) == {1}
+    assert ready(control, "ep_fallback") == {1}
     assert endpoints.native_refusal(bogus)  # Triton's reason, kept for the next split
     with grpc_client(models) as client:
         assert {call(client, "ep_fallback") for _ in range(40)} == {1, 2}
     endpoints.delete("ep_fallback")
 
 
-def test_switching_a_split_endpoint_back_to_pinned_unloads_the_router(
+def test_switching_a_split_endpoint_back_to_pinned_takes_the_router_out(
     models: TritonHandle, routed: tuple[Endpoints, str], control: TritonControl
 ) -> None:
     endpoints, suffix = routed
     name = "ep_back" + suffix
     endpoints.split(name, [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
-    assert ready(control, router_name(name)) == {1}
+    assert read_config(models.repo / name / "config.pbtxt").platform != "ensemble"
     endpoints.switch(name, ADDER, 1)
-    assert not ready(control, router_name(name))
-    assert not (models.repo / router_name(name)).exists()
+    assert read_config(models.repo / name / "config.pbtxt").platform == "ensemble"
+    assert sorted(p.name for p in (models.repo / name / "1").iterdir()) == ["tritonctl.json"]
+    assert ready(control, name) == {1}
     with grpc_client(models) as client:
         assert {call(client, name) for _ in range(20)} == {1}
 

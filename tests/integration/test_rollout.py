@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from manager.cli import main
 from manager.endpoints import Endpoints
 from manager.golden import save_case
+from manager.modelconfig import read_config
 from manager.publish import publish
 from manager.repository import Repository
 from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
@@ -138,7 +139,7 @@ def test_full_rollout_with_zero_failed_requests_then_broken_version_rolls_back(
     assert after == [2.0] * 20  # pinned to v2
     endpoint = Endpoints(repo, control).get("score")
     assert endpoint.mode == "pinned" and endpoint.targets[0].version == 2
-    assert not [e for e in control.repository_index() if e.name == "score__router" and e.ready]
+    assert read_config(repo.path / "score" / "config.pbtxt").platform == "ensemble"
     assert {e.version for e in control.repository_index() if e.name == "scorer" and e.ready} == {2}
 
     # broken v3: the gate rolls it back by itself and v2 keeps serving 100 %

@@ -95,19 +95,9 @@ def test_pinned_endpoint_config_is_an_ensemble_calling_the_target_version() -> N
     assert not config.instance_group  # an ensemble has no instances
 
 
-def test_routed_endpoint_config_calls_the_router_with_the_targets_batch_size() -> None:
-    target = model_config("m", max_batch_size=8)
-    config = round_trip(endpoint_config("ep", target, "ep" + ROUTER_SUFFIX))
-    [step] = config.ensemble_scheduling.step
-    assert step.model_name == "ep__router"
-    assert step.model_version == -1
-    assert config.max_batch_size == 8
-    assert list(config.input[0].dims) == [-1]
-
-
 def test_router_config_is_a_python_model_that_finds_its_routes_file() -> None:
     config = round_trip(router_config("ep", model_config("m", max_batch_size=8)))
-    assert config.name == "ep__router"
+    assert config.name == "ep"  # while it routes, the endpoint model is the router
     assert config.backend == "python"
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["tritonctl.routes"] == "../.tritonctl/endpoints/ep.json"
@@ -131,7 +121,7 @@ def test_router_instances_follow_the_targets_unless_given() -> None:
 
 
 def test_routes_path_is_relative_to_the_router_folder() -> None:
-    router_dir = Path("/repo/ep__router")
+    router_dir = Path("/repo/ep")
     assert (router_dir / routes_relpath("ep")).resolve() == Path(
         "/repo/.tritonctl/endpoints/ep.json"
     )
@@ -595,10 +585,11 @@ def test_split_puts_the_router_in_the_path(setup: tuple[Endpoints, FakeTriton, P
     state = endpoints.split("ep", [Target("m", 1, 90), Target("m", 2, 10)], sticky_parameter="u")
     assert state.mode == "routed" and state.sticky_parameter == "u"
     assert triton.loaded["m"] == {1, 2}
-    assert "ep__router" in triton.loaded
-    assert (repo / "ep__router" / "1" / "model.py").read_text() == ROUTER_PY.read_text()
-    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
-    assert step.model_name == "ep__router"
+    assert ("load", "ep") in triton.calls[-1:]  # the ensemble was replaced by the router
+    assert (repo / "ep" / "1" / "model.py").read_text() == ROUTER_PY.read_text()
+    config = read_config(repo / "ep" / "config.pbtxt")
+    assert config.backend == "python" and not config.HasField("ensemble_scheduling")
+    assert is_endpoint_folder(Repository(repo), "ep")
     routes_file = json.loads((repo / ".tritonctl" / "endpoints" / "ep.json").read_text())
     assert routes_file["targets"][1] == {"model": "m", "version": 2, "weight": 10.0}
 
@@ -640,16 +631,33 @@ def test_set_weights_refuses_a_pinned_endpoint_and_other_targets(
         endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 0)])
 
 
-def test_switch_back_to_pinned_unloads_and_removes_the_router(
+def test_switch_back_to_pinned_replaces_the_router_by_the_ensemble(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
     endpoints, triton, repo = setup
     endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    (repo / "ep" / "1" / "__pycache__").mkdir()  # what the Python router's stub leaves
     endpoints.switch("ep", "m", 2)
-    assert ("unload", "ep__router") in triton.calls
-    assert "ep__router" not in triton.loaded
-    assert not (repo / "ep__router").exists()
+    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
+    assert (step.model_name, step.model_version) == ("m", 2)
+    assert sorted(p.name for p in (repo / "ep" / "1").iterdir()) == ["tritonctl.json"]
+    assert triton.loaded["ep"] == {1}
     assert endpoints.get("ep").mode == "pinned"
+
+
+def test_a_router_model_left_by_an_older_release_is_removed(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    legacy = repo / "ep__router"
+    legacy.mkdir()
+    write_config(legacy / "config.pbtxt", router_config("ep__router", model_config("m")))
+    (legacy / "1").mkdir()
+    (legacy / "1" / "tritonctl.json").write_text('{"kind": "endpoint-router", "endpoint": "ep"}')
+    triton.loaded["ep__router"] = {1}
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert ("unload", "ep__router") in triton.calls
+    assert not legacy.exists()
 
 
 def test_split_refuses_targets_with_different_inputs(
@@ -717,7 +725,7 @@ def test_delete_unloads_and_removes_the_endpoint_but_not_its_targets(
     endpoints, triton, repo = setup
     endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
     endpoints.delete("ep")
-    assert not (repo / "ep").exists() and not (repo / "ep__router").exists()
+    assert not (repo / "ep").exists()
     assert set(triton.loaded) == {"m"}
     assert endpoints.list() == []
     with pytest.raises(EndpointError):
@@ -755,7 +763,7 @@ def test_ensure_serves_every_endpoint_again_after_a_restart(
     triton.loaded.clear()  # the server restarted with nothing loaded
     for state in endpoints.list():
         endpoints.ensure(state.name)
-    assert set(triton.loaded) == {"m", "pinned", "routed", "routed__router"}
+    assert set(triton.loaded) == {"m", "pinned", "routed"}
     assert triton.loaded["m"] == {1, 2}
     routed = endpoints.get("routed")
     assert routed.sticky_parameter == "u"
@@ -828,11 +836,11 @@ def test_split_with_the_native_router_copies_its_library_and_writes_both_routes(
     _, triton, repo = setup
     endpoints = Endpoints(Repository(repo), triton)  # backend "auto"
     endpoints.split("ep", [Target("m", 1, 70), Target("m", 2, 30)])
-    folder = repo / "ep__router"
+    folder = repo / "ep"
     assert (folder / "1" / "libtriton_tritonctl_router.so").read_bytes() == fake_library
     assert not (folder / "1" / "model.py").exists()
     assert read_config(folder / "config.pbtxt").backend == "tritonctl_router"
-    assert "ep__router" in triton.loaded
+    assert "ep" in triton.loaded
     text = (repo / ".tritonctl" / "endpoints" / "ep.routes").read_text()
     assert "target m 2 30.0" in text
     # a weight change rewrites both forms of the routes, nothing is reloaded
@@ -852,11 +860,11 @@ def test_changing_the_router_backend_replaces_the_router(
     native_endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
     triton.calls.clear()
     python_endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
-    assert ("load", "ep__router") in triton.calls
-    vdir = repo / "ep__router" / "1"
+    assert ("load", "ep") in triton.calls
+    vdir = repo / "ep" / "1"
     assert (vdir / "model.py").is_file()
     assert not (vdir / "libtriton_tritonctl_router.so").exists()
-    assert read_config(repo / "ep__router" / "config.pbtxt").backend == "python"
+    assert read_config(repo / "ep" / "config.pbtxt").backend == "python"
 
 
 def test_auto_falls_back_to_the_python_router_without_a_compiler(
@@ -869,7 +877,7 @@ def test_auto_falls_back_to_the_python_router_without_a_compiler(
     monkeypatch.setenv("TRITONCTL_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     Endpoints(Repository(repo), triton).split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
-    assert (repo / "ep__router" / "1" / "model.py").is_file()
+    assert (repo / "ep" / "1" / "model.py").is_file()
     native = Endpoints(Repository(repo), triton, router=RouterOptions(backend="native"))
     with pytest.raises(EndpointError, match="no C\\+\\+ compiler"):
         native.split("ep2", [Target("m", 1, 50), Target("m", 2, 50)])
@@ -898,11 +906,11 @@ def test_auto_falls_back_to_the_python_router_when_the_server_refuses_the_native
     triton = NoNativeTriton(repo)
     endpoints = Endpoints(Repository(repo), triton)  # backend "auto"
     endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
-    assert ("refused", "ep__router") in triton.calls
-    assert read_config(repo / "ep__router" / "config.pbtxt").backend == "python"
-    assert (repo / "ep__router" / "1" / "model.py").is_file()
-    assert not (repo / "ep__router" / "1" / "libtriton_tritonctl_router.so").exists()
-    assert "ep__router" in triton.loaded and "ep" in triton.loaded
+    assert ("refused", "ep") in triton.calls
+    assert read_config(repo / "ep" / "config.pbtxt").backend == "python"
+    assert (repo / "ep" / "1" / "model.py").is_file()
+    assert not (repo / "ep" / "1" / "libtriton_tritonctl_router.so").exists()
+    assert "ep" in triton.loaded
     library = Path(os.environ["TRITONCTL_ROUTER_LIBRARY"])
     assert "wrong ELF class" in (endpoints.native_refusal(library) or "")
     # the refusal is remembered: later splits go straight to the Python router
@@ -916,12 +924,11 @@ def test_auto_falls_back_to_the_python_router_when_the_server_refuses_the_native
     with pytest.raises(EndpointError, match="wrong ELF class"):
         native.split("ep3", [Target("m", 1, 50), Target("m", 2, 50)])
     assert not (repo / "ep3").exists()
-    assert not (repo / "ep3__router").exists()
     assert not (repo / ".tritonctl" / "endpoints" / "ep3.json").exists()
     # a routed endpoint whose router cannot be replaced keeps its router files as they were
-    before = {p: p.read_bytes() for p in (repo / "ep__router").rglob("*") if p.is_file()}
+    before = {p: p.read_bytes() for p in (repo / "ep").rglob("*") if p.is_file()}
     with pytest.raises(EndpointError, match="wrong ELF class"):
         native.split("ep", [Target("m", 1, 10), Target("m", 2, 90)])
-    after = {p: p.read_bytes() for p in (repo / "ep__router").rglob("*") if p.is_file()}
+    after = {p: p.read_bytes() for p in (repo / "ep").rglob("*") if p.is_file()}
     assert after == before
     assert endpoints.get("ep").targets[1].weight == 50.0
