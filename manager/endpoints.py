@@ -948,13 +948,10 @@ class Endpoints:
         self._check_endpoint_name(name)
         checked, configs = self._check_targets(targets)
         target = configs[checked[0].model]
+        most_instances = max(instance_total(c) for c in configs.values())
         library = self._router_library()
         wanted_router = router_config(
-            name,
-            target,
-            self.router_options,
-            max(instance_total(c) for c in configs.values()),
-            native=library is not None,
+            name, target, self.router_options, most_instances, native=library is not None
         )
         by_model: dict[str, set[int]] = {}
         for t in checked:
@@ -994,12 +991,7 @@ class Endpoints:
                     # e.g. a server on another platform than the one that built it
                     self._record_native_refusal(library, exc)
                     library = None
-                    wanted_router = router_config(
-                        name,
-                        target,
-                        self.router_options,
-                        max(instance_total(c) for c in configs.values()),
-                    )
+                    wanted_router = router_config(name, target, self.router_options, most_instances)
                     self._write_endpoint(name, wanted_router, router=True)
                     self.control.load_model(name)
             except ManagerError as exc:

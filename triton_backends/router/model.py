@@ -1,9 +1,10 @@
 """tritonctl endpoint router: sends each request to one of several model versions by weight.
 
-The manager copies this file verbatim into ``<repo>/<endpoint>__router/1/``; it is
-self-contained (standard library, numpy and ``triton_python_backend_utils``). The
-endpoint's ensemble calls this model while traffic is split; each request is forwarded by
-BLS to one target ``(model, version)`` and the target's outputs come back unchanged. A
+The manager copies this file verbatim into ``<repo>/<endpoint>/1/``; it is
+self-contained (standard library, numpy and ``triton_python_backend_utils``). While
+traffic is split the endpoint model is this router (where the native router cannot be
+used); each request is forwarded by BLS to one target ``(model, version)`` and the
+target's outputs come back unchanged. A
 target's error comes back to the client as an error: there is no fallback to another
 target.
 

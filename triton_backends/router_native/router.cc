@@ -1,8 +1,8 @@
 // tritonctl native endpoint router: a Triton backend (libtriton_tritonctl_router.so) that
 // sends each request to one of several model versions by weight.
 //
-// The endpoint's ensemble calls this model while traffic is split. Every request is handed
-// on to its target (model, version) with Triton's in-process API (TRITONSERVER_
+// While traffic is split, the endpoint model is this router (its library is copied into
+// <repo>/<endpoint>/1/). Every request is handed on to its target (model, version) with Triton's in-process API (TRITONSERVER_
 // ServerInferAsync): the request's own input buffers are passed on without a copy, and the
 // target's answer (outputs, or its error) comes back to the caller. A target's error is
 // returned as an error, prefixed "endpoint target MODEL:VERSION:"; there is no fallback to
