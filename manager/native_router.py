@@ -1,7 +1,7 @@
 """The native endpoint router: a small Triton backend in C++ (``triton_backends/router_native``).
 
-While an endpoint's traffic is split, its ensemble calls a router model. The native
-router hands each request to its target inside the tritonserver process (Triton's
+While an endpoint's traffic is split, the endpoint model is a router. The native router
+hands each request to its target inside the tritonserver process (Triton's
 in-process inference API, the request's input buffers passed on without a copy), so the
 split costs a few microseconds per request instead of two trips through a Python-backend
 stub process. The Python-backend router (``triton_backends/router/model.py``) does the
@@ -10,10 +10,10 @@ same job where no native router can be built.
 The library is built from source on first use with the host's C++ compiler (``$CXX``,
 else ``c++``/``g++``/``clang++``), into ``$TRITONCTL_CACHE_DIR`` (default
 ``~/.cache/tritonctl``) under a name that carries the digest of its source and flags, and
-copied into each router's version folder, where Triton looks for a model's backend
-library first. ``$TRITONCTL_ROUTER_LIBRARY`` names a library built elsewhere (the Docker
-image builds it when the image is built). ``tritonctl router build`` builds it ahead of
-time.
+copied into the endpoint's version folder (``NAME/1/``), where Triton looks for a
+model's backend library first. ``$TRITONCTL_ROUTER_LIBRARY`` names a library built
+elsewhere (the Docker image builds it when the image is built). ``tritonctl router build``
+builds it ahead of time.
 """
 
 from __future__ import annotations
