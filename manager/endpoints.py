@@ -474,14 +474,15 @@ def router_config(
     options: RouterOptions | None = None,
     target_instances: int = 1,
     *,
-    native: bool = False,
+    native_backend: str | None = None,
 ) -> mc.ModelConfig:
     """The config of endpoint ``endpoint`` while it routes (the endpoint model is then the
     router itself; ``target``'s inputs/outputs; ``target_instances``: the most instances
-    any target has): the native backend if ``native``, else the Python backend."""
+    any target has): the native router under ``native_backend`` (see
+    :func:`native_router.backend_name`) if given, else the Python backend."""
     opts = options or RouterOptions()
-    backend = native_router.BACKEND_NAME if native else "python"
-    config = mc.ModelConfig(name=endpoint, backend=backend)
+    native = native_backend is not None
+    config = mc.ModelConfig(name=endpoint, backend=native_backend or "python")
     _copy_io(config, target, ragged=not native)
     group = config.instance_group.add()
     group.count = opts.instances_for(target, target_instances, native=native)
@@ -857,12 +858,14 @@ class Endpoints:
         folder = self.repo.path / name
         self._write_marker(folder, {"kind": ENDPOINT_KIND, "name": name})
         vdir = folder / str(ENDPOINT_VERSION)
-        native_file = vdir / native_router.LIBRARY_NAME
         python_file = vdir / "model.py"
+        keep = None
         if router and library is not None:
-            write_bytes_atomic(native_file, library.read_bytes())
-        else:
-            native_file.unlink(missing_ok=True)
+            keep = vdir / native_router.library_file(config.backend)
+            write_bytes_atomic(keep, library.read_bytes())
+        for old in vdir.glob(f"libtriton_{native_router.BACKEND_NAME}*.so"):
+            if old != keep:
+                old.unlink(missing_ok=True)
         if router and library is None:
             write_text_atomic(python_file, router_source().read_text())
         else:
@@ -951,7 +954,11 @@ class Endpoints:
         most_instances = max(instance_total(c) for c in configs.values())
         library = self._router_library()
         wanted_router = router_config(
-            name, target, self.router_options, most_instances, native=library is not None
+            name,
+            target,
+            self.router_options,
+            most_instances,
+            native_backend=native_router.backend_name(library) if library is not None else None,
         )
         by_model: dict[str, set[int]] = {}
         for t in checked:

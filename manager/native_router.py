@@ -11,7 +11,9 @@ The library is built from source on first use with the host's C++ compiler (``$C
 else ``c++``/``g++``/``clang++``), into ``$TRITONCTL_CACHE_DIR`` (default
 ``~/.cache/tritonctl``) under a name that carries the digest of its source and flags, and
 copied into the endpoint's version folder (``NAME/1/``), where Triton looks for a
-model's backend library first. ``$TRITONCTL_ROUTER_LIBRARY`` names a library built
+model's backend library first. The copy is named after the library's own digest (backend
+``tritonctl_router_<digest>``): Triton keeps a backend loaded by its library path for as
+long as the server runs, so a rebuilt router must come under a new path to be used. ``$TRITONCTL_ROUTER_LIBRARY`` names a library built
 elsewhere (the Docker image builds it when the image is built). ``tritonctl router build``
 builds it ahead of time.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from manager.errors import EndpointError
+from manager.filecopy import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,22 @@ BUILD_TIMEOUT_S = 300.0
 
 class RouterBuildError(EndpointError):
     """The native router library cannot be built or found."""
+
+
+def backend_name(library: Path) -> str:
+    """The backend name an endpoint uses ``library`` under: the base name and the
+    library's digest, so that each build has its own path in the endpoint's folder."""
+    return f"{BACKEND_NAME}_{sha256_of(library)[:16]}"
+
+
+def library_file(backend: str) -> str:
+    """The file name Triton looks for when a model's backend is ``backend``."""
+    return f"libtriton_{backend}.so"
+
+
+def is_native_backend(backend: str) -> bool:
+    """Whether a model config's ``backend`` is the native router (any build)."""
+    return backend == BACKEND_NAME or backend.startswith(BACKEND_NAME + "_")
 
 
 def source_dir() -> Path:
@@ -182,9 +201,12 @@ __all__ = [
     "LIBRARY_NAME",
     "RouterBuildError",
     "available",
+    "backend_name",
     "build",
     "cached_library",
     "find_compiler",
     "find_library",
+    "is_native_backend",
+    "library_file",
     "source_digest",
 ]

@@ -399,6 +399,8 @@ def router_info(obj: Context, as_json: bool) -> None:
     info = {
         "backend": RouterOptions().backend,
         "library": str(found) if found else None,
+        # the model config's backend an endpoint gets with this library
+        "triton_backend": native_router.backend_name(found) if found else None,
         "compiler": native_router.find_compiler(),
         "source_digest": native_router.source_digest(),
         "refused_by_server": native_refusal(Repository(obj.repo), found) if found else None,

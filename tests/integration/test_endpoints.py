@@ -283,8 +283,9 @@ def test_the_native_router_is_the_one_in_the_path_where_it_can_be_built(
     endpoints.split("ep_auto", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
     # while it routes, the endpoint model is the router itself: no ensemble in front
     folder = models.repo / "ep_auto"
-    assert read_config(folder / "config.pbtxt").backend == native_router.BACKEND_NAME
-    assert (folder / "1" / native_router.LIBRARY_NAME).is_file()
+    backend = read_config(folder / "config.pbtxt").backend
+    assert native_router.is_native_backend(backend)
+    assert (folder / "1" / native_router.library_file(backend)).is_file()
     assert not (folder / "1" / "model.py").exists()
     assert ready(control, "ep_auto") == {1}
     assert not (models.repo / router_name("ep_auto")).exists()
@@ -294,6 +295,36 @@ def test_the_native_router_is_the_one_in_the_path_where_it_can_be_built(
         assert {call(client, "ep_auto") for _ in range(40)} == {1, 2}
     after = sum(s.success_count for s in control.statistics("ep_auto"))
     assert after - before == 40
+
+
+def mapped_router_libraries(models: TritonHandle) -> set[str]:
+    """The router libraries the server process has mapped (" (deleted)" if replaced)."""
+    maps = Path(f"/proc/{models.info.pid}/maps").read_text().splitlines()
+    return {line.split(None, 5)[5] for line in maps if "libtriton_tritonctl_router" in line}
+
+
+def test_a_rebuilt_native_router_is_the_one_the_server_runs_after_the_next_split(
+    models: TritonHandle,
+    control: TritonControl,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoints = Endpoints(Repository(models.repo), control, router=RouterOptions(backend="native"))
+    endpoints.split("ep_rebuilt", [Target(ADDER, 1, 50), Target(ADDER, 2, 50)])
+    vdir = models.repo / "ep_rebuilt" / "1"
+    first = vdir / native_router.library_file(read_config(vdir.parent / "config.pbtxt").backend)
+    assert str(first) in mapped_router_libraries(models)
+    # another build of the router (here: the same code with bytes appended)
+    rebuilt = tmp_path / "libtriton_tritonctl_router.so"
+    rebuilt.write_bytes(native_router.find_library().read_bytes() + b"\0" * 64)
+    monkeypatch.setenv(native_router.LIBRARY_ENV, str(rebuilt))
+    endpoints.split("ep_rebuilt", [Target(ADDER, 1, 30), Target(ADDER, 2, 70)])
+    second = vdir / native_router.library_file(read_config(vdir.parent / "config.pbtxt").backend)
+    assert second != first and not first.exists()
+    assert str(second) in mapped_router_libraries(models)
+    with grpc_client(models) as client:
+        assert {call(client, "ep_rebuilt") for _ in range(40)} == {1, 2}
+    endpoints.delete("ep_rebuilt")
 
 
 def test_a_native_router_the_server_cannot_load_falls_back_to_the_python_router(

@@ -3,6 +3,7 @@ choice of target, and the Endpoints operations against a fake Triton."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -775,8 +776,10 @@ def test_ensure_serves_every_endpoint_again_after_a_restart(
 
 def test_native_router_config_hands_requests_on_from_one_instance() -> None:
     target = model_config("m", max_batch_size=8, instances=3)
-    config = round_trip(router_config("ep", target, target_instances=3, native=True))
-    assert config.backend == "tritonctl_router"
+    config = round_trip(
+        router_config("ep", target, target_instances=3, native_backend="tritonctl_router_ab12")
+    )
+    assert config.backend == "tritonctl_router_ab12"
     assert config.instance_group[0].count == 2
     assert not config.HasField("dynamic_batching")
     assert not config.input[0].allow_ragged_batch
@@ -786,7 +789,7 @@ def test_native_router_config_hands_requests_on_from_one_instance() -> None:
     assert params["tritonctl.run_window_us"] == "2000"
     assert "tritonctl.merge_batches" not in params
     fixed = RouterOptions(instance_count=3, run_length=1, dynamic_batching=True)
-    config = router_config("ep", target, fixed, native=True)
+    config = router_config("ep", target, fixed, native_backend="tritonctl_router_ab12")
     assert config.instance_group[0].count == 3
     assert config.HasField("dynamic_batching")
     assert config.parameters["tritonctl.run_length"].string_value == "1"
@@ -837,9 +840,10 @@ def test_split_with_the_native_router_copies_its_library_and_writes_both_routes(
     endpoints = Endpoints(Repository(repo), triton)  # backend "auto"
     endpoints.split("ep", [Target("m", 1, 70), Target("m", 2, 30)])
     folder = repo / "ep"
-    assert (folder / "1" / "libtriton_tritonctl_router.so").read_bytes() == fake_library
+    backend = read_config(folder / "config.pbtxt").backend
+    assert backend == "tritonctl_router_" + hashlib.sha256(fake_library).hexdigest()[:16]
+    assert (folder / "1" / f"libtriton_{backend}.so").read_bytes() == fake_library
     assert not (folder / "1" / "model.py").exists()
-    assert read_config(folder / "config.pbtxt").backend == "tritonctl_router"
     assert "ep" in triton.loaded
     text = (repo / ".tritonctl" / "endpoints" / "ep.routes").read_text()
     assert "target m 2 30.0" in text
@@ -850,6 +854,29 @@ def test_split_with_the_native_router_copies_its_library_and_writes_both_routes(
     assert "target m 2 100.0" in (repo / ".tritonctl" / "endpoints" / "ep.routes").read_text()
     endpoints.delete("ep")
     assert not (repo / ".tritonctl" / "endpoints" / "ep.routes").exists()
+
+
+def test_a_rebuilt_native_router_comes_under_a_new_backend_name_and_is_reloaded(
+    setup: tuple[Endpoints, FakeTriton, Path], fake_library: bytes
+) -> None:
+    # Triton keeps a backend loaded by its library path until the server exits: a new
+    # build copied over the old file would never run, so each build gets its own name.
+    _, triton, repo = setup
+    endpoints = Endpoints(Repository(repo), triton)
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    first = read_config(repo / "ep" / "config.pbtxt").backend
+    rebuilt = Path(os.environ["TRITONCTL_ROUTER_LIBRARY"])
+    rebuilt.write_bytes(fake_library + b" rebuilt")
+    triton.calls.clear()
+    endpoints.split("ep", [Target("m", 1, 40), Target("m", 2, 60)])
+    second = read_config(repo / "ep" / "config.pbtxt").backend
+    assert second != first and second.startswith("tritonctl_router_")
+    assert ("load", "ep") in triton.calls
+    assert [p.name for p in (repo / "ep" / "1").glob("libtriton_*")] == [f"libtriton_{second}.so"]
+    # the same build again: only the routes change, nothing is reloaded
+    triton.calls.clear()
+    endpoints.split("ep", [Target("m", 1, 30), Target("m", 2, 70)])
+    assert triton.calls == []
 
 
 def test_changing_the_router_backend_replaces_the_router(
@@ -863,7 +890,7 @@ def test_changing_the_router_backend_replaces_the_router(
     assert ("load", "ep") in triton.calls
     vdir = repo / "ep" / "1"
     assert (vdir / "model.py").is_file()
-    assert not (vdir / "libtriton_tritonctl_router.so").exists()
+    assert not list(vdir.glob("libtriton_tritonctl_router*"))
     assert read_config(repo / "ep" / "config.pbtxt").backend == "python"
 
 
@@ -889,7 +916,7 @@ class NoNativeTriton(FakeTriton):
 
     def load_model(self, name: str, config: str | None = None) -> None:
         cfg = read_config(self.repo / name / "config.pbtxt")
-        if cfg.backend == "tritonctl_router":
+        if cfg.backend.startswith("tritonctl_router"):
             self.calls.append(("refused", name))
             from manager.errors import LoadError
 
@@ -909,7 +936,7 @@ def test_auto_falls_back_to_the_python_router_when_the_server_refuses_the_native
     assert ("refused", "ep") in triton.calls
     assert read_config(repo / "ep" / "config.pbtxt").backend == "python"
     assert (repo / "ep" / "1" / "model.py").is_file()
-    assert not (repo / "ep" / "1" / "libtriton_tritonctl_router.so").exists()
+    assert not list((repo / "ep" / "1").glob("libtriton_tritonctl_router*"))
     assert "ep" in triton.loaded
     library = Path(os.environ["TRITONCTL_ROUTER_LIBRARY"])
     assert "wrong ELF class" in (endpoints.native_refusal(library) or "")

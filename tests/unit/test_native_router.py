@@ -222,6 +222,8 @@ def test_router_build_and_info_commands(cache: Path, tmp_path: Path) -> None:
     runner.invoke(main, ["router", "build"])
     info = runner.invoke(main, ["router", "info"])
     assert f"library: {native_router.cached_library()}" in info.output
+    backend = native_router.backend_name(native_router.cached_library())
+    assert f"triton_backend: {backend}" in info.output
 
 
 def test_router_build_without_a_compiler_fails_with_a_clear_message(
