@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from manager.endpoints import PINNED, Endpoints
-from manager.errors import RolloutError
-from manager.golden import check, load_cases
+from manager.errors import ManagerError, RolloutError
+from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
-from manager.repository import Repository
+from manager.modelconfig import read_config
+from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
     Counters,
@@ -28,6 +29,8 @@ from manager.rollout import (
     RolloutPolicy,
     RolloutState,
     RolloutStore,
+    WarmupResult,
+    WarmupRunner,
     request_action,
 )
 from manager.triton import TritonControl
@@ -48,6 +51,29 @@ def stats_reader(control: TritonControl) -> Callable[[str], dict[int, Counters]]
     return read
 
 
+def warmup_runner(
+    repo: Repository, control: TritonControl, cases: list[GoldenCase] | None = None
+) -> WarmupRunner:
+    """Warm-up requests straight to a model version: the golden inputs in turn if there
+    are any, else one synthetic request (ones; dynamic dims as 1) from the model's config."""
+
+    def run(model: str, version: int, count: int) -> WarmupResult:
+        if cases:
+            requests = [c.inputs for c in cases]
+        else:
+            requests = [synthetic_case(read_config(repo.path / model / CONFIG_FILE)).inputs]
+        failed, first_error = 0, ""
+        for i in range(count):
+            try:
+                infer(control.url, model, requests[i % len(requests)], version=version)
+            except ManagerError as exc:
+                failed += 1
+                first_error = first_error or str(exc)
+        return WarmupResult(count, failed, first_error)
+
+    return run
+
+
 def make_driver(
     repo: Repository,
     control: TritonControl,
@@ -57,6 +83,7 @@ def make_driver(
 ) -> RolloutDriver:
     endpoints = Endpoints(repo, control)
     golden = None
+    cases: list[GoldenCase] | None = None
     if policy is not None and policy.golden_dir:
         cases = load_cases(policy.golden_dir)
 
@@ -73,6 +100,7 @@ def make_driver(
         stats_reader(control),
         endpoints.retire,
         golden=golden,
+        warmup=warmup_runner(repo, control, cases),
         on_stage=on_stage,
     )
 

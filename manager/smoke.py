@@ -15,35 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.errors import LoadError, ManagerError, TritonUnreachableError
-from manager.golden import GoldenCase, check
+from manager.golden import GoldenCase, check, synthetic_case
 from manager.infer import infer
 from manager.repository import CONFIG_FILE
 from manager.triton import parse_url
 
 log = logging.getLogger(__name__)
-
-
-def synthetic_case(config: mc.ModelConfig) -> GoldenCase:
-    """A request of ones for every input (dynamic dims as 1), with no expected values:
-    it checks only that the model loads and answers with every output."""
-    from manager.golden import _NP_FROM_TRITON
-    from manager.modelconfig import triton_dtype_name
-
-    batch = [1] if config.max_batch_size > 0 else []
-    inputs: dict[str, np.ndarray] = {}
-    for spec in config.input:
-        shape = batch + [d if d > 0 else 1 for d in spec.dims]
-        dtype = triton_dtype_name(spec.data_type)
-        if dtype == "STRING":
-            inputs[spec.name] = np.full(shape, b"tritonctl smoke test", dtype=object)
-        else:
-            inputs[spec.name] = np.ones(shape, dtype=_NP_FROM_TRITON[dtype])
-    return GoldenCase("synthetic", inputs, {})
 
 
 def model_files(staged_model: Path) -> dict[str, bytes]:

@@ -220,11 +220,27 @@ def rollout() -> None:
     help="New/old mean request latency above this rolls back.",
 )
 @click.option(
+    "--latency-tolerance-ms",
+    type=click.FloatRange(min=0),
+    default=RolloutPolicy().latency_tolerance_ms,
+    show_default=True,
+    help="A new version slower by no more than this (mean, ms) is not rolled back for "
+    "latency, whatever the ratio.",
+)
+@click.option(
     "--golden",
     "golden_dir",
     type=click.Path(file_okay=False),
     default=None,
     help="Golden requests the new version must answer before any traffic.",
+)
+@click.option(
+    "--warmup-requests",
+    type=click.IntRange(min=0),
+    default=RolloutPolicy().warmup_requests,
+    show_default=True,
+    help="Requests sent straight to the new version before any traffic (the golden inputs, "
+    "else a synthetic one), so that its slow first calls do not count against it.",
 )
 @click.option("--wait", is_flag=True, help="Run here until promoted or rolled back.")
 @click.option("--json", "as_json", is_flag=True)
@@ -238,7 +254,9 @@ def rollout_start(
     min_requests: int,
     max_error_rate: float,
     max_latency_ratio: float,
+    latency_tolerance_ms: float,
     golden_dir: str | None,
+    warmup_requests: int,
     wait: bool,
     as_json: bool,
 ) -> None:
@@ -249,7 +267,9 @@ def rollout_start(
         min_requests=min_requests,
         max_error_rate=max_error_rate,
         max_latency_ratio=max_latency_ratio,
+        latency_tolerance_ms=latency_tolerance_ms,
         golden_dir=golden_dir,
+        warmup_requests=warmup_requests,
     )
     repo = Repository(obj.repo)
     with _control(obj) as control:
@@ -321,6 +341,8 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
         print_json(state.to_dict())
         return
     _say(_rollout_line(state))
+    if state.warmup:
+        _say(f"warm-up of {state.model}:{state.new_version}: {state.warmup}")
     table = Table()
     for col in ("stage", "new ok/fail", "new ms", "old ok/fail", "old ms", "verdict"):
         table.add_column(col)

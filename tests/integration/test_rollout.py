@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,3 +254,58 @@ def test_rollout_worker_killed_midway_keeps_serving_and_start_resumes_it(
     assert [h["weight"] for h in final["history"]][-1] == 90
     assert client.errors == []
     assert Endpoints(repo, control).get("score").targets[0].version == 2
+
+
+COLD_START_MODEL_PY = """
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.version = float(args["model_version"])
+        self.cold_calls = 3  # its first calls are slow, as with lazy initialization
+
+    def execute(self, requests):
+        if self.cold_calls:
+            self.cold_calls -= 1
+            time.sleep(0.3)
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", (x * 0 + self.version).astype(np.float32))]))
+        return out
+"""
+
+
+def test_warm_up_keeps_a_slow_first_call_from_rolling_back_a_healthy_version(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    repo = Repository(triton.repo)
+    publish(repo, "lazy", model_folder(tmp_path, "v1", VERSIONED_MODEL_PY))
+    publish(repo, "lazy", model_folder(tmp_path, "v2", COLD_START_MODEL_PY))
+    with TritonControl(triton.grpc_url) as control:
+        Endpoints(repo, control).switch("lazy_ep", "lazy", 1)
+        client = Client(triton.grpc_url, "lazy_ep")
+        client.start()
+        try:
+            kwargs: dict[str, Any] = dict(
+                stages=(5, 50, 100), stage_seconds=1.0, min_requests=10, max_latency_ratio=5
+            )
+            # without a warm-up the first stage pays for the slow first calls: rolled back
+            cold = RolloutPolicy(warmup_requests=0, **kwargs)
+            state = run_rollout(repo, control, begin_rollout(repo, control, "lazy_ep", 2, cold))
+            assert state.status == "rolled_back" and "latency" in state.reason, state.reason
+            # with it (the default) the same version passes every stage
+            warm = RolloutPolicy(**kwargs)
+            state = run_rollout(repo, control, begin_rollout(repo, control, "lazy_ep", 2, warm))
+            assert state.status == "promoted", state.reason
+            assert state.warmup == "10/10 warm-up request(s) answered"
+            assert client.errors == []
+            assert Endpoints(repo, control).get("lazy_ep").targets[0].version == 2
+        finally:
+            client.stop.set()
+            client.join(30)
+            Endpoints(repo, control).delete("lazy_ep")

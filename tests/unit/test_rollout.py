@@ -14,6 +14,7 @@ from manager.rollout import (
     RolloutDriver,
     RolloutPolicy,
     RolloutStore,
+    WarmupResult,
     parse_stages,
     request_action,
 )
@@ -43,20 +44,38 @@ class FakeEndpoints:
 class FakeTraffic:
     """Each poll sends 50 requests split by the endpoint's weights; v2 can fail or be slow."""
 
-    def __init__(self, endpoints: FakeEndpoints, *, new_fail_rate=0.0, new_ms=1.0, old_ms=1.0):
+    def __init__(
+        self,
+        endpoints: FakeEndpoints,
+        *,
+        new_fail_rate=0.0,
+        new_ms=1.0,
+        old_ms=1.0,
+        cold_requests=0,
+        cold_ms=1.0,
+    ):
         self.endpoints = endpoints
         self.totals: dict[int, Counters] = {}
         self.new_fail_rate, self.new_ms, self.old_ms = new_fail_rate, new_ms, old_ms
+        # the first cold_requests requests v2 ever gets take cold_ms each (lazy init)
+        self.cold_left, self.cold_ms = cold_requests, cold_ms
+
+    def add(self, version: int, n: int, fails: int = 0) -> None:
+        ms = self.new_ms if version == 2 else self.old_ms
+        ns = (n - fails) * ms * 1e6
+        if version == 2 and self.cold_left:
+            cold = min(self.cold_left, n - fails)
+            self.cold_left -= cold
+            ns += cold * (self.cold_ms - ms) * 1e6
+        c = self.totals.get(version, Counters())
+        self.totals[version] = Counters(
+            c.success + n - fails, c.fail + fails, c.success_ns + int(ns)
+        )
 
     def tick(self, _seconds: float) -> None:
         for version, weight in self.endpoints.weights.items():
             n = round(50 * weight / 100)
-            fails = round(n * self.new_fail_rate) if version == 2 else 0
-            ms = self.new_ms if version == 2 else self.old_ms
-            c = self.totals.get(version, Counters())
-            self.totals[version] = Counters(
-                c.success + n - fails, c.fail + fails, c.success_ns + int((n - fails) * ms * 1e6)
-            )
+            self.add(version, n, round(n * self.new_fail_rate) if version == 2 else 0)
 
     def stats(self, model: str) -> dict[int, Counters]:
         return dict(self.totals)
@@ -76,6 +95,11 @@ class Clock:
 
 
 def make(tmp_path: Path, **traffic_kw):
+    driver, endpoints, retired, store, _ = make_with_traffic(tmp_path, **traffic_kw)
+    return driver, endpoints, retired, store
+
+
+def make_with_traffic(tmp_path: Path, **traffic_kw):
     endpoints = FakeEndpoints()
     traffic = FakeTraffic(endpoints, **traffic_kw)
     clock = Clock(traffic)
@@ -90,7 +114,7 @@ def make(tmp_path: Path, **traffic_kw):
         clock=clock,
         poll_seconds=1.0,
     )
-    return driver, endpoints, retired, store
+    return driver, endpoints, retired, store, traffic
 
 
 POLICY = RolloutPolicy(stage_seconds=3, min_requests=5, max_error_rate=0.05, max_latency_ratio=1.5)
@@ -205,3 +229,67 @@ def test_stages_parse_from_text():
     assert parse_stages("5,15,30") == (5, 15, 30)
     with pytest.raises(RolloutError):
         parse_stages("5,x")
+
+
+# --------------------------------------------------------------------------- warm-up
+
+
+def test_a_cold_new_version_is_rolled_back_on_latency_without_a_warm_up(tmp_path):
+    # its first 10 requests take 200 ms (lazy initialization), then 1 ms like the old one
+    driver, endpoints, _, _, _ = make_with_traffic(tmp_path, cold_requests=10, cold_ms=200.0)
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "rolled_back" and "latency" in state.reason
+    assert endpoints.pinned == 1
+
+
+def test_warm_up_requests_go_before_any_traffic_and_are_not_gated(tmp_path):
+    driver, endpoints, _, store, traffic = make_with_traffic(
+        tmp_path, cold_requests=10, cold_ms=200.0
+    )
+    seen: list[tuple[str, int, int, dict[int, float]]] = []
+
+    def warmup(model: str, version: int, count: int) -> WarmupResult:
+        seen.append((model, version, count, dict(endpoints.weights)))
+        traffic.add(version, count)
+        return WarmupResult(count)
+
+    driver.warmup = warmup
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted", state.reason
+    # straight to the new version, while the endpoint gave it 0 % of the traffic
+    assert seen == [("m", 2, POLICY.warmup_requests, {1: 100.0, 2: 0.0})]
+    assert store.load("ep").warmup == "10/10 warm-up request(s) answered"
+    first = store.load("ep").history[0]
+    assert first.new["success_ns"] / first.new["success"] == pytest.approx(1e6)
+
+
+def test_failed_warm_up_requests_are_recorded_but_do_not_roll_back(tmp_path):
+    driver, _, _, store, _ = make_with_traffic(tmp_path)
+    driver.warmup = lambda model, version, count: WarmupResult(count, count, "bad input")
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted"
+    assert store.load("ep").warmup == "0/10 warm-up request(s) answered; first error: bad input"
+
+
+def test_no_warm_up_when_the_policy_asks_for_none(tmp_path):
+    driver, _, _, _, _ = make_with_traffic(tmp_path)
+    calls: list[int] = []
+    driver.warmup = lambda model, version, count: calls.append(count) or WarmupResult(count)
+    policy = RolloutPolicy(stage_seconds=3, min_requests=5, warmup_requests=0)
+    assert driver.run(driver.begin("ep", "m", 1, 2, policy)).status == "promoted"
+    assert calls == []
+    with pytest.raises(RolloutError, match="must not be negative"):
+        RolloutPolicy(warmup_requests=-1)
+
+
+def test_a_slower_mean_within_the_latency_tolerance_does_not_roll_back(tmp_path):
+    # 0.35 vs 0.20 ms is 1.75x, but only +0.15 ms: what a rarely called instance costs
+    driver, _, _, _ = make(tmp_path, new_ms=0.35, old_ms=0.2)
+    assert driver.run(driver.begin("ep", "m", 1, 2, POLICY)).status == "promoted"
+    strict = RolloutPolicy(stage_seconds=3, min_requests=5, latency_tolerance_ms=0)
+    driver, _, _, _ = make(tmp_path / "strict", new_ms=0.35, old_ms=0.2)
+    state = driver.run(driver.begin("ep", "m", 1, 2, strict))
+    assert state.status == "rolled_back"
+    assert "1.75x" in state.reason and "+0.15 ms > 0 ms tolerated" in state.reason
+    with pytest.raises(RolloutError, match="tolerance must not be negative"):
+        RolloutPolicy(latency_tolerance_ms=-1)
