@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import psutil
 
 from manager.errors import ManagerError, RolloutError
-from manager.repository import Repository, write_json_atomic
+from manager.repository import Repository, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,25 @@ class RolloutStore:
     def path(self, endpoint: str) -> Path:
         return self.root / f"{endpoint}.json"
 
+    def request_path(self, endpoint: str) -> Path:
+        """Where another process asks the driver to promote or abort: a file of its own,
+        so that the driver's own writes of the state can never overwrite a request."""
+        return self.root / f"{endpoint}.request"
+
+    def request(self, endpoint: str, action: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.request_path(endpoint), action + "\n")
+
+    def requested(self, endpoint: str) -> str:
+        """The pending request for ``endpoint``'s driver, or ""."""
+        try:
+            return self.request_path(endpoint).read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def clear_request(self, endpoint: str) -> None:
+        self.request_path(endpoint).unlink(missing_ok=True)
+
     def load(self, endpoint: str) -> RolloutState | None:
         import json
 
@@ -231,9 +250,12 @@ class RolloutStore:
         if not path.is_file():
             return None
         try:
-            return RolloutState.from_dict(json.loads(path.read_text()))
+            state = RolloutState.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise RolloutError(f"rollout state {path} is unreadable: {exc}") from exc
+        if state.status in ACTIVE:
+            state.requested = self.requested(endpoint) or state.requested
+        return state
 
     def save(self, state: RolloutState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -289,6 +311,7 @@ class RolloutDriver:
         if old_version == new_version:
             raise RolloutError(f"endpoint {endpoint!r} already serves {model}:{new_version}")
         state = RolloutState(endpoint, model, old_version, new_version, policy, started_at=_now())
+        self.store.clear_request(endpoint)
         self.store.save(state)
         return state
 
@@ -325,8 +348,7 @@ class RolloutDriver:
         self.store.save(state)
 
     def _requested(self, state: RolloutState) -> str:
-        fresh = self.store.load(state.endpoint)
-        return fresh.requested if fresh is not None else ""
+        return self.store.requested(state.endpoint)
 
     def _targets(self, state: RolloutState, weight: int) -> list[Any]:
         from manager.endpoints import Target
@@ -427,23 +449,16 @@ class RolloutDriver:
             enough = new.requests >= p.min_requests
             final = now >= deadline and enough
             verdict = self.gate(state, new, old, final=final)
-            record = state.history[-1]
-            record.new, record.old = asdict(new), asdict(old)
-            if verdict:
-                record.verdict = verdict
-                self.store.save(state)
-                return verdict
-            if final:
-                record.verdict = "healthy"
-                self.store.save(state)
-                return ""
-            if now >= give_up:
+            if not verdict and not final and now >= give_up:
                 verdict = (
                     f"stage {state.weight} % saw {new.requests} request(s) on the new version "
                     f"in {now - start:.0f} s, fewer than --min-requests {p.min_requests}"
                 )
-                record.verdict = verdict
-                self.store.save(state)
+            record = state.history[-1]
+            record.new, record.old = asdict(new), asdict(old)
+            record.verdict = verdict or ("healthy" if final else "")
+            self.store.save(state)  # `rollout status` shows the stage's numbers as they come
+            if verdict or final:
                 return verdict
             self.sleep(self.poll_seconds)
 
@@ -457,6 +472,7 @@ class RolloutDriver:
         self.retire(state.model, state.old_version)
         state.status = "promoted"
         self.store.save(state)
+        self.store.clear_request(state.endpoint)
         log.info(
             "rollout %s: promoted %s:%d (%s)",
             state.endpoint,
@@ -476,6 +492,7 @@ class RolloutDriver:
         self.retire(state.model, state.new_version)
         state.status = "rolled_back"
         self.store.save(state)
+        self.store.clear_request(state.endpoint)
         log.warning(
             "rollout %s: rolled back to %s:%d: %s",
             state.endpoint,
@@ -494,7 +511,7 @@ def request_action(store: RolloutStore, endpoint: str, action: str) -> RolloutSt
     if state is None or state.status not in ACTIVE:
         raise RolloutError(f"endpoint {endpoint!r} has no rollout in progress")
     state.requested = action
-    store.save(state)
+    store.request(endpoint, action)
     return state
 
 

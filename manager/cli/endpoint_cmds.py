@@ -21,7 +21,15 @@ from manager.endpoints import (
 )
 from manager.errors import ManagerError
 from manager.repository import Repository
-from manager.rollout import DEFAULT_STAGES, FINAL, RolloutPolicy, RolloutState, parse_stages
+from manager.rollout import (
+    ACTIVE,
+    DEFAULT_STAGES,
+    FINAL,
+    RolloutPolicy,
+    RolloutState,
+    StageRecord,
+    parse_stages,
+)
 from manager.rollout_service import begin_rollout, finish, run_rollout, spawn_worker, status
 from manager.triton import TritonControl
 
@@ -32,6 +40,10 @@ def _control(obj: Context) -> TritonControl:
 
 def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _say_err(text: str) -> None:
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _parse_model_version(text: str) -> tuple[str, int | None]:
@@ -188,6 +200,17 @@ def _rollout_line(state: RolloutState) -> str:
     return line
 
 
+def _stage_summary(state: RolloutState, record: StageRecord) -> str:
+    """One line on a finished stage: both versions' requests and mean latency."""
+    parts = []
+    for version, counts in ((state.new_version, record.new), (state.old_version, record.old)):
+        ok, fail = counts.get("success", 0), counts.get("fail", 0)
+        ms = counts.get("success_ns", 0) / max(ok, 1) / 1e6
+        parts.append(f"v{version} {ok} ok / {fail} failed, {ms:.2f} ms")
+    verdict = record.verdict if record.verdict in ("", "healthy") else "failed its gate"
+    return f"stage {record.weight} %: {'; '.join(parts)}: {verdict or '-'}"
+
+
 @main.group()
 def rollout() -> None:
     """Move an endpoint to a new version stage by stage, with health gates."""
@@ -286,10 +309,15 @@ def rollout_start(
             return
 
         def show(s: RolloutState) -> None:
-            if not as_json:
-                err_console.print(f"stage {s.weight} %: {s.model}:{s.new_version}", highlight=False)
+            if as_json:
+                return
+            if len(s.history) > 1:
+                _say_err(f"  {_stage_summary(s, s.history[-2])}")
+            _say_err(f"stage {s.weight} %: {s.model}:{s.new_version}")
 
         state = run_rollout(repo, control, state, on_stage=show)
+        if not as_json and state.history:
+            _say_err(f"  {_stage_summary(state, state.history[-1])}")
     if as_json:
         print_json(state.to_dict())
     else:
@@ -346,15 +374,16 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
     table = Table()
     for col in ("stage", "new ok/fail", "new ms", "old ok/fail", "old ms", "verdict"):
         table.add_column(col)
-    for h in state.history:
+    for i, h in enumerate(state.history):
         n, o = h.new or {}, h.old or {}
+        running = state.status in ACTIVE and i == len(state.history) - 1
         table.add_row(
             f"{h.weight} %",
             f"{n.get('success', 0)}/{n.get('fail', 0)}",
             f"{n.get('success_ns', 0) / max(n.get('success', 0), 1) / 1e6:.2f}",
             f"{o.get('success', 0)}/{o.get('fail', 0)}",
             f"{o.get('success_ns', 0) / max(o.get('success', 0), 1) / 1e6:.2f}",
-            h.verdict,
+            h.verdict or ("in progress" if running else ""),
         )
     console.print(table)
     if state.status not in FINAL and not state.driver_alive():

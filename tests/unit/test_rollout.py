@@ -189,6 +189,39 @@ def test_abort_request_is_honoured_by_the_driver(tmp_path):
     assert endpoints.pinned == 1
 
 
+def test_a_request_made_while_the_driver_writes_its_state_is_not_lost(tmp_path):
+    driver, endpoints, retired, store = make(tmp_path)
+    requested_at = {"stage": 15}
+
+    def promote_from_another_process(state):
+        if state.weight == requested_at["stage"]:
+            request_action(RolloutStore(store.repo), "ep", "promote")
+            store.save(state)  # the driver's own copy of the state, written after the request
+
+    driver.on_stage = promote_from_another_process
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted" and state.reason == "promoted by request"
+    assert [h.weight for h in state.history] == [5, 15]
+    assert endpoints.pinned == 2 and retired == [("m", 1)]
+    assert store.requested("ep") == ""  # handled, and gone
+
+
+def test_rollout_status_sees_a_stage_s_numbers_while_it_runs(tmp_path):
+    driver, _, _, store = make(tmp_path)
+    seen: list[dict] = []
+    real_sleep = driver.sleep
+
+    def sleep(seconds):
+        recorded = store.load("ep").history[-1]
+        if not recorded.verdict:
+            seen.append(recorded.new)
+        real_sleep(seconds)
+
+    driver.sleep = sleep
+    assert driver.run(driver.begin("ep", "m", 1, 2, POLICY)).status == "promoted"
+    assert any(n.get("success", 0) > 0 for n in seen)
+
+
 def test_resume_continues_from_the_recorded_stage(tmp_path):
     driver, endpoints, _, store = make(tmp_path)
     stop_at = {"stage": 30}
@@ -293,3 +326,22 @@ def test_a_slower_mean_within_the_latency_tolerance_does_not_roll_back(tmp_path)
     assert "1.75x" in state.reason and "+0.15 ms > 0 ms tolerated" in state.reason
     with pytest.raises(RolloutError, match="tolerance must not be negative"):
         RolloutPolicy(latency_tolerance_ms=-1)
+
+
+def test_the_wait_progress_line_sums_up_a_stage_for_both_versions():
+    from manager.cli.endpoint_cmds import _stage_summary
+    from manager.rollout import RolloutState, StageRecord
+
+    state = RolloutState("ep", "m", 1, 2, POLICY)
+    record = StageRecord(
+        weight=5,
+        started_at="",
+        new={"success": 16, "fail": 1, "success_ns": 16 * 5_600_000},
+        old={"success": 300, "fail": 0, "success_ns": 300 * 260_000},
+        verdict="latency of m:2 is 5.60 ms ...",
+    )
+    assert _stage_summary(state, record) == (
+        "stage 5 %: v2 16 ok / 1 failed, 5.60 ms; v1 300 ok / 0 failed, 0.26 ms: failed its gate"
+    )
+    record.verdict = "healthy"
+    assert _stage_summary(state, record).endswith("0.26 ms: healthy")
