@@ -87,6 +87,10 @@ class RolloutPolicy:
     golden_dir: str | None = None
     # requests sent straight to the new version before the first stage (not gated)
     warmup_requests: int = 10
+    # sticky rollouts: a key (this request parameter, or the correlation id) stays on one
+    # version within a stage and, as the weight rises, only ever moves from old to new
+    sticky_parameter: str | None = None
+    use_correlation_id: bool = False
 
     def __post_init__(self) -> None:
         stages = tuple(int(s) for s in self.stages)
@@ -203,7 +207,14 @@ class WarmupResult:
 class EndpointControl(Protocol):
     """What the rollout needs from endpoints (``manager.endpoints.Endpoints`` provides it)."""
 
-    def split(self, name: str, targets: list[Any]) -> Any: ...
+    def split(
+        self,
+        name: str,
+        targets: list[Any],
+        *,
+        sticky_parameter: str | None = None,
+        use_correlation_id: bool = False,
+    ) -> Any: ...
     def set_weights(self, name: str, targets: list[Any]) -> Any: ...
     def switch(self, name: str, model: str, version: int | None = None) -> Any: ...
 
@@ -359,8 +370,15 @@ class RolloutDriver:
         ]
 
     def _prepare(self, state: RolloutState) -> None:
-        # load the new version beside the old one, at 0 % of the traffic
-        self.endpoints.split(state.endpoint, self._targets(state, 0))
+        # load the new version beside the old one, at 0 % of the traffic (sticky: a key's
+        # hash falls in the old or the new range, and as the new range grows a key only
+        # ever moves from old to new)
+        self.endpoints.split(
+            state.endpoint,
+            self._targets(state, 0),
+            sticky_parameter=state.policy.sticky_parameter,
+            use_correlation_id=state.policy.use_correlation_id,
+        )
         if self.golden is not None:
             try:
                 self.golden(state.model, state.new_version)

@@ -258,6 +258,15 @@ def rollout() -> None:
     help="Golden requests the new version must answer before any traffic.",
 )
 @click.option(
+    "--sticky-parameter",
+    default=None,
+    help="Route by the hash of this request parameter: each key sees one version, and "
+    "moves from old to new at most once as the weight rises.",
+)
+@click.option(
+    "--sticky-correlation-id", is_flag=True, help="Route by the request's correlation id."
+)
+@click.option(
     "--warmup-requests",
     type=click.IntRange(min=0),
     default=RolloutPolicy().warmup_requests,
@@ -279,6 +288,8 @@ def rollout_start(
     max_latency_ratio: float,
     latency_tolerance_ms: float,
     golden_dir: str | None,
+    sticky_parameter: str | None,
+    sticky_correlation_id: bool,
     warmup_requests: int,
     wait: bool,
     as_json: bool,
@@ -293,6 +304,8 @@ def rollout_start(
         latency_tolerance_ms=latency_tolerance_ms,
         golden_dir=golden_dir,
         warmup_requests=warmup_requests,
+        sticky_parameter=sticky_parameter,
+        use_correlation_id=sticky_correlation_id,
     )
     repo = Repository(obj.repo)
     with _control(obj) as control:

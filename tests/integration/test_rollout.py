@@ -309,3 +309,67 @@ def test_warm_up_keeps_a_slow_first_call_from_rolling_back_a_healthy_version(
             client.stop.set()
             client.join(30)
             Endpoints(repo, control).delete("lazy_ep")
+
+
+class StickyClient(Client):
+    """Calls the endpoint as many users in turn (request parameter ``user``)."""
+
+    users = [f"user{i}" for i in range(200)]
+
+    def __init__(self, url: str, endpoint: str) -> None:
+        super().__init__(url, endpoint)
+        self.seen: list[tuple[str, float]] = []
+
+    def run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url.removeprefix("grpc://"))
+        t = grpcclient.InferInput("X", [2], "FP32")
+        t.set_data_from_numpy(np.ones(2, dtype=np.float32))
+        i = 0
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            user = self.users[i % len(self.users)]
+            i += 1
+            try:
+                y = client.infer(self.endpoint, [t], parameters={"user": user}).as_numpy("Y")
+                self.seen.append((user, float(y[0])))
+            except Exception as exc:  # every failure is recorded and asserted on
+                self.errors.append((self.weight, str(exc)))
+        client.close()
+
+
+def test_a_sticky_rollout_moves_each_user_from_old_to_new_once(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl]
+) -> None:
+    repo, control = setup
+    client = StickyClient(triton.grpc_url, "score")
+    client.start()
+    try:
+        policy = RolloutPolicy(
+            stages=(5, 30, 60, 100),
+            stage_seconds=1.0,
+            min_requests=10,
+            max_latency_ratio=20,
+            sticky_parameter="user",
+        )
+        state = run_rollout(repo, control, begin_rollout(repo, control, "score", 2, policy))
+        time.sleep(0.5)
+    finally:
+        client.stop.set()
+        client.join(30)
+    assert state.status == "promoted", state.reason
+    assert client.errors == []
+    by_user: dict[str, list[float]] = {}
+    for user, version in client.seen:
+        by_user.setdefault(user, []).append(version)
+    assert len(by_user) == len(StickyClient.users)
+    for user, versions in by_user.items():
+        # old, then new: a user never goes back once moved
+        moved = versions.index(2.0)
+        assert versions[moved:] == [2.0] * (len(versions) - moved), user
+        assert set(versions[:moved]) <= {1.0}, user
+    # users moved at different stages, not all at once
+    first_new = sorted(
+        next(i for i, (u, v) in enumerate(client.seen) if u == user and v == 2.0)
+        for user in by_user
+    )
+    assert first_new[-1] - first_new[0] > 4 * len(StickyClient.users)

@@ -26,9 +26,10 @@ class FakeEndpoints:
     pinned: int | None = 1
     calls: list[str] = field(default_factory=list)
 
-    def split(self, name, targets):
+    def split(self, name, targets, sticky_parameter=None, use_correlation_id=False):
         self.pinned = None
         self.weights = {t.version: t.weight for t in targets}
+        self.sticky = (sticky_parameter, use_correlation_id)
         self.calls.append(f"split {self.weights}")
 
     def set_weights(self, name, targets):
@@ -345,3 +346,11 @@ def test_the_wait_progress_line_sums_up_a_stage_for_both_versions():
     )
     record.verdict = "healthy"
     assert _stage_summary(state, record).endswith("0.26 ms: healthy")
+
+
+def test_a_sticky_rollout_splits_the_endpoint_sticky_with_the_old_version_first(tmp_path):
+    driver, endpoints, _, _ = make(tmp_path)
+    policy = RolloutPolicy(stage_seconds=3, min_requests=5, sticky_parameter="user")
+    assert driver.run(driver.begin("ep", "m", 1, 2, policy)).status == "promoted"
+    assert endpoints.sticky == ("user", False)
+    assert endpoints.calls[0] == "split {1: 100.0, 2: 0.0}"
