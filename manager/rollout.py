@@ -36,7 +36,12 @@ from typing import Any, Protocol
 
 import psutil
 
-from manager.errors import ManagerError, RolloutError
+from manager.errors import (
+    ManagerError,
+    ModelNotFoundError,
+    RolloutError,
+    TritonUnreachableError,
+)
 from manager.repository import Repository, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -183,6 +188,10 @@ class RolloutState:
             return False
 
 
+def _went_back(now: Counters, baseline: Counters) -> bool:
+    return now.success < baseline.success or now.fail < baseline.fail
+
+
 def _policy_from(data: dict[str, Any]) -> RolloutPolicy:
     return RolloutPolicy(**{**data, "stages": tuple(data["stages"])})
 
@@ -296,6 +305,7 @@ class RolloutDriver:
         clock: Callable[[], float] = time.monotonic,
         poll_seconds: float = 0.5,
         on_stage: Callable[[RolloutState], None] | None = None,
+        unreachable_grace_s: float = 120.0,
     ) -> None:
         self.store = store
         self.endpoints = endpoints
@@ -307,6 +317,9 @@ class RolloutDriver:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.on_stage = on_stage
+        # how long a stage waits for a server that stopped answering, or for the model
+        # to be served again (a restart with `--restore`), before it rolls back
+        self.unreachable_grace_s = unreachable_grace_s
 
     # -- entry points -------------------------------------------------------------
     def begin(
@@ -407,11 +420,22 @@ class RolloutDriver:
         else:
             log.info("rollout %s: %s", state.endpoint, state.warmup)
 
-    def _enter_stage(self, state: RolloutState, index: int) -> None:
-        weight = state.policy.stages[index]
+    def _baseline(self, state: RolloutState) -> None:
         base = self.stats(state.model)
         state.baseline_new = asdict(base.get(state.new_version, Counters()))
         state.baseline_old = asdict(base.get(state.old_version, Counters()))
+
+    def _recover(self, state: RolloutState) -> None:
+        """After an outage (a restarted server has reloaded both versions): warm the new
+        version up again, as a fresh load is cold, and count the stage from now."""
+        self._baseline(state)  # raises while the versions are not served yet
+        if self.warmup is not None and state.policy.warmup_requests:
+            self._warm_up(state)
+            self._baseline(state)
+
+    def _enter_stage(self, state: RolloutState, index: int) -> None:
+        weight = state.policy.stages[index]
+        self._baseline(state)
         state.stage_index = index
         state.history.append(StageRecord(weight=weight, started_at=_now()))
         self.store.save(state)
@@ -422,9 +446,18 @@ class RolloutDriver:
 
     def _deltas(self, state: RolloutState) -> tuple[Counters, Counters]:
         now = self.stats(state.model)
-        new = now.get(state.new_version, Counters()) - Counters(**state.baseline_new)
-        old = now.get(state.old_version, Counters()) - Counters(**state.baseline_old)
-        return new, old
+        new_now = now.get(state.new_version, Counters())
+        old_now = now.get(state.old_version, Counters())
+        base_new, base_old = Counters(**state.baseline_new), Counters(**state.baseline_old)
+        if _went_back(new_now, base_new) or _went_back(old_now, base_old):
+            # the server restarted (or reloaded a version) since the stage began: its
+            # counters start again from zero, and so does the stage's count
+            log.warning(
+                "rollout %s: Triton's counters were reset; stage counted anew", state.endpoint
+            )
+            state.baseline_new, state.baseline_old = asdict(Counters()), asdict(Counters())
+            base_new = base_old = Counters()
+        return new_now - base_new, old_now - base_old
 
     def gate(self, state: RolloutState, new: Counters, old: Counters, *, final: bool) -> str:
         """The reason to roll back, or "" when the stage looks healthy so far."""
@@ -459,11 +492,36 @@ class RolloutDriver:
         start = self.clock()
         deadline = start + p.stage_seconds
         give_up = start + max(p.stage_seconds * p.max_stage_wait, p.stage_seconds + 5)
+        down_since: float | None = None
         while True:
             if self._requested(state):
                 return ""  # handled by run()
-            new, old = self._deltas(state)
+            try:
+                if down_since is not None:
+                    self._recover(state)
+                new, old = self._deltas(state)
+            except (TritonUnreachableError, ModelNotFoundError) as exc:
+                # the server is down, or up again and still loading the versions back
+                now = self.clock()
+                if down_since is None:
+                    down_since = now
+                    log.warning(
+                        "rollout %s: %s; waiting up to %.0f s",
+                        state.endpoint,
+                        exc,
+                        self.unreachable_grace_s,
+                    )
+                elif now - down_since > self.unreachable_grace_s:
+                    raise
+                self.sleep(self.poll_seconds)
+                continue
             now = self.clock()
+            if down_since is not None:
+                # back, warmed up again and re-baselined: the stage is timed anew
+                log.info("rollout %s: the server answers again", state.endpoint)
+                down_since = None
+                start, deadline = now, now + p.stage_seconds
+                give_up = now + max(p.stage_seconds * p.max_stage_wait, p.stage_seconds + 5)
             enough = new.requests >= p.min_requests
             final = now >= deadline and enough
             verdict = self.gate(state, new, old, final=final)

@@ -274,6 +274,31 @@ def translate_error(
     return error(f"{action} at {url} failed: {exc}")
 
 
+def grpc_channel_args() -> list[tuple[str, Any]]:
+    """gRPC channel options of the control clients: tritonclient's defaults, plus
+
+    * a subchannel pool of the channel's own: channels to one address otherwise share a
+      connection, and with it a reconnect back-off that a fresh client would inherit;
+    * reconnects at most 2 s apart, so that a control client sees a restarted server
+      within seconds (gRPC's default back-off grows to 120 s).
+    """
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
+
 def _fetch_text(url: str, timeout: float) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -378,7 +403,9 @@ class TritonControl(_ControlBase):
                 if self.is_grpc:
                     import tritonclient.grpc as grpcclient
 
-                    self._client = grpcclient.InferenceServerClient(self.endpoint.address)
+                    self._client = grpcclient.InferenceServerClient(
+                        self.endpoint.address, channel_args=grpc_channel_args()
+                    )
                 else:
                     import tritonclient.http as httpclient
 
@@ -526,7 +553,9 @@ class AsyncTritonControl(_ControlBase):
                 if self.is_grpc:
                     import tritonclient.grpc.aio as grpcaio
 
-                    self._client = grpcaio.InferenceServerClient(self.endpoint.address)
+                    self._client = grpcaio.InferenceServerClient(
+                        self.endpoint.address, channel_args=grpc_channel_args()
+                    )
                 else:
                     import tritonclient.http.aio as httpaio
 

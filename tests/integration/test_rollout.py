@@ -373,3 +373,61 @@ def test_a_sticky_rollout_moves_each_user_from_old_to_new_once(
         for user in by_user
     )
     assert first_new[-1] - first_new[0] > 4 * len(StickyClient.users)
+
+
+def test_a_rollout_outlives_a_server_crash_and_restart(tmp_path: Path) -> None:
+    """The server dies mid-rollout (SIGKILL) and comes back with its endpoints restored:
+    the driver waits, warms the new version up again and goes on to promote it."""
+    import os
+    import signal
+
+    import psutil
+
+    from manager.endpoints import Endpoints
+    from manager.server import EmbeddedServer, free_ports
+
+    repo = Repository(tmp_path / "repo")
+    repo.path.mkdir()
+    good = model_folder(tmp_path, "good", VERSIONED_MODEL_PY)
+    publish(repo, "scorer", good)
+    publish(repo, "scorer", good)
+    server = EmbeddedServer(repo.path)
+    ports = free_ports(3)
+    info = server.start(*ports, exit_timeout_s=5, wait_timeout=120)
+    client = Client(info.grpc_url, "score")
+    try:
+        with TritonControl(info.grpc_url) as control:
+            Endpoints(repo, control).switch("score", "scorer", 1)
+            client.start()
+            policy = RolloutPolicy(stage_seconds=1.5, min_requests=5, max_latency_ratio=20)
+            state = begin_rollout(repo, control, "score", 2, policy)
+            result: dict[str, RolloutState] = {}
+            driver = threading.Thread(
+                target=lambda: result.update(done=run_rollout(repo, control, state)),
+                daemon=True,
+            )
+            driver.start()
+            store = RolloutStore(repo)
+            deadline = time.monotonic() + 60
+            while store.load("score").weight < 15 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert store.load("score").weight == 15
+            stubs = psutil.Process(info.pid).children(recursive=True)
+            os.kill(info.pid, signal.SIGKILL)
+            # the Python-backend stubs see their server gone and exit on their own
+            psutil.wait_procs([psutil.Process(info.pid), *stubs], timeout=60)
+            info = server.start(*ports, exit_timeout_s=5, wait_timeout=120)
+            with TritonControl(info.grpc_url) as fresh:
+                Endpoints(repo, fresh).restore_all()  # what `server start --restore` does
+            driver.join(120)
+            assert not driver.is_alive()
+    finally:
+        client.stop.set()
+        client.join(30)
+        server.stop(timeout=30)
+    final = result["done"]
+    assert final.status == "promoted", final.reason
+    assert [h.weight for h in final.history] == [5, 15, 30, 50, 75, 90]
+    assert all(h.verdict == "healthy" for h in final.history)
+    # the client saw failures only while the server was down or restoring the endpoint
+    assert client.answers[-1][1] == 2.0

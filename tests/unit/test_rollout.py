@@ -354,3 +354,67 @@ def test_a_sticky_rollout_splits_the_endpoint_sticky_with_the_old_version_first(
     assert driver.run(driver.begin("ep", "m", 1, 2, policy)).status == "promoted"
     assert endpoints.sticky == ("user", False)
     assert endpoints.calls[0] == "split {1: 100.0, 2: 0.0}"
+
+
+def test_counters_reset_by_a_server_restart_start_the_stage_count_anew(tmp_path):
+    driver, endpoints, _, _, traffic = make_with_traffic(tmp_path)
+    restarted = {"done": False}
+    real_sleep = driver.sleep
+
+    def sleep(seconds):
+        real_sleep(seconds)
+        if not restarted["done"] and endpoints.weights.get(2) == 15.0:
+            traffic.totals.clear()  # Triton restarted: every counter from zero again
+            restarted["done"] = True
+
+    driver.sleep = sleep
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert restarted["done"]
+    assert state.status == "promoted", state.reason
+    assert all(h.new["success"] >= 0 and h.old["success"] >= 0 for h in state.history)
+
+
+def _outage(driver, endpoints, traffic, *, polls: int):
+    """Make the stats unreachable for ``polls`` polls from the 15 % stage on, then come
+    back with every counter reset (a restarted server)."""
+    from manager.errors import TritonUnreachableError
+
+    left = {"n": polls}
+    real_stats = driver.stats
+
+    def stats(model):
+        if endpoints.weights.get(2) == 15.0 and left["n"] > 0:
+            left["n"] -= 1
+            if left["n"] == 0:
+                traffic.totals.clear()
+            raise TritonUnreachableError("no Triton server answers at grpc://x")
+        return real_stats(model)
+
+    driver.stats = stats
+
+
+def test_a_stage_waits_out_a_short_server_outage_and_goes_on(tmp_path):
+    driver, endpoints, _, _, traffic = make_with_traffic(tmp_path)
+    _outage(driver, endpoints, traffic, polls=5)
+    warmups: list[dict[int, float]] = []
+
+    def warmup(model, version, count):
+        warmups.append(dict(endpoints.weights))
+        return WarmupResult(count)
+
+    driver.warmup = warmup
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted", state.reason
+    assert endpoints.pinned == 2
+    # warmed up before the first stage, and again once the restarted server is back
+    assert warmups == [{1: 100.0, 2: 0.0}, {1: 85.0, 2: 15.0}]
+
+
+def test_a_server_gone_longer_than_the_grace_period_rolls_back(tmp_path):
+    driver, endpoints, retired, _, traffic = make_with_traffic(tmp_path)
+    driver.unreachable_grace_s = 10
+    _outage(driver, endpoints, traffic, polls=1000)
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "rolled_back"
+    assert "no Triton server answers" in state.reason
+    assert endpoints.pinned == 1 and retired == [("m", 2)]
