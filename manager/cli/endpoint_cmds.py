@@ -328,7 +328,16 @@ def rollout_start(
                 _say_err(f"  {_stage_summary(s, s.history[-2])}")
             _say_err(f"stage {s.weight} %: {s.model}:{s.new_version}")
 
-        state = run_rollout(repo, control, state, on_stage=show)
+        try:
+            state = run_rollout(repo, control, state, on_stage=show)
+        except KeyboardInterrupt:
+            now = status(repo, name)
+            _say_err(
+                f"interrupted: {name} keeps serving at {now.weight} % on "
+                f"{now.model}:{now.new_version}; `tritonctl rollout resume {name}` goes on, "
+                f"`tritonctl rollout abort {name}` rolls back"
+            )
+            raise SystemExit(130) from None
         if not as_json and state.history:
             _say_err(f"  {_stage_summary(state, state.history[-1])}")
     if as_json:

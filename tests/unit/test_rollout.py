@@ -418,3 +418,36 @@ def test_a_server_gone_longer_than_the_grace_period_rolls_back(tmp_path):
     assert state.status == "rolled_back"
     assert "no Triton server answers" in state.reason
     assert endpoints.pinned == 1 and retired == [("m", 2)]
+
+
+def test_ctrl_c_during_rollout_start_wait_says_how_to_go_on(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import manager.cli.endpoint_cmds as cmds
+    from manager.cli import main
+
+    repo = Repository(tmp_path)
+    store = RolloutStore(repo)
+
+    def begin(repo_, control, endpoint, to_version, policy):
+        driver = RolloutDriver(store, FakeEndpoints(), lambda m: {}, lambda m, v: None)
+        state = driver.begin(endpoint, "m", 1, to_version, policy)
+        state.status, state.stage_index = "running", 1  # at 15 %
+        store.save(state)
+        return state
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cmds, "begin_rollout", begin)
+    monkeypatch.setattr(cmds, "run_rollout", interrupted)
+    result = CliRunner().invoke(
+        main,
+        [
+            *("--repo", str(tmp_path), "--url", "http://127.0.0.1:1"),
+            *("rollout", "start", "ep", "--to", "2", "--wait"),
+        ],
+    )
+    assert result.exit_code == 130
+    assert "ep keeps serving at 15 % on m:2" in result.output
+    assert "tritonctl rollout resume ep" in result.output
