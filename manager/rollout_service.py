@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from manager.endpoints import PINNED, Endpoints
 from manager.errors import ManagerError, RolloutError
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
@@ -55,13 +57,20 @@ def warmup_runner(
     repo: Repository, control: TritonControl, cases: list[GoldenCase] | None = None
 ) -> WarmupRunner:
     """Warm-up requests straight to a model version: the golden inputs in turn if there
-    are any, else one synthetic request (ones; dynamic dims as 1) from the model's config."""
+    are any, else synthetic requests (ones; dynamic dims as 1) from the model's config, of
+    batch 1 and, for a batching model, of its largest batch in turn (a first batch of a new
+    size can be slow too: other kernels, another optimization profile)."""
 
     def run(model: str, version: int, count: int) -> WarmupResult:
         if cases:
             requests = [c.inputs for c in cases]
         else:
-            requests = [synthetic_case(read_config(repo.path / model / CONFIG_FILE)).inputs]
+            config = read_config(repo.path / model / CONFIG_FILE)
+            one = synthetic_case(config).inputs
+            requests = [one]
+            if config.max_batch_size > 1:
+                largest = config.max_batch_size
+                requests.append({k: np.repeat(v, largest, axis=0) for k, v in one.items()})
         failed, first_error = 0, ""
         for i in range(count):
             try:

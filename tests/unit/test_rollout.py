@@ -451,3 +451,30 @@ def test_ctrl_c_during_rollout_start_wait_says_how_to_go_on(tmp_path, monkeypatc
     assert result.exit_code == 130
     assert "ep keeps serving at 15 % on m:2" in result.output
     assert "tritonctl rollout resume ep" in result.output
+
+
+def test_synthetic_warm_up_alternates_batch_1_and_the_largest_batch(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import manager.rollout_service as service
+    from manager.modelconfig import TensorSpec, build_config, write_config
+
+    (tmp_path / "m").mkdir()
+    config = build_config(
+        "m", [TensorSpec("X", "FP32", (4,))], [TensorSpec("Y", "FP32", (4,))], max_batch_size=8
+    )
+    write_config(tmp_path / "m" / "config.pbtxt", config)
+    shapes: list[tuple[int, ...]] = []
+
+    def infer(url, model, inputs, *, version=None):
+        assert (url, model, version) == ("grpc://triton:8001", "m", 2)
+        shapes.append(inputs["X"].shape)
+        if inputs["X"].shape[0] == 8:
+            raise service.ManagerError("batch 8 refused")
+        return {}
+
+    monkeypatch.setattr(service, "infer", infer)
+    run = service.warmup_runner(Repository(tmp_path), SimpleNamespace(url="grpc://triton:8001"))
+    result = run("m", 2, 4)
+    assert shapes == [(1, 4), (8, 4), (1, 4), (8, 4)]
+    assert (result.sent, result.failed, result.first_error) == (4, 2, "batch 8 refused")
