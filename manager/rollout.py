@@ -282,11 +282,15 @@ class RolloutStore:
         state.updated_at = _now()
         write_json_atomic(self.path(state.endpoint), state.to_dict())
 
-    def active(self) -> list[RolloutState]:
+    def all(self) -> list[RolloutState]:
+        """The last recorded rollout of every endpoint, by endpoint name."""
         if not self.root.is_dir():
             return []
         states = [self.load(p.stem) for p in sorted(self.root.glob("*.json"))]
-        return [s for s in states if s is not None and s.status in ACTIVE]
+        return [s for s in states if s is not None]
+
+    def active(self) -> list[RolloutState]:
+        return [s for s in self.all() if s.status in ACTIVE]
 
 
 class RolloutDriver:

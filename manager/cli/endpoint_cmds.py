@@ -27,6 +27,7 @@ from manager.rollout import (
     FINAL,
     RolloutPolicy,
     RolloutState,
+    RolloutStore,
     StageRecord,
     parse_stages,
 )
@@ -413,6 +414,36 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
             f"the driver is not running: `tritonctl rollout resume {name}` continues, "
             f"`tritonctl rollout abort {name}` rolls back"
         )
+
+
+@rollout.command("list")
+@click.option("--active", "active_only", is_flag=True, help="Only rollouts still running.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
+    """The last rollout of every endpoint: versions, status, weight, driver."""
+    store = RolloutStore(Repository(obj.repo))
+    states = store.active() if active_only else store.all()
+    if as_json:
+        print_json([s.to_dict() for s in states])
+        return
+    table = Table(title=f"rollouts in {obj.repo}")
+    for col in ("endpoint", "model", "versions", "status", "weight", "driver"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("reason")
+    for s in states:
+        active = s.status in ACTIVE
+        driver = ("running" if s.driver_alive() else "not running") if active else "-"
+        table.add_row(
+            s.endpoint,
+            s.model,
+            f"{s.old_version} -> {s.new_version}",
+            s.status,
+            f"{s.weight} %",
+            driver,
+            s.reason,
+        )
+    console.print(table)
 
 
 def _finish(obj: Context, name: str, action: str) -> None:

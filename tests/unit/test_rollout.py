@@ -478,3 +478,25 @@ def test_synthetic_warm_up_alternates_batch_1_and_the_largest_batch(tmp_path, mo
     result = run("m", 2, 4)
     assert shapes == [(1, 4), (8, 4), (1, 4), (8, 4)]
     assert (result.sent, result.failed, result.first_error) == (4, 2, "batch 8 refused")
+
+
+def test_rollout_list_shows_every_endpoint_s_last_rollout(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    driver, *_ = make(tmp_path)
+    driver.run(driver.begin("done_ep", "m", 1, 2, POLICY))
+    driver.begin("live_ep", "m", 3, 4, POLICY)  # recorded, its driver not running
+    runner = CliRunner()
+    listed = runner.invoke(main, ["--repo", str(tmp_path), "rollout", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["endpoint"]: r for r in json.loads(listed.output)}
+    assert rows["done_ep"]["status"] == "promoted" and rows["done_ep"]["weight"] == 100
+    assert rows["live_ep"]["status"] == "starting" and rows["live_ep"]["new_version"] == 4
+    active = runner.invoke(main, ["--repo", str(tmp_path), "rollout", "list", "--active"])
+    assert active.exit_code == 0, active.output
+    assert "live_ep" in active.output and "done_ep" not in active.output
+    assert rows["live_ep"]["driver_alive"] is False
