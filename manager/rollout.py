@@ -6,15 +6,17 @@ driver reads Triton's per-version statistics of the two versions and gates:
 * error rate of the new version above ``max_error_rate`` -> roll back,
 * mean request latency of the new version above ``max_latency_ratio`` x the old's, and more
   than ``latency_tolerance_ms`` above it -> roll back (the tolerance: a version that gets a
-  small share of the traffic answers a little slower per call than one kept busy, since its
-  instance is woken from idle each time; measured on the embedded server with two copies of
-  one model: 0.35 vs 0.25 ms at 5 %, 0.21 vs 0.35 ms at 90 %),
+  small share of the traffic answers a little slower per call than one kept busy, likely
+  because its instance idles between calls; measured on the embedded server with two copies
+  of one model: 0.35 vs 0.25 ms at 5 %, 0.21 vs 0.35 ms at 90 %),
 * a golden request answered wrongly by the new version (checked before any traffic) -> roll back.
 
 Before any traffic the new version is also warmed up: ``warmup_requests`` requests (the
-golden inputs, else a synthetic request) go straight to it, so that its first calls (lazy
+golden inputs, else synthetic ones) go straight to it, so that its first calls (lazy
 initialization, first-use allocation, kernel selection on a GPU) are not counted against
-it by the latency gate. The stage baselines are taken after the warm-up.
+it by the latency gate. The stage baselines are taken after the warm-up. A server that
+stops answering mid-stage (a restart) is waited for; once it serves both versions again
+the new one is warmed up again and the stage counted anew.
 
 Rolling back puts 100 % on the old version, pins the endpoint to it and unloads the new
 version. At 100 % the endpoint is pinned to the new version (no router in the path) and the

@@ -273,7 +273,8 @@ def rollout() -> None:
     default=RolloutPolicy().warmup_requests,
     show_default=True,
     help="Requests sent straight to the new version before any traffic (the golden inputs, "
-    "else a synthetic one), so that its slow first calls do not count against it.",
+    "else synthetic ones of batch 1 and of the largest batch), so that its slow first calls "
+    "do not count against it.",
 )
 @click.option("--wait", is_flag=True, help="Run here until promoted or rolled back.")
 @click.option("--json", "as_json", is_flag=True)
