@@ -57,7 +57,6 @@ from manager.errors import (
     ModelNotFoundError,
     RepositoryError,
 )
-from manager.filecopy import sha256_of
 from manager.modelconfig import (
     config_to_text,
     read_config,
@@ -429,7 +428,7 @@ def native_refusal(repo: Repository, library: Path) -> str | None:
         data = json.loads((repo.meta_dir / NATIVE_REFUSAL_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("sha256") != sha256_of(library):
+    if not isinstance(data, dict) or data.get("sha256") != native_router.library_digest(library):
         return None
     return str(data.get("reason", ""))
 
@@ -633,7 +632,12 @@ class Endpoints:
         )
         self.repo.meta_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(
-            path, {"sha256": sha256_of(library), "library": str(library), "reason": str(exc)}
+            path,
+            {
+                "sha256": native_router.library_digest(library),
+                "library": str(library),
+                "reason": str(exc),
+            },
         )
 
     def get(self, name: str) -> EndpointState:

@@ -20,6 +20,7 @@ builds it ahead of time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -60,10 +61,23 @@ class RouterBuildError(EndpointError):
     """The native router library cannot be built or found."""
 
 
+def library_digest(library: Path) -> str:
+    """sha256 of ``library``; computed once per file version (path, inode, size, mtime:
+    builds replace the file, so a new build is a new inode), as a split asks for it more
+    than once."""
+    st = Path(library).stat()
+    return _digest(str(Path(library).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
 def backend_name(library: Path) -> str:
     """The backend name an endpoint uses ``library`` under: the base name and the
     library's digest, so that each build has its own path in the endpoint's folder."""
-    return f"{BACKEND_NAME}_{sha256_of(library)[:16]}"
+    return f"{BACKEND_NAME}_{library_digest(library)[:16]}"
 
 
 def library_file(backend: str) -> str:
@@ -207,6 +221,7 @@ __all__ = [
     "find_compiler",
     "find_library",
     "is_native_backend",
+    "library_digest",
     "library_file",
     "source_digest",
 ]
