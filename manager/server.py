@@ -330,6 +330,52 @@ def _remove_record(repo: Path, pid: int) -> None:
         record_path(repo).unlink()
 
 
+STUB_NAME = "triton_python_backend_stub"
+SHM_PREFIX = "triton_python_backend_shm_region"
+
+
+def leftover_stubs(repo: Path, server_pid: int) -> list[psutil.Process]:
+    """Python-backend stubs that a dead server of ``repo`` left running: in the server's
+    process group (it led its own session), serving a model of ``repo``. A stub whose
+    server was killed mid-request can wait on it for ever, holding its memory and its
+    shared-memory region."""
+    root = str(Path(repo).resolve())
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if not (proc.info["name"] or "").startswith(STUB_NAME[:15]):
+                continue
+            cmdline = proc.info["cmdline"] or []
+            if len(cmdline) < 2 or not cmdline[0].endswith(STUB_NAME):
+                continue
+            if os.getpgid(proc.pid) != server_pid or not cmdline[1].startswith(root + os.sep):
+                continue
+        except (psutil.Error, ProcessLookupError):
+            continue
+        found.append(proc)
+    return found
+
+
+def stop_leftover_stubs(repo: Path, server_pid: int) -> int:
+    """Kill the stubs :func:`leftover_stubs` finds, each by its own pid, and remove their
+    shared-memory regions; returns how many were stopped."""
+    stubs = leftover_stubs(repo, server_pid)
+    for proc in stubs:
+        with contextlib.suppress(psutil.Error):
+            regions = [a for a in proc.cmdline() if a.startswith(SHM_PREFIX)]
+            log.warning(
+                "stopping Python-backend stub pid %d left by dead tritonserver pid %d",
+                proc.pid,
+                server_pid,
+            )
+            proc.kill()
+            proc.wait(timeout=10)
+            for region in regions:
+                with contextlib.suppress(OSError):
+                    (Path("/dev/shm") / region).unlink()
+    return len(stubs)
+
+
 def is_recorded_process(info: ServerInfo) -> bool:
     """True if ``info.pid`` is alive and is the very process that was recorded."""
     try:
@@ -512,6 +558,7 @@ class EmbeddedServer:
                         f"(pid {existing.pid}, {existing.http_url})"
                     )
                 log.info("removing stale server record of pid %d", existing.pid)
+                stop_leftover_stubs(self.repo, existing.pid)
                 _remove_record(self.repo, existing.pid)
             ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
             if len(set(ports.values())) != len(ports):
@@ -634,6 +681,7 @@ class EmbeddedServer:
         if is_recorded_process(info):
             return info
         log.info("removing stale server record of pid %d", info.pid)
+        stop_leftover_stubs(self.repo, info.pid)
         _remove_record(self.repo, info.pid)
         return None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sys
 import sysconfig
@@ -364,3 +366,59 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
 
 def test_stop_without_a_record_does_nothing(tmp_path: Path) -> None:
     assert EmbeddedServer(tmp_path).stop() is None
+
+
+def _orphan_stub(tmp_path: Path, repo: Path, name: str) -> tuple[int, int, Path]:
+    """A process that looks like a Python-backend stub of ``repo`` (its argv: the stub,
+    the model file, the shared-memory region), left running by a process-group leader
+    that has already exited, as a SIGKILLed tritonserver leaves its stubs. Returns the
+    leader's pid (the group id), the stub's pid and its fake shared-memory region."""
+    import subprocess
+    import sys
+
+    stub = tmp_path / "bin" / "triton_python_backend_stub"
+    stub.parent.mkdir(exist_ok=True)
+    if not stub.exists():
+        stub.symlink_to(sys.executable)
+    model = repo / name / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text("import time\ntime.sleep(600)\n")
+    region = f"triton_python_backend_shm_region_test-{repo.name}-{name}-{os.getpid()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 16)
+    leader = subprocess.Popen(
+        ["/bin/sh", "-c", f'"{stub}" "{model}" {region} </dev/null >/dev/null 2>&1 & echo $!'],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    out, _ = leader.communicate(timeout=10)
+    return leader.pid, int(out.strip()), shm
+
+
+def test_a_dead_server_s_leftover_stubs_are_stopped_and_their_shared_memory_removed(
+    tmp_path: Path,
+) -> None:
+    import psutil
+
+    from manager.server import leftover_stubs, stop_leftover_stubs
+
+    repo = tmp_path / "repo"
+    other_repo = tmp_path / "other"
+    group, stub_pid, shm = _orphan_stub(tmp_path, repo, "m")
+    other_group, other_pid, other_shm = _orphan_stub(tmp_path, other_repo, "m")
+    try:
+        assert [p.pid for p in leftover_stubs(repo, group)] == [stub_pid]
+        assert leftover_stubs(repo, other_group) == []  # another group: not this server's
+        assert stop_leftover_stubs(repo, group) == 1
+        assert not psutil.pid_exists(stub_pid) or (
+            psutil.Process(stub_pid).status() == psutil.STATUS_ZOMBIE
+        )
+        assert not shm.exists()
+        assert psutil.Process(other_pid).is_running() and other_shm.exists()
+    finally:
+        for pid in (stub_pid, other_pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for path in (shm, other_shm):
+            path.unlink(missing_ok=True)
