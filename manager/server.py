@@ -339,7 +339,7 @@ def leftover_stubs(repo: Path, server_pid: int) -> list[psutil.Process]:
     process group (it led its own session), serving a model of ``repo``. A stub whose
     server was killed mid-request can wait on it for ever, holding its memory and its
     shared-memory region."""
-    root = str(Path(repo).resolve())
+    roots = tuple({str(Path(repo).absolute()) + os.sep, str(Path(repo).resolve()) + os.sep})
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
         try:
@@ -348,7 +348,7 @@ def leftover_stubs(repo: Path, server_pid: int) -> list[psutil.Process]:
             cmdline = proc.info["cmdline"] or []
             if len(cmdline) < 2 or not cmdline[0].endswith(STUB_NAME):
                 continue
-            if os.getpgid(proc.pid) != server_pid or not cmdline[1].startswith(root + os.sep):
+            if os.getpgid(proc.pid) != server_pid or not cmdline[1].startswith(roots):
                 continue
         except (psutil.Error, ProcessLookupError):
             continue
