@@ -101,6 +101,7 @@ MERGE_PARAMETER = "tritonctl.merge_batches"
 MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
 RUN_LENGTH_PARAMETER = "tritonctl.run_length"
 RUN_WINDOW_PARAMETER = "tritonctl.run_window_us"
+RUN_IDLE_WINDOW_PARAMETER = "tritonctl.run_idle_window_us"
 ENDPOINT_VERSION = 1
 PINNED = "pinned"
 ROUTED = "routed"
@@ -349,7 +350,9 @@ class RouterOptions:
     key it sends requests to targets in runs of at most ``run_length`` requests within
     ``run_window_us`` (shares stay exact: a deficit round robin), so that each target
     stays busy and batches its requests; ``run_length=1`` makes an independent weighted
-    random draw per request.
+    random draw per request. A request that finds none of the router's requests in flight
+    (one caller at a time) continues the run for up to ``run_idle_window_us``, so a lone
+    caller is not moved between the targets' processes on every call.
 
     For the Python router ``instance_count`` None chooses by the targets: with batching
     (``max_batch_size > 0``) as many router instances as the target with the most
@@ -363,6 +366,7 @@ class RouterOptions:
     instance_count: int | None = None
     run_length: int = 64
     run_window_us: int = 2000
+    run_idle_window_us: int = 100_000
     dynamic_batching: bool | None = None
     max_queue_delay_us: int = 0
     merge_batches: bool = True
@@ -496,6 +500,9 @@ def router_config(
     if native:
         config.parameters[RUN_LENGTH_PARAMETER].string_value = str(max(1, int(opts.run_length)))
         config.parameters[RUN_WINDOW_PARAMETER].string_value = str(max(1, int(opts.run_window_us)))
+        config.parameters[RUN_IDLE_WINDOW_PARAMETER].string_value = str(
+            max(1, int(opts.run_idle_window_us))
+        )
     else:
         config.parameters[MERGE_PARAMETER].string_value = "true" if opts.merge_batches else "false"
         config.parameters[MERGE_BYTES_PARAMETER].string_value = str(int(opts.merge_max_bytes))

@@ -33,6 +33,7 @@ stable_point = load_backend_module(ROUTER_PY, "tritonctl_router_reference").stab
 
 ADDER = "ep_adder"
 BROKEN = "ep_broken"
+PARAMS = "ep_params"
 
 # Version N answers x + N: the version is read from Triton's args, so one source serves all.
 ADDER_PY = textwrap.dedent(
@@ -50,6 +51,30 @@ ADDER_PY = textwrap.dedent(
             for request in requests:
                 x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
                 out = pb_utils.Tensor("OUTPUT0", x + self.add)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    """
+)
+
+# Answers x + the sum of the request's numeric and boolean parameters + the length of its
+# string parameters: what reached the target of the request's parameters, in one number.
+PARAMS_PY = textwrap.dedent(
+    """
+    import json
+
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                total = 0.0
+                for value in json.loads(request.parameters() or "{}").values():
+                    total += len(value) if isinstance(value, str) else float(value)
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", x + np.float32(total))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
             return responses
     """
@@ -90,6 +115,7 @@ def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> Tr
     tmp = tmp_path_factory.mktemp("endpoint_sources")
     publish_versions(triton.repo, ADDER, ADDER_PY, 2, tmp)
     publish_versions(triton.repo, BROKEN, BROKEN_PY, 1, tmp)
+    publish_versions(triton.repo, PARAMS, PARAMS_PY, 2, tmp)
     return triton
 
 
@@ -391,6 +417,26 @@ def test_sticky_parameter_keeps_each_user_on_one_version(
             assert answers == {expected}, user
             seen |= answers
     assert seen == {1, 2}
+
+
+def test_request_parameters_reach_the_target_through_the_router(
+    models: TritonHandle, routed: tuple[Endpoints, str]
+) -> None:
+    endpoints, suffix = routed
+    name = "ep_params" + suffix
+    endpoints.split(name, [Target(PARAMS, 1, 50), Target(PARAMS, 2, 50)])
+    parameters = {"count": 3, "scale": 0.5, "flag": True, "tag": "abcd"}
+    x = np.zeros(4, dtype=np.float32)
+    # the Python router passes a double on as its text ("0.5": 3 characters)
+    through_router = 3 + (0.5 if suffix == "_native" else 3) + 1 + 4
+    with grpc_client(models) as client:
+        inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+        inp.set_data_from_numpy(x)
+        for model, expected in ((PARAMS, 3 + 0.5 + 1 + 4), (name, through_router)):
+            for _ in range(4):
+                out = client.infer(model, [inp], parameters=parameters).as_numpy("OUTPUT0")
+                assert out is not None
+                assert out.tolist() == [expected] * 4, model
 
 
 def test_clients_see_no_failure_while_the_endpoint_is_switched_and_split(

@@ -787,6 +787,7 @@ def test_native_router_config_hands_requests_on_from_one_instance() -> None:
     assert params["tritonctl.routes"] == "../.tritonctl/endpoints/ep.routes"
     assert params["tritonctl.run_length"] == "64"
     assert params["tritonctl.run_window_us"] == "2000"
+    assert params["tritonctl.run_idle_window_us"] == "100000"
     assert "tritonctl.merge_batches" not in params
     fixed = RouterOptions(instance_count=3, run_length=1, dynamic_batching=True)
     config = router_config("ep", target, fixed, native_backend="tritonctl_router_ab12")

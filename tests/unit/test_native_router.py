@@ -118,6 +118,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
         u64,
         u64,
         u64,
+        ctypes.c_int,
+        u64,
         u64,
         ctypes.POINTER(u64),
         ctypes.POINTER(u64),
@@ -133,12 +135,29 @@ def routes_text(weights: list[float], **extra: str) -> bytes:
 
 
 def shares(
-    probe: ctypes.CDLL, weights: list[float], run: int, n: int, step_ns: int = 0
+    probe: ctypes.CDLL,
+    weights: list[float],
+    run: int,
+    n: int,
+    step_ns: int = 0,
+    *,
+    idle_window_ns: int = 0,
+    idle: bool = False,
 ) -> tuple[list[int], int]:
+    """Routes ``n`` requests ``step_ns`` apart (a 1 ms run window); ``idle``: each finds
+    nothing in flight, so runs last up to ``idle_window_ns``."""
     counts = (ctypes.c_uint64 * len(weights))()
     longest = ctypes.c_uint64()
     ok = probe.probe_shares(
-        routes_text(weights), run, 1_000_000, n, step_ns, counts, ctypes.byref(longest)
+        routes_text(weights),
+        run,
+        1_000_000,
+        idle_window_ns,
+        int(idle),
+        n,
+        step_ns,
+        counts,
+        ctypes.byref(longest),
     )
     assert ok == 1
     return list(counts), longest.value
@@ -194,6 +213,26 @@ def test_runs_are_bounded_by_length_and_time(probe: ctypes.CDLL) -> None:
     counts, longest = shares(probe, [50.0, 50.0], 64, 10_000, step_ns=100_000)
     assert longest <= 11
     assert abs(counts[0] - 5_000) <= 11
+
+
+def test_a_lone_caller_keeps_its_run_for_the_idle_window(probe: ctypes.CDLL) -> None:
+    # one caller, a call every 9 ms: past the 1 ms window each request would switch target
+    counts, longest = shares(probe, [50.0, 50.0], 64, 1_000, step_ns=9_000_000)
+    assert longest == 1
+    # with nothing in flight the run goes on for the 100 ms idle window: 12 requests
+    counts, longest = shares(
+        probe, [50.0, 50.0], 64, 1_000, step_ns=9_000_000, idle_window_ns=100_000_000, idle=True
+    )
+    assert longest == 12
+    assert abs(counts[0] - 500) <= 12
+    # callers in flight together: the short window applies, whatever the idle window
+    _, longest = shares(
+        probe, [50.0, 50.0], 64, 1_000, step_ns=9_000_000, idle_window_ns=100_000_000
+    )
+    assert longest == 1
+    # the idle window is bounded by the run length too
+    _, longest = shares(probe, [50.0, 50.0], 64, 10_000, idle_window_ns=10**12, idle=True)
+    assert longest == 64
 
 
 def test_run_length_one_draws_at_random_per_request(probe: ctypes.CDLL) -> None:

@@ -373,10 +373,13 @@ class TritonPythonModel:
 
 def _passed_on(parameters: str, correlation_id: Any) -> dict[str, Any]:
     """The request's parameters and correlation id, for the BLS call (parsed only when
-    there are any)."""
+    there are any). A BLS request takes bool, int and str parameters only: a double
+    (a client's ``temperature=0.7``) is passed on as its decimal text."""
     out: dict[str, Any] = {}
     if parameters and parameters != "{}":
-        out["parameters"] = json.loads(parameters)
+        out["parameters"] = {
+            k: repr(v) if isinstance(v, float) else v for k, v in json.loads(parameters).items()
+        }
     if correlation_id not in (0, "", None):
         out["correlation_id"] = correlation_id
     return out

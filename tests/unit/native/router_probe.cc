@@ -38,12 +38,14 @@ probe_parse(const char* text, char* out, size_t out_len)
 }
 
 // Routes ``n`` requests made ``step_ns`` apart by ``text`` with runs of at most ``run``
-// requests within ``window_ns``: requests per target in ``counts`` (in the order listed),
-// the longest run of one target in ``*longest``. Returns 0 if the routes do not parse.
+// requests within ``window_ns`` (``idle_window_ns`` for requests that find nothing in
+// flight: all of them if ``idle``, none otherwise): requests per target in ``counts`` (in
+// the order listed), the longest run of one target in ``*longest``. Returns 0 if the
+// routes do not parse.
 PROBE_EXPORT int
 probe_shares(
-    const char* text, uint64_t run, uint64_t window_ns, uint64_t n, uint64_t step_ns,
-    uint64_t* counts, uint64_t* longest)
+    const char* text, uint64_t run, uint64_t window_ns, uint64_t idle_window_ns, int idle,
+    uint64_t n, uint64_t step_ns, uint64_t* counts, uint64_t* longest)
 {
   auto routes = std::make_shared<Routes>();
   std::string error;
@@ -53,13 +55,14 @@ probe_shares(
   ModelState model;
   model.run_length = run;
   model.run_window_ns = window_ns;
+  model.run_idle_window_ns = idle_window_ns;
   std::shared_ptr<const Routes> shared = routes;
   const Target* previous = nullptr;
   uint64_t streak = 0;
   *longest = 0;
   uint64_t now = 1;
   for (uint64_t i = 0; i < n; ++i, now += step_ns) {
-    const Target& target = Pick(&model, shared, nullptr, now);
+    const Target& target = Pick(&model, shared, nullptr, now, idle != 0);
     counts[&target - routes->targets.data()] += 1;
     streak = (&target == previous) ? streak + 1 : 1;
     *longest = std::max(*longest, streak);
