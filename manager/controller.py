@@ -801,6 +801,29 @@ class Controller:
             return result
 
 
+def budget_configured(config: ServingConfig) -> bool:
+    """True when a memory limit or a model count limit is set (then loads make room)."""
+    return config.budget.limit is not None or config.budget.max_models is not None
+
+
+def load_model(
+    control: ModelControl,
+    repo: Path,
+    config: ServingConfig,
+    name: str,
+    version: int | None = None,
+    *,
+    wait_timeout: float = serving.DEFAULT_LOAD_TIMEOUT_S,
+) -> serving.LoadResult | EnsureResult:
+    """Load ``name`` (``version`` only, if given) as ``tritonctl load`` does: with a budget
+    in ``config`` through :meth:`Controller.ensure_loaded` (evicting what the policy picks,
+    or refusing before the load), else a plain :func:`manager.serving.load`."""
+    if budget_configured(config):
+        controller = Controller(control, repo, config, load_timeout=wait_timeout)
+        return controller.ensure_loaded(name, version)
+    return serving.load(control, name, version=version, repo=repo, wait_timeout=wait_timeout)
+
+
 def set_pin(repo: Path, name: str, pinned: bool) -> bool:
     """Pin (or unpin) model ``name`` in ``repo``'s metadata; audited. Returns whether
     anything changed. The model must be in the repository."""

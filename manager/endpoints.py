@@ -52,6 +52,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from manager import native_router
 from manager.errors import (
     EndpointError,
+    EndpointNotFoundError,
     LoadError,
     ManagerError,
     ModelNotFoundError,
@@ -650,7 +651,7 @@ class Endpoints:
     def get(self, name: str) -> EndpointState:
         state = self._read(name)
         if state is None:
-            raise EndpointError(f"no endpoint named {name!r} in {self.repo.path}")
+            raise EndpointNotFoundError(f"no endpoint named {name!r} in {self.repo.path}")
         return state
 
     def list(self) -> list[EndpointState]:
@@ -1091,7 +1092,7 @@ class Endpoints:
         validate_model_name(name, what="endpoint name")
         with self._lock(name):
             if self._read(name) is None and not is_endpoint_folder(self.repo, name):
-                raise EndpointError(f"no endpoint named {name!r} in {self.repo.path}")
+                raise EndpointNotFoundError(f"no endpoint named {name!r} in {self.repo.path}")
             self._unload_if_loaded(name)
             if is_endpoint_folder(self.repo, name):
                 self._remove_folder(name)

@@ -67,5 +67,13 @@ class EndpointError(ManagerError):
     """An endpoint cannot be created or re-pointed as asked."""
 
 
+class EndpointNotFoundError(EndpointError):
+    """No endpoint of that name is in the repository."""
+
+
 class RolloutError(ManagerError):
     """A rollout cannot start, continue, or was aborted."""
+
+
+class RolloutNotFoundError(RolloutError):
+    """The endpoint has no rollout recorded."""

@@ -42,3 +42,15 @@ def validate_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InvalidNameError(f"version must be a positive integer, got {version!r}")
     return version
+
+
+def parse_model_ref(text: str) -> tuple[str, int | None]:
+    """``MODEL`` or ``MODEL:VERSION`` -> (model, version or None), both checked."""
+    model, colon, version_text = text.rpartition(":")
+    if not colon:
+        return validate_model_name(text), None
+    try:
+        version = int(version_text)
+    except ValueError:
+        raise InvalidNameError(f"{text!r} must be MODEL or MODEL:VERSION") from None
+    return validate_model_name(model), validate_version(version)

@@ -430,6 +430,18 @@ def make_verifier(
     return verify
 
 
+def smoke_verifier(
+    smoke_test: bool, golden_dir: Path | None = None, staging_url: str | None = None
+) -> Callable[[Path, mc.ModelConfig], None] | None:
+    """The ``verify`` hook of ``publish --smoke-test [--golden DIR] [--staging-url URL]``:
+    None without a smoke test (golden requests or a staging server alone are refused)."""
+    if not smoke_test:
+        if golden_dir is not None or staging_url:
+            raise ConfigError("golden requests and a staging URL are for the smoke test only")
+        return None
+    return make_verifier(golden_dir, staging_url)
+
+
 def _who() -> str:
     try:
         user = getpass.getuser()

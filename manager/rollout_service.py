@@ -13,19 +13,21 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from manager.endpoints import PINNED, Endpoints
-from manager.errors import ManagerError, RolloutError
+from manager.errors import ManagerError, RolloutError, RolloutNotFoundError
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
 from manager.modelconfig import read_config
 from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
+    FINAL,
     Counters,
     RolloutDriver,
     RolloutPolicy,
@@ -38,6 +40,9 @@ from manager.rollout import (
 from manager.triton import TritonControl
 
 log = logging.getLogger(__name__)
+
+FINISH_WAIT_S = 120.0
+"""How long a promote or abort waits for the rollout's driver to act on it."""
 
 
 def stats_reader(control: TritonControl) -> Callable[[str], dict[int, Counters]]:
@@ -154,6 +159,35 @@ def run_rollout(
     return make_driver(repo, control, state.policy, on_stage=on_stage).run(state)
 
 
+def start_in_background(
+    repo: Repository, control: TritonControl, endpoint: str, to_version: int, policy: RolloutPolicy
+) -> tuple[RolloutState, int]:
+    """:func:`begin_rollout`, then drive it in a detached worker process (what
+    ``tritonctl rollout start`` does without ``--wait``). Returns the recorded state and
+    the worker's pid."""
+    state = begin_rollout(repo, control, endpoint, to_version, policy)
+    return state, spawn_worker(repo, control.url, endpoint)
+
+
+def resumable(repo: Repository, endpoint: str) -> RolloutState:
+    """The rollout of ``endpoint`` if it can be resumed: still active, its driver dead."""
+    state = status(repo, endpoint)
+    if state.status in FINAL:
+        raise RolloutError(f"the rollout of {endpoint!r} is over ({state.status})")
+    if state.driver_alive():
+        raise RolloutError(f"the rollout of {endpoint!r} is running (pid {state.driver_pid})")
+    return state
+
+
+def resume_in_background(
+    repo: Repository, control: TritonControl, endpoint: str
+) -> tuple[RolloutState, int]:
+    """Continue a rollout whose driver died in a detached worker, from its recorded stage.
+    Returns its state and the worker's pid."""
+    state = resumable(repo, endpoint)
+    return state, spawn_worker(repo, control.url, endpoint)
+
+
 def spawn_worker(repo: Repository, url: str, endpoint: str) -> int:
     """Run the rollout of ``endpoint`` in a detached ``tritonctl rollout run`` process."""
     log_path = repo.meta_dir / "rollouts" / f"{endpoint}.log"
@@ -194,11 +228,36 @@ def finish(repo: Repository, control: TritonControl, endpoint: str, action: str)
     return driver.rollback(state, "aborted by request")
 
 
+def finish_and_wait(
+    repo: Repository,
+    control: TritonControl,
+    endpoint: str,
+    action: str,
+    *,
+    timeout: float = FINISH_WAIT_S,
+    poll: float = 0.5,
+) -> RolloutState:
+    """:func:`finish`, then wait up to ``timeout`` seconds for the rollout to be over (a
+    running driver acts on the request within a poll). Returns the last state seen."""
+    state = finish(repo, control, endpoint, action)
+    deadline = time.monotonic() + timeout
+    while state.status not in FINAL and time.monotonic() < deadline:
+        time.sleep(poll)
+        state = status(repo, endpoint)
+    return state
+
+
 def status(repo: Repository, endpoint: str) -> RolloutState:
     state = RolloutStore(repo).load(endpoint)
     if state is None:
-        raise RolloutError(f"endpoint {endpoint!r} has no rollout recorded")
+        raise RolloutNotFoundError(f"endpoint {endpoint!r} has no rollout recorded")
     return state
+
+
+def list_rollouts(repo: Repository, *, active: bool = False) -> list[RolloutState]:
+    """The last rollout of every endpoint (``active``: only those still running)."""
+    store = RolloutStore(repo)
+    return store.active() if active else store.all()
 
 
 # -- asyncio API ------------------------------------------------------------------------

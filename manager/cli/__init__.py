@@ -6,6 +6,7 @@ message on stderr and the error's exit code.
 """
 
 from manager.cli import (  # noqa: F401
+    api_cmds,
     endpoint_cmds,
     memory_cmds,
     publish_cmds,

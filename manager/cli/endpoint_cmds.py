@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
@@ -20,6 +19,7 @@ from manager.endpoints import (
     native_refusal,
 )
 from manager.errors import ManagerError
+from manager.names import parse_model_ref
 from manager.repository import Repository
 from manager.rollout import (
     ACTIVE,
@@ -27,11 +27,19 @@ from manager.rollout import (
     FINAL,
     RolloutPolicy,
     RolloutState,
-    RolloutStore,
     StageRecord,
     parse_stages,
 )
-from manager.rollout_service import begin_rollout, finish, run_rollout, spawn_worker, status
+from manager.rollout_service import (
+    begin_rollout,
+    finish_and_wait,
+    list_rollouts,
+    resumable,
+    resume_in_background,
+    run_rollout,
+    start_in_background,
+    status,
+)
 from manager.triton import TritonControl
 
 
@@ -48,13 +56,10 @@ def _say_err(text: str) -> None:
 
 
 def _parse_model_version(text: str) -> tuple[str, int | None]:
-    model, colon, version = text.rpartition(":")
-    if not colon:
-        return text, None
     try:
-        return model, int(version)
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r} must be MODEL or MODEL:VERSION") from exc
+        return parse_model_ref(text)
+    except ManagerError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def _show_endpoint(state: EndpointState) -> None:
@@ -311,9 +316,8 @@ def rollout_start(
     )
     repo = Repository(obj.repo)
     with _control(obj) as control:
-        state = begin_rollout(repo, control, name, to_version, policy)
         if not wait:
-            pid = spawn_worker(repo, control.url, name)
+            state, pid = start_in_background(repo, control, name, to_version, policy)
             if as_json:
                 print_json({**state.to_dict(), "worker_pid": pid})
             else:
@@ -322,6 +326,7 @@ def rollout_start(
                     f"follow it with: tritonctl rollout status {name}"
                 )
             return
+        state = begin_rollout(repo, control, name, to_version, policy)
 
         def show(s: RolloutState) -> None:
             if as_json:
@@ -368,17 +373,12 @@ def rollout_run(obj: Context, name: str) -> None:
 def rollout_resume(obj: Context, name: str, wait: bool) -> None:
     """Continue a rollout whose driver died, from its recorded stage."""
     repo = Repository(obj.repo)
-    state = status(repo, name)
-    if state.status in FINAL:
-        raise ManagerError(f"the rollout of {name!r} is over ({state.status})")
-    if state.driver_alive():
-        raise ManagerError(f"the rollout of {name!r} is running (pid {state.driver_pid})")
     with _control(obj) as control:
         if wait:
-            state = run_rollout(repo, control, state)
+            state = run_rollout(repo, control, resumable(repo, name))
             _say(_rollout_line(state))
             return
-        pid = spawn_worker(repo, control.url, name)
+        state, pid = resume_in_background(repo, control, name)
     _say(f"rollout of {name} resumed at {state.weight} % (worker pid {pid})")
 
 
@@ -423,8 +423,7 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
 @pass_context
 def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     """The last rollout of every endpoint: versions, status, weight, driver."""
-    store = RolloutStore(Repository(obj.repo))
-    states = store.active() if active_only else store.all()
+    states = list_rollouts(Repository(obj.repo), active=active_only)
     if as_json:
         print_json([s.to_dict() for s in states])
         return
@@ -448,13 +447,8 @@ def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
 
 
 def _finish(obj: Context, name: str, action: str) -> None:
-    repo = Repository(obj.repo)
     with _control(obj) as control:
-        state = finish(repo, control, name, action)
-    deadline = time.monotonic() + 120
-    while state.status not in FINAL and time.monotonic() < deadline:
-        time.sleep(0.5)
-        state = status(repo, name)
+        state = finish_and_wait(Repository(obj.repo), control, name, action)
     _say(_rollout_line(state))
 
 

@@ -27,11 +27,6 @@ def say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def budget_configured(config: ServingConfig) -> bool:
-    """True when a memory limit or a model count limit is set (then loads make room)."""
-    return config.budget.limit is not None or config.budget.max_models is not None
-
-
 @contextmanager
 def open_controller(
     obj: AppContext, config: ServingConfig | None = None, **options: Any

@@ -14,10 +14,11 @@ from manager.artifacts import FORMATS
 from manager.cli.app import main
 from manager.cli.common import Context, console, err_console, pass_context, print_json
 from manager.errors import ManagerError
-from manager.footprint import FootprintStore, footprint_fields
+from manager.footprint import FootprintStore
+from manager.listing import version_rows
 from manager.modelconfig import TensorSpec
 from manager.prune import prune as prune_versions
-from manager.publish import PublishOptions, make_verifier, parse_labels, publish
+from manager.publish import PublishOptions, parse_labels, publish, smoke_verifier
 from manager.repository import Repository
 from manager.runtime import RUNTIMES
 from manager.units import format_size
@@ -166,7 +167,7 @@ def publish_cmd(
     )
     if (golden_dir or staging_url) and not smoke_test:
         raise click.UsageError("--golden and --staging-url need --smoke-test")
-    verify = make_verifier(golden_dir, staging_url) if smoke_test else None
+    verify = smoke_verifier(smoke_test, golden_dir, staging_url)
     show_bar = not as_json and artifact.exists() and _size(artifact) >= LARGE_BYTES
     with _progress(show_bar) as progress:
         result = publish(
@@ -195,16 +196,12 @@ def _size(path: Path) -> int:
 def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
     """List the versions of NAME with their provenance."""
     repo = Repository(obj.repo)
+    if as_json:
+        print_json(version_rows(repo, name))
+        return
     repo.require()
     infos = repo.version_info(name)
     store = FootprintStore(obj.repo)
-    if as_json:
-        rows = []
-        for i in infos:
-            row = {k: v for k, v in i.to_dict().items() if k != "config"}
-            rows.append({**row, **footprint_fields(store.known(name, i.version))})
-        print_json(rows)
-        return
     table = Table(title=f"{name} versions")
     for col in (
         "version",

@@ -12,9 +12,8 @@ from rich.table import Table
 from manager import serving
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import Context, console, pass_context, print_json
-from manager.cli.memory_cmds import budget_configured, open_controller
-from manager.controller import EnsureResult
-from manager.footprint import Footprint, FootprintStore, footprint_fields
+from manager.controller import EnsureResult, budget_configured, load_model
+from manager.listing import model_footprints, model_rows
 from manager.metrics import MemoryReading
 from manager.triton import TritonControl
 from manager.units import format_size
@@ -56,19 +55,14 @@ def load(
     room: it evicts what the policy picks, or refuses before loading when NAME cannot fit.
     """
     config = obj.serving_config()
-    if budget_configured(config):
-        with open_controller(obj, config, load_timeout=wait_timeout) as controller:
-            what = f"{name} version {version}" if version else name
-            with console.status(f"making room for and loading {what}..."):
-                ensured = controller.ensure_loaded(name, version)
-        _print_ensured(ensured, as_json)
-        return
+    what = f"{name} version {version}" if version else name
     with _control(obj) as control:
-        what = f"{name} version {version}" if version else name
-        with console.status(f"loading {what} on {control.url}..."):
-            result = serving.load(
-                control, name, version=version, repo=obj.repo, wait_timeout=wait_timeout
-            )
+        doing = "making room for and loading" if budget_configured(config) else "loading"
+        with console.status(f"{doing} {what} on {control.url}..."):
+            result = load_model(control, obj.repo, config, name, version, wait_timeout=wait_timeout)
+    if isinstance(result, EnsureResult):
+        _print_ensured(result, as_json)
+        return
     if as_json:
         print_json(result.to_json())
         return
@@ -154,25 +148,10 @@ def ls(obj: Context, as_json: bool) -> None:
     with _control(obj) as control:
         view = serving.overview(control, obj.repo)
         url = control.url
-    store = FootprintStore(obj.repo)
-    footprints: dict[tuple[str, int], Footprint | None] = {
-        (row.name, row.version): store.known(row.name, row.version)
-        for row in view.models
-        if row.version is not None
-    }
     if as_json:
-        print_json(
-            [
-                {
-                    **row.to_json(),
-                    **footprint_fields(
-                        footprints.get((row.name, row.version)) if row.version else None
-                    ),
-                }
-                for row in view.models
-            ]
-        )
+        print_json(model_rows(view.models, obj.repo))
         return
+    footprints = model_footprints(view.models, obj.repo)
     table = Table(title=f"models on {url}", title_justify="left")
     longest = max((len(r.name) for r in view.models), default=5)
     table.add_column("model", no_wrap=True, min_width=min(longest, 60))

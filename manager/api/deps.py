@@ -1,0 +1,43 @@
+"""Pieces the route modules share: the control plane of the app, checks of host paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+from fastapi import Depends, HTTPException, Request
+
+from manager.api.plane import ControlPlane
+
+
+def get_plane(request: Request) -> ControlPlane:
+    """The :class:`ControlPlane` the app was made for."""
+    return cast(ControlPlane, request.app.state.plane)
+
+
+Plane = Annotated[ControlPlane, Depends(get_plane)]
+
+
+def json_posts(request: Request) -> None:
+    """Refuse a POST that does not say ``Content-Type: application/json`` (415), even with
+    an empty body: a web page can make a browser send a form or a bodiless POST to another
+    site without asking, but not one with this header, so a control plane on localhost
+    without a token cannot be driven by whatever page its user visits."""
+    if request.method != "POST":
+        return
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(
+            415, "send JSON with 'Content-Type: application/json' (the body may be {})"
+        )
+
+
+def host_path(value: str | None, what: str) -> Path | None:
+    """A path on the control plane's host, which must be absolute: a relative one would be
+    read from wherever the server happens to run."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_absolute():
+        raise HTTPException(400, f"{what} must be an absolute path on the control plane's host")
+    return path

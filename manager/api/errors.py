@@ -1,0 +1,118 @@
+"""Errors as HTTP answers: every failure is ``{"error": "<message>"}`` with a 4xx or 5xx.
+
+A ``ManagerError`` gets the status of its class (the most specific one listed in
+:data:`STATUS`): 400 for bad input, 404 for an unknown model, endpoint or rollout, 409
+for a conflict with the current state (a rollout already running, a version that
+exists, a protected model, the memory budget), 422 for a smoke test that failed its
+golden requests, 502 when Triton refused or failed an operation, 503 when no Triton
+answers. A request body that does not validate is a 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from manager.errors import (
+    ArtifactError,
+    ConfigError,
+    EndpointError,
+    EndpointNotFoundError,
+    InvalidNameError,
+    LoadError,
+    ManagerError,
+    MemoryBudgetError,
+    ModelNotFoundError,
+    RepositoryError,
+    RolloutError,
+    RolloutNotFoundError,
+    ServerError,
+    TritonUnreachableError,
+    UnloadError,
+    VersionExistsError,
+)
+from manager.golden import GoldenMismatch
+from manager.infer import InferenceError
+from manager.native_router import RouterBuildError
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[ManagerError], int] = {
+    InvalidNameError: 400,
+    ArtifactError: 400,
+    ConfigError: 400,
+    EndpointError: 400,
+    EndpointNotFoundError: 404,
+    ModelNotFoundError: 404,
+    RolloutNotFoundError: 404,
+    RepositoryError: 409,
+    VersionExistsError: 409,
+    RolloutError: 409,
+    MemoryBudgetError: 409,
+    UnloadError: 409,
+    GoldenMismatch: 422,
+    RouterBuildError: 500,
+    LoadError: 502,
+    InferenceError: 502,
+    TritonUnreachableError: 503,
+    ServerError: 503,
+}
+DEFAULT_STATUS = 502
+"""Any other ``ManagerError``: most are Triton answering something unexpected."""
+
+
+def status_for(exc: ManagerError) -> int:
+    """The HTTP status of ``exc``: that of its most specific class in :data:`STATUS`."""
+    for cls in type(exc).__mro__:
+        status = STATUS.get(cls)
+        if status is not None:
+            return status
+    return DEFAULT_STATUS
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _manager_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ManagerError)
+    status = status_for(exc)
+    log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+    return error_response(status, str(exc))
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
+    message = "invalid request: " + "; ".join(problems)
+    return JSONResponse(
+        {"error": message, "detail": jsonable_encoder(exc.errors())}, status_code=400
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error with ``{"error": ...}``, never with a traceback."""
+    app.add_exception_handler(ManagerError, _manager_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,79 @@
+"""What every route of the control plane needs: the repository, how to reach Triton, and
+the serving settings, resolved as the CLI resolves its global options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from manager.budget import ServingConfig, resolve_serving_config
+from manager.repository import Repository
+from manager.triton import TritonControl, parse_url
+
+ControlFactory = Callable[[], TritonControl]
+"""Makes the Triton control a request uses (a test passes one that returns a fake)."""
+
+
+class ControlPlane:
+    """The repository and Triton server one control plane manages.
+
+    ``url`` None means what the CLI does without ``--url``: ``TRITONCTL_URL``, else the
+    embedded server of ``repo`` if one runs (looked up on every request, so a restarted
+    server is followed), else ``http://localhost:8000``. ``config_file``,
+    ``memory_limit``, ``max_models`` and ``policy`` are the CLI's ``--config``,
+    ``--memory-limit``, ``--max-models`` and ``--policy``: the serving settings are read
+    on every request (``tritonctl.yaml`` edits take effect), and checked once here so
+    that bad settings fail at start-up.
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        url: str | None = None,
+        *,
+        config_file: Path | None = None,
+        memory_limit: str | None = None,
+        max_models: int | None = None,
+        policy: str | None = None,
+        control_factory: ControlFactory | None = None,
+    ) -> None:
+        self.repo = Path(repo)
+        self.url = url
+        self.config_file = config_file
+        self.memory_limit = memory_limit
+        self.max_models = max_models
+        self.policy = policy
+        self._control_factory = control_factory
+        if url is not None:
+            parse_url(url)
+        self.serving_config()
+
+    def __repr__(self) -> str:
+        return f"ControlPlane({str(self.repo)!r}, {self.url!r})"
+
+    @property
+    def repository(self) -> Repository:
+        return Repository(self.repo)
+
+    def serving_config(self) -> ServingConfig:
+        """The settings in effect: tritonctl.yaml (or ``config_file``), then the overrides."""
+        return resolve_serving_config(
+            self.repo,
+            self.config_file,
+            memory_limit=self.memory_limit,
+            max_models=self.max_models,
+            eviction_policy=self.policy,
+        )
+
+    @contextmanager
+    def control(self, *, timeout: float | None = None) -> Iterator[TritonControl]:
+        """A Triton control for one request, closed after it (``timeout``: seconds for each
+        call instead of the default, for the metrics scrape). One made by a
+        ``control_factory`` belongs to the factory and is not closed."""
+        if self._control_factory is not None:
+            yield self._control_factory()
+            return
+        options = {"timeout": timeout} if timeout is not None else {}
+        with TritonControl.connect(self.url, self.repo, **options) as control:
+            yield control

@@ -1,0 +1,65 @@
+"""``/v1/endpoints``: what ``tritonctl endpoint show|switch|split|delete`` do, over HTTP."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from manager.api import schemas
+from manager.api.deps import Plane
+from manager.endpoints import Endpoints, RouterOptions, Target
+from manager.names import parse_model_ref
+
+router = APIRouter(prefix="/v1", tags=["endpoints"])
+
+
+@router.get("/endpoints", response_model=schemas.EndpointList)
+def list_endpoints(plane: Plane) -> schemas.EndpointList:
+    """Every endpoint of the repository with its targets and weights."""
+    with plane.control() as control:
+        states = Endpoints(plane.repository, control).list()
+    return schemas.EndpointList.model_validate({"endpoints": [s.to_dict() for s in states]})
+
+
+@router.get("/endpoints/{name}", response_model=schemas.EndpointAnswer)
+def show_endpoint(name: str, plane: Plane) -> schemas.EndpointAnswer:
+    """Targets and weights of endpoint ``name`` (``tritonctl endpoint show NAME``)."""
+    with plane.control() as control:
+        state = Endpoints(plane.repository, control).get(name)
+    return schemas.EndpointAnswer.model_validate(state.to_dict())
+
+
+@router.post("/endpoints/{name}/switch", response_model=schemas.EndpointAnswer)
+def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.EndpointAnswer:
+    """Point endpoint ``name`` at one model version, creating it if new (``tritonctl
+    endpoint switch NAME --to MODEL[:VERSION]``); clients keep calling ``name``."""
+    model, version = parse_model_ref(body.to)
+    with plane.control() as control:
+        state = Endpoints(plane.repository, control).switch(name, model, version)
+    return schemas.EndpointAnswer.model_validate(state.to_dict())
+
+
+@router.post("/endpoints/{name}/split", response_model=schemas.EndpointAnswer)
+def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.EndpointAnswer:
+    """Split endpoint ``name``'s traffic across targets by weight (``tritonctl endpoint
+    split NAME --target M:V=W ...``)."""
+    targets = [
+        Target.parse(t) if isinstance(t, str) else Target(t.model, t.version, t.weight)
+        for t in body.targets
+    ]
+    options = RouterOptions(backend=body.router) if body.router else RouterOptions()
+    with plane.control() as control:
+        state = Endpoints(plane.repository, control, router=options).split(
+            name,
+            targets,
+            sticky_parameter=body.sticky_parameter,
+            use_correlation_id=body.sticky_correlation_id,
+        )
+    return schemas.EndpointAnswer.model_validate(state.to_dict())
+
+
+@router.delete("/endpoints/{name}", response_model=schemas.Deleted)
+def delete(name: str, plane: Plane) -> schemas.Deleted:
+    """Unload and remove endpoint ``name``; its targets keep serving."""
+    with plane.control() as control:
+        Endpoints(plane.repository, control).delete(name)
+    return schemas.Deleted(name=name)

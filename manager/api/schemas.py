@@ -1,0 +1,399 @@
+"""The JSON bodies of the control plane's requests and answers.
+
+Request fields are named after the CLI options they mirror (``--wait-timeout`` is
+``wait_timeout``, ``--to`` is ``to``); a repeatable option is a list named in the plural
+(``--target`` is ``targets``, ``--label`` is ``labels``). Answers carry the same fields
+as the CLI's ``--json`` output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from manager.artifacts import FORMATS
+from manager.endpoints import ROUTER_BACKENDS
+from manager.rollout import DEFAULT_STAGES, RolloutPolicy
+from manager.rollout_service import FINISH_WAIT_S
+from manager.runtime import RUNTIMES
+from manager.serving import DEFAULT_LOAD_TIMEOUT_S, DEFAULT_UNLOAD_TIMEOUT_S
+
+_POLICY = RolloutPolicy()
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused (a misspelt option is not ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Answer(BaseModel):
+    """An answer body."""
+
+
+class ErrorAnswer(Answer):
+    error: str = Field(description="What went wrong, in one line.")
+
+
+# --------------------------------------------------------------------------- health
+
+
+class Liveness(Answer):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class TritonHealth(Answer):
+    url: str | None
+    live: bool
+    ready: bool = Field(description="Triton's own readiness: false while any model failed to load.")
+    error: str | None = None
+
+
+class Readiness(Answer):
+    ready: bool = Field(description="The repository exists and Triton answers (is live).")
+    repository: str
+    repository_exists: bool
+    triton: TritonHealth
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelVersionRow(Answer):
+    """One model version as ``tritonctl ls --json`` lists it."""
+
+    name: str
+    version: int | None
+    state: str
+    reason: str
+    last_inference_ms: int | None
+    inference_count: int
+    success_count: int
+    fail_count: int
+    footprint_bytes: int | None
+    footprint_method: str | None
+    footprint_measured_at: str | None
+    load_seconds: float | None
+
+
+class DeviceMemory(Answer):
+    device: str
+    used_bytes: int
+    total_bytes: int
+    free_bytes: int
+
+
+class MemoryReading(Answer):
+    gpus: list[DeviceMemory]
+    cpu: DeviceMemory | None
+    taken_at: float
+
+
+class ModelList(Answer):
+    url: str
+    models: list[ModelVersionRow]
+    memory: MemoryReading | None = Field(
+        description="Triton's memory metrics; null when its metrics endpoint does not answer."
+    )
+
+
+class VersionRow(Answer):
+    """One published version as ``tritonctl versions --json`` lists it: its provenance
+    (format, runtime, sha256, source, published_at, labels, ...) and footprint."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    version: int
+    path: str
+    footprint_bytes: int | None
+    footprint_method: str | None
+
+
+class VersionList(Answer):
+    name: str
+    versions: list[VersionRow]
+
+
+class LoadRequest(Body):
+    version: int | None = Field(default=None, ge=1, description="Load only this version.")
+    wait_timeout: float = Field(
+        default=DEFAULT_LOAD_TIMEOUT_S, ge=0, description="Seconds to wait for READY."
+    )
+
+
+class Eviction(Answer):
+    model: str
+    version: int
+    bytes: int
+    reason: str
+
+
+class Footprint(Answer):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    version: int
+    bytes: int
+    method: str
+
+
+class LoadAnswer(Answer):
+    name: str
+    versions: list[int]
+    seconds: float
+    cache_hit: bool = Field(description="Already loaded: nothing was done.")
+    evicted: list[Eviction] = Field(
+        default_factory=list, description="What the memory budget made room by."
+    )
+    footprints: list[Footprint] = Field(
+        default_factory=list, description="Memory measured across the load (with a budget)."
+    )
+
+
+class UnloadRequest(Body):
+    wait_timeout: float = Field(default=DEFAULT_UNLOAD_TIMEOUT_S, ge=0)
+    dependents: bool = Field(default=False, description="Also unload models that depend on it.")
+
+
+class UnloadAnswer(Answer):
+    name: str
+    seconds: float
+    was_loaded: bool
+
+
+class EvictRequest(Body):
+    force: bool = Field(default=False, description="Evict even if pinned or an endpoint target.")
+
+
+class EvictAnswer(Answer):
+    name: str
+    evicted: list[Eviction]
+
+
+class PinAnswer(Answer):
+    name: str
+    pinned: bool
+    changed: bool
+
+
+class Usage(Answer):
+    used_bytes: int
+    total_bytes: int
+    method: str
+
+
+class Protected(Answer):
+    model: str
+    version: int
+    bytes: int
+    reason: str
+
+
+class MemoryPlan(Answer):
+    """The budget and what would be evicted now (``tritonctl evict --dry-run --json``)."""
+
+    configured: bool = Field(description="A memory limit or max_models is set.")
+    usage: Usage
+    limit_bytes: int
+    high_watermark_bytes: int
+    low_watermark_bytes: int
+    max_models: int | None
+    loaded: int
+    policy: str
+    for_model: str | None
+    footprint: Footprint | None
+    need_bytes: int
+    need_slots: int
+    refused: str | None
+    victims: list[Eviction]
+    ranking: list[Eviction]
+    protected: list[Protected]
+
+
+class PublishRequest(Body):
+    """``tritonctl publish NAME ARTIFACT [options]``; paths are on the control plane's host."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    artifact: str = Field(min_length=1, description="Artifact file or folder on this host.")
+    format: str = "auto"
+    version: int | None = Field(default=None, ge=1, description="Default: highest + 1.")
+    max_batch_size: int | None = Field(default=None, ge=0)
+    instance_count: int = Field(default=1, ge=1)
+    kind: Literal["auto", "cpu", "gpu"] = "auto"
+    runtime: str = "auto"
+    inputs: list[str] = Field(default_factory=list, description="NAME:DTYPE:DIMS each.")
+    outputs: list[str] = Field(default_factory=list, description="NAME:DTYPE:DIMS each.")
+    config: str | None = Field(default=None, description="A config.pbtxt on this host.")
+    labels: dict[str, str] | list[str] = Field(
+        default_factory=dict, description="{key: value}, or KEY=VALUE strings."
+    )
+    copy_artifact: bool = Field(
+        default=False, alias="copy", description="Copy even where a hard link is possible."
+    )
+    smoke_test: bool = False
+    golden: str | None = Field(
+        default=None, description="Golden requests folder (with smoke_test)."
+    )
+    staging_url: str | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("auto", *FORMATS):
+            raise ValueError(f"must be one of auto, {', '.join(FORMATS)}")
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in RUNTIMES:
+            raise ValueError(f"must be one of {', '.join(RUNTIMES)}")
+        return value
+
+
+class PublishAnswer(Answer):
+    name: str
+    version: int
+    path: str
+    runtime: str
+    format: str
+    sha256: str
+    placed_by: str
+    labels: dict[str, str]
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+class Target(Body):
+    model: str
+    version: int = Field(ge=1)
+    weight: float = Field(default=100.0, ge=0)
+
+
+class Sticky(Answer):
+    parameter: str | None
+    use_correlation_id: bool
+
+
+class EndpointAnswer(Answer):
+    name: str
+    mode: str = Field(description="pinned (one target) or routed (several, by weight)")
+    targets: list[Target]
+    sticky: Sticky
+    generation: int
+    updated_at: str
+
+
+class EndpointList(Answer):
+    endpoints: list[EndpointAnswer]
+
+
+class Deleted(Answer):
+    name: str
+    deleted: bool = True
+
+
+class SwitchRequest(Body):
+    to: str = Field(min_length=1, description="MODEL or MODEL:VERSION (default the newest).")
+
+
+class SplitRequest(Body):
+    targets: list[str | Target] = Field(
+        min_length=1, description='"MODEL:VERSION=WEIGHT" strings or {model, version, weight}.'
+    )
+    sticky_parameter: str | None = None
+    sticky_correlation_id: bool = False
+    router: str | None = Field(
+        default=None,
+        description=f"One of {', '.join(ROUTER_BACKENDS)} (default: TRITONCTL_ROUTER).",
+    )
+
+    @field_validator("router")
+    @classmethod
+    def _known_router(cls, value: str | None) -> str | None:
+        if value is not None and value not in ROUTER_BACKENDS:
+            raise ValueError(f"must be one of {', '.join(ROUTER_BACKENDS)}")
+        return value
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+class RolloutStartRequest(Body):
+    """``tritonctl rollout start NAME --to VERSION [options]`` (never ``--wait``)."""
+
+    to: int = Field(ge=1, description="The version of the endpoint's model to roll out.")
+    stages: str | list[int] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        description='Weights in %, a list or "5,15,30".',
+    )
+    stage_seconds: float = Field(default=_POLICY.stage_seconds, ge=0)
+    min_requests: int = Field(default=_POLICY.min_requests, ge=0)
+    max_error_rate: float = Field(default=_POLICY.max_error_rate, ge=0, le=1)
+    max_latency_ratio: float = Field(default=_POLICY.max_latency_ratio, gt=0)
+    latency_tolerance_ms: float = Field(default=_POLICY.latency_tolerance_ms, ge=0)
+    golden: str | None = Field(default=None, description="Golden requests folder on this host.")
+    warmup_requests: int = Field(default=_POLICY.warmup_requests, ge=0)
+    sticky_parameter: str | None = None
+    sticky_correlation_id: bool = False
+
+
+class FinishRequest(Body):
+    wait_timeout: float = Field(
+        default=FINISH_WAIT_S, ge=0, description="Seconds to wait for the rollout to be over."
+    )
+
+
+class RolloutPolicyAnswer(Answer):
+    stages: list[int]
+    stage_seconds: float
+    min_requests: int
+    max_error_rate: float
+    max_latency_ratio: float
+    latency_tolerance_ms: float
+    max_stage_wait: float
+    golden_dir: str | None
+    warmup_requests: int
+    sticky_parameter: str | None
+    use_correlation_id: bool
+
+
+class StageRecord(Answer):
+    weight: int
+    started_at: str
+    new: dict[str, Any]
+    old: dict[str, Any]
+    verdict: str
+
+
+class RolloutAnswer(Answer):
+    endpoint: str
+    model: str
+    old_version: int
+    new_version: int
+    status: str = Field(description="starting, running, promoted or rolled_back")
+    weight: int = Field(description="% of the traffic on the new version now.")
+    weights: dict[str, int]
+    stage_index: int
+    reason: str
+    requested: str
+    driver_pid: int
+    driver_alive: bool
+    warmup: str
+    started_at: str
+    updated_at: str
+    policy: RolloutPolicyAnswer
+    history: list[StageRecord]
+
+
+class RolloutStarted(RolloutAnswer):
+    worker_pid: int = Field(description="The detached process that drives the rollout.")
+
+
+class RolloutList(Answer):
+    rollouts: list[RolloutAnswer]

@@ -1,0 +1,76 @@
+"""``tritonctl api serve``: the REST control plane, with Prometheus metrics."""
+
+from __future__ import annotations
+
+import click
+
+from manager.cli.app import AppContext, main, pass_app
+from manager.cli.common import console, err_console
+
+DEFAULT_PORT = 8003
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@main.group("api")
+def api() -> None:
+    """The REST control plane: tritonctl's operations under /v1, metrics at /metrics."""
+
+
+@api.command("serve")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (0.0.0.0: every interface; set a token then).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--token",
+    envvar="TRITONCTL_API_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on every route but health and /metrics "
+    "(env TRITONCTL_API_TOKEN, which other users cannot read from the process list).",
+)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@pass_app
+def serve(
+    obj: AppContext, host: str, port: int, token: str | None, log_level: str, access_log: bool
+) -> None:
+    """Serve the control plane of --repo and the Triton server of --url until Ctrl-C.
+
+    The global options apply as to every command: --repo, --url (else the embedded server
+    of --repo, looked up on every request), --config, --memory-limit, --max-models and
+    --policy. Routes and metrics are listed in docs/api.md; /docs has the OpenAPI page.
+    """
+    import uvicorn
+
+    from manager.api import create_app
+
+    app = create_app(
+        obj.repo,
+        obj.url,
+        config_file=obj.config_file,
+        memory_limit=obj.memory_limit,
+        max_models=obj.max_models,
+        policy=obj.policy,
+        token=token or None,
+    )
+    if not token and host not in LOOPBACK:
+        err_console.print(
+            f"warning: no --token and listening on {host}: whoever reaches port {port} can "
+            "publish, load, unload and roll out models",
+            markup=False,
+            highlight=False,
+        )
+    where = f"[{host}]" if ":" in host else host
+    console.print(
+        f"tritonctl control plane on http://{where}:{port} for {obj.repo.absolute()} "
+        f"(Triton: {obj.url or 'the embedded server, else http://localhost:8000'})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
