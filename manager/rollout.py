@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
+from filelock import FileLock, Timeout
 
 from manager.errors import (
     ManagerError,
@@ -265,6 +266,28 @@ class RolloutStore:
     def clear_request(self, endpoint: str) -> None:
         self.request_path(endpoint).unlink(missing_ok=True)
 
+    def driver_lock(self, endpoint: str) -> FileLock:
+        """Held by the process that drives ``endpoint``'s rollout, for as long as it does
+        (the system drops it when that process dies, however it dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f"{endpoint}.driver.lock"))
+
+    def start_lock(self, endpoint: str) -> FileLock:
+        """Held while a rollout of ``endpoint`` is checked and recorded, so that two
+        starts at once cannot both record one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f"{endpoint}.start.lock"), timeout=30)
+
+    def driven(self, endpoint: str) -> bool:
+        """Whether some process drives ``endpoint``'s rollout now (holds its driver lock)."""
+        lock = self.driver_lock(endpoint)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
     def load(self, endpoint: str) -> RolloutState | None:
         import json
 
@@ -346,7 +369,27 @@ class RolloutDriver:
         return state
 
     def run(self, state: RolloutState) -> RolloutState:
-        """Drive ``state`` to ``promoted`` or ``rolled_back``; resumes where it stands."""
+        """Drive ``state`` to ``promoted`` or ``rolled_back``; resumes where it stands.
+
+        One process at a time drives a rollout: another one driving it already is an
+        error (two workers started for one rollout at once: the second one stops here)."""
+        lock = self.store.driver_lock(state.endpoint)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RolloutError(
+                f"the rollout of {state.endpoint!r} is driven by another process"
+            ) from None
+        try:
+            # the state as the last driver left it, not as the caller read it
+            state = self.store.load(state.endpoint) or state
+            if state.status in FINAL:
+                return state
+            return self._run(state)
+        finally:
+            lock.release()
+
+    def _run(self, state: RolloutState) -> RolloutState:
         self._claim(state)
         try:
             if state.status == "starting":

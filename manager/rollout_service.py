@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import Timeout
 
 from manager.endpoints import PINNED, Endpoints
 from manager.errors import ManagerError, RolloutError, RolloutNotFoundError
@@ -127,9 +128,25 @@ def begin_rollout(
     A rollout whose driver died is resumed instead when it goes to the same version.
     """
     store = RolloutStore(repo)
+    with store.start_lock(endpoint):
+        return _begin_rollout(store, repo, control, endpoint, to_version, policy)
+
+
+def _begin_rollout(
+    store: RolloutStore,
+    repo: Repository,
+    control: TritonControl,
+    endpoint: str,
+    to_version: int,
+    policy: RolloutPolicy,
+) -> RolloutState:
     current = store.load(endpoint)
     if current is not None and current.status in ACTIVE:
-        if current.new_version == to_version and not current.driver_alive():
+        if (
+            current.new_version == to_version
+            and not current.driver_alive()
+            and not store.driven(endpoint)
+        ):
             log.info("resuming the rollout of %s to version %d", endpoint, to_version)
             return current
         raise RolloutError(
@@ -174,7 +191,7 @@ def resumable(repo: Repository, endpoint: str) -> RolloutState:
     state = status(repo, endpoint)
     if state.status in FINAL:
         raise RolloutError(f"the rollout of {endpoint!r} is over ({state.status})")
-    if state.driver_alive():
+    if state.driver_alive() or RolloutStore(repo).driven(endpoint):
         raise RolloutError(f"the rollout of {endpoint!r} is running (pid {state.driver_pid})")
     return state
 
@@ -220,12 +237,21 @@ def finish(repo: Repository, control: TritonControl, endpoint: str, action: str)
     """``promote`` or ``abort`` a rollout: through its driver when it runs, else here."""
     store = RolloutStore(repo)
     state = request_action(store, endpoint, action)
-    if state.driver_alive() and state.driver_pid != os.getpid():
-        return state  # the driver acts on it within a poll
-    driver = make_driver(repo, control, state.policy)
-    if action == "promote":
-        return driver.promote(state, "promoted by request")
-    return driver.rollback(state, "aborted by request")
+    lock = store.driver_lock(endpoint)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return state  # a driver runs: it acts on the request within a poll
+    try:
+        state = store.load(endpoint) or state
+        if state.status in FINAL:
+            return state
+        driver = make_driver(repo, control, state.policy)
+        if action == "promote":
+            return driver.promote(state, "promoted by request")
+        return driver.rollback(state, "aborted by request")
+    finally:
+        lock.release()
 
 
 def finish_and_wait(

@@ -500,3 +500,56 @@ def test_rollout_list_shows_every_endpoint_s_last_rollout(tmp_path):
     assert active.exit_code == 0, active.output
     assert "live_ep" in active.output and "done_ep" not in active.output
     assert rows["live_ep"]["driver_alive"] is False
+
+
+def test_one_process_at_a_time_drives_a_rollout(tmp_path):
+    driver, endpoints, _, store = make(tmp_path)
+    state = driver.begin("ep", "m", 1, 2, POLICY)
+    other = store.driver_lock("ep")  # another driver, as far as this one can tell
+    other.acquire()
+    try:
+        assert store.driven("ep")
+        with pytest.raises(RolloutError, match="driven by another process"):
+            driver.run(state)
+        assert endpoints.calls == []  # it touched nothing
+        assert store.load("ep").status == "starting"
+    finally:
+        other.release()
+    assert not store.driven("ep")
+    assert driver.run(state).status == "promoted"
+    assert not store.driven("ep")  # released when done
+
+
+def test_a_driver_takes_the_recorded_state_not_a_stale_copy(tmp_path):
+    driver, endpoints, _, store = make(tmp_path)
+    stale = driver.begin("ep", "m", 1, 2, POLICY)
+    assert driver.run(store.load("ep")).status == "promoted"
+    endpoints.calls.clear()
+    # a second worker started with the state as it was before the first one finished
+    state = driver.run(stale)
+    assert state.status == "promoted"
+    assert endpoints.calls == []
+
+
+def test_resume_and_finish_leave_a_driven_rollout_to_its_driver(tmp_path):
+    from manager.rollout_service import finish, resumable
+
+    driver, endpoints, _, store = make(tmp_path)
+    driver.begin("ep", "m", 1, 2, POLICY)
+    repo = Repository(tmp_path)
+    # recorded as starting with no driver pid yet: a worker that is just starting holds
+    # the lock before it records itself
+    other = store.driver_lock("ep")
+    other.acquire()
+    try:
+        with pytest.raises(RolloutError, match="is running"):
+            resumable(repo, "ep")
+        state = finish(repo, None, "ep", "abort")  # type: ignore[arg-type]
+        assert state.status == "starting" and state.requested == "abort"
+        assert endpoints.calls == []
+    finally:
+        other.release()
+    assert resumable(repo, "ep").status == "starting"
+    # the driver that gets the lock acts on the request
+    state = driver.run(store.load("ep"))
+    assert state.status == "rolled_back" and state.reason == "aborted by request"
