@@ -84,3 +84,42 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
         return responses
 """
+
+
+# Version N answers x + N: the version is read from Triton's args, so one source serves
+# every version and the answers tell the versions apart.
+ADD_VERSION_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.add = np.float32(int(args["model_version"]))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            out = pb_utils.Tensor("OUTPUT0", x + self.add)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+"""
+
+
+def write_source_model(folder: Path, name: str, model_py: str = ADD_VERSION_PY) -> Path:
+    """A Python-backend model folder to publish: ``model_py`` and a config of one FP32
+    vector ``INPUT0`` -> ``OUTPUT0`` (any length, no batching) on CPU."""
+    from manager.modelconfig import TensorSpec, build_config, write_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(model_py)
+    config = build_config(
+        name,
+        [TensorSpec("INPUT0", "FP32", (-1,))],
+        [TensorSpec("OUTPUT0", "FP32", (-1,))],
+        backend="python",
+        kind="cpu",
+    )
+    write_config(folder / "config.pbtxt", config)
+    return folder

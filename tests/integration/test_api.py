@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -22,51 +21,19 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from manager.api import create_app
-from manager.modelconfig import TensorSpec, build_config, write_config
 from manager.server import free_port
 from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import FAILING_MODEL_PY, write_python_model
 from tests.modelfactory import write_python_model as add_one_folder
+from tests.modelfactory import write_source_model
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "integration-token"
 
-# Version N answers x + N (read from Triton's args): one source, versions told apart.
-ADD_VERSION_PY = textwrap.dedent(
-    """
-    import numpy as np
-    import triton_python_backend_utils as pb_utils
-
-
-    class TritonPythonModel:
-        def initialize(self, args):
-            self.add = np.float32(int(args["model_version"]))
-
-        def execute(self, requests):
-            responses = []
-            for request in requests:
-                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-                out = pb_utils.Tensor("OUTPUT0", x + self.add)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            return responses
-    """
-)
-
 
 def add_version_folder(root: Path) -> Path:
-    folder = root / "api_adder_src"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.py").write_text(ADD_VERSION_PY)
-    config = build_config(
-        "api_adder",
-        [TensorSpec("INPUT0", "FP32", (-1,))],
-        [TensorSpec("OUTPUT0", "FP32", (-1,))],
-        backend="python",
-        kind="cpu",
-    )
-    write_config(folder / "config.pbtxt", config)
-    return folder
+    return write_source_model(root / "api_adder_src", "api_adder")
 
 
 @pytest.fixture(scope="module")

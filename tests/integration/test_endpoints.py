@@ -19,11 +19,12 @@ from tritonclient.utils import InferenceServerException
 
 from manager import native_router
 from manager.endpoints import Endpoints, RouterOptions, Target, router_name
-from manager.modelconfig import TensorSpec, build_config, read_config, write_config
+from manager.modelconfig import read_config
 from manager.publish import publish
 from manager.repository import Repository
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
+from tests.modelfactory import ADD_VERSION_PY, write_source_model
 from tests.unit.fakes.triton_python_backend_utils import load_backend_module
 
 pytestmark = pytest.mark.integration
@@ -34,27 +35,6 @@ stable_point = load_backend_module(ROUTER_PY, "tritonctl_router_reference").stab
 ADDER = "ep_adder"
 BROKEN = "ep_broken"
 PARAMS = "ep_params"
-
-# Version N answers x + N: the version is read from Triton's args, so one source serves all.
-ADDER_PY = textwrap.dedent(
-    """
-    import numpy as np
-    import triton_python_backend_utils as pb_utils
-
-
-    class TritonPythonModel:
-        def initialize(self, args):
-            self.add = np.float32(int(args["model_version"]))
-
-        def execute(self, requests):
-            responses = []
-            for request in requests:
-                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-                out = pb_utils.Tensor("OUTPUT0", x + self.add)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            return responses
-    """
-)
 
 # Answers x + the sum of the request's numeric and boolean parameters + the length of its
 # string parameters: what reached the target of the request's parameters, in one number.
@@ -90,18 +70,7 @@ BROKEN_PY = textwrap.dedent(
 
 
 def source_folder(root: Path, name: str, model_py: str) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.py").write_text(model_py)
-    config = build_config(
-        name,
-        [TensorSpec("INPUT0", "FP32", (-1,))],
-        [TensorSpec("OUTPUT0", "FP32", (-1,))],
-        backend="python",
-        kind="cpu",
-    )
-    write_config(folder / "config.pbtxt", config)
-    return folder
+    return write_source_model(root / name, name, model_py)
 
 
 def publish_versions(repo: Path, name: str, model_py: str, count: int, tmp: Path) -> None:
@@ -113,7 +82,7 @@ def publish_versions(repo: Path, name: str, model_py: str, count: int, tmp: Path
 @pytest.fixture(scope="module")
 def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> TritonHandle:
     tmp = tmp_path_factory.mktemp("endpoint_sources")
-    publish_versions(triton.repo, ADDER, ADDER_PY, 2, tmp)
+    publish_versions(triton.repo, ADDER, ADD_VERSION_PY, 2, tmp)
     publish_versions(triton.repo, BROKEN, BROKEN_PY, 1, tmp)
     publish_versions(triton.repo, PARAMS, PARAMS_PY, 2, tmp)
     return triton
@@ -264,7 +233,7 @@ def test_reloading_a_model_to_add_a_version_keeps_the_served_version_answering(
     tmp_path: Path,
 ) -> None:
     name = "ep_reload"
-    publish_versions(models.repo, name, ADDER_PY, 2, tmp_path)
+    publish_versions(models.repo, name, ADD_VERSION_PY, 2, tmp_path)
     assert endpoints.serve_versions(name, {1}) == {1}
     with ClientLoop(models, name, version="1") as loop:
         loop.wait_for(20)
@@ -472,10 +441,10 @@ def test_publishing_a_new_version_keeps_the_versions_endpoints_pin_served(
     models: TritonHandle, endpoints: Endpoints, control: TritonControl, tmp_path: Path
 ) -> None:
     name = "ep_grow"
-    publish_versions(models.repo, name, ADDER_PY, 2, tmp_path)
+    publish_versions(models.repo, name, ADD_VERSION_PY, 2, tmp_path)
     endpoints.switch("ep_grow_old", name, 1)
     endpoints.switch("ep_grow_mid", name, 2)
-    publish_versions(models.repo, name, ADDER_PY, 1, tmp_path)  # version 3
+    publish_versions(models.repo, name, ADD_VERSION_PY, 1, tmp_path)  # version 3
     with ClientLoop(models, "ep_grow_old") as loop:
         loop.wait_for(10)
         endpoints.switch("ep_grow_new", name)  # the newest: 3
@@ -492,7 +461,7 @@ def test_the_python_example_of_the_docs_runs(models: TritonHandle, tmp_path: Pat
     text = (Path(__file__).resolve().parents[2] / "docs" / "endpoints.md").read_text()
     section = text.split("## Python API", 1)[1]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
-    publish_versions(models.repo, "doc_model", ADDER_PY, 2, tmp_path)
+    publish_versions(models.repo, "doc_model", ADD_VERSION_PY, 2, tmp_path)
     exec(compile(block, "docs/endpoints.md", "exec"), {"url": models.grpc_url, "repo": models.repo})
     with grpc_client(models) as client:
         assert call(client, "doc_ep") == 2
