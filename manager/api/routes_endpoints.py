@@ -1,4 +1,5 @@
-"""``/v1/endpoints``: what ``tritonctl endpoint show|switch|split|delete`` do, over HTTP."""
+"""``/v1/endpoints``: what ``tritonctl endpoint show|switch|split|restore|delete`` do,
+over HTTP."""
 
 from __future__ import annotations
 
@@ -54,6 +55,24 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
             sticky_parameter=body.sticky_parameter,
             use_correlation_id=body.sticky_correlation_id,
         )
+    return schemas.EndpointAnswer.model_validate(state.to_dict())
+
+
+@router.post("/endpoints/restore", response_model=schemas.EndpointList)
+def restore_all(plane: Plane) -> schemas.EndpointList:
+    """Serve every endpoint again as recorded, e.g. after a server restart (``tritonctl
+    endpoint restore``)."""
+    with plane.control() as control:
+        states = Endpoints(plane.repository, control).restore_all()
+    return schemas.EndpointList.model_validate({"endpoints": [s.to_dict() for s in states]})
+
+
+@router.post("/endpoints/{name}/restore", response_model=schemas.EndpointAnswer)
+def restore(name: str, plane: Plane) -> schemas.EndpointAnswer:
+    """Serve endpoint ``name`` again as recorded: its targets, its router if split
+    (``tritonctl endpoint restore NAME``)."""
+    with plane.control() as control:
+        state = Endpoints(plane.repository, control).ensure(name)
     return schemas.EndpointAnswer.model_validate(state.to_dict())
 
 

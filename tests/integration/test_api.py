@@ -141,6 +141,13 @@ def test_api_switches_an_endpoint_that_clients_call_by_its_name(
         )
         assert parsed[weight] == 100
         assert ready_sample(api.get("/metrics").text, "api_ep", "1") == 1
+
+        # unloaded behind the control plane's back (as after a restart): restore serves it
+        api.post("/v1/models/api_ep/unload", json={})
+        assert ready_sample(api.get("/metrics").text, "api_ep", "1") == 0
+        restored = api.post("/v1/endpoints/api_ep/restore", json={})
+        assert restored.status_code == 200, restored.text
+        np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
     finally:
         api.delete("/v1/endpoints/api_ep")
         api.post("/v1/models/api_adder/unload", json={})

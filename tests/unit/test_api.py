@@ -559,6 +559,22 @@ def test_delete_removes_the_endpoint_but_not_its_target(
     assert client.get("/v1/endpoints").json() == {"endpoints": []}
 
 
+def test_restore_serves_recorded_endpoints_again(client: TestClient, fake: FakeTriton) -> None:
+    client.post("/v1/endpoints/ep/switch", json={"to": "m:2"})
+    client.post("/v1/endpoints/ep2/switch", json={"to": "m:1"})
+    fake.loaded.clear()  # a restarted server serves nothing until told
+    one = client.post("/v1/endpoints/ep/restore", json={})
+    assert one.status_code == 200, one.text
+    assert one.json()["targets"] == [{"model": "m", "version": 2, "weight": 100.0}]
+    # m serves every version an endpoint pins (ep2's 1 too), but only ep is served
+    assert fake.loaded["ep"] == {1} and 2 in fake.loaded["m"] and "ep2" not in fake.loaded
+    every = client.post("/v1/endpoints/restore", json={})
+    assert every.status_code == 200, every.text
+    assert sorted(e["name"] for e in every.json()["endpoints"]) == ["ep", "ep2"]
+    assert fake.loaded["ep2"] == {1} and fake.loaded["m"] >= {1, 2}
+    error_of(client.post("/v1/endpoints/ghost/restore", json={}), 404)
+
+
 # --------------------------------------------------------------------------- rollouts
 
 
