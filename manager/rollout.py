@@ -30,7 +30,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -278,15 +279,25 @@ class RolloutStore:
         self.root.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.root / f"{endpoint}.start.lock"), timeout=30)
 
-    def driven(self, endpoint: str) -> bool:
-        """Whether some process drives ``endpoint``'s rollout now (holds its driver lock)."""
+    @contextmanager
+    def driving(self, endpoint: str) -> Iterator[bool]:
+        """Holds ``endpoint``'s driver lock for the block unless another process holds it:
+        yields whether this one does."""
         lock = self.driver_lock(endpoint)
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            return True
-        lock.release()
-        return False
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def driven(self, endpoint: str) -> bool:
+        """Whether some process drives ``endpoint``'s rollout now (holds its driver lock)."""
+        with self.driving(endpoint) as mine:
+            return not mine
 
     def load(self, endpoint: str) -> RolloutState | None:
         import json
@@ -373,21 +384,16 @@ class RolloutDriver:
 
         One process at a time drives a rollout: another one driving it already is an
         error (two workers started for one rollout at once: the second one stops here)."""
-        lock = self.store.driver_lock(state.endpoint)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise RolloutError(
-                f"the rollout of {state.endpoint!r} is driven by another process"
-            ) from None
-        try:
+        with self.store.driving(state.endpoint) as mine:
+            if not mine:
+                raise RolloutError(
+                    f"the rollout of {state.endpoint!r} is driven by another process"
+                )
             # the state as the last driver left it, not as the caller read it
             state = self.store.load(state.endpoint) or state
             if state.status in FINAL:
                 return state
             return self._run(state)
-        finally:
-            lock.release()
 
     def _run(self, state: RolloutState) -> RolloutState:
         self._claim(state)

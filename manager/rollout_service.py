@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from filelock import Timeout
 
 from manager.endpoints import PINNED, Endpoints
 from manager.errors import ManagerError, RolloutError, RolloutNotFoundError
@@ -237,12 +236,9 @@ def finish(repo: Repository, control: TritonControl, endpoint: str, action: str)
     """``promote`` or ``abort`` a rollout: through its driver when it runs, else here."""
     store = RolloutStore(repo)
     state = request_action(store, endpoint, action)
-    lock = store.driver_lock(endpoint)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return state  # a driver runs: it acts on the request within a poll
-    try:
+    with store.driving(endpoint) as mine:
+        if not mine:
+            return state  # a driver runs: it acts on the request within a poll
         state = store.load(endpoint) or state
         if state.status in FINAL:
             return state
@@ -250,8 +246,6 @@ def finish(repo: Repository, control: TritonControl, endpoint: str, action: str)
         if action == "promote":
             return driver.promote(state, "promoted by request")
         return driver.rollback(state, "aborted by request")
-    finally:
-        lock.release()
 
 
 def finish_and_wait(
