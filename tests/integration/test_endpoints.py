@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from manager import native_router
 from manager.endpoints import Endpoints, RouterOptions, Target, router_name
-from manager.modelconfig import read_config
+from manager.modelconfig import TensorSpec, build_config, read_config, write_config
 from manager.publish import publish
 from manager.repository import Repository
 from manager.triton import TritonControl
@@ -56,6 +56,25 @@ PARAMS_PY = textwrap.dedent(
                 x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
                 out = pb_utils.Tensor("OUTPUT0", x + np.float32(total))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    """
+)
+
+# Takes 0.3 s per request: a queue of them builds up behind one instance.
+SLOW_PY = textwrap.dedent(
+    """
+    import time
+
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                time.sleep(0.3)
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[x]))
             return responses
     """
 )
@@ -374,6 +393,68 @@ def test_a_failing_target_answers_the_client_with_its_error(
             with pytest.raises(InferenceServerException, match="refused on purpose") as info:
                 call(client, name)
             assert f"{BROKEN}:1" in str(info.value)
+
+
+def slow_batched_model(repo: Path, tmp: Path, name: str) -> None:
+    """Publish SLOW_PY with a dynamic batcher of batch 1 and one instance: Triton drops a
+    cancelled request from that queue instead of running it."""
+    src = write_source_model(tmp / name, name, SLOW_PY)
+    config = build_config(
+        name,
+        [TensorSpec("INPUT0", "FP32", (-1,))],
+        [TensorSpec("OUTPUT0", "FP32", (-1,))],
+        max_batch_size=1,
+        backend="python",
+        kind="cpu",
+        dynamic_batching=True,
+    )
+    write_config(src / "config.pbtxt", config)
+    for _ in range(2):
+        publish(repo, name, src)
+
+
+def executions(control: TritonControl, name: str) -> int:
+    return sum(s.execution_count for s in control.statistics(name) if s.version == 1)
+
+
+def test_a_cancelled_request_is_cancelled_at_its_target_through_the_native_router(
+    models: TritonHandle, control: TritonControl, tmp_path: Path
+) -> None:
+    """Eight 0.3 s requests are queued at the target through the router, and cancelled by
+    their client after 0.2 s: the target runs the one it has started (and at most what
+    its batcher had taken), not all eight."""
+    if not native_router.available():
+        pytest.skip("no C++ compiler: the native router cannot be built")
+    slow_batched_model(models.repo, tmp_path, "ep_slow")
+    endpoints = Endpoints(Repository(models.repo), control, router=RouterOptions(backend="native"))
+    endpoints.split("ep_cancel", [Target("ep_slow", 1, 100), Target("ep_slow", 2, 0)])
+    before = executions(control, "ep_slow")
+    outcomes: list[str] = []
+    with grpc_client(models) as client:
+        inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        calls = [
+            client.async_infer(
+                "ep_cancel", [inp], callback=lambda result, error: outcomes.append(str(error))
+            )
+            for _ in range(8)
+        ]
+        time.sleep(0.2)
+        for c in calls:
+            c.cancel()
+        # until the target's queue has drained: it would take 8 x 0.3 s to run them all
+        deadline = time.monotonic() + 5.0
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = executions(control, "ep_slow")
+            if now != last:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since > 1.0:
+                break
+            time.sleep(0.1)
+    ran = executions(control, "ep_slow") - before
+    assert 1 <= ran <= 4, f"the target ran {ran} of 8 cancelled requests"
+    assert len(outcomes) == 8 and all("CANCELLED" in o.upper() for o in outcomes), outcomes
 
 
 def test_sticky_parameter_keeps_each_user_on_one_version(

@@ -124,6 +124,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
         ctypes.POINTER(u64),
         ctypes.POINTER(u64),
     ]
+    lib.probe_track.restype = ctypes.c_int
+    lib.probe_track.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_int]
     return lib
 
 
@@ -239,6 +241,20 @@ def test_run_length_one_draws_at_random_per_request(probe: ctypes.CDLL) -> None:
     counts, longest = shares(probe, [25.0, 75.0], 1, 40_000)
     assert abs(counts[0] / 40_000 - 0.25) < 0.015
     assert longest < 64  # random: no runs imposed, yet long streaks of the 75 % target occur
+
+
+@pytest.mark.parametrize(
+    "order",
+    [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 3, 0, 4, 2], [0]],
+    ids=["first-tracked-first", "last-tracked-first", "middle-first", "mixed", "alone"],
+)
+def test_calls_in_flight_stay_tracked_for_cancellation_until_they_finish(
+    probe: ctypes.CDLL, order: list[int]
+) -> None:
+    # the cancellation thread walks this list: a call finishing in any order leaves
+    # exactly the others in it
+    array = (ctypes.c_int * len(order))(*order)
+    assert probe.probe_track(array, len(order)) == 1
 
 
 # --------------------------------------------------------------------------- command line

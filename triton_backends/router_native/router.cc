@@ -22,6 +22,11 @@
 // The file is stat-ed at most every 100 ms and read again only when its inode, size or
 // mtime changed; an unreadable file keeps the routes in force (and is logged).
 //
+// Cancellation: a client's cancellation of a request (a gRPC cancel or deadline) is passed
+// on to the request handed to its target, checked every 10 ms by one thread for all
+// routers, so a target drops it from its queue as it would a direct call; a request
+// already cancelled when it reaches the router is answered CANCELLED at once.
+//
 // Choice of target: with a sticky key (the request parameter named in the routes, else
 // "correlation:<id>" when use_correlation_id) the key's stable hash picks a point in
 // [0, total weight); without one the point is random. Targets own consecutive ranges in
@@ -57,6 +62,7 @@ constexpr const char* kRunLengthParameter = "tritonctl.run_length";
 constexpr const char* kRunWindowParameter = "tritonctl.run_window_us";
 constexpr const char* kRunIdleWindowParameter = "tritonctl.run_idle_window_us";
 constexpr uint64_t kCheckIntervalNs = 100 * 1000 * 1000;
+constexpr std::chrono::milliseconds kCancelCheckInterval{10};
 
 uint64_t
 NowNs()
@@ -374,18 +380,62 @@ struct ModelState {
   uint64_t run_start_ns = 0;
 };
 
+// One request handed on to its target.
+struct Call {
+  struct InstanceState* instance = nullptr;
+  TRITONBACKEND_Request* request = nullptr;
+  TRITONSERVER_InferenceRequest* inner = nullptr;  // the request handed to the target
+  const Target* target = nullptr;
+  std::shared_ptr<const Routes> routes;  // keeps *target alive
+  TRITONSERVER_InferenceResponse* response = nullptr;
+  std::atomic<int> pending{2};  // the target's final response, and its request's release
+  uint64_t start_ns = 0;
+  bool cancel_sent = false;  // guarded by the instance's mu
+  Call* prev = nullptr;      // the instance's calls in flight (guarded by its mu)
+  Call* next = nullptr;
+};
+
+bool
+CancellationSupported()
+{
+  return TRITONBACKEND_RequestIsCancelled != nullptr &&
+         TRITONSERVER_InferenceRequestCancel != nullptr;
+}
+
 struct InstanceState {
   TRITONBACKEND_ModelInstance* instance = nullptr;
   ModelState* model = nullptr;
   std::mutex mu;
   std::condition_variable idle;
-  uint64_t in_flight = 0;
+  uint64_t in_flight = 0;  // calls not yet finished, tracked or not
+  Call* calls = nullptr;   // tracked calls: their request and inner request are alive
 
-  void Begin()
+  // ``call`` is about to be handed on: count it and track it for cancellation.
+  void Begin(Call* call)
   {
     std::lock_guard<std::mutex> lock(mu);
     ++in_flight;
+    call->next = calls;
+    if (calls != nullptr) {
+      calls->prev = call;
+    }
+    calls = call;
   }
+  // Before ``call``'s requests are released or deleted.
+  void Untrack(Call* call)
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (call->prev != nullptr) {
+      call->prev->next = call->next;
+    } else if (calls == call) {
+      calls = call->next;
+    }
+    if (call->next != nullptr) {
+      call->next->prev = call->prev;
+    }
+    call->prev = call->next = nullptr;
+  }
+  // After the caller of a begun call has been answered.
   void End()
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -393,18 +443,67 @@ struct InstanceState {
       idle.notify_all();
     }
   }
+  // Passes each caller's cancellation on to the request handed to its target; returns
+  // how many were passed on. Cancelling only marks a request, it calls nothing back.
+  size_t PassOnCancellations()
+  {
+    size_t passed = 0;
+    std::lock_guard<std::mutex> lock(mu);
+    for (Call* call = calls; call != nullptr; call = call->next) {
+      if (call->cancel_sent) {
+        continue;
+      }
+      bool cancelled = false;
+      TRITONSERVER_Error* err = TRITONBACKEND_RequestIsCancelled(call->request, &cancelled);
+      if (err != nullptr) {
+        TRITONSERVER_ErrorDelete(err);
+        continue;
+      }
+      if (cancelled) {
+        call->cancel_sent = true;
+        err = TRITONSERVER_InferenceRequestCancel(call->inner);
+        if (err != nullptr) {
+          TRITONSERVER_ErrorDelete(err);
+        } else {
+          ++passed;
+        }
+      }
+    }
+    return passed;
+  }
 };
 
-// One request handed on to its target.
-struct Call {
-  InstanceState* instance = nullptr;
-  TRITONBACKEND_Request* request = nullptr;
-  const Target* target = nullptr;
-  std::shared_ptr<const Routes> routes;  // keeps *target alive
-  TRITONSERVER_InferenceResponse* response = nullptr;
-  std::atomic<int> pending{2};  // the target's final response, and its request's release
-  uint64_t start_ns = 0;
+// The thread that passes cancellations on, for every router instance in the process.
+struct Canceller {
+  std::mutex mu;
+  std::condition_variable wake;
+  bool stop = false;
+  std::vector<InstanceState*> instances;
+  std::thread thread;
+
+  void Run()
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stop) {
+      wake.wait_for(lock, kCancelCheckInterval);
+      for (InstanceState* instance : instances) {
+        instance->PassOnCancellations();
+      }
+    }
+  }
+  void Add(InstanceState* instance)
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    instances.push_back(instance);
+  }
+  void Remove(InstanceState* instance)
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    instances.erase(std::remove(instances.begin(), instances.end(), instance), instances.end());
+  }
 };
+
+Canceller* g_canceller = nullptr;
 
 void
 Report(Call* call, bool success)
@@ -513,6 +612,7 @@ void
 Finish(Call* call)
 {
   InstanceState* instance = call->instance;
+  instance->Untrack(call);
   // before the caller is answered: its next request must find this one done
   instance->model->in_flight.fetch_sub(1, std::memory_order_relaxed);
   if (call->response == nullptr) {
@@ -540,6 +640,11 @@ Finish(Call* call)
     if (err != nullptr) {
       TRITONSERVER_ErrorDelete(err);
     }
+  }
+  // released by Triton (OnRelease), deleted only now that no cancellation can reach it
+  TRITONSERVER_Error* err = TRITONSERVER_InferenceRequestDelete(call->inner);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
   }
   delete call;
   instance->End();
@@ -573,14 +678,10 @@ OnResponse(TRITONSERVER_InferenceResponse* response, const uint32_t flags, void*
 }
 
 void
-OnRelease(TRITONSERVER_InferenceRequest* request, const uint32_t flags, void* userp)
+OnRelease(TRITONSERVER_InferenceRequest*, const uint32_t flags, void* userp)
 {
   if ((flags & TRITONSERVER_REQUEST_RELEASE_ALL) != 0) {
-    TRITONSERVER_Error* err = TRITONSERVER_InferenceRequestDelete(request);
-    if (err != nullptr) {
-      TRITONSERVER_ErrorDelete(err);
-    }
-    Done(static_cast<Call*>(userp));
+    Done(static_cast<Call*>(userp));  // Finish deletes the request
   }
 }
 
@@ -823,10 +924,20 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
   call->request = request;
   call->start_ns = start_ns;
   ModelState* model = instance->model;
+  if (g_canceller != nullptr) {
+    bool cancelled = false;
+    TRITONSERVER_Error* err = TRITONBACKEND_RequestIsCancelled(request, &cancelled);
+    if (err != nullptr) {
+      TRITONSERVER_ErrorDelete(err);
+    } else if (cancelled) {
+      FailRequest(call, TRITONSERVER_ERROR_CANCELLED, "request cancelled by the client");
+      delete call;
+      return;
+    }
+  }
   bool idle = model->in_flight.fetch_add(1, std::memory_order_relaxed) == 0;
   call->target = &Pick(model, routes, request, start_ns, idle);
   call->routes = std::move(routes);
-  instance->Begin();
 
   TRITONSERVER_InferenceRequest* inner = nullptr;
   TRITONSERVER_Error* err = TRITONSERVER_InferenceRequestNew(
@@ -841,11 +952,16 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
     err = TRITONSERVER_InferenceRequestSetResponseCallback(
         inner, g_allocator, nullptr, OnResponse, call);
   }
+  bool begun = false;
   if (err == nullptr) {
+    call->inner = inner;
+    instance->Begin(call);
+    begun = true;
     err = TRITONSERVER_ServerInferAsync(instance->model->server, inner, nullptr);
     if (err == nullptr) {
       return;  // OnResponse and OnRelease finish the call
     }
+    instance->Untrack(call);
   }
   // not handed on: the inner request is still ours
   if (inner != nullptr) {
@@ -859,7 +975,9 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
   model->in_flight.fetch_sub(1, std::memory_order_relaxed);
   FailRequest(call, code, message);
   delete call;
-  instance->End();
+  if (begun) {
+    instance->End();
+  }
 }
 
 // The string value of config parameter ``key`` in the model config JSON, or "".
@@ -933,12 +1051,34 @@ TRITONBACKEND_Initialize(TRITONBACKEND_Backend*)
             " is too old (needs 1." +
             std::to_string(TRITONCTL_TRITONBACKEND_API_VERSION_MINOR) + " or newer 1.x)");
   }
-  return TRITONSERVER_ResponseAllocatorNew(&g_allocator, AllocCpu, ReleaseCpu, nullptr);
+  err = TRITONSERVER_ResponseAllocatorNew(&g_allocator, AllocCpu, ReleaseCpu, nullptr);
+  if (err != nullptr) {
+    return err;
+  }
+  if (CancellationSupported()) {
+    g_canceller = new Canceller();
+    g_canceller->thread = std::thread([] { g_canceller->Run(); });
+  } else {
+    Log(TRITONSERVER_LOG_WARN,
+        "this Triton has no request cancellation API: cancelled requests still reach their "
+        "targets");
+  }
+  return nullptr;
 }
 
 ROUTER_EXPORT TRITONSERVER_Error*
 TRITONBACKEND_Finalize(TRITONBACKEND_Backend*)
 {
+  if (g_canceller != nullptr) {
+    {
+      std::lock_guard<std::mutex> lock(g_canceller->mu);
+      g_canceller->stop = true;
+    }
+    g_canceller->wake.notify_all();
+    g_canceller->thread.join();
+    delete g_canceller;
+    g_canceller = nullptr;
+  }
   if (g_allocator != nullptr) {
     TRITONSERVER_Error* err = TRITONSERVER_ResponseAllocatorDelete(g_allocator);
     g_allocator = nullptr;
@@ -1042,7 +1182,14 @@ TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelInstance* instance)
   auto* state = new InstanceState();
   state->instance = instance;
   state->model = static_cast<ModelState*>(model_state);
-  return TRITONBACKEND_ModelInstanceSetState(instance, state);
+  if ((err = TRITONBACKEND_ModelInstanceSetState(instance, state))) {
+    delete state;
+    return err;
+  }
+  if (g_canceller != nullptr) {
+    g_canceller->Add(state);
+  }
+  return nullptr;
 }
 
 ROUTER_EXPORT TRITONSERVER_Error*
@@ -1056,8 +1203,14 @@ TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance)
   auto* instance_state = static_cast<InstanceState*>(state);
   if (instance_state != nullptr) {
     // answers still on their way use this instance: wait for them
-    std::unique_lock<std::mutex> lock(instance_state->mu);
-    instance_state->idle.wait(lock, [instance_state] { return instance_state->in_flight == 0; });
+    {
+      std::unique_lock<std::mutex> lock(instance_state->mu);
+      instance_state->idle.wait(
+          lock, [instance_state] { return instance_state->in_flight == 0; });
+    }
+    if (g_canceller != nullptr) {
+      g_canceller->Remove(instance_state);
+    }
   }
   delete instance_state;
   return nullptr;

@@ -230,6 +230,14 @@ TRITONSERVER_Error* TRITONBACKEND_RequestOutputName(
 TRITONSERVER_Error* TRITONBACKEND_RequestRelease(
     TRITONBACKEND_Request* request, uint32_t release_flags);
 
+// Request cancellation (TRITONBACKEND API 1.16, TRITONSERVER API 1.25, late 2023).
+// Declared weak: on an older server they resolve to null and the router does not pass
+// cancellations on.
+__attribute__((weak)) TRITONSERVER_Error* TRITONBACKEND_RequestIsCancelled(
+    TRITONBACKEND_Request* request, bool* is_cancelled);
+__attribute__((weak)) TRITONSERVER_Error* TRITONSERVER_InferenceRequestCancel(
+    TRITONSERVER_InferenceRequest* inference_request);
+
 TRITONSERVER_Error* TRITONBACKEND_ResponseNew(
     TRITONBACKEND_Response** response, TRITONBACKEND_Request* request);
 TRITONSERVER_Error* TRITONBACKEND_ResponseDelete(TRITONBACKEND_Response* response);

@@ -70,3 +70,38 @@ probe_shares(
   }
   return 1;
 }
+
+// Tracks ``n`` calls on one instance, then untracks them in ``order`` (indexes); returns 1
+// if after every step the instance's list, walked both ways, holds exactly the calls still
+// tracked, else 0.
+PROBE_EXPORT int
+probe_track(const int* order, int n)
+{
+  InstanceState instance;
+  std::vector<Call> calls(static_cast<size_t>(n));
+  std::vector<bool> tracked(static_cast<size_t>(n), true);
+  for (auto& call : calls) {
+    instance.Begin(&call);
+  }
+  for (int step = 0; step <= n; ++step) {
+    if (step > 0) {
+      int i = order[step - 1];
+      instance.Untrack(&calls[i]);
+      tracked[i] = false;
+    }
+    std::vector<bool> seen(static_cast<size_t>(n), false);
+    Call* last = nullptr;
+    for (Call* c = instance.calls; c != nullptr; c = c->next) {
+      size_t i = static_cast<size_t>(c - calls.data());
+      if (i >= calls.size() || seen[i] || !tracked[i] || c->prev != last) {
+        return 0;
+      }
+      seen[i] = true;
+      last = c;
+    }
+    if (seen != tracked) {
+      return 0;
+    }
+  }
+  return instance.in_flight == static_cast<uint64_t>(n) ? 1 : 0;
+}
