@@ -782,14 +782,17 @@ class Controller:
                 return []
             return self._evict_model(view, name, text)
 
-    def unload(self, name: str) -> serving.UnloadResult:
-        """Unload ``name`` as a user asked (not an eviction): audited, the policy told."""
+    def unload(self, name: str, *, force: bool = False) -> serving.UnloadResult:
+        """Unload ``name`` as a user asked (not an eviction): audited, the policy told. A
+        model that endpoints route to is refused (UnloadError) unless ``force``."""
         validate_model_name(name)
         with self.locked():
             view = self._view()
             self._observe(view)
             before = self._reading_before_release()
-            result = serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+            result = serving.unload(
+                self.control, name, wait_timeout=self.unload_timeout, repo=self.repo, force=force
+            )
             if result.was_loaded:
                 self.meter.wait_released([name], before)
                 for state in view.of_model(name):

@@ -161,10 +161,11 @@ class DynamicModelManager:
             with self._flight_lock:
                 self._in_flight.pop(key, None)
 
-    async def unload_model(self, name: str) -> UnloadResult:
-        """Unload ``name`` and wait until its memory is free (not counted as an eviction)."""
+    async def unload_model(self, name: str, *, force: bool = False) -> UnloadResult:
+        """Unload ``name`` and wait until its memory is free (not counted as an eviction).
+        A model that endpoints route to is refused (UnloadError) unless ``force``."""
         validate_model_name(name)
-        return await asyncio.to_thread(self.controller.unload, name)
+        return await asyncio.to_thread(self.controller.unload, name, force=force)
 
     async def switch_active_model(
         self, endpoint: str, model: str, version: int | None = None

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,8 +155,9 @@ def _is_loaded(entries: Sequence[IndexEntry], version: int | None) -> bool:
     return version in ready_versions(entries)
 
 
-def override_for_version(config: Any, version: int) -> str:
-    """JSON config override = ``config`` with ``version_policy`` pinned to ``version``.
+def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) -> str:
+    """JSON config override = ``config`` with ``version_policy`` serving ``version`` (and
+    the versions in ``keep``).
 
     ``config`` is a protobuf ModelConfig or a dict in proto field names (as Triton's
     model-config API returns it). ``max_batch_size`` is always written, also when 0:
@@ -169,7 +170,8 @@ def override_for_version(config: Any, version: int) -> str:
         data = json.loads(MessageToJson(config, preserving_proto_field_name=True))
         max_batch_size = int(config.max_batch_size)
     data["max_batch_size"] = max_batch_size
-    data["version_policy"] = {"specific": {"versions": [int(version)]}}
+    versions = sorted({int(version), *(int(v) for v in keep)})
+    data["version_policy"] = {"specific": {"versions": versions}}
     return json.dumps(data)
 
 
@@ -178,6 +180,26 @@ def _config_from_repo(repo: Path | None, name: str) -> Any | None:
         return None
     path = Path(repo) / name / "config.pbtxt"
     return read_config(path) if path.is_file() else None
+
+
+def endpoint_routes(control: Any, repo: Path | None, name: str) -> list[tuple[str, int]]:
+    """(endpoint, version) for each version of model ``name`` that an endpoint of ``repo``
+    routes to (or may, at 0 %). Only the endpoints' files are read: ``control`` (sync or
+    async) is not called."""
+    if repo is None:
+        return []
+    from manager.endpoints import Endpoints
+    from manager.repository import Repository
+
+    states = Endpoints(Repository(repo), control).list()
+    return sorted(
+        (state.name, t.version) for state in states for t in state.targets if t.model == name
+    )
+
+
+def endpoint_versions(control: Any, repo: Path | None, name: str) -> set[int]:
+    """The versions of model ``name`` that endpoints of ``repo`` route to."""
+    return {version for _, version in endpoint_routes(control, repo, name)}
 
 
 def _load_error(name: str, exc: ManagerError | None, entries: Sequence[IndexEntry]) -> LoadError:
@@ -283,7 +305,12 @@ def load(
                     "is not in the local repository (pass --repo) and it is not loaded"
                 )
             config = control.model_config(name)
-        override = override_for_version(config, version)
+        # Triton serves only the versions of the override: those an endpoint routes to
+        # must stay, or the endpoint would stop answering
+        kept = endpoint_versions(control, repo, name) - {version}
+        if kept:
+            log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
+        override = override_for_version(config, version, kept)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -316,13 +343,26 @@ def unload(
     *,
     unload_dependents: bool = False,
     wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+    repo: Path | None = None,
+    force: bool = False,
 ) -> UnloadResult:
-    """Unload ``name`` and return once no version is READY, LOADING or UNLOADING."""
+    """Unload ``name`` and return once no version is READY, LOADING or UNLOADING.
+
+    With ``repo``, a model that endpoints of ``repo`` route to is refused (UnloadError
+    naming them) unless ``force``: unloading it would stop those endpoints answering.
+    """
     validate_model_name(name)
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     if _unload_done(entries):
         return UnloadResult(name, 0.0, was_loaded=False)
+    routes = endpoint_routes(control, repo, name)
+    if routes and not force:
+        users = ", ".join(f"{endpoint} ({name}:{version})" for endpoint, version in routes)
+        raise UnloadError(
+            f"model {name!r} serves endpoint(s) {users}: unloading it would stop them "
+            "answering; switch or delete them first (or force it: --force)"
+        )
     log.info("unloading model %s on %s", name, control.url)
     control.unload_model(name, unload_dependents=unload_dependents)
     deadline = started + wait_timeout
@@ -378,7 +418,8 @@ async def aload(
                     "is not in the local repository and it is not loaded"
                 )
             config = await control.model_config(name)
-        override = override_for_version(config, version)
+        kept = endpoint_versions(control, repo, name) - {version}
+        override = override_for_version(config, version, kept)
     try:
         await control.load_model(name, config=override)
     except LoadError as exc:

@@ -111,11 +111,17 @@ def load(name: str, plane: Plane, body: schemas.LoadRequest | None = None) -> sc
 def unload(
     name: str, plane: Plane, body: schemas.UnloadRequest | None = None
 ) -> schemas.UnloadAnswer:
-    """Unload ``name`` and answer once Triton has released it (``tritonctl unload``)."""
+    """Unload ``name`` and answer once Triton has released it (``tritonctl unload``); a
+    model that endpoints route to is refused with 409 unless ``force``."""
     request = body or schemas.UnloadRequest()
     with plane.control() as control:
         result = serving.unload(
-            control, name, unload_dependents=request.dependents, wait_timeout=request.wait_timeout
+            control,
+            name,
+            unload_dependents=request.dependents,
+            wait_timeout=request.wait_timeout,
+            repo=plane.repo,
+            force=request.force,
         )
     return schemas.UnloadAnswer.model_validate(result.to_json())
 

@@ -156,6 +156,9 @@ class LoadAnswer(Answer):
 class UnloadRequest(Body):
     wait_timeout: float = Field(default=DEFAULT_UNLOAD_TIMEOUT_S, ge=0)
     dependents: bool = Field(default=False, description="Also unload models that depend on it.")
+    force: bool = Field(
+        default=False, description="Unload it even if endpoints route to it (they stop answering)."
+    )
 
 
 class UnloadAnswer(Answer):

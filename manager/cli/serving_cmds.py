@@ -35,7 +35,8 @@ def _control(obj: Context) -> TritonControl:
     "version",
     type=click.IntRange(min=1),
     default=None,
-    help="Load only this version (pins the version policy).",
+    help="Serve this version (pins the version policy); versions that endpoints route "
+    "to keep serving.",
 )
 @click.option(
     "--wait-timeout",
@@ -100,13 +101,26 @@ def _print_ensured(result: EnsureResult, as_json: bool) -> None:
     help="Seconds to wait until the model is UNAVAILABLE.",
 )
 @click.option("--dependents", is_flag=True, help="Also unload models that depend on it.")
+@click.option(
+    "--force", is_flag=True, help="Unload it even if endpoints route to it (they stop answering)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
-def unload(obj: Context, name: str, wait_timeout: float, dependents: bool, as_json: bool) -> None:
-    """Unload model NAME and wait until Triton has released it."""
+def unload(
+    obj: Context, name: str, wait_timeout: float, dependents: bool, force: bool, as_json: bool
+) -> None:
+    """Unload model NAME and wait until Triton has released it.
+
+    A model that an endpoint of the repository routes to is refused unless --force.
+    """
     with _control(obj) as control, console.status(f"unloading {name} on {control.url}..."):
         result = serving.unload(
-            control, name, unload_dependents=dependents, wait_timeout=wait_timeout
+            control,
+            name,
+            unload_dependents=dependents,
+            wait_timeout=wait_timeout,
+            repo=obj.repo,
+            force=force,
         )
     if as_json:
         print_json(result.to_json())

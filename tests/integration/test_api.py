@@ -148,6 +148,12 @@ def test_api_switches_an_endpoint_that_clients_call_by_its_name(
         restored = api.post("/v1/endpoints/api_ep/restore", json={})
         assert restored.status_code == 200, restored.text
         np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
+
+        # the model the endpoint routes to is not unloaded from under it
+        refused = api.post("/v1/models/api_adder/unload", json={})
+        assert refused.status_code == 409, refused.text
+        assert "api_ep (api_adder:2)" in refused.json()["error"]
+        np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
     finally:
         api.delete("/v1/endpoints/api_ep")
         api.post("/v1/models/api_adder/unload", json={})

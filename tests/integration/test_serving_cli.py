@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import tritonclient.http as httpclient
 from click.testing import CliRunner
 
 from manager.cli import main
@@ -59,6 +61,46 @@ def test_cli_load_a_version_over_grpc_with_json(triton: TritonHandle) -> None:
     assert listed[2]["state"] == "UNAVAILABLE"
     code, out = run(triton, "unload", "cli_adder", "--json", url=triton.grpc_url)
     assert code == 0 and json.loads(out)["was_loaded"] is True
+
+
+def endpoint_answer(triton: TritonHandle, endpoint: str) -> float:
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", [2], "FP32")
+        inp.set_data_from_numpy(np.zeros(2, dtype=np.float32))
+        out = client.infer(endpoint, [inp]).as_numpy("OUTPUT0")
+        assert out is not None
+        return float(out.flat[0])
+    finally:
+        client.close()
+
+
+def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
+    triton: TritonHandle,
+) -> None:
+    write_add_model(triton.repo, "cli_routed", {1: 1.0, 2: 2.0})
+    code, out = run(triton, "endpoint", "switch", "cli_front", "--to", "cli_routed:1")
+    assert code == 0, out
+    try:
+        assert endpoint_answer(triton, "cli_front") == 1.0
+        # serving version 2 must not take away the version 1 the endpoint calls
+        code, out = run(triton, "load", "cli_routed", "--version", "2", "--json")
+        assert code == 0, out
+        assert json.loads(out)["versions"] == [1, 2]
+        assert endpoint_answer(triton, "cli_front") == 1.0
+
+        code, out = run(triton, "unload", "cli_routed")
+        assert code != 0
+        assert "cli_front (cli_routed:1)" in out and "--force" in out
+        assert endpoint_answer(triton, "cli_front") == 1.0
+
+        code, out = run(triton, "unload", "cli_routed", "--force")
+        assert code == 0 and "unloaded cli_routed" in out, out
+        assert rows(triton, "cli_routed")[1]["state"] == "UNAVAILABLE"
+    finally:
+        code, out = run(triton, "endpoint", "delete", "cli_front")
+        assert code == 0, out
+        run(triton, "unload", "cli_routed")
 
 
 def test_cli_errors_are_one_line_with_a_non_zero_exit(triton: TritonHandle) -> None:

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from manager import serving
-from manager.errors import LoadError, ModelNotFoundError
+from manager.endpoints import Endpoints, EndpointState, Target
+from manager.errors import LoadError, ModelNotFoundError, UnloadError
 from manager.modelconfig import TensorSpec, build_config, config_from_text, write_config
+from manager.repository import Repository
 from manager.triton import IndexEntry, ModelStats
 
 
@@ -122,6 +124,23 @@ def test_load_of_a_version_pins_the_policy_with_the_repository_config(tmp_path: 
     assert override["max_batch_size"] == 0  # survives JSON, which drops default fields
 
 
+def test_load_of_a_version_keeps_the_versions_endpoints_route_to(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1, 2, 3])
+    endpoints = Endpoints(Repository(tmp_path), FakeTriton({}))
+    for state in (
+        EndpointState("pinned_to_1", "pinned", [Target("m", 1)]),
+        EndpointState("split", "routed", [Target("m", 1, 90.0), Target("m", 3, 10.0)]),
+        EndpointState("other", "pinned", [Target("n", 2)]),
+    ):
+        endpoints._write(state)
+    fake = FakeTriton({"m": [1, 2, 3], "n": [2]})
+    result = serving.load(fake, "m", version=2, repo=tmp_path)
+    # version 2 alone would stop both endpoints of m from answering
+    assert result.versions == (1, 2, 3)
+    override = json.loads(fake.loads[0][1] or "")
+    assert override["version_policy"] == {"specific": {"versions": [1, 2, 3]}}
+
+
 def test_load_of_a_version_that_is_already_ready_is_a_no_op(tmp_path: Path) -> None:
     _write_model(tmp_path, "m", [1, 2])
     fake = FakeTriton({"m": [1, 2]})
@@ -166,6 +185,23 @@ def test_unload_returns_only_once_the_index_shows_unavailable() -> None:
     assert result.was_loaded
     assert [e.state for e in fake.repository_index()] == ["UNAVAILABLE"]
     assert fake._pending == {}
+
+
+def test_unload_of_a_model_an_endpoint_routes_to_is_refused_unless_forced(
+    tmp_path: Path,
+) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    Endpoints(Repository(tmp_path), FakeTriton({}))._write(
+        EndpointState("front", "pinned", [Target("m", 2)])
+    )
+    fake = FakeTriton({"m": [1, 2]})
+    serving.load(fake, "m", version=2, repo=tmp_path)
+    with pytest.raises(UnloadError, match=r"'m' serves endpoint\(s\) front \(m:2\)"):
+        serving.unload(fake, "m", repo=tmp_path)
+    assert fake.unloads == []
+    # forced: the user accepts that the endpoint stops answering
+    assert serving.unload(fake, "m", repo=tmp_path, force=True).was_loaded
+    assert fake.unloads == ["m"]
 
 
 def test_unload_of_a_model_that_is_not_loaded_does_nothing() -> None:
