@@ -1,14 +1,18 @@
-"""Placing artifact files into a staged version: hard links where possible, else copies.
+"""Placing artifact files into a staged version: copies (copy-on-write clones where the
+filesystem can), or hard links on request.
 
 Also the content hash recorded as provenance.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,9 +88,19 @@ def total_bytes(path: Path) -> int:
     return sum(p.stat().st_size for _, p in iter_files(path))
 
 
-def place(src: Path, dst: Path, *, link: bool = True, progress: Progress | None = None) -> str:
-    """Put ``src`` (file or folder) at ``dst``; return "link" or "copy" (the last used)."""
-    how = "link"
+def place(src: Path, dst: Path, *, link: bool = False, progress: Progress | None = None) -> str:
+    """Put ``src`` (file or folder) at ``dst``; return how the last file was placed:
+    "clone", "copy" or "link".
+
+    By default every file is copied, so the version owns its bytes: a source rewritten in
+    place later (``torch.onnx.export`` to the same path truncates and rewrites the same
+    inode) cannot change a published version. The copy is a copy-on-write clone where the
+    filesystem can (btrfs, XFS, ...: instant, no extra space until either side changes),
+    else an in-kernel ``copy_file_range``, else a plain chunked copy. ``link=True`` hard-links
+    instead where the filesystem allows: the version then shares the source's inode, and
+    the source must never be modified in place.
+    """
+    how = "copy"
     items = iter_files(src) if src.is_dir() else [("", src)]
     for rel, p in items:
         target = dst / rel if rel else dst
@@ -98,7 +112,6 @@ def place(src: Path, dst: Path, *, link: bool = True, progress: Progress | None 
 
 
 def _place_file(src: Path, dst: Path, *, link: bool, progress: Progress | None) -> str:
-    size = src.stat().st_size
     if link:
         try:
             os.link(src.resolve(), dst)
@@ -106,14 +119,80 @@ def _place_file(src: Path, dst: Path, *, link: bool, progress: Progress | None) 
             log.debug("hard link %s -> %s failed (%s); copying", src, dst, exc)
         else:
             if progress:
-                progress(size)
+                progress(src.stat().st_size)
             return "link"
-    with src.open("rb") as fin, dst.open("wb") as fout:
-        while chunk := fin.read(CHUNK):
-            fout.write(chunk)
+    how = copy_file(src, dst, progress=progress)
+    shutil.copymode(src, dst)
+    return how
+
+
+# ioctl(dst, FICLONE, src) from linux/fs.h; fcntl.FICLONE exists from Python 3.12 on.
+FICLONE = getattr(fcntl, "FICLONE", 0x40049409)
+# errno values meaning "this filesystem/kernel cannot do that here": fall back.
+_UNSUPPORTED = {
+    errno.EOPNOTSUPP,
+    errno.ENOTSUP,
+    errno.ENOTTY,
+    errno.EXDEV,
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EBADF,
+    errno.EPERM,
+}
+
+
+def copy_file(src: Path, dst: Path, *, progress: Progress | None = None) -> str:
+    """Copy the bytes of ``src`` into a new file ``dst`` and sync it; return "clone" when
+    the filesystem made a copy-on-write clone, else "copy"."""
+    size = src.stat().st_size
+    with src.open("rb") as fin, dst.open("xb") as fout:
+        if _clone(fin.fileno(), fout.fileno()):
             if progress:
-                progress(len(chunk))
+                progress(size)
+            how = "clone"
+        else:
+            done = _copy_file_range(fin.fileno(), fout.fileno(), size, progress)
+            fin.seek(done)
+            fout.seek(done)
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                if progress:
+                    progress(len(chunk))
+            how = "copy"
         fout.flush()
         os.fsync(fout.fileno())
-    shutil.copymode(src, dst)
-    return "copy"
+    return how
+
+
+def _clone(fd_in: int, fd_out: int) -> bool:
+    if sys.platform != "linux":
+        return False
+    try:
+        fcntl.ioctl(fd_out, FICLONE, fd_in)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+        return False
+    return True
+
+
+def _copy_file_range(fd_in: int, fd_out: int, size: int, progress: Progress | None) -> int:
+    """Copy with ``os.copy_file_range`` (in the kernel; a clone on some filesystems) as far
+    as it goes; return the bytes copied, from where a plain copy takes over."""
+    copy_range = getattr(os, "copy_file_range", None)
+    done = 0
+    if copy_range is None:
+        return done
+    while done < size:
+        try:
+            n = copy_range(fd_in, fd_out, min(CHUNK, size - done), done, done)
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+            break
+        if n == 0:
+            break
+        done += n
+        if progress:
+            progress(n)
+    return done

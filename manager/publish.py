@@ -59,7 +59,9 @@ class PublishOptions:
     inputs: Sequence[TensorSpec] = ()
     outputs: Sequence[TensorSpec] = ()
     config_path: Path | None = None  # a user-supplied config.pbtxt, checked against the artifact
-    link: bool = True  # hard-link artifact files when the filesystem allows
+    # Hard-link artifact files instead of copying them (where the filesystem allows). The
+    # version then shares the source's inode: the source must never be modified in place.
+    link: bool = False
 
 
 @dataclass
@@ -363,10 +365,11 @@ def publish(
             staged_version.mkdir(parents=True)
             total = sum(f.stat().st_size if f.is_file() else 0 for f in art.files.values())
             callback = progress(art.size_bytes or total, 0) if progress else None
-            placed_by = "link"
-            for rel, path in art.files.items():
-                how = place(path, staged_version / rel, link=opts.link, progress=callback)
-                placed_by = "copy" if how == "copy" else placed_by
+            hows = {
+                place(path, staged_version / rel, link=opts.link, progress=callback)
+                for rel, path in art.files.items()
+            }
+            placed_by = next((h for h in ("copy", "clone", "link") if h in hows), "copy")
             if runtime == "python" and art.runner:
                 shutil.copyfile(runner_source(art.runner), staged_version / "model.py")
             provenance = {

@@ -151,10 +151,17 @@ def _validate_version(
     if check_hashes and prov.get("sha256"):
         artifact = _artifact_in_version(vdir, prov, params)
         if artifact is not None and artifact.exists() and sha256_of(artifact) != prov["sha256"]:
+            hint = ""
+            if artifact.is_file() and artifact.stat().st_nlink > 1:
+                hint = (
+                    f"; it has {artifact.stat().st_nlink} hard links, so it was probably "
+                    "published with --link and its source was modified in place"
+                )
             problems.append(
                 Problem(
                     model,
-                    f"{where}: {artifact.name} does not match its recorded sha256 (changed since publish)",
+                    f"{where}: {artifact.name} does not match its recorded sha256 "
+                    f"(changed since publish{hint})",
                 )
             )
     return problems

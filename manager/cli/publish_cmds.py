@@ -104,10 +104,20 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
     help="Provenance label, e.g. git_commit=abc123 (repeatable).",
 )
 @click.option(
+    "--link",
+    "hard_link",
+    is_flag=True,
+    help="Hard-link the artifact's files into the version instead of copying them (where "
+    "the filesystem allows). The version then shares the source files: never modify the "
+    "source in place afterwards (re-exporting to the same path would change the published "
+    "version). Default: copy, as a copy-on-write clone where the filesystem supports it.",
+)
+@click.option(
     "--copy",
     "force_copy",
     is_flag=True,
-    help="Copy the artifact even where a hard link is possible.",
+    hidden=True,
+    help="Deprecated: copying is the default; kept so that existing scripts still work.",
 )
 @click.option(
     "--smoke-test",
@@ -141,6 +151,7 @@ def publish_cmd(
     outputs: list[TensorSpec],
     config_path: Path | None,
     labels: tuple[str, ...],
+    hard_link: bool,
     force_copy: bool,
     smoke_test: bool,
     golden_dir: Path | None,
@@ -152,6 +163,8 @@ def publish_cmd(
     With --smoke-test the new version becomes visible only after it loaded in a
     throwaway Triton (or --staging-url) and answered every golden request.
     """
+    if hard_link and force_copy:
+        raise click.UsageError("--link and --copy exclude each other (copying is the default)")
     options = PublishOptions(
         format=fmt,
         version=version,
@@ -163,7 +176,7 @@ def publish_cmd(
         inputs=inputs,
         outputs=outputs,
         config_path=config_path,
-        link=not force_copy,
+        link=hard_link,
     )
     if (golden_dir or staging_url) and not smoke_test:
         raise click.UsageError("--golden and --staging-url need --smoke-test")

@@ -127,3 +127,25 @@ def test_prune_refuses_when_the_named_server_does_not_answer(tmp_path, onnx_file
     assert code != 0
     assert "127.0.0.1:9" in err
     assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["1", "2"]
+
+
+def test_publish_copies_by_default_links_with_link_and_still_takes_copy(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    base = ("--repo", str(repo), "publish", "lin", str(onnx_file), "--runtime", "native")
+    code, out, _ = run(*base, "--json")
+    assert code == 0 and json.loads(out)["placed_by"] in ("copy", "clone")
+    assert (repo / "lin" / "1" / "model.onnx").stat().st_ino != onnx_file.stat().st_ino
+    code, out, _ = run(*base, "--link", "--json")
+    assert code == 0 and json.loads(out)["placed_by"] == "link"
+    assert (repo / "lin" / "2" / "model.onnx").stat().st_ino == onnx_file.stat().st_ino
+    code, out, _ = run(*base, "--copy", "--json")  # the old flag: the default now
+    assert code == 0 and json.loads(out)["placed_by"] in ("copy", "clone")
+    code, _, err = run(*base, "--copy", "--link")
+    assert code == 2 and "exclude each other" in err
+
+
+def test_publish_help_warns_that_a_linked_source_must_not_change():
+    code, out, _ = run("publish", "--help")
+    assert code == 0
+    assert "--link" in out and "never modify the" in out
+    assert "--copy" not in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ from manager.errors import ArtifactError, ConfigError, InvalidNameError, Version
 from manager.modelconfig import TensorSpec, read_config
 from manager.publish import PublishOptions, parse_labels, publish
 from manager.repository import Repository
+from manager.validate import validate_repository
 from tests.modelfactory import make_onnx, make_torchscript, write_python_model
 
 NATIVE = PublishOptions(runtime="native")
@@ -308,14 +310,100 @@ def test_publish_killed_midway_leaves_no_partial_version(repo, tmp_path, onnx_fi
     assert json.loads((repo.version_dir("big", 2) / "tritonctl.json").read_text())["version"] == 2
 
 
-def test_hard_link_is_used_when_the_filesystem_allows(repo, onnx_file):
+def test_artifact_is_copied_by_default_so_the_version_owns_its_bytes(repo, onnx_file):
     result = publish(repo, "linear", onnx_file, NATIVE)
+    placed = repo.version_dir("linear", 1) / "model.onnx"
+    assert result.placed_by in ("copy", "clone")
+    assert placed.stat().st_ino != onnx_file.stat().st_ino
+    assert placed.read_bytes() == onnx_file.read_bytes()
+
+
+def test_rewriting_the_source_in_place_leaves_a_published_version_intact(repo, onnx_file, tmp_path):
+    publish(repo, "linear", onnx_file, NATIVE)
+    published = (repo.version_dir("linear", 1) / "model.onnx").read_bytes()
+    # what torch.onnx.export to the same path does: truncate and rewrite the same inode
+    other = tmp_path / "other.onnx"
+    make_onnx(other, seed=5)
+    inode = onnx_file.stat().st_ino
+    with onnx_file.open("r+b") as fh:
+        fh.truncate(0)
+        fh.write(other.read_bytes())
+    assert onnx_file.stat().st_ino == inode
+    assert (repo.version_dir("linear", 1) / "model.onnx").read_bytes() == published
+    assert validate_repository(repo, "linear") == []
+
+
+def test_hard_link_only_on_request_and_validate_explains_an_in_place_change(repo, onnx_file):
+    result = publish(repo, "linear", onnx_file, PublishOptions(runtime="native", link=True))
     placed = repo.version_dir("linear", 1) / "model.onnx"
     assert result.placed_by == "link"
     assert placed.stat().st_ino == onnx_file.stat().st_ino
-    copied = publish(repo, "linear", onnx_file, PublishOptions(runtime="native", link=False))
-    assert copied.placed_by == "copy"
-    assert (copied.path / "model.onnx").stat().st_ino != onnx_file.stat().st_ino
+    with onnx_file.open("r+b") as fh:
+        fh.seek(-1, os.SEEK_END)
+        fh.write(b"\x00")
+    (problem,) = validate_repository(repo, "linear")
+    assert "does not match its recorded sha256" in problem.message
+    assert "published with --link" in problem.message
+
+
+def test_copy_falls_back_to_a_chunked_copy_with_progress(monkeypatch, tmp_path):
+    from manager import filecopy
+
+    def unsupported(*args: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "not supported")
+
+    monkeypatch.setattr(filecopy.fcntl, "ioctl", unsupported)
+    monkeypatch.setattr(filecopy.os, "copy_file_range", unsupported)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(filecopy.CHUNK * 2 + 123))
+    seen: list[int] = []
+    assert filecopy.place(src, tmp_path / "out.bin", progress=seen.append) == "copy"
+    assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+    assert sum(seen) == src.stat().st_size and len(seen) == 3
+
+
+def test_copy_uses_a_clone_where_the_filesystem_offers_one(monkeypatch, tmp_path):
+    from manager import filecopy
+
+    calls: list[int] = []
+
+    def clone(fd_out: int, request: int, fd_in: int) -> int:
+        calls.append(request)
+        os.write(fd_out, os.pread(fd_in, 1 << 20, 0))  # what FICLONE amounts to
+        return 0
+
+    monkeypatch.setattr(filecopy.fcntl, "ioctl", clone)
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"weights" * 100)
+    seen: list[int] = []
+    assert filecopy.place(src, tmp_path / "out.bin", progress=seen.append) == "clone"
+    assert calls == [filecopy.FICLONE]
+    assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+    assert seen == [700]
+
+
+def test_copy_file_range_failing_midway_is_finished_by_a_plain_copy(monkeypatch, tmp_path):
+    from manager import filecopy
+
+    real = os.copy_file_range
+    calls = []
+
+    def once_then_fail(*args: int) -> int:
+        calls.append(args)
+        if len(calls) > 1:
+            raise OSError(errno.EXDEV, "cross-device")
+        return real(*args)
+
+    monkeypatch.setattr(
+        filecopy.fcntl, "ioctl", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no"))
+    )
+    monkeypatch.setattr(filecopy.os, "copy_file_range", once_then_fail)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(filecopy.CHUNK + 999))
+    seen: list[int] = []
+    assert filecopy.place(src, tmp_path / "out.bin", progress=seen.append) == "copy"
+    assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+    assert sum(seen) == src.stat().st_size
 
 
 def test_new_version_keeps_the_models_config_and_its_version_policy(repo, onnx_file):
