@@ -55,8 +55,10 @@ from manager.footprint import (
     MemoryMeter,
     Usage,
     artifact_size,
+    loaded_footprint,
     predicted_versions,
 )
+from manager.loadtimes import LoadTimes, forget_loads
 from manager.metrics import MemoryReading
 from manager.modelconfig import read_config
 from manager.names import validate_model_name
@@ -251,7 +253,6 @@ class Controller:
         self._file_lock: FileLock | None = None
         self._seen: dict[tuple[str, int], ModelState] = {}
         self._seen_counts: dict[tuple[str, int], int] = {}
-        self._loaded_at: dict[tuple[str, int], float] = {}
         self._alerting = False
 
     def __repr__(self) -> str:
@@ -353,6 +354,7 @@ class Controller:
         return reasons
 
     def _view(self, index: list[IndexEntry] | None = None) -> _View:
+        taken = time.time()
         index = self.control.repository_index() if index is None else index
         usage = self.meter.usage()
         ready = sorted({(e.name, e.version) for e in index if e.ready and e.version is not None})
@@ -361,8 +363,13 @@ class Controller:
         stats: dict[tuple[str, int | None], ModelStats] = {}
         if ready:
             stats = {(s.name, s.version): s for s in self.control.statistics()}
-        known_loaded_at = self.footprints.loaded_at()
-        now = time.time()
+        # when each version was loaded: by tritonctl (recorded then), else when first seen
+        # READY; footprints.json held the times of budgeted loads before loaded.json did
+        loaded_at = LoadTimes(self.repo).sync(
+            [(n, v) for n, v in ready if v is not None],
+            now=taken,
+            fallback=self.footprints.loaded_at(),
+        )
         states = []
         for name, version in ready:
             assert version is not None
@@ -371,20 +378,15 @@ class Controller:
             key = (name, version)
             stat = stats.get(key)
             recorded = self.footprints.get(name, version)
-            live = usage.per_version
-            if (name, version) in live or (name, None) in live:
-                footprint = live.get((name, version), 0) + live.get((name, None), 0)
-            else:
-                footprint = (recorded or self.footprints.estimate(name, version)).bytes
-            if key not in self._loaded_at:
-                self._loaded_at[key] = known_loaded_at.get(key, now)
+            known = loaded_footprint(self.footprints, name, version, usage.per_version)
+            footprint = (known or self.footprints.estimate(name, version)).bytes
             reason = protected.get(name, "")
             states.append(
                 ModelState(
                     name=name,
                     version=version,
                     footprint=footprint,
-                    loaded_at=self._loaded_at[key],
+                    loaded_at=loaded_at.get(key, taken),
                     last_inference=stat.last_inference_ms if stat else 0,
                     inference_count=stat.inference_count if stat else 0,
                     load_seconds=recorded.load_seconds if recorded else None,
@@ -413,7 +415,6 @@ class Controller:
         for key in [k for k in self._seen if k not in current]:
             policy.on_unload(self._seen.pop(key))
             self._seen_counts.pop(key, None)
-            self._loaded_at.pop(key, None)
 
     def _limits(self, usage: Usage) -> tuple[int, int, int]:
         budget = self.budget
@@ -441,6 +442,7 @@ class Controller:
         states = view.of_model(name)
         before = self._reading_before_release()
         serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+        forget_loads(self.repo, name)
         if not self.meter.wait_released([name], before):
             raise UnloadError(f"model {name!r} is unloaded but its processes have not exited")
         chosen_keys = {s.key for s in chosen}
@@ -452,7 +454,6 @@ class Controller:
                 self.policy.on_unload(state)
             self._seen.pop(state.key, None)
             self._seen_counts.pop(state.key, None)
-            self._loaded_at.pop(state.key, None)
             out.append(Eviction(name, state.version, state.footprint, reason))
             self._record(
                 "evict",
@@ -528,8 +529,6 @@ class Controller:
                     self.footprints.record(footprint, loaded_at=loaded_at)
             self.stats.loads += 1
             self.stats.load_seconds_total += result.seconds
-            for v in new:
-                self._loaded_at[(name, v)] = loaded_at
             total = sum(f.bytes for f in measured)
             estimated = sum(f.bytes for f in needed)
             method = measured[0].method if measured else "none"
@@ -799,7 +798,6 @@ class Controller:
                     self.policy.on_unload(state)
                     self._seen.pop(state.key, None)
                     self._seen_counts.pop(state.key, None)
-                    self._loaded_at.pop(state.key, None)
                 self._record("unload", name, None, "requested")
             return result
 

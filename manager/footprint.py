@@ -172,8 +172,8 @@ def artifact_size(repo: Path, model: str, version: int) -> int | None:
 class FootprintStore:
     """``<repo>/.tritonctl/footprints.json``: measured footprints and load times.
 
-    Also remembers when the manager last loaded each version (``loaded_at``, epoch
-    seconds), which Triton does not report and a fifo policy needs.
+    Each record also says when that load finished (``loaded_at``, epoch seconds); the
+    load times the policies use are kept for every load in :mod:`manager.loadtimes`.
     """
 
     def __init__(self, repo: Path) -> None:
@@ -351,6 +351,36 @@ class FootprintStore:
         if (self.repo / model / str(version)).is_dir() and not _is_ensemble(self.repo / model):
             return self.estimate(model, version)
         return None
+
+
+LIVE_BASIS = "live"
+"""The ``basis`` of a footprint read from the memory a loaded version holds now."""
+
+
+def loaded_footprint(
+    store: FootprintStore,
+    model: str,
+    version: int,
+    live: Mapping[tuple[str, int | None], int] | None = None,
+) -> Footprint | None:
+    """The memory a *loaded* version holds, as ``ls`` and the eviction plan both show it.
+
+    ``live``: bytes per loaded version read now (:attr:`Usage.per_version`, the resident
+    memory of Python-backend stubs on a local CPU server); a version found there is what
+    evicting it frees. Otherwise the measured footprint, else the estimate (None for an
+    ensemble, which holds nothing of its own).
+    """
+    live = live or {}
+    if (model, version) in live or (model, None) in live:
+        return Footprint(
+            model,
+            version,
+            live.get((model, version), 0) + live.get((model, None), 0),
+            CPU_STUB_RSS,
+            measured_at=_now_iso(),
+            basis=LIVE_BASIS,
+        )
+    return store.known(model, version)
 
 
 def _is_ensemble(model_dir: Path) -> bool:

@@ -8,30 +8,65 @@ estimated from the artifact).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from manager.footprint import Footprint, FootprintStore, footprint_fields
+from manager.errors import ManagerError
+from manager.footprint import (
+    Footprint,
+    FootprintStore,
+    MemoryMeter,
+    footprint_fields,
+    loaded_footprint,
+)
+from manager.metrics import MetricsSource
 from manager.repository import Repository
 from manager.serving import ModelRow
 
+log = logging.getLogger(__name__)
+
+LiveBytes = Mapping[tuple[str, int | None], int]
+
+
+def live_memory(control: MetricsSource, url: str, repo: Path) -> LiveBytes:
+    """Bytes each loaded version holds now, where they can be read (the Python-backend
+    stubs of the embedded server of ``repo`` on a CPU host): what the memory controller
+    counts for them. Empty elsewhere, or when the server's memory cannot be read."""
+    meter = MemoryMeter.for_control(control, url, repo)
+    if meter.server_pid is None:
+        return {}
+    try:
+        return meter.usage().per_version
+    except ManagerError as exc:
+        log.info("no live memory reading from %s: %s", url, exc)
+        return {}
+
 
 def model_footprints(
-    rows: Sequence[ModelRow], repo: Path
+    rows: Sequence[ModelRow], repo: Path, live: LiveBytes | None = None
 ) -> dict[tuple[str, int], Footprint | None]:
-    """The known footprint of every versioned row (None where none is known)."""
+    """The footprint of every versioned row (None where none is known): for a READY one
+    what the memory controller counts (``live`` bytes, else measured, else estimated);
+    for the others the measured footprint, else the estimate."""
     store = FootprintStore(repo)
     return {
-        (row.name, row.version): store.known(row.name, row.version)
+        (row.name, row.version): (
+            loaded_footprint(store, row.name, row.version, live)
+            if row.state == "READY"
+            else store.known(row.name, row.version)
+        )
         for row in rows
         if row.version is not None
     }
 
 
-def model_rows(rows: Sequence[ModelRow], repo: Path) -> list[dict[str, Any]]:
+def model_rows(
+    rows: Sequence[ModelRow], repo: Path, live: LiveBytes | None = None
+) -> list[dict[str, Any]]:
     """The rows of ``tritonctl ls --json``: each model version with its footprint fields."""
-    footprints = model_footprints(rows, repo)
+    footprints = model_footprints(rows, repo, live)
     return [
         {
             **row.to_json(),

@@ -69,8 +69,13 @@ class ModelState:
 
     @property
     def last_used(self) -> float:
-        """Epoch seconds of the last inference, or of the load for a model never inferred."""
-        return max(self.last_inference / 1000.0, self.loaded_at)
+        """Epoch seconds of the last inference as Triton reports it, or of the load for a
+        version never inferred. (Not the later of the two: ``loaded_at`` is the manager's
+        clock, ``last_inference`` the server's, and Triton resets a version's statistics
+        when it reloads it, so a reported inference is never older than the load.)"""
+        if self.last_inference > 0:
+            return self.last_inference / 1000.0
+        return self.loaded_at
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from google.protobuf.json_format import MessageToJson
 
 from manager.errors import LoadError, ManagerError, ModelNotFoundError, UnloadError
+from manager.loadtimes import forget_loads, record_load
 from manager.metrics import MemoryReading, parse_memory
 from manager.modelconfig import read_config
 from manager.names import validate_model_name
@@ -324,10 +325,20 @@ def load(
         if done is not None:
             seconds = time.monotonic() - started
             log.info("model %s ready in %.2f s", name, seconds)
+            _note_loaded(repo, name, ready_versions(entries), done)
             return LoadResult(name, done, seconds, cache_hit=False)
         if time.monotonic() > deadline:
             raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")
         time.sleep(POLL_INTERVAL_S)
+
+
+def _note_loaded(repo: Path | None, name: str, before: Sequence[int], after: Sequence[int]) -> None:
+    """Record when the versions a load brought up were loaded (``fifo`` needs it), and
+    forget the versions it took down."""
+    gone = set(before) - set(after)
+    if gone:
+        forget_loads(repo, name, gone)
+    record_load(repo, name, [v for v in after if v not in before])
 
 
 def _safe_entries(control: ModelControl, name: str) -> list[IndexEntry]:
@@ -372,6 +383,7 @@ def unload(
         time.sleep(POLL_INTERVAL_S)
     seconds = time.monotonic() - started
     log.info("model %s unloaded in %.2f s", name, seconds)
+    forget_loads(repo, name)
     return UnloadResult(name, seconds, was_loaded=True)
 
 
@@ -432,6 +444,7 @@ async def aload(
     while True:
         done = _load_done(name, entries_of(await control.repository_index(), name), version)
         if done is not None:
+            _note_loaded(repo, name, ready_versions(entries), done)
             return LoadResult(name, done, time.monotonic() - started, cache_hit=False)
         if time.monotonic() > deadline:
             raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")

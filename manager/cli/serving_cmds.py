@@ -13,7 +13,7 @@ from manager import serving
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import Context, console, pass_context, print_json
 from manager.controller import EnsureResult, budget_configured, load_model
-from manager.listing import model_footprints, model_rows
+from manager.listing import live_memory, model_footprints, model_rows
 from manager.metrics import MemoryReading
 from manager.triton import TritonControl
 from manager.units import format_size
@@ -162,10 +162,11 @@ def ls(obj: Context, as_json: bool) -> None:
     with _control(obj) as control:
         view = serving.overview(control, obj.repo)
         url = control.url
+        live = live_memory(control, url, obj.repo)
     if as_json:
-        print_json(model_rows(view.models, obj.repo))
+        print_json(model_rows(view.models, obj.repo, live))
         return
-    footprints = model_footprints(view.models, obj.repo)
+    footprints = model_footprints(view.models, obj.repo, live)
     table = Table(title=f"models on {url}", title_justify="left")
     longest = max((len(r.name) for r in view.models), default=5)
     table.add_column("model", no_wrap=True, min_width=min(longest, 60))

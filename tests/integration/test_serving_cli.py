@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -133,3 +134,50 @@ def test_cli_unreachable_server_is_a_clean_error(triton: TritonHandle) -> None:
     assert code != 0
     assert url in out
     assert "Traceback" not in out
+
+
+def infer_double(triton: TritonHandle, model: str) -> None:
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", [2], "FP32")
+        inp.set_data_from_numpy(np.ones(2, dtype=np.float32))
+        client.infer(model, [inp])
+    finally:
+        client.close()
+
+
+def plan_of(triton: TritonHandle, policy: str) -> dict:
+    code, out = run(triton, "--policy", policy, "evict", "--dry-run", "--json")
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_cli_lru_and_fifo_rank_plain_loads_by_last_inference_and_load_time(
+    triton: TritonHandle,
+) -> None:
+    # loaded first to last: age_c, age_b, age_a (name order is the reverse)
+    ours = ["age_c", "age_b", "age_a"]
+    try:
+        for name in ours:
+            write_python_model(triton.repo, name)
+            code, out = run(triton, "load", name)
+            assert code == 0, out
+            time.sleep(0.3)
+        for name in ("age_b", "age_a", "age_c"):  # age_b is the least recently used
+            infer_double(triton, name)
+            time.sleep(0.05)
+
+        lru = [v for v in plan_of(triton, "lru")["ranking"] if v["model"] in ours]
+        assert [v["model"] for v in lru] == ["age_b", "age_a", "age_c"]
+        fifo = [v for v in plan_of(triton, "fifo")["ranking"] if v["model"] in ours]
+        assert [v["model"] for v in fifo] == ["age_c", "age_b", "age_a"]
+        assert all("loaded 0.0 s ago" not in v["reason"] for v in fifo)
+
+        # ls shows the footprint the plan counts
+        listed = rows(triton, "age_b")[1]
+        planned = next(v for v in lru if v["model"] == "age_b")
+        assert listed["footprint_method"] == "cpu-stub-rss"
+        assert abs(listed["footprint_bytes"] - planned["bytes"]) <= 0.1 * planned["bytes"]
+    finally:
+        for name in ours:
+            run(triton, "unload", name)

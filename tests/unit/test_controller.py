@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from manager import serving
 from manager.audit import AuditLog
 from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
 from manager.controller import Controller, set_pin
@@ -19,6 +20,7 @@ from manager.dynamic import DynamicModelManager
 from manager.endpoints import ENDPOINT_KIND, EndpointState, Target
 from manager.errors import LoadError, MemoryBudgetError, ModelNotFoundError, UnloadError
 from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter
+from manager.loadtimes import LoadTimes
 from manager.modelconfig import TensorSpec, build_config, write_config
 from manager.policies import LruPolicy, ModelState
 from manager.repository import Repository, write_json_atomic
@@ -202,6 +204,66 @@ def test_ensure_loaded_with_fifo_evicts_the_first_loaded(tmp_path: Path) -> None
     fake.infer("a")
     fake.infer("b")
     assert [e.model for e in ctl.ensure_loaded("c").evicted] == ["b"]
+
+
+def again(ctl: Controller, fake: FakeTriton) -> Controller:
+    """A new controller on the same repository, as the next CLI command makes."""
+    return Controller(fake, ctl.repo, ctl.config, meter=MemoryMeter(fake, metrics_interval_s=0.001))
+
+
+def plain_loads(tmp_path: Path, fake: FakeTriton, *names: str) -> None:
+    """``tritonctl load`` without a budget, one model after the other."""
+    for name in names:
+        serving.load(fake, name, repo=tmp_path)
+        time.sleep(0.02)
+
+
+def test_fifo_in_a_new_process_evicts_the_first_of_the_plain_loads(tmp_path: Path) -> None:
+    sizes = {"a": MIB, "b": MIB, "c": MIB, "d": MIB}
+    first, fake = make(tmp_path, sizes, max_models=3, policy="fifo", known=False)
+    plain_loads(tmp_path, fake, "c", "b", "a")
+    time.sleep(0.2)
+    # each CLI command makes its own controller: the load times come from the repository
+    ctl = again(first, fake)
+    plan = ctl.plan()
+    assert [r.model for r in plan.ranking] == ["c", "b", "a"]
+    assert all("loaded 0.0 s ago" not in r.reason for r in plan.ranking)
+    result = ctl.ensure_loaded("d")
+    assert [e.model for e in result.evicted] == ["c"]
+
+
+def test_lru_in_a_new_process_evicts_the_least_recent_inference_of_plain_loads(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": MIB, "b": MIB, "c": MIB, "d": MIB}
+    first, fake = make(tmp_path, sizes, max_models=3, policy="lru", known=False)
+    plain_loads(tmp_path, fake, "a", "b", "c")
+    for name in ("b", "c", "a"):
+        fake.infer(name)
+    ctl = again(first, fake)
+    result = ctl.ensure_loaded("d")
+    assert [e.model for e in result.evicted] == ["b"]
+    assert "lru: last inference" in result.evicted[0].reason
+
+
+def test_a_model_loaded_by_another_client_ages_from_when_it_was_first_seen(
+    tmp_path: Path,
+) -> None:
+    ctl, fake = make(tmp_path, {"a": MIB, "b": MIB}, max_models=5, policy="fifo")
+    fake.state["a"] = "READY"  # loaded behind tritonctl's back
+    first = LoadTimes(tmp_path).all()
+    ctl.plan()
+    seen = LoadTimes(tmp_path).all()[("a", 1)]
+    time.sleep(0.05)
+    ctl.ensure_loaded("b")
+    plan = again(ctl, fake).plan()
+    assert first == {}
+    assert LoadTimes(tmp_path).all()[("a", 1)] == seen
+    assert [r.model for r in plan.ranking] == ["a", "b"]
+    # unloaded: the record goes, so a later load starts a new one
+    fake.state["a"] = "UNAVAILABLE"
+    again(ctl, fake).plan()
+    assert ("a", 1) not in LoadTimes(tmp_path).all()
 
 
 def test_a_model_that_cannot_fit_is_refused_before_anything_is_loaded_or_evicted(

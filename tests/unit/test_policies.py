@@ -91,6 +91,18 @@ def test_lru_uses_last_inference_not_load_time() -> None:
     assert evict_all_order(LruPolicy(), models)[0] == "loaded_last_used_long_ago"
 
 
+def test_lru_ranks_inferred_models_by_last_inference_even_when_loaded_later() -> None:
+    # the manager's clock says both were loaded a second ago (a server's clock a little
+    # behind, or a load time first seen late): Triton's last_inference still decides
+    models = [
+        model("a_used_17_s_ago", loaded_at=NOW - 1, last_inference_ago=17),
+        model("b_used_150_s_ago", loaded_at=NOW - 1, last_inference_ago=150),
+    ]
+    assert evict_all_order(LruPolicy(), models) == ["b_used_150_s_ago", "a_used_17_s_ago"]
+    victim = LruPolicy().choose_victims(models, 1, now=NOW)[0]
+    assert victim.reason == "lru: last inference 2 min ago"
+
+
 def test_lru_reason_says_how_long_ago_the_last_inference_was() -> None:
     victims = LruPolicy().choose_victims([model("a", last_inference_ago=12 * 60)], 1, now=NOW)
     assert victims[0].reason == "lru: last inference 12 min ago"
