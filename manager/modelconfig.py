@@ -74,7 +74,8 @@ class TensorSpec:
     def parse(cls, text: str) -> TensorSpec:
         """Parse ``NAME:DTYPE:DIMS`` as given on the command line, e.g. ``x:FP32:-1,4``.
 
-        ``BYTES`` is accepted for ``STRING``; DIMS may be empty for a scalar per batch item.
+        ``BYTES`` is accepted for ``STRING``. DIMS may not be empty: Triton needs at least
+        one dim (a scalar per batch item is ``1``).
         """
         parts = text.split(":")
         if len(parts) != 3:
@@ -87,6 +88,11 @@ class TensorSpec:
             dims = tuple(int(d) for d in dims_text.split(",") if d.strip() != "")
         except ValueError as exc:
             raise ConfigError(f"tensor {text!r}: dims must be integers") from exc
+        if not dims:
+            raise ConfigError(
+                f"tensor {text!r}: no dims; Triton needs at least one (e.g. {name}:{dtype}:1 "
+                "for a scalar per batch item, -1 for any length)"
+            )
         return cls(name=name, dtype=dtype, dims=dims)
 
     def describe(self) -> str:

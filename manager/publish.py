@@ -22,17 +22,10 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from manager.artifacts import Artifact, inspect_artifact
+from manager.artifacts import inspect_artifact
 from manager.errors import ConfigError, ManagerError, RepositoryError, VersionExistsError
 from manager.filecopy import Progress, place, sha256_of
-from manager.modelconfig import (
-    TensorSpec,
-    build_config,
-    config_to_text,
-    read_config,
-    tensors_from_config,
-    write_config,
-)
+from manager.modelconfig import TensorSpec, config_to_text, read_config, write_config
 from manager.names import validate_model_name, validate_version
 from manager.repository import (
     CONFIG_FILE,
@@ -41,6 +34,7 @@ from manager.repository import (
     write_json_atomic,
 )
 from manager.runtime import resolve_runtime
+from manager.versionconfig import check_new_version, make_config
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +46,8 @@ class PublishOptions:
     format: str = "auto"
     version: int | None = None
     max_batch_size: int | None = None  # None: the artifact's default (0 for most)
-    instance_count: int = 1
-    kind: str = "auto"
+    instance_count: int | None = None  # None: the user config's, else 1
+    kind: str | None = None  # auto, cpu or gpu; None: the user config's, else auto
     runtime: str = "auto"
     labels: dict[str, str] = field(default_factory=dict)
     inputs: Sequence[TensorSpec] = ()
@@ -110,204 +104,6 @@ def runner_source(runner: str) -> Path:
     return path
 
 
-# -- config ------------------------------------------------------------------------------
-
-
-def _strip_batch(specs: Sequence[TensorSpec], max_batch_size: int, what: str) -> list[TensorSpec]:
-    if max_batch_size == 0:
-        return list(specs)
-    out = []
-    for s in specs:
-        if not s.dims or s.dims[0] != -1:
-            raise ConfigError(
-                f"{what} {s.name!r} has dims {list(s.dims)}: batching (max_batch_size "
-                f"{max_batch_size}) needs a dynamic leading dimension"
-            )
-        out.append(TensorSpec(s.name, s.dtype, s.dims[1:]))
-    return out
-
-
-def check_tensors(
-    declared: Sequence[TensorSpec], given: Sequence[TensorSpec], what: str, source: str
-) -> None:
-    """Refuse ``given`` tensors that do not match what the artifact declares."""
-    by_name = {s.name: s for s in declared}
-    given_names = {s.name for s in given}
-    for s in given:
-        d = by_name.get(s.name)
-        if d is None:
-            raise ConfigError(
-                f"{source}: {what} {s.name!r} is not in the artifact "
-                f"(it has: {', '.join(sorted(by_name)) or 'none'})"
-            )
-        if d.dtype != s.dtype:
-            raise ConfigError(
-                f"{source}: {what} {s.name!r} has data type {s.dtype}, the artifact has {d.dtype}"
-            )
-        if len(d.dims) != len(s.dims) or any(
-            a != b and a != -1 for a, b in zip(d.dims, s.dims, strict=False)
-        ):
-            raise ConfigError(
-                f"{source}: {what} {s.name!r} has dims {list(s.dims)}, the artifact has "
-                f"{list(d.dims)}"
-            )
-    missing = [n for n in by_name if n not in given_names]
-    if missing and what == "input":
-        raise ConfigError(f"{source}: input {missing[0]!r} of the artifact is missing")
-
-
-def _user_tensors(config: mc.ModelConfig) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    batch = (-1,) if config.max_batch_size > 0 else ()
-    ins = [TensorSpec(s.name, s.dtype, batch + s.dims) for s in tensors_from_config(config.input)]
-    outs = [TensorSpec(s.name, s.dtype, batch + s.dims) for s in tensors_from_config(config.output)]
-    return ins, outs
-
-
-def make_config(name: str, art: Artifact, opts: PublishOptions, runtime: str) -> mc.ModelConfig:
-    """The config.pbtxt for publishing ``art`` as ``name``, validated against the artifact."""
-    user: mc.ModelConfig | None = None
-    if opts.config_path is not None:
-        user = read_config(opts.config_path)
-        if user.name and user.name != name:
-            raise ConfigError(f"{opts.config_path}: name {user.name!r} differs from {name!r}")
-    elif art.config is not None:
-        user = art.config
-
-    max_batch = opts.max_batch_size
-    if max_batch is None:
-        max_batch = user.max_batch_size if user is not None else art.default_max_batch_size
-
-    # Full dims (batch dim included when batching) of what the user said, if anything.
-    given_in: list[TensorSpec] = list(opts.inputs)
-    given_out: list[TensorSpec] = list(opts.outputs)
-    if user is not None and not given_in and not given_out:
-        given_in, given_out = _user_tensors(user)
-        if opts.max_batch_size is not None and opts.max_batch_size != user.max_batch_size:
-            raise ConfigError(
-                f"--max-batch-size {opts.max_batch_size} differs from the config's "
-                f"max_batch_size {user.max_batch_size}"
-            )
-    elif max_batch > 0 and (given_in or given_out):
-        # flags give dims without the batch dim, as config.pbtxt does
-        given_in = [TensorSpec(s.name, s.dtype, (-1, *s.dims)) for s in given_in]
-        given_out = [TensorSpec(s.name, s.dtype, (-1, *s.dims)) for s in given_out]
-
-    source = str(opts.config_path or "the given tensors")
-    if art.inputs is not None and art.outputs is not None:
-        if given_in or given_out:
-            check_tensors(art.inputs, given_in, "input", source)
-            check_tensors(art.outputs, given_out, "output", source)
-        inputs = given_in or list(art.inputs)
-        outputs = given_out or list(art.outputs)
-    else:
-        if not given_in or not given_out:
-            raise ConfigError(
-                f"a {art.format} artifact does not declare its tensors: give --input and "
-                "--output (NAME:DTYPE:DIMS) or --config"
-            )
-        inputs, outputs = given_in, given_out
-
-    inputs = _strip_batch(inputs, max_batch, "input")
-    outputs = _strip_batch(outputs, max_batch, "output")
-
-    if art.format == "python":
-        params = dict(user.parameters.items()) if user is not None else {}
-        config = build_config(
-            name,
-            inputs,
-            outputs,
-            max_batch_size=max_batch,
-            backend="python",
-            instance_count=opts.instance_count,
-            kind=opts.kind,
-        )
-        if user is not None:
-            merged = mc.ModelConfig()
-            merged.CopyFrom(user)
-            merged.name = name
-            merged.backend = "python"
-            merged.max_batch_size = max_batch
-            del merged.input[:]
-            del merged.output[:]
-            merged.input.extend(config.input)
-            merged.output.extend(config.output)
-            if not merged.instance_group or opts.instance_count != 1 or opts.kind != "auto":
-                del merged.instance_group[:]
-                merged.instance_group.extend(config.instance_group)
-            config = merged
-        for k, v in params.items():
-            config.parameters[k].CopyFrom(v)
-        return config
-
-    if runtime == "native":
-        if art.native is None:
-            raise ConfigError(
-                f"a {art.format} artifact has no native Triton runtime; use --runtime python"
-            )
-        kind_field, value = art.native
-        return build_config(
-            name,
-            inputs,
-            outputs,
-            max_batch_size=max_batch,
-            platform=value if kind_field == "platform" else "",
-            backend=value if kind_field == "backend" else "",
-            instance_count=opts.instance_count,
-            kind=opts.kind,
-            default_model_filename=art.native_filename,
-            dynamic_batching=max_batch > 0,
-        )
-    params = {"tritonctl.runner": art.runner, "tritonctl.artifact": art.runner_artifact}
-    params.update(art.runner_parameters)
-    return build_config(
-        name,
-        inputs,
-        outputs,
-        max_batch_size=max_batch,
-        backend="python",
-        instance_count=opts.instance_count,
-        kind=opts.kind,
-        parameters=params,
-        dynamic_batching=max_batch > 0,
-    )
-
-
-def compatible(existing: mc.ModelConfig, new: mc.ModelConfig) -> None:
-    """Refuse a new version whose config cannot share the model's config.pbtxt."""
-    for field_name in ("platform", "backend", "max_batch_size"):
-        a, b = getattr(existing, field_name), getattr(new, field_name)
-        if a != b:
-            raise ConfigError(
-                f"model {existing.name!r} has {field_name} {a!r}; this version needs {b!r}. "
-                "Versions of one model share one config.pbtxt: publish under a new name"
-            )
-    for what, old, cur in (
-        ("input", existing.input, new.input),
-        ("output", existing.output, new.output),
-    ):
-        old_specs = {s.name: s for s in tensors_from_config(old)}
-        for s in tensors_from_config(cur):
-            o = old_specs.get(s.name)
-            if o is None or o != s:
-                raise ConfigError(
-                    f"model {existing.name!r}: {what} {s.describe()} does not match the "
-                    f"published config ({o.describe() if o else 'no such ' + what}); versions "
-                    "of one model share one config.pbtxt: publish under a new name"
-                )
-        if len(old_specs) != len(cur):
-            raise ConfigError(
-                f"model {existing.name!r}: this version has {len(cur)} {what}s, the published "
-                f"config has {len(old_specs)}"
-            )
-    for key in ("tritonctl.runner",):
-        a = existing.parameters[key].string_value if key in existing.parameters else ""
-        b = new.parameters[key].string_value if key in new.parameters else ""
-        if a != b:
-            raise ConfigError(
-                f"model {existing.name!r} is served by runner {a!r}; this version needs {b!r}"
-            )
-
-
 # -- publishing --------------------------------------------------------------------------
 
 
@@ -333,9 +129,14 @@ def publish(
         validate_version(opts.version)
     src = Path(artifact)
     art = inspect_artifact(src, opts.format)
-    runtime = (
-        "python" if art.format in ("python", "transformers") else resolve_runtime(opts.runtime)
-    )
+    runtime = resolve_runtime(opts.runtime)
+    if art.format == "transformers" and opts.runtime == "native":
+        raise ConfigError(
+            "a transformers artifact has no native Triton runtime: it is served by "
+            "tritonctl's Python-backend runner (--runtime python or auto)"
+        )
+    if art.format in ("python", "transformers"):
+        runtime = "python"  # a Python model folder's native backend is the Python backend
     config = make_config(name, art, opts, runtime)
     digest = sha256_of(src)
 
@@ -350,7 +151,12 @@ def publish(
             cfg_path = model_dir / CONFIG_FILE
             if cfg_path.is_file():
                 existing = read_config(cfg_path)
-                compatible(existing, config)
+                check_new_version(
+                    existing,
+                    config,
+                    opts,
+                    user_given=opts.config_path is not None or art.config is not None,
+                )
             versions = repository.versions(name)
         else:
             versions = []

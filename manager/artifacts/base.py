@@ -36,6 +36,12 @@ class Artifact:
     runner_parameters: dict[str, str] = field(default_factory=dict)
     # A config.pbtxt that came with the artifact (Python models).
     config: mc.ModelConfig | None = None
+    # What a signature-less artifact (TorchScript) says of its tensors where it can be read:
+    # how many inputs forward() takes (low, high: arguments with defaults may be left out)
+    # and how many outputs it returns; ``signature`` shows it in messages.
+    input_count: tuple[int, int] | None = None
+    output_count: int | None = None
+    signature: str = ""
     # Suggested defaults when the user gives none.
     default_max_batch_size: int = 0
     size_bytes: int = 0

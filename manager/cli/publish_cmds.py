@@ -61,25 +61,46 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
 @click.argument("name")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
-    "--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(("auto", *FORMATS)),
+    default="auto",
+    show_default=True,
+    help="The artifact's format; auto: from the name (*.onnx, *.pt) or the folder "
+    "(model.py: python; config.json: transformers).",
 )
 @click.option("--version", type=int, default=None, help="Version number (default: highest + 1).")
 @click.option(
     "--max-batch-size",
     type=click.IntRange(min=0),
     default=None,
-    help="Triton max_batch_size; > 0 makes the leading dynamic dim the batch dim.",
+    help="Triton max_batch_size; > 0 makes the leading dynamic dim the batch dim. "
+    "Default: 0 for ONNX and TorchScript, 64 for transformers, the folder's config.pbtxt "
+    "for Python models (else 0), the value in --config when one is given.",
 )
-@click.option("--instance-count", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
-    "--kind", type=click.Choice(("auto", "cpu", "gpu")), default="auto", show_default=True
+    "--instance-count",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Model instances Triton runs (instance_group count). Default: the --config's "
+    "instance_group, else 1. A later version must keep the model's.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(("auto", "cpu", "gpu")),
+    default=None,
+    help="Where the instances run (instance_group kind); auto lets Triton choose (a GPU "
+    "where there is one). Default: the --config's, else auto. A later version must keep "
+    "the model's.",
 )
 @click.option(
     "--runtime",
     type=click.Choice(RUNTIMES),
     default="auto",
     show_default=True,
-    help="native: Triton's ONNX Runtime/PyTorch backends; python: a Python-backend runner.",
+    help="native: Triton's ONNX Runtime/PyTorch backends; python: a Python-backend runner; "
+    "auto: native where this host's Triton has those backends. Transformers folders have "
+    "only the python runtime; Python model folders always run on the Python backend.",
 )
 @click.option(
     "--input",
@@ -87,14 +108,25 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
     multiple=True,
     callback=_tensor,
     metavar="NAME:DTYPE:DIMS",
-    help="An input, e.g. x:FP32:-1,4 (dims without the batch dim when batching).",
+    help="An input, e.g. x:FP32:-1,4 (dims without the batch dim when batching; repeat "
+    "for each input, in forward()'s order for TorchScript).",
 )
-@click.option("--output", "outputs", multiple=True, callback=_tensor, metavar="NAME:DTYPE:DIMS")
+@click.option(
+    "--output",
+    "outputs",
+    multiple=True,
+    callback=_tensor,
+    metavar="NAME:DTYPE:DIMS",
+    help="An output, e.g. y:FP32:-1,2 (dims without the batch dim when batching; repeat "
+    "for each output, in the order forward() returns them for TorchScript).",
+)
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="A config.pbtxt to use, checked against the artifact.",
+    help="A config.pbtxt to publish with: every field is kept (batching, instance groups, "
+    "optimization, warm-up, parameters...); its tensors are checked against the artifact "
+    "and what the runtime needs is filled in.",
 )
 @click.option(
     "--label",
@@ -144,8 +176,8 @@ def publish_cmd(
     fmt: str,
     version: int | None,
     max_batch_size: int | None,
-    instance_count: int,
-    kind: str,
+    instance_count: int | None,
+    kind: str | None,
     runtime: str,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],

@@ -58,7 +58,7 @@ def test_unparseable_config_is_a_config_error():
     [
         ("x:FP32:-1,4", TensorSpec("x", "FP32", (-1, 4))),
         ("text:BYTES:1", TensorSpec("text", "STRING", (1,))),
-        ("ids:type_int64:", TensorSpec("ids", "INT64", ())),
+        ("ids:type_int64:1", TensorSpec("ids", "INT64", (1,))),
     ],
 )
 def test_tensor_spec_parses_command_line_form(text, expected):
@@ -68,6 +68,12 @@ def test_tensor_spec_parses_command_line_form(text, expected):
 @pytest.mark.parametrize("text", ["x:FP32", "x:FLOAT99:1", "x:FP32:a,b", "x:FP32:0", ":FP32:1"])
 def test_tensor_spec_refuses_malformed_text(text):
     with pytest.raises(ConfigError):
+        TensorSpec.parse(text)
+
+
+@pytest.mark.parametrize("text", ["x:FP32:", "x:FP32: ", "x:FP32:,"])
+def test_tensor_spec_refuses_empty_dims_which_triton_cannot_load(text):
+    with pytest.raises(ConfigError, match="no dims; Triton needs at least one"):
         TensorSpec.parse(text)
 
 
