@@ -35,6 +35,7 @@ import yaml
 from manager.errors import ConfigError, InvalidNameError
 from manager.names import validate_model_name
 from manager.policies import DEFAULT_POLICY, policy_names
+from manager.settings import SETTINGS_FILE
 from manager.units import format_size, parse_size
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILENAME = "tritonctl.yaml"
+CONFIG_FILENAME = SETTINGS_FILE
 DEFAULT_HIGH_WATERMARK = 0.95
 DEFAULT_LOW_WATERMARK = 0.85
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 import re
 
 from manager.errors import InvalidNameError
+from manager.settings import SETTINGS_FILE
 
 MAX_NAME_LENGTH = 128
+# Files of the manager's own in a repository root: a model folder may not take their place
+# (names starting with "." are refused anyway). Compared case-insensitively, for
+# case-insensitive filesystems.
+RESERVED_NAMES = frozenset({SETTINGS_FILE, "tritonctl.yml"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -19,7 +24,8 @@ def validate_model_name(name: str, *, what: str = "model name") -> str:
     """Return ``name`` if it is a valid Triton model name, else raise ``InvalidNameError``.
 
     Accepted: 1-128 characters of letters, digits, ``_``, ``-`` and ``.``, not starting
-    with ``.`` or ``-``, with no ``..`` and no path separator.
+    with ``.`` or ``-``, with no ``..`` and no path separator, and not a name the manager
+    keeps for its own files in the repository root (``tritonctl.yaml``).
     """
     if not isinstance(name, str) or name == "":
         raise InvalidNameError(f"{what} must not be empty")
@@ -33,6 +39,10 @@ def validate_model_name(name: str, *, what: str = "model name") -> str:
         raise InvalidNameError(
             f"{what} {name!r} is not a valid Triton model name: use letters, digits, "
             "'_', '-' and '.', starting with a letter, digit or '_'"
+        )
+    if name.lower() in RESERVED_NAMES:
+        raise InvalidNameError(
+            f"{what} {name!r} is reserved: the repository's {name} is tritonctl's settings file"
         )
     return name
 

@@ -146,6 +146,10 @@ def publish(
         model_dir = repository.model_dir(name)
         if model_dir.is_symlink():
             raise RepositoryError(f"{model_dir} is a symlink: refusing to publish through it")
+        if model_dir.exists() and not model_dir.is_dir():
+            raise RepositoryError(
+                f"{model_dir} exists and is not a model folder: choose another model name"
+            )
         exists = model_dir.is_dir()
         if exists:
             cfg_path = model_dir / CONFIG_FILE

@@ -10,6 +10,7 @@ DEFAULT_URL = "http://localhost:8000"
 REPO_ENV = "TRITONCTL_REPO"
 URL_ENV = "TRITONCTL_URL"
 META_DIR = ".tritonctl"
+SETTINGS_FILE = "tritonctl.yaml"  # serving settings, in the repository root
 
 
 def default_repo() -> Path:

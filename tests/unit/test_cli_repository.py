@@ -149,3 +149,16 @@ def test_publish_help_warns_that_a_linked_source_must_not_change():
     assert code == 0
     assert "--link" in out and "never modify the" in out
     assert "--copy" not in out
+
+
+def test_publish_over_a_file_in_the_repository_exits_with_one_line(tmp_path, onnx_file):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "tritonctl.yaml").write_text("max_models: 2\n")
+    (repo / "notes.txt").write_text("x\n")
+    for name, message in (("tritonctl.yaml", "is reserved"), ("notes.txt", "not a model folder")):
+        result = CliRunner().invoke(main, ["--repo", str(repo), "publish", name, str(onnx_file)])
+        assert result.exit_code != 0
+        assert message in result.stderr
+        assert "Traceback" not in result.output
+    assert (repo / "tritonctl.yaml").read_text() == "max_models: 2\n"

@@ -24,6 +24,7 @@ def test_valid_model_names_are_accepted(name):
         ("has space", "not a valid"),
         ("x" * 129, "longer than"),
         ("名前", "not a valid"),
+        ("tritonctl.yaml", "reserved"),
     ],
 )
 def test_invalid_model_names_are_refused_with_reason(name, why):

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from manager.errors import ArtifactError, ConfigError, InvalidNameError, VersionExistsError
+from manager.errors import (
+    ArtifactError,
+    ConfigError,
+    InvalidNameError,
+    RepositoryError,
+    VersionExistsError,
+)
 from manager.modelconfig import TensorSpec, read_config
 from manager.publish import PublishOptions, parse_labels, publish
 from manager.repository import Repository
@@ -414,3 +420,20 @@ def test_new_version_keeps_the_models_config_and_its_version_policy(repo, onnx_f
     publish(repo, "linear", onnx_file, NATIVE)
     assert path.read_text() == before
     assert list(read_config(path).version_policy.specific.versions) == [1]
+
+
+@pytest.mark.parametrize("name", ["tritonctl.yaml", "TritonCtl.YAML", "tritonctl.yml"])
+def test_the_settings_file_name_is_reserved_even_where_the_file_is_absent(repo, onnx_file, name):
+    with pytest.raises(InvalidNameError, match="reserved"):
+        publish(repo, name, onnx_file, NATIVE)
+    assert not (repo.path / name).exists()
+
+
+def test_a_name_taken_by_a_file_in_the_repository_is_a_clean_error(repo, onnx_file):
+    repo.ensure()
+    readme = repo.path / "README.md"
+    readme.write_text("my models\n")
+    with pytest.raises(RepositoryError, match="exists and is not a model folder"):
+        publish(repo, "README.md", onnx_file, NATIVE)
+    assert readme.read_text() == "my models\n"
+    assert repo.models() == []
