@@ -495,15 +495,25 @@ class Controller:
                     f"model {name!r} is not in the repository served by {self.control.url}"
                 )
             ready_before = serving.ready_versions(entries)
-            if (version is None and ready_before) or (version in ready_before):
+            wanted = (
+                serving.versions_to_serve(self.control, self.repo, name)
+                if version is None
+                else None
+            )
+            if serving.up_to_date(entries, version, wanted):
                 self.stats.cache_hits += 1
                 return EnsureResult(name, ready_before, 0.0, cache_hit=True)
-            versions = [
-                v for v in predicted_versions(self.repo, name, version) if v not in ready_before
-            ]
+            coming = (
+                sorted(wanted)
+                if wanted is not None
+                else predicted_versions(self.repo, name, version)
+            )
+            versions = [v for v in coming if v not in ready_before]
+            # a reload for a new version takes down the ones the policy no longer selects
+            leaving = len(set(ready_before) - set(coming)) if wanted is not None else 0
             memoryless = self._memoryless(name)
             needed = [] if memoryless else [self.footprints.footprint(name, v) for v in versions]
-            evicted = self._make_room(name, version, needed, index)
+            evicted = self._make_room(name, version, needed, index, leaving=leaving)
             before = self.meter.baseline()
             try:
                 result = serving.load(
@@ -557,7 +567,11 @@ class Controller:
         version: int | None,
         needed: Sequence[Footprint],
         index: list[IndexEntry],
+        *,
+        leaving: int = 0,
     ) -> list[Eviction]:
+        """Evict until ``needed`` fits; ``leaving``: versions of ``name`` the load takes
+        down, whose slots it frees (their memory only once the new versions are up)."""
         label = f"{name}:{version}" if version is not None else name
         footprint = sum(f.bytes for f in needed)
         how = ", ".join(sorted({f.method for f in needed})) or "nothing to load"
@@ -570,7 +584,7 @@ class Controller:
             need_bytes = used + footprint - limit
             need_slots = 0
             if self.budget.max_models is not None:
-                need_slots = len(view.states) + len(needed) - self.budget.max_models
+                need_slots = len(view.states) + len(needed) - leaving - self.budget.max_models
             if need_bytes <= 0 and need_slots <= 0:
                 return evicted
             try:
@@ -709,13 +723,21 @@ class Controller:
                 validate_model_name(for_model)
                 entries = serving.entries_of(view.index, for_model)
                 ready = serving.ready_versions(entries)
-                versions = [
-                    v for v in predicted_versions(self.repo, for_model, version) if v not in ready
-                ]
+                wanted = (
+                    serving.versions_to_serve(self.control, self.repo, for_model)
+                    if version is None
+                    else None
+                )
+                coming = (
+                    sorted(wanted)
+                    if wanted is not None
+                    else predicted_versions(self.repo, for_model, version)
+                )
+                versions = [v for v in coming if v not in ready]
                 needed = [self.footprints.footprint(for_model, v) for v in versions]
                 if needed:
                     footprint = needed[0] if len(needed) == 1 else None
-                already = (version is None and ready) or version in ready
+                already = serving.up_to_date(entries, version, wanted)
                 total = 0 if already else sum(f.bytes for f in needed)
                 need_bytes = used + total - limit if total else 0
                 need_slots = 0

@@ -1,10 +1,11 @@
 """Serving operations on a live Triton: load, unload, list.
 
 These wrap the raw model-control calls of :mod:`manager.triton` with what Triton does
-not do by itself: a load of a model that is already READY is a no-op (a reload would
-need the memory of both copies at once), a load of one version pins the version policy
-to it, a failed load reports Triton's own reason, and an unload returns only once the
-index shows the model UNAVAILABLE (Triton answers before the memory is freed).
+not do by itself: a load of a model that already serves what its version policy selects
+on disk is a no-op (a reload would need the memory of both copies at once), a load of
+one version pins the version policy to it, a failed load reports Triton's own reason,
+and an unload returns only once the index shows the model UNAVAILABLE (Triton answers
+before the memory is freed).
 """
 
 from __future__ import annotations
@@ -150,10 +151,59 @@ def _require_known(index: Sequence[IndexEntry], name: str, url: str) -> list[Ind
     return entries
 
 
-def _is_loaded(entries: Sequence[IndexEntry], version: int | None) -> bool:
-    if version is None:
-        return bool(ready_versions(entries))
-    return version in ready_versions(entries)
+def _is_loaded(
+    entries: Sequence[IndexEntry], version: int | None, wanted: frozenset[int] | None = None
+) -> bool:
+    """Whether the load is done: ``version`` READY; else the ``wanted`` versions READY;
+    else (nothing known of the versions) any version READY."""
+    ready = set(ready_versions(entries))
+    if version is not None:
+        return version in ready
+    if wanted is not None:
+        return wanted <= ready
+    return bool(ready)
+
+
+def up_to_date(
+    entries: Sequence[IndexEntry], version: int | None, wanted: frozenset[int] | None
+) -> bool:
+    """Whether a load would change nothing: ``version`` is READY, or exactly the
+    ``wanted`` versions are (any READY version when they are not known)."""
+    if version is None and wanted is not None:
+        return set(ready_versions(entries)) == wanted
+    return _is_loaded(entries, version, wanted)
+
+
+def versions_to_serve(control: Any, repo: Path | None, name: str) -> frozenset[int] | None:
+    """The versions ``load NAME`` (no version given) serves: those the version policy of
+    ``<repo>/<name>/config.pbtxt`` selects among the version folders on disk (latest 1 by
+    default, ``all``, ``specific``), plus those endpoints route to. None when ``repo``
+    holds no version of the model (then only Triton knows what its policy picks)."""
+    from manager.footprint import predicted_versions
+
+    on_disk = set(_on_disk_versions(repo, name))
+    if repo is None or not on_disk:
+        return None
+    selected = set(predicted_versions(repo, name, None))
+    routed = endpoint_versions(control, repo, name) & on_disk
+    return frozenset(selected | routed) or None
+
+
+def _policy_override(repo: Path | None, name: str, wanted: frozenset[int] | None) -> str | None:
+    """The config override for a load of ``wanted`` (no version given): None when the
+    model's own version policy selects them all (Triton reads it from the repository),
+    else a ``specific`` policy with them (endpoints route to versions it leaves out)."""
+    from manager.footprint import predicted_versions
+
+    if repo is None or wanted is None:
+        return None
+    if wanted <= set(predicted_versions(repo, name, None)):
+        return None
+    config = _config_from_repo(repo, name)
+    if config is None:
+        return None
+    log.info("serving %s versions %s: endpoints route to some of them", name, sorted(wanted))
+    return override_for_version(config, max(wanted), wanted)
 
 
 def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) -> str:
@@ -216,10 +266,13 @@ def _load_error(name: str, exc: ManagerError | None, entries: Sequence[IndexEntr
 
 
 def _load_done(
-    name: str, entries: Sequence[IndexEntry], version: int | None
+    name: str,
+    entries: Sequence[IndexEntry],
+    version: int | None,
+    wanted: frozenset[int] | None = None,
 ) -> tuple[int, ...] | None:
     """Ready versions when the load finished; None while it runs; LoadError if it failed."""
-    if _is_loaded(entries, version):
+    if _is_loaded(entries, version, wanted):
         return ready_versions(entries)
     if any(e.state == "LOADING" for e in entries):
         return None
@@ -285,18 +338,23 @@ def load(
 ) -> LoadResult:
     """Load ``name`` (only ``version`` if given) and return once it is READY.
 
-    Already READY -> nothing is done (``cache_hit``). Pinning a version needs the
-    model's config: from ``<repo>/<name>/config.pbtxt`` when ``repo`` holds it, else
-    from Triton if the model is loaded. Raises ModelNotFoundError for a model the
-    server's repository does not hold, LoadError with Triton's reason if it fails.
+    Without ``version`` the model serves what its version policy selects among the
+    versions in ``repo`` (:func:`versions_to_serve`): nothing is done (``cache_hit``)
+    when exactly those are READY; otherwise Triton loads it again, re-reading the
+    repository, so a newly published version is picked up. With ``version``, nothing is
+    done when it is READY. Pinning a version needs the model's config: from
+    ``<repo>/<name>/config.pbtxt`` when ``repo`` holds it, else from Triton if the model
+    is loaded. Raises ModelNotFoundError for a model the server's repository does not
+    hold, LoadError with Triton's reason if it fails.
     """
     validate_model_name(name)
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
-    if _is_loaded(entries, version):
+    wanted = versions_to_serve(control, repo, name) if version is None else None
+    if up_to_date(entries, version, wanted):
         log.info("model %s already ready (versions %s)", name, ready_versions(entries))
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
-    override = None
+    override = _policy_override(repo, name, wanted)
     if version is not None:
         config = _config_from_repo(repo, name)
         if config is None:
@@ -321,7 +379,7 @@ def load(
         raise _load_error(name, exc, _safe_entries(control, name)) from exc
     deadline = started + wait_timeout
     while True:
-        done = _load_done(name, entries_of(control.repository_index(), name), version)
+        done = _load_done(name, entries_of(control.repository_index(), name), version, wanted)
         if done is not None:
             seconds = time.monotonic() - started
             log.info("model %s ready in %.2f s", name, seconds)
@@ -418,9 +476,10 @@ async def aload(
     validate_model_name(name)
     started = time.monotonic()
     entries = _require_known(await control.repository_index(), name, control.url)
-    if _is_loaded(entries, version):
+    wanted = versions_to_serve(control, repo, name) if version is None else None
+    if up_to_date(entries, version, wanted):
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
-    override = None
+    override = _policy_override(repo, name, wanted)
     if version is not None:
         config = _config_from_repo(repo, name)
         if config is None:
@@ -442,7 +501,7 @@ async def aload(
         raise _load_error(name, exc, after) from exc
     deadline = started + wait_timeout
     while True:
-        done = _load_done(name, entries_of(await control.repository_index(), name), version)
+        done = _load_done(name, entries_of(await control.repository_index(), name), version, wanted)
         if done is not None:
             _note_loaded(repo, name, ready_versions(entries), done)
             return LoadResult(name, done, time.monotonic() - started, cache_hit=False)

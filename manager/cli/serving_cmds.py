@@ -52,6 +52,10 @@ def load(
 ) -> None:
     """Load model NAME on the server and wait until it is READY.
 
+    Without --version, NAME serves what its version policy selects among the versions in
+    the repository (the newest by default), plus those endpoints route to: a newly
+    published version is picked up, and nothing is done when those are READY already.
+
     With a memory budget (--memory-limit, --max-models, or tritonctl.yaml) it first makes
     room: it evicts what the policy picks, or refuses before loading when NAME cannot fit.
     """

@@ -181,3 +181,42 @@ def test_cli_lru_and_fifo_rank_plain_loads_by_last_inference_and_load_time(
     finally:
         for name in ours:
             run(triton, "unload", name)
+
+
+def answer(triton: TritonHandle, model: str) -> float:
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", [2], "FP32")
+        inp.set_data_from_numpy(np.zeros(2, dtype=np.float32))
+        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
+        assert out is not None
+        return float(out.flat[0])
+    finally:
+        client.close()
+
+
+def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> None:
+    folder = write_add_model(triton.repo, "cli_newer", {1: 1.0})
+    try:
+        code, out = run(triton, "load", "cli_newer")
+        assert code == 0 and "loaded cli_newer (version 1)" in out, out
+        write_add_model(triton.repo, "cli_newer", {1: 1.0, 2: 2.0})
+
+        code, out = run(triton, "load", "cli_newer")
+        assert code == 0 and "loaded cli_newer (version 2)" in out, out
+        assert answer(triton, "cli_newer") == 2.0
+        listed = rows(triton, "cli_newer")
+        assert listed[2]["state"] == "READY" and listed[1]["state"] != "READY"
+        code, out = run(triton, "load", "cli_newer")
+        assert code == 0 and "cli_newer already loaded (version 2)" in out, out
+
+        # the same within a memory budget (the controller's path)
+        write_add_model(triton.repo, "cli_newer", {3: 3.0})
+        code, out = run(triton, "--max-models", "100", "load", "cli_newer")
+        assert code == 0 and "loaded cli_newer (version 3)" in out, out
+        assert answer(triton, "cli_newer") == 3.0
+        code, out = run(triton, "--max-models", "100", "load", "cli_newer")
+        assert code == 0 and "already loaded (version 3)" in out, out
+    finally:
+        run(triton, "unload", "cli_newer")
+        assert folder.is_dir()

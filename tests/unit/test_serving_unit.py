@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,108 @@ def test_overview_carries_the_memory_reading() -> None:
     assert view.memory is not None and view.memory.cpu is not None
     assert view.memory.cpu.used_bytes == 10
     assert view.to_json()["models"][0]["name"] == "m"
+
+
+# --------------------------------------------------------------------------- version policy
+
+
+def publish_version(repo: Path, fake: FakeTriton, name: str, version: int) -> None:
+    """A new version folder on disk; Triton does not know it until it loads the model."""
+    (repo / name / str(version)).mkdir()
+    fake.state[(name, version)] = ("UNAVAILABLE", "")
+
+
+def test_load_without_version_picks_up_a_newly_published_version(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1])
+    fake = FakeTriton({"m": [1]})
+    assert serving.load(fake, "m", repo=tmp_path).versions == (1,)
+    publish_version(tmp_path, fake, "m", 2)
+
+    result = serving.load(fake, "m", repo=tmp_path)
+
+    assert not result.cache_hit and result.versions == (2,)
+    assert fake.loads[-1] == ("m", None)  # Triton re-reads the repository's own policy
+    assert serving.load(fake, "m", repo=tmp_path).cache_hit
+    assert len(fake.loads) == 2
+
+
+def test_load_without_version_serves_the_policy_again_after_a_pinned_version(
+    tmp_path: Path,
+) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]})
+    serving.load(fake, "m", version=1, repo=tmp_path)
+    result = serving.load(fake, "m", repo=tmp_path)
+    assert not result.cache_hit and result.versions == (2,)
+
+
+def test_load_without_version_keeps_the_versions_endpoints_route_to(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1])
+    Endpoints(Repository(tmp_path), FakeTriton({}))._write(
+        EndpointState("front", "pinned", [Target("m", 1)])
+    )
+    fake = FakeTriton({"m": [1]})
+    serving.load(fake, "m", repo=tmp_path)
+    publish_version(tmp_path, fake, "m", 2)
+
+    result = serving.load(fake, "m", repo=tmp_path)
+
+    assert result.versions == (1, 2)
+    override = json.loads(fake.loads[-1][1] or "")
+    assert override["version_policy"] == {"specific": {"versions": [1, 2]}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("", {3}),
+        ("version_policy { latest { num_versions: 2 } }", {2, 3}),
+        ("version_policy { all { } }", {1, 2, 3}),
+        ("version_policy { specific { versions: [1, 3, 7] } }", {1, 3}),
+    ],
+)
+def test_versions_to_serve_follow_the_policy_on_disk(
+    tmp_path: Path, policy: str, expected: set[int]
+) -> None:
+    _write_model(tmp_path, "m", [1, 2, 3])
+    path = tmp_path / "m" / "config.pbtxt"
+    path.write_text(path.read_text() + policy + "\n")
+    assert serving.versions_to_serve(FakeTriton({}), tmp_path, "m") == expected
+    assert serving.versions_to_serve(FakeTriton({}), None, "m") is None
+    assert serving.versions_to_serve(FakeTriton({}), tmp_path, "elsewhere") is None
+
+
+def test_async_load_without_version_picks_up_a_newly_published_version(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1])
+    fake = FakeTriton({"m": [1]})
+    serving.load(fake, "m", repo=tmp_path)
+    publish_version(tmp_path, fake, "m", 2)
+    result = asyncio.run(serving.aload(AsyncFake(fake), "m", repo=tmp_path))
+    assert not result.cache_hit and result.versions == (2,)
+    assert asyncio.run(serving.aload(AsyncFake(fake), "m", repo=tmp_path)).cache_hit
+
+
+class AsyncFake:
+    """The asyncio face of a :class:`FakeTriton`."""
+
+    def __init__(self, fake: FakeTriton) -> None:
+        self.fake = fake
+        self.url = fake.url
+
+    async def repository_index(self) -> list[IndexEntry]:
+        return self.fake.repository_index()
+
+    async def load_model(self, name: str, config: str | None = None) -> None:
+        self.fake.load_model(name, config)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        self.fake.unload_model(name, unload_dependents)
+
+    async def model_config(self, name: str) -> dict[str, Any]:
+        return self.fake.model_config(name)
+
+    async def statistics(self, name: str | None = None) -> list[ModelStats]:
+        return self.fake.statistics(name)
+
+    async def metrics_text(self) -> str:
+        return self.fake.metrics_text()
