@@ -185,3 +185,35 @@ def synthetic_case(config: ModelConfig) -> GoldenCase:
         else:
             inputs[spec.name] = np.ones(shape, dtype=_NP_FROM_TRITON[dtype])
     return GoldenCase("synthetic", inputs, {})
+
+
+def check_outputs_match_config(
+    config: ModelConfig, outputs: Mapping[str, np.ndarray], *, model: str
+) -> None:
+    """Refuse answers whose tensors have another data type or shape than ``config`` declares
+    (a runner or backend that converted or reshaped them would hide a wrong signature)."""
+    from manager.modelconfig import triton_dtype_name
+
+    batched = config.max_batch_size > 0
+    for spec in config.output:
+        if spec.name not in outputs:
+            continue
+        array = np.asarray(outputs[spec.name])
+        dtype = triton_dtype_name(spec.data_type)
+        declared = ([-1] if batched else []) + [int(d) for d in spec.dims]
+        if dtype == "STRING":
+            ok_dtype = array.dtype.kind in "OSU"
+        else:
+            ok_dtype = array.dtype == np.dtype(_NP_FROM_TRITON[dtype])
+        if not ok_dtype:
+            raise GoldenMismatch(
+                f"{model}: output {spec.name!r} came back as {array.dtype}, the config "
+                f"declares {dtype}"
+            )
+        if len(array.shape) != len(declared) or any(
+            d not in (-1, n) for d, n in zip(declared, array.shape, strict=False)
+        ):
+            raise GoldenMismatch(
+                f"{model}: output {spec.name!r} came back with shape {list(array.shape)}, the "
+                f"config declares {declared}"
+            )

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.errors import LoadError, ManagerError, TritonUnreachableError
-from manager.golden import GoldenCase, check, synthetic_case
+from manager.golden import GoldenCase, check, check_outputs_match_config, synthetic_case
 from manager.infer import infer
 from manager.repository import CONFIG_FILE
 from manager.triton import parse_url
@@ -111,11 +112,13 @@ def _run(
             raise TritonUnreachableError(
                 f"smoke test: no Triton server answers at {url}: {exc}"
             ) from exc
-        checked = check(
-            cases or [synthetic_case(config)],
-            lambda inputs: infer(url, temp_name, inputs, version=version),
-            model=config.name,
-        )
+
+        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = dict(infer(url, temp_name, inputs, version=version))
+            check_outputs_match_config(config, outputs, model=config.name)
+            return outputs
+
+        checked = check(cases or [synthetic_case(config)], run, model=config.name)
         log.info("smoke test: %d golden case(s) passed for %s", checked, config.name)
         return checked
     finally:

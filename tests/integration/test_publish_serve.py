@@ -290,3 +290,72 @@ def test_prune_never_removes_a_loaded_version(
     assert data["removed"] == [2] and data["protected"] == [1]
     assert repo.versions("pruned") == [1, 3]
     serving.unload(control, "pruned")
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("OUTPUT__0:INT64:3", "output 'OUTPUT__0' is float32, the config declares TYPE_INT64"),
+        ("OUTPUT__0:FP32:7", "output 'OUTPUT__0' has shape [1, 3], the config declares [-1, 7]"),
+    ],
+)
+def test_torchscript_smoke_test_refuses_outputs_unlike_the_declared_ones(
+    triton: TritonHandle, net: TinyNet, tmp_path: Path, output: str, message: str
+) -> None:
+    artifact = net.torchscript(tmp_path / "tiny.pt")
+    result = CliRunner().invoke(
+        main,
+        [
+            "--repo",
+            str(triton.repo),
+            "publish",
+            "ts_mismatch",
+            str(artifact),
+            "--max-batch-size",
+            "8",
+            "--input",
+            "INPUT__0:FP32:6",
+            "--output",
+            output,
+            "--smoke-test",
+            "--staging-url",
+            triton.http_url,
+        ],
+    )
+    assert result.exit_code != 0
+    assert message in result.stderr
+    assert not Repository(triton.repo).has_model("ts_mismatch")
+
+
+def test_user_config_fields_reach_the_served_model(
+    triton: TritonHandle, control: TritonControl, net: TinyNet, tmp_path: Path
+) -> None:
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    cfg = tmp_path / "config.pbtxt"
+    cfg.write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [{ name: "input" data_type: TYPE_FP32 dims: [ 6 ] }]\n'
+        'output [{ name: "output" data_type: TYPE_FP32 dims: [ 3 ] }]\n'
+        "dynamic_batching { preferred_batch_size: [ 2, 4 ] max_queue_delay_microseconds: 300 }\n"
+        "instance_group [{ count: 2 kind: KIND_CPU }]\n"
+        'parameters { key: "owner" value: { string_value: "search" } }\n'
+    )
+    publish(Repository(triton.repo), "configured", artifact, PublishOptions(config_path=cfg))
+    serving.load(control, "configured")
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        served = client.get_model_config("configured")
+    finally:
+        client.close()
+    assert served["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+    assert int(served["dynamic_batching"]["max_queue_delay_microseconds"]) == 300
+    assert [(g["count"], g["kind"]) for g in served["instance_group"]] == [(2, "KIND_CPU")]
+    assert served["parameters"]["owner"]["string_value"] == "search"
+    x = np.ones((2, 6), dtype=np.float32)
+    np.testing.assert_allclose(
+        http_infer(triton.http_url, "configured", "input", x, "output"),
+        net(x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    serving.unload(control, "configured")

@@ -217,7 +217,7 @@ def tiny_torch_module() -> Any:
         def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if bool(torch.isnan(x).any()):
                 raise ValueError("NaN in x")
-            return self.linear(x) + y[:, :2], x.sum(dim=1).to(torch.int64)
+            return self.linear(x) + y[:, :2], x.sum(dim=1, keepdim=True).to(torch.int64)
 
     return TinyTorch().eval()
 
@@ -343,16 +343,20 @@ def test_onnx_runner_feeds_and_maps_tensors_by_name_not_config_order(
     np.testing.assert_allclose(output(response, "prod"), expected["prod"], rtol=1e-6)
 
 
-def test_onnx_runner_casts_outputs_to_the_config_dtype(
+def test_onnx_runner_converts_outputs_only_where_no_value_changes(
     pb: ModuleType, onnx_model_dir: Path
 ) -> None:
-    outputs = [TensorSpec("sum", "FP16", (3,)), TensorSpec("prod", "FP64", (4,))]
+    outputs = [TensorSpec("sum", "FP64", (3,)), TensorSpec("prod", "FP64", (4,))]
     config = runner_config("onnx", ONNX_INPUTS, outputs, max_batch_size=8, artifact="model.onnx")
     model = start_runner(pb, "onnx", onnx_model_dir, config)
     a = b = np.ones((1, 4), dtype=np.float32)
     [response] = model.execute([request(a=a, b=b)])
-    assert output(response, "sum").dtype == np.float16
-    assert output(response, "prod").dtype == np.float64
+    assert output(response, "sum").dtype == np.float64
+    lossy = [TensorSpec("sum", "FP16", (3,)), TensorSpec("prod", "FP64", (4,))]
+    config = runner_config("onnx", ONNX_INPUTS, lossy, max_batch_size=8, artifact="model.onnx")
+    model = start_runner(pb, "onnx", onnx_model_dir, config)
+    [response] = model.execute([request(a=a, b=b)])
+    assert "output 'sum' is float32, the config declares TYPE_FP16" in error_message(response)
 
 
 def test_onnx_runner_without_batching_runs_each_request_alone(
@@ -538,6 +542,53 @@ def test_torchscript_runner_answers_every_request_with_an_error_when_outputs_do_
     responses = model.execute([request(x=batch(rng, 1), y=batch(rng, 1)) for _ in range(2)])
     for response in responses:
         assert "returned 2 value(s)" in error_message(response)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        (
+            [TensorSpec("out", "INT64", (2,)), TORCH_OUTPUTS[1]],
+            "output 'out' is float32, the config declares TYPE_INT64 (int64): converting",
+        ),
+        (
+            [TensorSpec("out", "FP32", (7,)), TORCH_OUTPUTS[1]],
+            "output 'out' has shape [3, 2], the config declares [-1, 7] (batch dim first)",
+        ),
+        (
+            [TORCH_OUTPUTS[0], TensorSpec("total", "INT64", (1, 1))],
+            "output 'total' has shape [3, 1], the config declares [-1, 1, 1]",
+        ),
+    ],
+)
+def test_torchscript_runner_refuses_outputs_unlike_the_config_instead_of_converting(
+    pb: ModuleType, torchscript_model_dir: Path, outputs: list[TensorSpec], message: str
+) -> None:
+    config = runner_config(
+        "torchscript", TORCH_INPUTS, outputs, max_batch_size=8, artifact="model.pt"
+    )
+    model = start_runner(pb, "torchscript", torchscript_model_dir, config)
+    rng = np.random.default_rng(0)
+    [response] = model.execute([request(x=batch(rng, 3), y=batch(rng, 3))])
+    assert message in error_message(response)
+
+
+def test_torchscript_runner_refuses_an_unbatched_output_of_another_shape(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "1").mkdir()
+    module = torch.jit.script(torch.nn.Linear(3, 3))
+    torch.jit.save(module, str(tmp_path / "1" / "model.pt"))
+    config = runner_config(
+        "torchscript",
+        [TensorSpec("x", "FP32", (-1, 3))],
+        [TensorSpec("y", "FP32", (-1, 7))],
+        max_batch_size=0,
+        artifact="model.pt",
+    )
+    model = start_runner(pb, "torchscript", tmp_path, config)
+    [response] = model.execute([request(x=np.ones((2, 3), dtype=np.float32))])
+    assert "output 'y' has shape [2, 3], the config declares [-1, 7]" in error_message(response)
 
 
 def test_torchscript_runner_keeps_cpu_threads_modest(

@@ -10,7 +10,8 @@ config.pbtxt parameters read here:
 - ``tritonctl.threads``: onnxruntime intra-op threads (default 1; inter-op is always 1).
 
 Inputs are fed to the session by name and outputs are taken by name; every config input
-and output must be a graph input/output. With ``max_batch_size > 0`` the requests of one
+and output must be a graph input/output, and each output must have the shape and data type
+the config declares (or one numpy converts to without changing a value). With ``max_batch_size > 0`` the requests of one
 ``execute`` call whose tensors agree past the batch dimension run as one batch and the
 outputs are split back; a failure in such a batch is retried request by request, so one
 bad request gets its own error and the others their answers.
@@ -115,15 +116,36 @@ def _read_inputs(request: Any, inputs: list[_Tensor]) -> Feeds:
     return feeds
 
 
-def _cast(array: Any, spec: _Tensor) -> np.ndarray:
+def _cast(array: Any, spec: _Tensor, batched: bool) -> np.ndarray:
+    """``array`` as output ``spec``; a shape the config does not declare, or a data type
+    that cannot be converted without changing values, is refused (never truncated)."""
     array = np.asarray(array)
+    declared = ((-1,) if batched else ()) + spec.dims
+    if len(array.shape) != len(declared) or any(
+        d not in (-1, n) for d, n in zip(declared, array.shape, strict=False)
+    ):
+        raise ValueError(
+            f"output {spec.name!r} has shape {list(array.shape)}, the config declares "
+            f"{list(declared)}{' (batch dim first)' if batched else ''}"
+        )
     if spec.dtype == np.object_:
+        if array.dtype.kind not in "OSU":
+            raise TypeError(
+                f"output {spec.name!r} is {array.dtype}, the config declares {spec.data_type}"
+            )
         return np.ascontiguousarray(array.astype(np.object_, copy=False))
+    if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "safe"):
+        raise TypeError(
+            f"output {spec.name!r} is {array.dtype}, the config declares {spec.data_type} "
+            f"({spec.dtype}): converting would change its values"
+        )
     return np.ascontiguousarray(array.astype(spec.dtype, copy=False))
 
 
-def _response(outputs: Feeds, specs: list[_Tensor]) -> Any:
-    tensors = [pb_utils.Tensor(spec.name, _cast(outputs[spec.name], spec)) for spec in specs]
+def _response(outputs: Feeds, specs: list[_Tensor], batched: bool) -> Any:
+    tensors = [
+        pb_utils.Tensor(spec.name, _cast(outputs[spec.name], spec, batched)) for spec in specs
+    ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
@@ -204,13 +226,13 @@ def _execute(
             else:
                 for (index, _), part in zip(group, parts, strict=True):
                     try:
-                        responses[index] = _response(part, outputs)
+                        responses[index] = _response(part, outputs, batched)
                     except Exception as exc:
                         responses[index] = _error_response(exc)
                 continue
         for index, feeds in group:
             try:
-                responses[index] = _response(run(feeds), outputs)
+                responses[index] = _response(run(feeds), outputs, batched)
             except Exception as exc:
                 responses[index] = _error_response(exc)
     return responses
