@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -373,11 +374,13 @@ def load(
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
-    try:
-        control.load_model(name, config=override)
-    except LoadError as exc:
-        raise _load_error(name, exc, _safe_entries(control, name)) from exc
     deadline = started + wait_timeout
+    try:
+        _load_within(control, name, override, deadline - time.monotonic(), wait_timeout)
+    except LoadError as exc:
+        if isinstance(exc, StillLoadingError):
+            raise
+        raise _load_error(name, exc, _safe_entries(control, name)) from exc
     while True:
         done = _load_done(name, entries_of(control.repository_index(), name), version, wanted)
         if done is not None:
@@ -386,8 +389,46 @@ def load(
             _note_loaded(repo, name, ready_versions(entries), done)
             return LoadResult(name, done, seconds, cache_hit=False)
         if time.monotonic() > deadline:
-            raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")
+            raise _still_loading(name, control.url, wait_timeout)
         time.sleep(POLL_INTERVAL_S)
+
+
+class StillLoadingError(LoadError):
+    """The wait for a load ran out while Triton was still loading the model."""
+
+
+def _still_loading(name: str, url: str, wait_timeout: float) -> StillLoadingError:
+    return StillLoadingError(
+        f"model {name!r} is not READY after {wait_timeout:g} s: Triton at {url} is still "
+        "loading it and will serve it once the load is done (its state shows in the "
+        "repository index, `tritonctl ls`)"
+    )
+
+
+def _load_within(
+    control: ModelControl, name: str, override: str | None, seconds: float, wait_timeout: float
+) -> None:
+    """``control.load_model`` given at most ``seconds``: Triton answers a load only once it
+    is done, so the call runs in a worker thread and is left to finish on its own (Triton
+    goes on loading) when the time is up; StillLoadingError then."""
+    outcome: list[BaseException | None] = []
+    finished = threading.Event()
+
+    def call() -> None:
+        try:
+            control.load_model(name, config=override)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append(exc)
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=call, name=f"tritonctl-load-{name}", daemon=True)
+    worker.start()
+    if not finished.wait(max(seconds, 0.0)):
+        raise _still_loading(name, control.url, wait_timeout)
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _note_loaded(repo: Path | None, name: str, before: Sequence[int], after: Sequence[int]) -> None:
@@ -491,22 +532,28 @@ async def aload(
             config = await control.model_config(name)
         kept = endpoint_versions(control, repo, name) - {version}
         override = override_for_version(config, version, kept)
+    deadline = started + wait_timeout
     try:
-        await control.load_model(name, config=override)
+        await asyncio.wait_for(
+            control.load_model(name, config=override),
+            timeout=max(deadline - time.monotonic(), 0.0),
+        )
+    except asyncio.TimeoutError as exc:
+        # the request is given up; Triton goes on loading the model
+        raise _still_loading(name, control.url, wait_timeout) from exc
     except LoadError as exc:
         try:
             after = entries_of(await control.repository_index(), name)
         except ManagerError:
             after = []
         raise _load_error(name, exc, after) from exc
-    deadline = started + wait_timeout
     while True:
         done = _load_done(name, entries_of(await control.repository_index(), name), version, wanted)
         if done is not None:
             _note_loaded(repo, name, ready_versions(entries), done)
             return LoadResult(name, done, time.monotonic() - started, cache_hit=False)
         if time.monotonic() > deadline:
-            raise LoadError(f"model {name!r} is not ready after {wait_timeout:g} s")
+            raise _still_loading(name, control.url, wait_timeout)
         await asyncio.sleep(POLL_INTERVAL_S)
 
 

@@ -470,13 +470,42 @@ class TritonControl(_ControlBase):
         return self._call("repository index", call)
 
     def load_model(self, name: str, config: str | None = None) -> None:
-        """Load (or reload) ``name``; ``config`` is a JSON ModelConfig override."""
+        """Load (or reload) ``name``; ``config`` is a JSON ModelConfig override.
+
+        Triton answers once the load is done, so callers that want to stop waiting run
+        this in a worker thread (:func:`manager.serving.load` does). Over HTTP the call
+        gets a client of its own, made in the calling thread: tritonclient's HTTP client
+        runs on gevent, whose sockets belong to the thread that made them.
+        """
         log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
-        self._call(
-            f"load {name!r}",
-            lambda c: c.load_model(name, config=config, **self._grpc_kw()),
-            LoadError,
-        )
+        if self.is_grpc:
+            self._call(
+                f"load {name!r}",
+                lambda c: c.load_model(name, config=config, **self._grpc_kw()),
+                LoadError,
+            )
+            return
+        try:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(
+                self.endpoint.address,
+                connection_timeout=self.connect_timeout,
+                network_timeout=self.timeout,
+            )
+        except Exception as exc:
+            raise translate_error(exc, url=self.url, action="connect") from exc
+        try:
+            client.load_model(name, config=config)
+        except Exception as exc:
+            raise translate_error(
+                exc, url=self.url, action=f"load {name!r}", error=LoadError, timeout=self.timeout
+            ) from exc
+        finally:
+            try:
+                client.close()
+            except Exception as exc:  # pragma: no cover - best effort
+                log.debug("closing the load client for %s: %s", self.url, exc)
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Ask Triton to unload ``name``; returns before the memory is freed."""

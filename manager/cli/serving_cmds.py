@@ -43,7 +43,8 @@ def _control(obj: Context) -> TritonControl:
     type=click.FloatRange(min=0),
     default=serving.DEFAULT_LOAD_TIMEOUT_S,
     show_default=True,
-    help="Seconds to wait for the model to become READY.",
+    help="Seconds to wait for the model to become READY; past them the command fails and "
+    "Triton goes on loading it.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 
 import numpy as np
@@ -220,3 +221,43 @@ def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> No
     finally:
         run(triton, "unload", "cli_newer")
         assert folder.is_dir()
+
+
+SLOW_MODEL_PY = textwrap.dedent(
+    """
+    import time
+
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            time.sleep(6)
+
+        def execute(self, requests):
+            return [pb_utils.InferenceResponse(output_tensors=[]) for _ in requests]
+    """
+)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_cli_load_gives_up_waiting_at_the_timeout_while_triton_loads_on(
+    triton: TritonHandle, scheme: str
+) -> None:
+    name = f"cli_slow_{scheme}"
+    write_python_model(triton.repo, name, SLOW_MODEL_PY)
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    try:
+        started = time.monotonic()
+        code, out = run(triton, "load", name, "--wait-timeout", "1.5", url=url)
+        took = time.monotonic() - started
+        assert code != 0, out
+        assert f"'{name}' is not READY after 1.5 s" in out and "still loading" in out, out
+        assert took < 4.0, f"load returned after {took:.1f} s"
+        # Triton goes on loading it
+        deadline = time.monotonic() + 30
+        while rows(triton, name).get(1, {}).get("state") != "READY":
+            assert time.monotonic() < deadline, rows(triton, name)
+            time.sleep(0.2)
+    finally:
+        run(triton, "unload", name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,9 @@ class AsyncFake:
         return self.fake.repository_index()
 
     async def load_model(self, name: str, config: str | None = None) -> None:
-        self.fake.load_model(name, config)
+        seconds = getattr(self.fake, "seconds", 0.0)
+        await asyncio.sleep(seconds)
+        FakeTriton.load_model(self.fake, name, config)
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self.fake.unload_model(name, unload_dependents)
@@ -347,3 +350,33 @@ class AsyncFake:
 
     async def metrics_text(self) -> str:
         return self.fake.metrics_text()
+
+
+class SlowTriton(FakeTriton):
+    """Answers a load only once it is done, after ``seconds`` (as Triton does)."""
+
+    def __init__(self, models: dict[str, list[int]], seconds: float) -> None:
+        super().__init__(models)
+        self.seconds = seconds
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        time.sleep(self.seconds)
+        super().load_model(name, config)
+
+
+def test_load_stops_waiting_at_the_timeout_while_triton_is_still_loading() -> None:
+    fake = SlowTriton({"slow": [1]}, seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(serving.StillLoadingError, match=r"'slow' is not READY after 0.2 s"):
+        serving.load(fake, "slow", wait_timeout=0.2)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(LoadError, match="still loading"):
+        asyncio.run(serving.aload(AsyncFake(fake), "slow", wait_timeout=0.2))
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_load_that_fails_within_the_timeout_still_reports_tritons_reason() -> None:
+    fake = SlowTriton({"bad": [1]}, seconds=0.05)
+    fake.failing["bad"] = "RuntimeError: no weights"
+    with pytest.raises(LoadError, match="no weights"):
+        serving.load(fake, "bad", wait_timeout=5)
