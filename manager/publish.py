@@ -23,7 +23,13 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.artifacts import inspect_artifact
-from manager.errors import ConfigError, ManagerError, RepositoryError, VersionExistsError
+from manager.errors import (
+    ArtifactError,
+    ConfigError,
+    ManagerError,
+    RepositoryError,
+    VersionExistsError,
+)
 from manager.filecopy import Progress, place, sha256_of
 from manager.modelconfig import TensorSpec, config_to_text, read_config, write_config
 from manager.names import validate_model_name, validate_version
@@ -56,6 +62,9 @@ class PublishOptions:
     # Hard-link artifact files instead of copying them (where the filesystem allows). The
     # version then shares the source's inode: the source must never be modified in place.
     link: bool = False
+    # Serve a transformers folder with a task head (a classifier) as a text embedder of
+    # its base model; without this such a folder is refused.
+    as_embedder: bool = False
 
 
 @dataclass
@@ -69,6 +78,7 @@ class PublishResult:
     config: mc.ModelConfig
     placed_by: str
     provenance: dict[str, Any]
+    notices: list[str] = field(default_factory=list)  # how it is served, for the user
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +90,7 @@ class PublishResult:
             "sha256": self.sha256,
             "placed_by": self.placed_by,
             "labels": self.provenance.get("labels", {}),
+            "notices": list(self.notices),
         }
 
 
@@ -129,6 +140,19 @@ def publish(
         validate_version(opts.version)
     src = Path(artifact)
     art = inspect_artifact(src, opts.format)
+    notices = list(art.notices)
+    if art.task_head:
+        if not opts.as_embedder:
+            raise ArtifactError(
+                f"{src} is a {art.task_head}: tritonctl serves transformers folders as text "
+                "embedders only, which would drop the trained head and answer embeddings "
+                "instead of its predictions. Export it to ONNX (or a Python model) to serve "
+                "its predictions, or pass --as-embedder to serve its base model's embeddings"
+            )
+        notices.append(
+            f"{art.task_head} is served as a text embedder of its base model "
+            "(--as-embedder): the head is not used"
+        )
     runtime = resolve_runtime(opts.runtime)
     if art.format == "transformers" and opts.runtime == "native":
         raise ConfigError(
@@ -224,6 +248,7 @@ def publish(
         config=config,
         placed_by=placed_by,
         provenance=provenance,
+        notices=notices,
     )
 
 

@@ -42,6 +42,11 @@ class Artifact:
     input_count: tuple[int, int] | None = None
     output_count: int | None = None
     signature: str = ""
+    # A transformers model whose config names a task head (BertForSequenceClassification):
+    # served as an embedder only when the user asks for that.
+    task_head: str = ""
+    # What the user should know about how the artifact will be served.
+    notices: list[str] = field(default_factory=list)
     # Suggested defaults when the user gives none.
     default_max_batch_size: int = 0
     size_bytes: int = 0

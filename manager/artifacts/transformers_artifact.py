@@ -1,4 +1,12 @@
-"""Hugging Face transformers folders, served as text-embedding models by a runner."""
+"""Hugging Face transformers folders, served as text-embedding models by a runner.
+
+The runner mean-pools the base model's last hidden state (and normalises it for
+sentence-transformers folders that say so). A folder must hold its tokenizer: without one
+the tokenizer the runner would fall back to maps every word to ``[UNK]``. A folder whose
+``architectures`` name a task head (sequence or token classification, question answering)
+is refused unless the user asks for its base model's embeddings; one with a language-model
+head (masked or causal LM) is served with a notice that the head is not used.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,32 @@ from pathlib import Path
 from manager.artifacts.base import Artifact, tree_size
 from manager.errors import ArtifactError
 from manager.modelconfig import TensorSpec
+
+# One of these holds the vocabulary (tokenizer_config.json alone does not).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+# Heads whose trained outputs the user wants, and which an embedder would drop.
+TASK_HEADS = (
+    "ForSequenceClassification",
+    "ForTokenClassification",
+    "ForQuestionAnswering",
+    "ForMultipleChoice",
+)
+# Pretraining heads: their base model is what people embed with.
+LM_HEADS = (
+    "ForMaskedLM",
+    "ForPreTraining",
+    "ForCausalLM",
+    "LMHeadModel",
+    "ForConditionalGeneration",
+    "ForNextSentencePrediction",
+)
 
 _WEIGHTS = (
     "model.safetensors",
@@ -31,6 +65,12 @@ def inspect_transformers(path: Path) -> Artifact:
         raise ArtifactError(f"{cfg_path} has no model_type: not a transformers model folder")
     if not any((path / w).is_file() for w in _WEIGHTS):
         raise ArtifactError(f"{path} holds no weights (expected one of: {', '.join(_WEIGHTS)})")
+    if not any((path / t).is_file() for t in TOKENIZER_FILES):
+        raise ArtifactError(
+            f"{path} has no tokenizer (none of: {', '.join(TOKENIZER_FILES)}); without one "
+            "every word would be [UNK] and the embeddings meaningless. Save it beside the "
+            "model with tokenizer.save_pretrained(folder)"
+        )
     hidden = cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("dim")
     if not isinstance(hidden, int):
         raise ArtifactError(f"{cfg_path} does not give hidden_size: cannot size the embedding")
@@ -43,6 +83,7 @@ def inspect_transformers(path: Path) -> Artifact:
             raise ArtifactError(f"{modules} is not valid JSON: {exc}") from exc
         if any(str(m.get("type", "")).endswith("Normalize") for m in mods):
             task = "sentence-embedding"
+    task_head, notices = _heads(cfg, sentence_transformers=modules.is_file())
     params = {"tritonctl.task": task}
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.is_file():
@@ -61,4 +102,24 @@ def inspect_transformers(path: Path) -> Artifact:
         runner_parameters=params,
         default_max_batch_size=64,
         size_bytes=tree_size(path),
+        task_head=task_head,
+        notices=notices,
     )
+
+
+def _heads(cfg: dict[str, object], *, sentence_transformers: bool) -> tuple[str, list[str]]:
+    """(a task-head architecture or "", notices) from config.json's ``architectures``."""
+    if sentence_transformers:
+        return "", []
+    archs = cfg.get("architectures")
+    names = [str(a) for a in archs] if isinstance(archs, list) else []
+    for arch in names:
+        if arch.endswith(TASK_HEADS):
+            return arch, []
+    for arch in names:
+        if arch.endswith(LM_HEADS):
+            return "", [
+                f"{arch} is served as a text embedder: mean pooling of its base model's last "
+                "hidden state; its language-model head is not used"
+            ]
+    return "", []

@@ -152,6 +152,13 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
     help="Deprecated: copying is the default; kept so that existing scripts still work.",
 )
 @click.option(
+    "--as-embedder",
+    is_flag=True,
+    help="Serve a transformers folder whose config names a task head (e.g. "
+    "BertForSequenceClassification) as a text embedder of its base model; the head is "
+    "not used. Without it such a folder is refused.",
+)
+@click.option(
     "--smoke-test",
     is_flag=True,
     help="Before publishing, load the version into a throwaway Triton and run requests.",
@@ -185,6 +192,7 @@ def publish_cmd(
     labels: tuple[str, ...],
     hard_link: bool,
     force_copy: bool,
+    as_embedder: bool,
     smoke_test: bool,
     golden_dir: Path | None,
     staging_url: str | None,
@@ -209,6 +217,7 @@ def publish_cmd(
         outputs=outputs,
         config_path=config_path,
         link=hard_link,
+        as_embedder=as_embedder,
     )
     if (golden_dir or staging_url) and not smoke_test:
         raise click.UsageError("--golden and --staging-url need --smoke-test")
@@ -221,6 +230,8 @@ def publish_cmd(
     if as_json:
         print_json(result.to_dict())
         return
+    for notice in result.notices:
+        err_console.print(f"[yellow]note[/] {notice}", highlight=False)
     console.print(
         f"published [bold]{result.name}[/] version [bold]{result.version}[/] "
         f"({result.format}, {result.runtime} runtime) at {result.path}",

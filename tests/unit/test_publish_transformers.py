@@ -1,0 +1,92 @@
+"""Transformers folders: a tokenizer is required, and a task head is not silently dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from manager.cli import main
+from manager.errors import ArtifactError
+from manager.publish import PublishOptions, publish
+from manager.repository import Repository
+
+
+def hf_folder(
+    path: Path, *, tokenizer: str | None = "vocab.txt", architectures: list[str] | None = None
+) -> Path:
+    """A folder that inspects as transformers (its weights are not loaded at publish)."""
+    path.mkdir(parents=True)
+    config: dict[str, object] = {"model_type": "bert", "hidden_size": 8}
+    if architectures is not None:
+        config["architectures"] = architectures
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "model.safetensors").write_bytes(b"")
+    (path / "tokenizer_config.json").write_text("{}")
+    if tokenizer:
+        (path / tokenizer).write_text("[PAD]\n[UNK]\n")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository(tmp_path / "repo")
+
+
+def test_a_folder_without_a_tokenizer_is_refused(repo, tmp_path):
+    folder = hf_folder(tmp_path / "hf", tokenizer=None)
+    with pytest.raises(ArtifactError, match=r"has no tokenizer .* every word would be \[UNK\]"):
+        publish(repo, "emb", folder)
+    assert repo.models() == []
+
+
+@pytest.mark.parametrize("tokenizer", ["tokenizer.json", "vocab.txt", "vocab.json", "spiece.model"])
+def test_any_tokenizer_vocabulary_is_enough(repo, tmp_path, tokenizer):
+    result = publish(repo, "emb", hf_folder(tmp_path / "hf", tokenizer=tokenizer))
+    assert result.format == "transformers" and result.notices == []
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["BertForSequenceClassification", "RobertaForTokenClassification", "BertForQuestionAnswering"],
+)
+def test_a_task_head_is_refused_unless_asked_to_serve_embeddings(repo, tmp_path, arch):
+    folder = hf_folder(tmp_path / "hf", architectures=[arch])
+    with pytest.raises(ArtifactError, match=f"is a {arch}: .* --as-embedder"):
+        publish(repo, "clf", folder)
+    assert repo.models() == []
+    result = publish(repo, "clf", folder, PublishOptions(as_embedder=True))
+    assert result.notices == [
+        f"{arch} is served as a text embedder of its base model (--as-embedder): the head is "
+        "not used"
+    ]
+
+
+def test_a_language_model_head_is_published_with_a_notice(repo, tmp_path):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForMaskedLM"])
+    result = publish(repo, "mlm", folder)
+    assert (
+        len(result.notices) == 1
+        and "BertForMaskedLM is served as a text embedder" in (result.notices[0])
+    )
+
+
+def test_a_sentence_transformers_folder_is_an_embedder_whatever_its_architecture(repo, tmp_path):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"])
+    (folder / "modules.json").write_text("[]")
+    assert publish(repo, "st", folder).notices == []
+
+
+def test_cli_prints_the_notice_and_refuses_a_classifier_in_one_line(tmp_path):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"])
+    args = ["--repo", str(tmp_path / "repo"), "publish", "clf", str(folder)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--as-embedder" in refused.stderr
+    assert "Traceback" not in refused.output
+    ok = CliRunner().invoke(main, [*args, "--as-embedder"])
+    assert ok.exit_code == 0, ok.output
+    assert "note BertForSequenceClassification is served as a text embedder" in ok.stderr
+    as_json = CliRunner().invoke(main, [*args, "--as-embedder", "--json"])
+    assert json.loads(as_json.stdout)["notices"][0].startswith("BertForSequenceClassification")
