@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -31,7 +32,15 @@ def _describe(info: ServerInfo, *, verb: str) -> None:
     say("Try:")
     say(f"  curl -s {info.http_url}/v2/health/ready -w '%{{http_code}}\\n'")
     say(f"  curl -s -X POST {info.http_url}/v2/repository/index")
-    say("  tritonctl load MODEL && tritonctl ls")
+    tritonctl = try_command(info)
+    say(f"  {tritonctl} load MODEL && {tritonctl} ls")
+
+
+def try_command(info: ServerInfo) -> str:
+    """``tritonctl`` with the options that reach this server as printed, from any directory
+    and whatever TRITONCTL_URL says: the repository's absolute path (load, ls and evict
+    read it besides the server) and the server's URL."""
+    return f"tritonctl --repo {shlex.quote(info.repo)} --url {info.http_url}"
 
 
 @server.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -37,7 +38,9 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_server_start_status_stop_on_free_ports(repo: Path) -> None:
+def test_server_start_status_stop_on_free_ports(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     http, grpc, metrics = free_ports(3)
     ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
 
@@ -49,6 +52,16 @@ def test_server_start_status_stop_on_free_ports(repo: Path) -> None:
     info = read_record(repo)
     assert info is not None and psutil.pid_exists(info.pid)
     assert probe_live(info.http_url)
+
+    # the commands it suggests work as printed from another directory
+    (hint,) = [line for line in out.splitlines() if "tritonctl" in line and " ls" in line]
+    ls_command = shlex.split(hint.split("&&")[1])
+    assert ls_command[0] == "tritonctl" and ls_command[-1] == "ls", hint
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRITONCTL_REPO", raising=False)
+    monkeypatch.setenv("TRITONCTL_URL", "http://127.0.0.1:9")
+    code, listed = run(*ls_command[1:])
+    assert code == 0 and f"models on http://127.0.0.1:{http}" in listed, (hint, listed)
 
     code, out = run("--repo", str(repo), "server", "status", "--json")
     assert code == 0, out
