@@ -10,8 +10,6 @@ from types import FrameType
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from manager.budget import ServingConfig
@@ -37,11 +35,7 @@ def open_controller(
 
 
 def _print_table(table: Table) -> None:
-    out = console
-    if not console.is_terminal:
-        wide = console.options.update_width(10_000)
-        out = Console(width=max(Measurement.get(console, wide, table).maximum, console.width))
-    out.print(table)
+    console.print(table)
 
 
 def render_plan(plan: EvictionPlan) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import click
-from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from manager import serving
@@ -182,8 +180,14 @@ def ls(obj: Context, as_json: bool) -> None:
     for column in ("infer", "ok", "fail", "memory"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("measured", no_wrap=True)
-    # reasons can hold a whole Python traceback: `ls --json` has them in full
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", max_width=48)
+    # reasons can hold a whole Python traceback: a terminal shows their start (`ls --json`
+    # has them in full), a pipe or a file gets them whole
+    table.add_column(
+        "reason",
+        no_wrap=True,
+        overflow="ellipsis",
+        max_width=48 if console.is_terminal else None,
+    )
     for row in view.models:
         style = _STATE_STYLE.get(row.state, "dim")
         fp = footprints.get((row.name, row.version)) if row.version is not None else None
@@ -199,11 +203,6 @@ def ls(obj: Context, as_json: bool) -> None:
             fp.method if fp else "-",
             row.reason,
         )
-    # piped output is not cut to the 80 columns rich assumes: the table gets what it needs
-    out = console
-    if not console.is_terminal:
-        wide = console.options.update_width(10_000)
-        out = Console(width=max(Measurement.get(console, wide, table).maximum, console.width))
-    out.print(table)
+    console.print(table)
     if view.memory is not None:
         _print_memory(view.memory)
