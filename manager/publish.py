@@ -204,6 +204,8 @@ def publish(
                 for rel, path in art.files.items()
             }
             placed_by = next((h for h in ("copy", "clone", "link") if h in hows), "copy")
+            if art.digest_of:  # the artifact with the files that came with it
+                digest = sha256_of(staged_version / art.digest_of)
             if runtime == "python" and art.runner:
                 shutil.copyfile(runner_source(art.runner), staged_version / "model.py")
             provenance = {
@@ -212,6 +214,7 @@ def publish(
                 "format": art.format,
                 "runtime": runtime,
                 "sha256": digest,
+                **({"sha256_path": art.digest_of} if art.digest_of else {}),
                 "source": str(src.resolve()),
                 "size_bytes": art.size_bytes,
                 "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -170,6 +170,8 @@ def _validate_version(
 def _artifact_in_version(
     vdir: Path, prov: dict[str, object], params: dict[str, str]
 ) -> Path | None:
+    if prov.get("sha256_path"):  # what the recorded sha256 covers, when not the artifact
+        return vdir / str(prov["sha256_path"])
     fmt = prov.get("format")
     if fmt == "python":
         return None  # the folder's files are spread in the version folder

@@ -123,3 +123,27 @@ def write_source_model(folder: Path, name: str, model_py: str = ADD_VERSION_PY) 
     )
     write_config(folder / "config.pbtxt", config)
     return folder
+
+
+def make_onnx_with_external_data(
+    folder: Path, *, data: str = "weights.bin", seed: int = 0
+) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The linear model of :func:`make_onnx` saved as ``folder/model.onnx`` with its
+    tensors in the external data file ``folder/<data>``; returns (path, W, b)."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    single = folder / ".single.onnx"
+    w, b = make_onnx(single, seed=seed)
+    model = onnx.load(str(single))
+    single.unlink()
+    path = folder / "model.onnx"
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data,
+        size_threshold=0,
+    )
+    return path, w, b

@@ -47,6 +47,9 @@ class Artifact:
     task_head: str = ""
     # What the user should know about how the artifact will be served.
     notices: list[str] = field(default_factory=list)
+    # The path in the version folder whose sha256 is recorded, when it is not the artifact
+    # itself (an ONNX model with its external data: the ``model.onnx`` folder).
+    digest_of: str = ""
     # Suggested defaults when the user gives none.
     default_max_batch_size: int = 0
     size_bytes: int = 0

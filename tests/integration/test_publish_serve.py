@@ -359,3 +359,32 @@ def test_user_config_fields_reach_the_served_model(
         atol=1e-6,
     )
     serving.unload(control, "configured")
+
+
+def test_onnx_with_external_data_is_served_and_smoke_tested(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.modelfactory import make_onnx_with_external_data
+
+    _, w, b = make_onnx_with_external_data(tmp_path / "art" / "ext")
+    monkeypatch.chdir(tmp_path / "art")  # the data is found beside the model, not in the cwd
+    result = CliRunner().invoke(
+        main,
+        [
+            "--repo",
+            str(triton.repo),
+            "publish",
+            "ext_data",
+            "ext/model.onnx",
+            "--smoke-test",
+            "--staging-url",
+            triton.http_url,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    serving.load(control, "ext_data")
+    x = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    got = http_infer(triton.http_url, "ext_data", "x", x, "y")
+    np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)
+    serving.unload(control, "ext_data")
