@@ -12,9 +12,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from manager.budget import ServingConfig
+from manager.budget import CONFIG_FILENAME, ServingConfig
 from manager.cli.app import AppContext, main, pass_app
-from manager.cli.common import console, print_json
+from manager.cli.common import console, err_console, print_json
 from manager.controller import Controller, EvictionPlan, set_pin
 from manager.errors import TritonUnreachableError
 from manager.triton import TritonControl
@@ -132,11 +132,30 @@ def evict_cmd(
 
 def _pin(obj: AppContext, name: str, pinned: bool, as_json: bool) -> None:
     changed = set_pin(obj.repo, name, pinned)
+    config = obj.serving_config()
+    # a pin in tritonctl.yaml (or --config) is the file's to keep: unpin cannot lift it
+    held = not pinned and name in config.pinned
+    where = str(config.source or CONFIG_FILENAME)
     if as_json:
-        print_json({"name": name, "pinned": pinned, "changed": changed})
-        return
-    word = "pinned" if pinned else "unpinned"
-    say(f"{word} {name}" if changed else f"{name} was already {word}")
+        data: dict[str, Any] = {"name": name, "pinned": pinned or held, "changed": changed}
+        if held:
+            data["pinned_in"] = where
+        print_json(data)
+    elif pinned:
+        say(f"pinned {name}" if changed else f"{name} was already pinned")
+    elif held:
+        if changed:
+            say(f"unpinned {name} (tritonctl pin)")
+        err_console.print(
+            f"error: {name} is still pinned in {where} (its `pinned:` list): remove it "
+            "there to let it be evicted",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        say(f"unpinned {name}" if changed else f"{name} was not pinned")
+    if held:
+        raise click.exceptions.Exit(1)
 
 
 @main.command("pin")
@@ -153,7 +172,11 @@ def pin_cmd(obj: AppContext, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def unpin_cmd(obj: AppContext, name: str, as_json: bool) -> None:
-    """Let model NAME be evicted again (a pin in tritonctl.yaml stays)."""
+    """Let model NAME be evicted again (undo `tritonctl pin NAME`).
+
+    A model listed under `pinned:` in tritonctl.yaml stays pinned: the command says so and
+    exits with status 1; remove it from the file.
+    """
     _pin(obj, name, False, as_json)
 
 

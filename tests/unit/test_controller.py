@@ -593,6 +593,28 @@ def test_cli_pin_and_unpin_need_no_server(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "ghost" in result.output
 
 
+def test_cli_unpin_says_a_pin_in_the_yaml_stays_and_where_to_remove_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    write_model(tmp_path, "cfgpin")
+    write_model(tmp_path, "loose")
+    (tmp_path / "tritonctl.yaml").write_text("pinned: [cfgpin]\n")
+    runner = CliRunner()
+
+    result = runner.invoke(main, ["--repo", str(tmp_path), "unpin", "cfgpin"])
+    assert result.exit_code == 1
+    assert f"cfgpin is still pinned in {tmp_path / 'tritonctl.yaml'}" in result.output
+    assert "already unpinned" not in result.output
+    result = runner.invoke(main, ["--repo", str(tmp_path), "unpin", "cfgpin", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["pinned_in"] == str(tmp_path / "tritonctl.yaml")
+
+    result = runner.invoke(main, ["--repo", str(tmp_path), "unpin", "loose"])
+    assert result.exit_code == 0 and result.output == "loose was not pinned\n"
+
+
 def test_cli_rejects_a_memory_limit_that_is_not_a_size(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
