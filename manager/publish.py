@@ -167,6 +167,7 @@ def publish(
     repository.ensure()
     with repository.lock(name):
         repository.clear_stale_staging(name)
+        repository.clear_abandoned_staging()
         model_dir = repository.model_dir(name)
         if model_dir.is_symlink():
             raise RepositoryError(f"{model_dir} is a symlink: refusing to publish through it")

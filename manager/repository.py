@@ -26,7 +26,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from manager.errors import ModelNotFoundError, RepositoryError
+from manager.errors import InvalidNameError, ModelNotFoundError, RepositoryError
 from manager.names import validate_model_name
 from manager.settings import META_DIR
 
@@ -132,6 +132,52 @@ class Repository:
             raise RepositoryError(
                 f"model {name!r} is locked by another tritonctl process (waited {timeout:.0f} s)"
             ) from exc
+
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """Hold ``name``'s write lock if no one else does; yields whether it is held."""
+        lock_dir = self.meta_dir / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def staging_leftovers(self) -> list[tuple[str, Path]]:
+        """(model name, folder) of everything in the staging folder, sorted. A folder whose
+        model's lock is free is what a killed publisher left; one whose lock is held may
+        be a publish in progress."""
+        root = self.meta_dir / "staging"
+        if not root.is_dir():
+            return []
+        return sorted((p.name.rsplit(".", 1)[0], p) for p in root.iterdir())
+
+    def clear_abandoned_staging(self) -> list[Path]:
+        """Remove the staging folders of every model that no publisher holds the lock of
+        (killed publishes can leave gigabytes there); return what was removed."""
+        removed = []
+        by_model: dict[str, list[Path]] = {}
+        for model, path in self.staging_leftovers():
+            by_model.setdefault(model, []).append(path)
+        for model, paths in by_model.items():
+            try:
+                validate_model_name(model)
+            except InvalidNameError:
+                continue  # not a folder tritonctl made: leave it to a person
+            with self.try_lock(model) as held:
+                if not held:
+                    continue  # a publish of that model is running
+                for path in paths:
+                    log.info("removing stale staging folder %s", path)
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        return removed
 
     def staging_dir(self, name: str) -> Path:
         """A fresh folder on the repository's filesystem to build into (renames are atomic)."""

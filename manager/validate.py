@@ -11,6 +11,7 @@ from manager.filecopy import sha256_of
 from manager.modelconfig import read_config
 from manager.names import validate_model_name
 from manager.repository import CONFIG_FILE, PROVENANCE_FILE, Repository, is_version_name
+from manager.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,36 @@ def validate_repository(
     problems: list[Problem] = []
     for model in names:
         problems.extend(_validate_model(repo, model, check_hashes=check_hashes))
-    staging = repo.meta_dir / "staging"
-    if name is None and staging.is_dir() and any(staging.iterdir()):
-        problems.append(
-            Problem("-", f"{staging} holds leftovers of interrupted publishes", "warning")
-        )
+    problems.extend(_staging_problems(repo, name))
     return problems
+
+
+def _staging_problems(repo: Repository, name: str | None) -> list[Problem]:
+    """A warning per staging folder: what a killed publish left (removed by the next
+    publish of any model), or a publish in progress."""
+    problems = []
+    for model, path in repo.staging_leftovers():
+        if name is not None and model != name:
+            continue
+        size = format_size(_tree_bytes(path))
+        try:
+            with repo.try_lock(model) as free:
+                running = not free
+        except ManagerError:
+            running = False
+        what = (
+            "a publish in progress"
+            if running
+            else "left by an interrupted publish; the next publish removes it"
+        )
+        problems.append(Problem(model, f"staging folder {path} ({size}): {what}", "warning"))
+    return problems
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _validate_model(repo: Repository, model: str, *, check_hashes: bool) -> list[Problem]:

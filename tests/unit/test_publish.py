@@ -310,7 +310,11 @@ def test_publish_killed_midway_leaves_no_partial_version(repo, tmp_path, onnx_fi
     proc.wait(10)
     assert repo.versions("big") == [1]
     assert any((repo.meta_dir / "staging").iterdir())  # the leftover is only in staging
-    # the next publisher cleans up and gets version 2
+    (warning,) = validate_repository(repo, "big", check_hashes=False)
+    assert "left by an interrupted publish" in warning.message
+    # the next publisher of any model cleans up; the next of this one gets version 2
+    publish(repo, "linear", onnx_file, NATIVE)
+    assert list((repo.meta_dir / "staging").iterdir()) == []
     assert publish(repo, "big", big, NATIVE).version == 2
     assert list((repo.meta_dir / "staging").iterdir()) == []
     assert json.loads((repo.version_dir("big", 2) / "tritonctl.json").read_text())["version"] == 2
@@ -437,3 +441,30 @@ def test_a_name_taken_by_a_file_in_the_repository_is_a_clean_error(repo, onnx_fi
         publish(repo, "README.md", onnx_file, NATIVE)
     assert readme.read_text() == "my models\n"
     assert repo.models() == []
+
+
+def test_publishing_any_model_removes_what_killed_publishers_of_others_left(repo, onnx_file):
+    publish(repo, "linear", onnx_file, NATIVE)
+    leftover = repo.staging_dir("big")  # a publisher of "big" was killed while copying
+    (leftover / "big" / "1").mkdir(parents=True)
+    (leftover / "big" / "1" / "model.onnx").write_bytes(b"\0" * 1024)
+    publish(repo, "other", onnx_file, NATIVE)
+    assert not leftover.exists()
+    assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+def test_the_staging_folder_of_a_running_publish_is_left_alone(repo, onnx_file):
+    from filelock import FileLock
+
+    repo.ensure()
+    running = repo.staging_dir("big")
+    (repo.meta_dir / "locks").mkdir(exist_ok=True)
+    with FileLock(str(repo.meta_dir / "locks" / "big.lock")):  # its publisher holds the lock
+        publish(repo, "other", onnx_file, NATIVE)
+        assert running.is_dir()
+        (warning,) = [p for p in validate_repository(repo) if p.model == "big"]
+        assert "a publish in progress" in warning.message
+    (warning,) = [p for p in validate_repository(repo) if p.model == "big"]
+    assert warning.severity == "warning"
+    assert f"staging folder {running}" in warning.message
+    assert "left by an interrupted publish" in warning.message
