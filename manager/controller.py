@@ -178,6 +178,30 @@ class EvictionPlan:
         }
 
 
+@dataclass(frozen=True)
+class EvictionPreview:
+    """What ``tritonctl evict NAME`` would do now (``evict NAME --dry-run``)."""
+
+    name: str
+    versions: tuple[Eviction, ...]
+    """The loaded versions it would unload, with the memory each holds (none: not loaded)."""
+    protected: str | None = None
+    """Why it is refused without ``--force``, if it is."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(v.bytes for v in self.versions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "loaded": bool(self.versions),
+            "bytes": self.bytes,
+            "protected": self.protected,
+            "would_evict": [v.to_json() for v in self.versions],
+        }
+
+
 @dataclass
 class ControllerStats:
     """Counters since the controller was made."""
@@ -776,6 +800,24 @@ class Controller:
                 footprint=footprint,
                 refused=refused,
             )
+
+    def preview_evict(self, name: str) -> EvictionPreview:
+        """What :meth:`evict` of ``name`` would unload and free now, or why it would be
+        refused; nothing is changed."""
+        validate_model_name(name)
+        with self.locked():
+            view = self._view()
+            self._observe(view)
+            if not any(e.name == name for e in view.index):
+                raise ModelNotFoundError(
+                    f"model {name!r} is not in the repository served by {self.control.url}"
+                )
+            ready = serving.ready_versions(serving.entries_of(view.index, name))
+            known = {s.version: s.footprint for s in view.of_model(name)}
+            versions = tuple(
+                Eviction(name, v, known.get(v, 0), "by hand (tritonctl evict)") for v in ready
+            )
+            return EvictionPreview(name, versions, view.protected.get(name))
 
     def evict(self, name: str, *, force: bool = False, reason: str = "") -> list[Eviction]:
         """Unload ``name`` by hand (audited). A protected model is refused unless ``force``.

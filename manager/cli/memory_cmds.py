@@ -15,7 +15,7 @@ from rich.table import Table
 from manager.budget import CONFIG_FILENAME, ServingConfig
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import console, err_console, print_json
-from manager.controller import Controller, EvictionPlan, set_pin
+from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin
 from manager.errors import TritonUnreachableError
 from manager.triton import TritonControl
 from manager.units import format_size
@@ -83,6 +83,22 @@ def render_plan(plan: EvictionPlan) -> None:
         _print_table(table)
 
 
+def render_preview(preview: EvictionPreview, force: bool) -> None:
+    name = preview.name
+    if not preview.versions:
+        say(f"{name} is not loaded: evicting it would free nothing")
+        return
+    parts = ", ".join(f"{name}:{v.version} {format_size(v.bytes)}" for v in preview.versions)
+    if preview.protected and not force:
+        say(
+            f"{name} is protected ({preview.protected}): evict refuses it; "
+            f"with --force it would free {format_size(preview.bytes)} ({parts})"
+        )
+        return
+    forced = f", forced although {preview.protected}" if preview.protected else ""
+    say(f"evicting {name} would free {format_size(preview.bytes)} ({parts}){forced}")
+
+
 @main.command("evict")
 @click.argument("name", required=False)
 @click.option("--dry-run", is_flag=True, help="Show what would be evicted and why; change nothing.")
@@ -91,7 +107,7 @@ def render_plan(plan: EvictionPlan) -> None:
     "for_model",
     default=None,
     metavar="MODEL",
-    help="With --dry-run: what would go to make room for loading MODEL.",
+    help="With --dry-run and no NAME: what would go to make room for loading MODEL.",
 )
 @click.option(
     "--force", is_flag=True, help="Evict NAME even if it is pinned or an endpoint target."
@@ -106,10 +122,25 @@ def evict_cmd(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Unload NAME to free its memory (audited), or show what would go (--dry-run)."""
+    """Unload NAME to free its memory (audited), or show what would happen (--dry-run).
+
+    `evict NAME --dry-run` shows what evicting NAME would free, or why it is protected;
+    `evict --dry-run` the eviction plan (what goes first, what is never evicted), and
+    `evict --dry-run --for MODEL` what would go to make room for loading MODEL.
+    """
+    if dry_run and name is not None:
+        if for_model is not None:
+            raise click.UsageError("give a NAME to evict or --for MODEL, not both")
+        with open_controller(obj) as controller:
+            preview = controller.preview_evict(name)
+        if as_json:
+            print_json(preview.to_json())
+        else:
+            render_preview(preview, force)
+        return
     if dry_run:
         with open_controller(obj) as controller:
-            plan = controller.plan(for_model or name)
+            plan = controller.plan(for_model)
         if as_json:
             print_json(plan.to_json())
         else:

@@ -261,3 +261,27 @@ def test_cli_load_gives_up_waiting_at_the_timeout_while_triton_loads_on(
             time.sleep(0.2)
     finally:
         run(triton, "unload", name)
+
+
+def test_cli_evict_name_dry_run_says_what_evicting_it_would_free(triton: TritonHandle) -> None:
+    write_python_model(triton.repo, "cli_spare")
+    try:
+        code, out = run(triton, "load", "cli_spare")
+        assert code == 0, out
+        code, out = run(triton, "evict", "cli_spare", "--dry-run")
+        assert code == 0 and out.startswith("evicting cli_spare would free "), out
+        assert "to load" not in out and "cli_spare:1" in out
+        code, out = run(triton, "evict", "cli_spare", "--dry-run", "--json")
+        assert code == 0 and json.loads(out)["would_evict"][0]["version"] == 1, out
+
+        code, out = run(triton, "pin", "cli_spare")
+        assert code == 0, out
+        code, out = run(triton, "evict", "cli_spare", "--dry-run")
+        assert code == 0 and "cli_spare is protected (pinned (tritonctl pin))" in out, out
+        assert rows(triton, "cli_spare")[1]["state"] == "READY"
+
+        code, out = run(triton, "evict", "--dry-run")  # the plan, as before
+        assert code == 0 and "never evicted" in out, out
+    finally:
+        run(triton, "unpin", "cli_spare")
+        run(triton, "unload", "cli_spare")

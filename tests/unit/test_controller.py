@@ -474,6 +474,28 @@ def test_plan_changes_nothing_and_ranks_every_evictable_model(tmp_path: Path) ->
     assert fake.unloads == []
 
 
+def test_preview_of_evicting_a_model_says_what_it_frees_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 100 * MIB, "b": 300 * MIB, "c": MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 1000 * MIB, pinned=frozenset({"b"}))
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+
+    free = ctl.preview_evict("a")
+    assert (free.bytes, free.protected, [v.version for v in free.versions]) == (
+        100 * MIB,
+        None,
+        [1],
+    )
+    assert "pinned" in (ctl.preview_evict("b").protected or "")
+    assert ctl.preview_evict("c").versions == ()
+    assert json.loads(json.dumps(free.to_json()))["would_evict"][0]["model"] == "a"
+    assert fake.unloads == [] and fake.loaded() == {"a", "b"}
+    with pytest.raises(ModelNotFoundError):
+        ctl.preview_evict("ghost")
+
+
 # --------------------------------------------------------------------------- async API
 
 
