@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 import click
 from rich.table import Table
@@ -11,6 +11,7 @@ from manager import serving
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import Context, console, pass_context, print_json
 from manager.controller import EnsureResult, budget_configured, load_model
+from manager.footprint import LIVE_BASIS, Footprint
 from manager.listing import live_memory, model_footprints, model_rows
 from manager.metrics import MemoryReading
 from manager.triton import TritonControl
@@ -134,9 +135,10 @@ def unload(
 
 
 def _when(ms: int | None) -> str:
+    """Triton's ``last_inference`` (epoch ms) as ``versions`` shows times: UTC, ISO 8601."""
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds")
 
 
 def _bytes(n: int) -> str:
@@ -154,6 +156,14 @@ def _print_memory(memory: MemoryReading) -> None:
         say(f"{label}: {_bytes(dev.used_bytes)} used of {_bytes(dev.total_bytes)}")
 
 
+def _memory_from(footprint: Footprint | None) -> str:
+    if footprint is None:
+        return "-"
+    if footprint.basis == LIVE_BASIS:
+        return f"{footprint.method} now"
+    return footprint.method
+
+
 _STATE_STYLE = {"READY": "green", "LOADING": "yellow", "UNLOADING": "yellow"}
 
 
@@ -161,7 +171,19 @@ _STATE_STYLE = {"READY": "green", "LOADING": "yellow", "UNLOADING": "yellow"}
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of model versions.")
 @pass_context
 def ls(obj: Context, as_json: bool) -> None:
-    """List the models the server knows: state, last inference, request counts."""
+    """List the models the server knows: state, last inference, counts, memory.
+
+    \b
+    Columns:
+      last inference   when the version last ran a request (UTC, ISO 8601)
+      batch items      Triton's inference_count: one per batch item, so a request
+                       with a batch of 8 counts 8
+      requests ok      requests that succeeded (Triton's success count)
+      requests failed  requests that failed
+      memory           what a loaded version holds now where that can be read (the
+                       Python-backend stubs of a local server), else its footprint
+                       measured at load, else an estimate; `memory from` says which
+    """
     with _control(obj) as control:
         view = serving.overview(control, obj.repo)
         url = control.url
@@ -175,11 +197,10 @@ def ls(obj: Context, as_json: bool) -> None:
     table.add_column("model", no_wrap=True, min_width=min(longest, 60))
     table.add_column("ver", no_wrap=True)
     table.add_column("state", no_wrap=True, min_width=11)
-    used = any(r.last_inference_ms for r in view.models)
-    table.add_column("last inference", no_wrap=True, min_width=19 if used else 1)
-    for column in ("infer", "ok", "fail", "memory"):
+    table.add_column("last inference", no_wrap=True)
+    for column in ("batch items", "requests ok", "requests failed", "memory"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("measured", no_wrap=True)
+    table.add_column("memory from", no_wrap=True)
     # reasons can hold a whole Python traceback: a terminal shows their start (`ls --json`
     # has them in full), a pipe or a file gets them whole
     table.add_column(
@@ -200,7 +221,7 @@ def ls(obj: Context, as_json: bool) -> None:
             str(row.success_count),
             str(row.fail_count),
             format_size(fp.bytes) if fp else "-",
-            fp.method if fp else "-",
+            _memory_from(fp),
             row.reason,
         )
     console.print(table)

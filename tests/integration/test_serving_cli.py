@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 
@@ -285,3 +286,23 @@ def test_cli_evict_name_dry_run_says_what_evicting_it_would_free(triton: TritonH
     finally:
         run(triton, "unpin", "cli_spare")
         run(triton, "unload", "cli_spare")
+
+
+def test_cli_ls_names_its_counts_and_shows_the_last_inference_in_utc(
+    triton: TritonHandle,
+) -> None:
+    write_python_model(triton.repo, "cli_counted")
+    try:
+        code, out = run(triton, "load", "cli_counted")
+        assert code == 0, out
+        infer_double(triton, "cli_counted")
+        code, out = run(triton, "ls")
+        assert code == 0, out
+        for header in ("last inference", "batch items", "requests ok", "requests failed"):
+            assert header in out, out
+        (line,) = [row for row in out.splitlines() if "cli_counted" in row]
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", line), line
+        code, out = run(triton, "ls", "--help")
+        assert code == 0 and "inference_count" in out and "UTC" in out, out
+    finally:
+        run(triton, "unload", "cli_counted")
