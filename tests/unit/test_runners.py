@@ -723,8 +723,13 @@ def test_transformers_runner_fails_only_the_request_that_is_not_utf8(
         [text_request("the cat"), text_request(b"\xff\xfe broken"), request(WRONG=np.ones(1))]
     )
     assert output(responses[0], "EMBEDDING").shape == (1, 16)
-    assert "UnicodeDecodeError" in error_message(responses[1])
+    assert "sentence 0 is not valid UTF-8 (invalid start byte at byte 0)" in error_message(
+        responses[1]
+    )
     assert "no input 'TEXT'" in error_message(responses[2])
+    # the client's mistake: Triton answers INVALID_ARG (HTTP 400), not an internal error
+    assert responses[1].error().code() == fake_pb.TritonError.INVALID_ARG
+    assert responses[2].error().code() == fake_pb.TritonError.INVALID_ARG
 
 
 def test_transformers_runner_truncates_to_max_length(pb: ModuleType, tiny_bert_dir: Path) -> None:

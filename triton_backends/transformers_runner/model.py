@@ -23,7 +23,8 @@ config.pbtxt parameters read here:
 
 All sentences of all requests in one ``execute`` call are encoded together (sorted by
 length, in chunks of ``tritonctl.batch_size``) and split back per request. A request that
-cannot be decoded gets its own error; the others their embeddings.
+cannot be decoded (text that is not UTF-8) gets its own error, as Triton's INVALID_ARG (HTTP
+400: the client's mistake); the others their embeddings.
 """
 
 from __future__ import annotations
@@ -87,9 +88,18 @@ def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
     return value
 
 
+class RequestError(ValueError):
+    """What the client sent cannot be served (Triton answers it as INVALID_ARG: HTTP 400)."""
+
+
 def _error_response(exc: BaseException) -> Any:
     message = f"tritonctl {RUNNER} runner: {type(exc).__name__}: {exc}"
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    if isinstance(exc, RequestError) and code is not None:
+        error = pb_utils.TritonError(message, code)
+    else:
+        error = pb_utils.TritonError(message)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 def _read_json(path: str) -> Any:
@@ -122,13 +132,18 @@ def _check_sentence_transformers_layout(folder: str) -> None:
 
 def _sentences(array: np.ndarray) -> list[str]:
     texts = []
-    for item in array.reshape(-1):
+    for index, item in enumerate(array.reshape(-1)):
         if isinstance(item, (bytes, np.bytes_)):
-            texts.append(bytes(item).decode("utf-8"))
+            try:
+                texts.append(bytes(item).decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise RequestError(
+                    f"sentence {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from None
         elif isinstance(item, str):
             texts.append(item)
         else:
-            raise TypeError(f"expected UTF-8 strings, got {type(item).__name__}")
+            raise RequestError(f"expected UTF-8 strings, got {type(item).__name__}")
     return texts
 
 
@@ -247,7 +262,7 @@ class TritonPythonModel:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
                 if tensor is None:
-                    raise ValueError(f"request has no input {self.input_name!r}")
+                    raise RequestError(f"request has no input {self.input_name!r}")
                 ready.append((index, _sentences(tensor.as_numpy())))
             except Exception as exc:
                 responses[index] = _error_response(exc)
