@@ -57,6 +57,7 @@ from manager.errors import (
     ManagerError,
     ModelNotFoundError,
     RepositoryError,
+    RolloutError,
 )
 from manager.modelconfig import (
     config_to_text,
@@ -74,6 +75,8 @@ from manager.repository import (
     write_json_atomic,
     write_text_atomic,
 )
+from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
+from manager.rollout import RolloutStore
 from manager.triton import IndexEntry
 
 log = logging.getLogger(__name__)
@@ -568,11 +571,14 @@ class Endpoints:
         *,
         router: RouterOptions | None = None,
         unload_wait_s: float = UNLOAD_WAIT_S,
+        rollout_driver: bool = False,
     ) -> None:
         self.repo = repo
         self.control = control
         self.router_options = router or RouterOptions()
         self.unload_wait_s = unload_wait_s
+        # a rollout's driver changes its endpoint; anyone else must not while it runs
+        self.rollout_driver = rollout_driver
 
     def __repr__(self) -> str:
         return f"Endpoints({self.repo!r})"
@@ -797,17 +803,28 @@ class Endpoints:
                 )
             return ready
 
-    def retire(self, model: str, version: int) -> None:
-        """Stop serving one version of ``model`` (the others keep serving).
+    def retire(self, model: str, version: int, *, keep_if_routed: bool = False) -> bool:
+        """Stop serving one version of ``model`` (the others keep serving); returns whether
+        it was retired.
 
-        Refused while an endpoint targets that version. The version leaves the model's
-        version policy and the model is reloaded with the rest, or unloaded (and its
-        policy cleared) when no version remains.
+        While an endpoint targets that version it is refused (EndpointError), or with
+        ``keep_if_routed`` left serving (False is returned): a rollout that is done with a
+        version leaves it to the other endpoints that call it. The version leaves the
+        model's version policy and the model is reloaded with the rest, or unloaded (and
+        its policy cleared) when no version remains.
         """
         validate_version(version)
         validate_model_name(model)
         with self.repo.lock(model):
             users = [s.name for s in self.list() if (model, version) in {t.key for t in s.targets}]
+            if users and keep_if_routed:
+                log.info(
+                    "%s:%d keeps serving: a target of endpoint(s) %s",
+                    model,
+                    version,
+                    ", ".join(users),
+                )
+                return False
             if users:
                 raise EndpointError(
                     f"{model}:{version} is a target of endpoint(s) {', '.join(users)}"
@@ -826,11 +843,12 @@ class Endpoints:
                     log.info("unloading %s (its last version %d is retired)", model, version)
                     self.control.unload_model(model)
                     self._wait_unloaded(model)
-                return
+                return True
             write_config(path, with_versions(config, remaining))
             if version in ready:
                 log.info("reloading %s serving versions %s", model, sorted(remaining))
                 self.control.load_model(model)
+            return True
 
     def _wait_unloaded(self, name: str) -> None:
         deadline = time.monotonic() + self.unload_wait_s
@@ -924,8 +942,12 @@ class Endpoints:
         ``version`` None is the newest published version. The target is loaded, the
         routes file and the pinned ensemble are written and the endpoint is (re)loaded
         (Triton keeps the old model, ensemble or router, serving until the new one is
-        ready).
+        ready). Refused (RolloutError) while a rollout of ``name`` runs.
         """
+        self._refuse_during_rollout(name, "switched")
+        return self._switch(name, model, version)
+
+    def _switch(self, name: str, model: str, version: int | None) -> EndpointState:
         self._check_endpoint_name(name)
         config = self._target_config(model)
         version = self._resolve_version(model, version)
@@ -959,7 +981,23 @@ class Endpoints:
         inputs/outputs, only the routes file is rewritten (effective within ~0.2 s).
         Otherwise the endpoint model becomes the router: written and (re)loaded in place
         of the ensemble (Triton keeps the old model serving until the router is ready).
+        Refused (RolloutError) while a rollout of ``name`` runs.
         """
+        self._refuse_during_rollout(name, "split")
+        return self._split(
+            name, targets, sticky_parameter=sticky_parameter, use_correlation_id=use_correlation_id
+        )
+
+    def _split(
+        self,
+        name: str,
+        targets: Sequence[Target],
+        *,
+        sticky_parameter: str | None,
+        use_correlation_id: bool,
+    ) -> EndpointState:
+        if sticky_parameter and use_correlation_id:
+            raise EndpointError("route by a sticky parameter or by the correlation id, not both")
         self._check_endpoint_name(name)
         checked, configs = self._check_targets(targets)
         target = configs[checked[0].model]
@@ -1031,7 +1069,9 @@ class Endpoints:
 
     def set_weights(self, name: str, targets: Sequence[Target]) -> EndpointState:
         """New weights for a routed endpoint's targets (same targets; the order given is
-        the order of the sticky ranges). Only the routes file changes."""
+        the order of the sticky ranges). Only the routes file changes. Refused
+        (RolloutError) while a rollout of ``name`` runs."""
+        self._refuse_during_rollout(name, "re-weighted")
         checked = [t if isinstance(t, Target) else Target(*t) for t in targets]
         with self._lock(name):
             state = self.get(name)
@@ -1074,8 +1114,8 @@ class Endpoints:
         state = self.get(name)
         if state.mode == PINNED:
             target = state.targets[0]
-            return self.switch(name, target.model, target.version)
-        return self.split(
+            return self._switch(name, target.model, target.version)
+        return self._split(
             name,
             state.targets,
             sticky_parameter=state.sticky_parameter,
@@ -1088,8 +1128,10 @@ class Endpoints:
         return [self.ensure(state.name) for state in self.list()]
 
     def delete(self, name: str) -> None:
-        """Unload and remove endpoint ``name`` (its targets keep serving)."""
+        """Unload and remove endpoint ``name`` (its targets keep serving). Refused
+        (RolloutError) while a rollout of ``name`` runs."""
         validate_model_name(name, what="endpoint name")
+        self._refuse_during_rollout(name, "deleted")
         with self._lock(name):
             if self._read(name) is None and not is_endpoint_folder(self.repo, name):
                 raise EndpointNotFoundError(f"no endpoint named {name!r} in {self.repo.path}")
@@ -1101,6 +1143,19 @@ class Endpoints:
             log.info("endpoint %s deleted", name)
 
     # ---------------------------------------------------------------- helpers
+
+    def _refuse_during_rollout(self, name: str, what: str) -> None:
+        """A rollout's driver would undo the change (or re-create a deleted endpoint) at
+        its next stage: only the driver changes an endpoint while its rollout runs."""
+        if self.rollout_driver:
+            return
+        state = RolloutStore(self.repo).load(name)
+        if state is not None and state.status in ROLLOUT_ACTIVE:
+            raise RolloutError(
+                f"endpoint {name!r} cannot be {what}: its rollout to {state.model}:"
+                f"{state.new_version} is {state.status} at {state.weight} %; finish it first "
+                f"(tritonctl rollout promote|abort {name})"
+            )
 
     def _apply(
         self,

@@ -44,6 +44,7 @@ from manager.errors import (
     ManagerError,
     ModelNotFoundError,
     RolloutError,
+    RolloutNotFoundError,
     TritonUnreachableError,
 )
 from manager.repository import Repository, write_json_atomic, write_text_atomic
@@ -124,6 +125,24 @@ class RolloutPolicy:
             raise RolloutError(
                 f"latency tolerance must not be negative, got {self.latency_tolerance_ms}"
             )
+        if self.sticky_parameter is not None:
+            from manager.endpoints import STICKY_PARAMETER_RE
+
+            if not STICKY_PARAMETER_RE.match(self.sticky_parameter):
+                raise RolloutError(
+                    f"sticky parameter {self.sticky_parameter!r}: use 1-128 letters, digits, "
+                    "'_', '.', ':' or '-'"
+                )
+            if self.use_correlation_id:
+                raise RolloutError("route by a sticky parameter or by the correlation id, not both")
+        if self.golden_dir:
+            # the worker that drives the rollout, or resumes it, runs from another folder
+            self.golden_dir = str(Path(self.golden_dir).expanduser().resolve())
+
+    def differences(self, other: RolloutPolicy) -> list[str]:
+        """``name: mine (other's)`` for every setting that differs from ``other``'s."""
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{key}: {mine[key]} ({theirs[key]})" for key in mine if mine[key] != theirs[key]]
 
 
 @dataclass
@@ -233,7 +252,7 @@ class EndpointControl(Protocol):
 
 
 StatsReader = Callable[[str], dict[int, Counters]]  # model -> {version: counters}
-VersionRetirer = Callable[[str, int], None]  # (model, version) to stop serving
+VersionRetirer = Callable[[str, int], object]  # (model, version) to stop serving
 GoldenRunner = Callable[[str, int], None]  # (model, version); raises on mismatch
 WarmupRunner = Callable[[str, int, int], WarmupResult]  # (model, version, requests)
 
@@ -459,11 +478,22 @@ class RolloutDriver:
         self.store.save(state)
 
     def _warm_up(self, state: RolloutState) -> None:
-        """Send the warm-up requests; their failures are logged, not gated (a synthetic
-        request may not suit every model: the stages judge the real traffic)."""
+        """Send the warm-up requests; failures are logged, not gated (a synthetic request
+        may not suit every model: the stages judge the real traffic), unless every one
+        failed while the old version answers the same requests: then the new version is
+        broken, and is rolled back before any client reaches it."""
         assert self.warmup is not None
         result = self.warmup(state.model, state.new_version, state.policy.warmup_requests)
         state.warmup = result.describe()
+        if result.sent and result.failed == result.sent:
+            old = self.warmup(state.model, state.old_version, min(2, result.sent))
+            if old.sent and not old.failed:
+                self.rollback(
+                    state,
+                    f"warm-up failed: {state.warmup}; {state.model}:{state.old_version} "
+                    "answered the same requests",
+                )
+                raise RolloutError(state.reason)
         if result.failed:
             log.warning(
                 "rollout %s: warm-up of %s:%d: %s",
@@ -639,8 +669,12 @@ def request_action(store: RolloutStore, endpoint: str, action: str) -> RolloutSt
     if action not in ("promote", "abort"):
         raise RolloutError(f"unknown rollout action {action!r}")
     state = store.load(endpoint)
-    if state is None or state.status not in ACTIVE:
-        raise RolloutError(f"endpoint {endpoint!r} has no rollout in progress")
+    if state is None:
+        raise RolloutNotFoundError(f"endpoint {endpoint!r} has no rollout recorded")
+    if state.status not in ACTIVE:
+        raise RolloutError(
+            f"endpoint {endpoint!r} has no rollout in progress (the last one {state.status})"
+        )
     state.requested = action
     store.request(endpoint, action)
     return state

@@ -9,6 +9,7 @@ survives the caller; either way its state is in ``<repo>/.tritonctl/rollouts/``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from manager.endpoints import PINNED, Endpoints
-from manager.errors import ManagerError, RolloutError, RolloutNotFoundError
+from manager.errors import ManagerError, ModelNotFoundError, RolloutError, RolloutNotFoundError
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
 from manager.modelconfig import read_config
@@ -95,7 +96,7 @@ def make_driver(
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
 ) -> RolloutDriver:
-    endpoints = Endpoints(repo, control)
+    endpoints = Endpoints(repo, control, rollout_driver=True)
     golden = None
     cases: list[GoldenCase] | None = None
     if policy is not None and policy.golden_dir:
@@ -112,7 +113,8 @@ def make_driver(
         RolloutStore(repo),
         endpoints,
         stats_reader(control),
-        endpoints.retire,
+        # a version other endpoints still call keeps serving for them
+        functools.partial(endpoints.retire, keep_if_routed=True),
         golden=golden,
         warmup=warmup_runner(repo, control, cases),
         on_stage=on_stage,
@@ -161,7 +163,7 @@ def _begin_rollout(
         )
     model, old = state.targets[0].model, state.targets[0].version
     if to_version not in repo.versions(model):
-        raise RolloutError(f"model {model!r} has no version {to_version} to roll out")
+        raise ModelNotFoundError(f"model {model!r} has no version {to_version} to roll out")
     return make_driver(repo, control, policy).begin(endpoint, model, old, to_version, policy)
 
 
@@ -173,6 +175,9 @@ def run_rollout(
     on_stage: Callable[[RolloutState], None] | None = None,
 ) -> RolloutState:
     return make_driver(repo, control, state.policy, on_stage=on_stage).run(state)
+
+
+WORKER_START_WAIT_S = 15.0
 
 
 def start_in_background(
@@ -229,7 +234,44 @@ def spawn_worker(repo: Repository, url: str, endpoint: str) -> int:
             start_new_session=True,
             env=os.environ.copy(),
         )
+    _wait_for_worker(proc, RolloutStore(repo), endpoint, log_path)
     return proc.pid
+
+
+def _wait_for_worker(
+    proc: subprocess.Popen[bytes],
+    store: RolloutStore,
+    endpoint: str,
+    log_path: Path,
+    timeout: float = WORKER_START_WAIT_S,
+) -> None:
+    """Return once the worker drives the rollout (has recorded itself as its driver), or
+    has ended well, or ``timeout`` passed; raise RolloutError with the end of its log if
+    it failed. (Only the state file is read: trying the driver lock could make the worker
+    find it held and stop.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            if code == 0:
+                return
+            raise RolloutError(
+                f"the rollout worker of {endpoint!r} exited with status {code}: "
+                f"{_log_tail(log_path)} (log: {log_path})"
+            )
+        state = store.load(endpoint)
+        if state is None or state.driver_pid == proc.pid or state.status in FINAL:
+            return
+        time.sleep(0.05)
+    log.warning("the rollout worker of %s (pid %d) has not started driving yet", endpoint, proc.pid)
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:]) or "no output"
 
 
 def finish(repo: Repository, control: TritonControl, endpoint: str, action: str) -> RolloutState:

@@ -122,8 +122,8 @@ def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
     "targets",
     multiple=True,
     required=True,
-    metavar="MODEL:VERSION=WEIGHT",
-    help="A target and its weight (repeat for each target).",
+    metavar="MODEL:VERSION[=WEIGHT]",
+    help="A target and its weight (default 100; repeat for each target).",
 )
 @click.option(
     "--sticky-parameter",
@@ -131,7 +131,9 @@ def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
     help="Route by the hash of this request parameter, so one key sees one target.",
 )
 @click.option(
-    "--sticky-correlation-id", is_flag=True, help="Route by the request's correlation id."
+    "--sticky-correlation-id",
+    is_flag=True,
+    help="Route by the request's correlation id (not together with --sticky-parameter).",
 )
 @click.option(
     "--router",
@@ -195,9 +197,12 @@ def endpoint_delete(obj: Context, name: str) -> None:
 
 def _rollout_line(state: RolloutState) -> str:
     driver = "running" if state.driver_alive() else "not running"
+    where = f"at {state.weight} %"
+    if state.status == "rolled_back":  # all traffic is back on the old version
+        where = f"at stage {state.history[-1].weight} %" if state.history else "before any stage"
     line = (
         f"{state.endpoint}: {state.model}:{state.old_version} -> {state.new_version} "
-        f"{state.status} at {state.weight} %"
+        f"{state.status} {where}"
     )
     if state.status not in FINAL:
         line += f" (driver {driver})"
@@ -231,8 +236,20 @@ def rollout() -> None:
     required=True,
     help="The version of the endpoint's model to roll out.",
 )
-@click.option("--stages", default=",".join(str(s) for s in DEFAULT_STAGES), show_default=True)
-@click.option("--stage-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.option(
+    "--stages",
+    default=",".join(str(s) for s in DEFAULT_STAGES),
+    show_default=True,
+    help="Percent of the traffic on the new version at each stage, rising; 100 is added "
+    "if missing (at 100 the endpoint is pinned to the new version).",
+)
+@click.option(
+    "--stage-seconds",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="How long each stage runs before its gate decides.",
+)
 @click.option(
     "--min-requests",
     type=click.IntRange(min=0),
@@ -240,7 +257,14 @@ def rollout() -> None:
     show_default=True,
     help="Requests the new version must see in a stage before it may pass.",
 )
-@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.01, show_default=True)
+@click.option(
+    "--max-error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="A stage whose failed/all requests on the new version exceed this rolls back "
+    "(Triton counts a request its client cancelled as failed).",
+)
 @click.option(
     "--max-latency-ratio",
     type=click.FloatRange(min=0, min_open=True),
@@ -261,7 +285,8 @@ def rollout() -> None:
     "golden_dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Golden requests the new version must answer before any traffic.",
+    help="Golden requests the new version must answer before any traffic (a folder of "
+    "cases as for `publish --golden`).",
 )
 @click.option(
     "--sticky-parameter",
@@ -270,7 +295,9 @@ def rollout() -> None:
     "moves from old to new at most once as the weight rises.",
 )
 @click.option(
-    "--sticky-correlation-id", is_flag=True, help="Route by the request's correlation id."
+    "--sticky-correlation-id",
+    is_flag=True,
+    help="Route by the request's correlation id (not together with --sticky-parameter).",
 )
 @click.option(
     "--warmup-requests",
@@ -318,6 +345,7 @@ def rollout_start(
     with _control(obj) as control:
         if not wait:
             state, pid = start_in_background(repo, control, name, to_version, policy)
+            _note_resumed(policy, state)
             if as_json:
                 print_json({**state.to_dict(), "worker_pid": pid})
             else:
@@ -327,6 +355,7 @@ def rollout_start(
                 )
             return
         state = begin_rollout(repo, control, name, to_version, policy)
+        _note_resumed(policy, state)
 
         def show(s: RolloutState) -> None:
             if as_json:
@@ -353,6 +382,17 @@ def rollout_start(
         _say(_rollout_line(state))
     if state.status != "promoted":
         raise SystemExit(4)
+
+
+def _note_resumed(given: RolloutPolicy, state: RolloutState) -> None:
+    """A start that resumed a recorded rollout goes on with the recorded settings: say
+    which of the options given now were not applied."""
+    differences = given.differences(state.policy)
+    if differences:
+        _say_err(
+            f"resuming the recorded rollout of {state.endpoint}; its settings stay, these "
+            f"options were not applied (given (recorded)): {'; '.join(differences)}"
+        )
 
 
 @rollout.command("run", hidden=True)
@@ -450,13 +490,17 @@ def _finish(obj: Context, name: str, action: str) -> None:
     with _control(obj) as control:
         state = finish_and_wait(Repository(obj.repo), control, name, action)
     _say(_rollout_line(state))
+    wanted = "promoted" if action == "promote" else "rolled_back"
+    if state.status != wanted:  # e.g. a promote that failed and rolled back
+        raise SystemExit(4)
 
 
 @rollout.command("promote")
 @click.argument("name")
 @pass_context
 def rollout_promote(obj: Context, name: str) -> None:
-    """Skip the remaining stages: pin NAME to the new version now."""
+    """Skip the remaining stages: pin NAME to the new version now (exit 4 if the rollout
+    does not end promoted)."""
     _finish(obj, name, "promote")
 
 
@@ -464,7 +508,7 @@ def rollout_promote(obj: Context, name: str) -> None:
 @click.argument("name")
 @pass_context
 def rollout_abort(obj: Context, name: str) -> None:
-    """Roll NAME back to the old version now."""
+    """Roll NAME back to the old version now (exit 4 if it does not end rolled back)."""
     _finish(obj, name, "abort")
 
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from manager.cli import main
 from manager.endpoints import Endpoints
+from manager.errors import RolloutError
 from manager.golden import save_case
 from manager.modelconfig import read_config
 from manager.publish import publish
@@ -143,10 +144,15 @@ def test_full_rollout_with_zero_failed_requests_then_broken_version_rolls_back(
     assert read_config(repo.path / "score" / "config.pbtxt").platform == "ensemble"
     assert {e.version for e in control.repository_index() if e.name == "scorer" and e.ready} == {2}
 
-    # broken v3: the gate rolls it back by itself and v2 keeps serving 100 %
+    # broken v3: the gate rolls it back by itself and v2 keeps serving 100 % (no warm-up:
+    # it would catch v3 before any client request, see the test below)
     client.answers.clear()
     policy = RolloutPolicy(
-        stage_seconds=1.5, min_requests=10, max_error_rate=0.05, max_latency_ratio=20
+        stage_seconds=1.5,
+        min_requests=10,
+        max_error_rate=0.05,
+        max_latency_ratio=20,
+        warmup_requests=0,
     )
     state = run_rollout(
         repo, control, begin_rollout(repo, control, "score", 3, policy), on_stage=on_stage
@@ -165,6 +171,66 @@ def test_full_rollout_with_zero_failed_requests_then_broken_version_rolls_back(
     assert [v for _, v in client.answers[-20:]] == [2.0] * 20
     assert {e.version for e in control.repository_index() if e.name == "scorer" and e.ready} == {2}
     assert RolloutStore(repo).load("score").status == "rolled_back"
+
+
+def test_a_rollout_promotes_while_another_endpoint_keeps_calling_the_old_version(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl]
+) -> None:
+    """A second endpoint on scorer:1: the rollout of "score" to 2 is promoted and leaves
+    version 1 serving for it; while the rollout runs, "score" cannot be changed by hand."""
+    repo, control = setup
+    Endpoints(repo, control).switch("score_b", "scorer", 1)
+    other = Client(triton.grpc_url, "score_b")
+    rolled = Client(triton.grpc_url, "score")
+    other.start()
+    rolled.start()
+    try:
+        policy = RolloutPolicy(
+            stages=(50, 100), stage_seconds=1.0, min_requests=5, max_latency_ratio=20
+        )
+        state = begin_rollout(repo, control, "score", 2, policy)
+        runner = threading.Thread(target=lambda: run_rollout(repo, control, state), daemon=True)
+        runner.start()
+        while RolloutStore(repo).load("score").status == "starting":
+            time.sleep(0.05)
+        argv = ["--repo", str(repo.path), "--url", triton.grpc_url]
+        code = CliRunner().invoke(main, [*argv, "endpoint", "switch", "score", "--to", "scorer:1"])
+        assert code.exit_code != 0 and "promote|abort" in code.output, code.output
+        runner.join(60)
+        time.sleep(0.5)
+    finally:
+        for client in (other, rolled):
+            client.stop.set()
+            client.join(30)
+        Endpoints(repo, control).delete("score_b")
+    final = RolloutStore(repo).load("score")
+    assert final.status == "promoted", final.reason
+    assert Endpoints(repo, control).get("score").targets[0].version == 2
+    assert other.errors == [] and rolled.errors == []
+    assert {v for _, v in other.answers} == {1.0} and len(other.answers) > 20
+    assert {v for _, v in rolled.answers} == {1.0, 2.0}
+
+
+def test_a_version_that_fails_every_warm_up_request_never_gets_client_traffic(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl]
+) -> None:
+    repo, control = setup
+    client = Client(triton.grpc_url, "score")
+    client.start()
+    try:
+        policy = RolloutPolicy(stage_seconds=1.0, min_requests=5, max_latency_ratio=20)
+        with pytest.raises(RolloutError, match="warm-up failed: 0/10"):
+            run_rollout(repo, control, begin_rollout(repo, control, "score", 3, policy))
+        time.sleep(0.5)
+    finally:
+        client.stop.set()
+        client.join(30)
+    state = RolloutStore(repo).load("score")
+    assert state.status == "rolled_back" and "scorer:1 answered the same requests" in state.reason
+    assert state.history == []
+    assert client.errors == []
+    assert {v for _, v in client.answers} == {1.0}
+    assert Endpoints(repo, control).get("score").targets[0].version == 1
 
 
 def test_golden_check_fails_before_any_traffic_reaches_the_new_version(

@@ -627,6 +627,11 @@ def test_abort_without_a_running_driver_rolls_back_at_once(
 ) -> None:
     client.post("/v1/endpoints/ep/switch", json={"to": "m:1"})
     client.post("/v1/rollouts/ep/start", json={"to": 2})
+    # the rollout owns its endpoint until it ends
+    assert "promote|abort" in error_of(
+        client.post("/v1/endpoints/ep/switch", json={"to": "m:3"}), 409
+    )
+    assert "promote|abort" in error_of(client.delete("/v1/endpoints/ep"), 409)
     response = client.post("/v1/rollouts/ep/abort", json={"wait_timeout": 5})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -671,7 +676,12 @@ def test_rollout_errors_are_404_unknown_409_conflict_400_bad_policy(
     error_of(client.post("/v1/rollouts/ep/start", json={"to": 2, "stages": "5,abc"}), 400)
     error_of(client.post("/v1/rollouts/ep/start", json={"to": 2, "max_error_rate": 2}), 400)
     error_of(client.post("/v1/rollouts/ep/start", json={}), 400)
-    assert "no version 9" in error_of(client.post("/v1/rollouts/ep/start", json={"to": 9}), 409)
+    assert "no version 9" in error_of(client.post("/v1/rollouts/ep/start", json={"to": 9}), 404)
+    error_of(client.post("/v1/rollouts/ep/start", json={"to": 2, "sticky_parameter": "a b"}), 400)
+    for action in ("promote", "abort"):
+        assert "no rollout recorded" in error_of(
+            client.post(f"/v1/rollouts/ghost/{action}", json={}), 404
+        )
     client.post("/v1/endpoints/ep/split", json={"targets": ["m:1=50", "m:2=50"]})
     assert "split" in error_of(client.post("/v1/rollouts/ep/start", json={"to": 3}), 409)
     assert workers == []

@@ -33,7 +33,7 @@ from manager.endpoints import (
     routes_relpath,
     with_versions,
 )
-from manager.errors import EndpointError, InvalidNameError, ModelNotFoundError
+from manager.errors import EndpointError, InvalidNameError, ModelNotFoundError, RolloutError
 from manager.modelconfig import (
     ModelConfig,
     TensorSpec,
@@ -44,6 +44,7 @@ from manager.modelconfig import (
     write_config,
 )
 from manager.repository import Repository
+from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
 from manager.triton import IndexEntry
 from tests.unit.fakes import triton_python_backend_utils as fake_pb
 
@@ -960,3 +961,59 @@ def test_auto_falls_back_to_the_python_router_when_the_server_refuses_the_native
     after = {p: p.read_bytes() for p in (repo / "ep").rglob("*") if p.is_file()}
     assert after == before
     assert endpoints.get("ep").targets[1].weight == 50.0
+
+
+def test_only_the_rollout_driver_changes_an_endpoint_while_its_rollout_runs(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    driver = Endpoints(Repository(repo), triton, rollout_driver=True)
+    driver.split("ep", [Target("m", 1, 95), Target("m", 2, 5)])
+    store = RolloutStore(Repository(repo))
+    rollout = RolloutState("ep", "m", 1, 2, RolloutPolicy(), status="running", stage_index=0)
+    store.save(rollout)
+    # the driver would undo any of these at its next stage, or re-create a deleted endpoint
+    for change in (
+        lambda: endpoints.switch("ep", "m", 1),
+        lambda: endpoints.split("ep", [Target("m", 1, 0), Target("m", 2, 100)]),
+        lambda: endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 100)]),
+        lambda: endpoints.delete("ep"),
+    ):
+        with pytest.raises(RolloutError, match=r"rollout to m:2 is running at 5 %.*promote\|abort"):
+            change()
+    assert endpoints.get("ep").shares() == {("m", 1): 0.95, ("m", 2): 0.05}
+    # serving it again as recorded (after a restart) is no change
+    assert endpoints.ensure("ep").shares() == {("m", 1): 0.95, ("m", 2): 0.05}
+    driver.set_weights("ep", [Target("m", 1, 85), Target("m", 2, 15)])
+    rollout.status = "promoted"
+    store.save(rollout)
+    assert endpoints.switch("ep", "m", 2).targets == [Target("m", 2, 100.0)]
+
+
+def test_retire_leaves_a_version_other_endpoints_call_when_asked(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.switch("a", "m", 1)
+    endpoints.switch("b", "m", 2)
+    with pytest.raises(EndpointError, match="target of endpoint"):
+        endpoints.retire("m", 1)
+    assert endpoints.retire("m", 1, keep_if_routed=True) is False
+    assert triton.loaded["m"] == {1, 2}
+    endpoints.switch("a", "m", 2)
+    assert endpoints.retire("m", 1, keep_if_routed=True) is True
+    assert triton.loaded["m"] == {2}
+
+
+def test_a_split_routes_by_one_sticky_key_not_two(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, _ = setup
+    with pytest.raises(EndpointError, match="not both"):
+        endpoints.split(
+            "ep",
+            [Target("m", 1, 50), Target("m", 2, 50)],
+            sticky_parameter="user",
+            use_correlation_id=True,
+        )

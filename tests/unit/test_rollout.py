@@ -13,6 +13,7 @@ from manager.rollout import (
     Counters,
     RolloutDriver,
     RolloutPolicy,
+    RolloutState,
     RolloutStore,
     WarmupResult,
     parse_stages,
@@ -305,6 +306,24 @@ def test_failed_warm_up_requests_are_recorded_but_do_not_roll_back(tmp_path):
     assert store.load("ep").warmup == "0/10 warm-up request(s) answered; first error: bad input"
 
 
+def test_a_new_version_failing_every_warm_up_the_old_one_answers_rolls_back_first(tmp_path):
+    driver, endpoints, retired, store, _ = make_with_traffic(tmp_path)
+    calls: list[tuple[int, int]] = []
+
+    def warmup(model: str, version: int, count: int) -> WarmupResult:
+        calls.append((version, count))
+        return WarmupResult(count, count if version == 2 else 0, "boom")
+
+    driver.warmup = warmup
+    with pytest.raises(RolloutError, match="warm-up failed: 0/10"):
+        driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert calls == [(2, POLICY.warmup_requests), (1, 2)]
+    state = store.load("ep")
+    assert state.status == "rolled_back" and "m:1 answered the same requests" in state.reason
+    assert state.history == []  # no client traffic reached version 2
+    assert endpoints.pinned == 1 and retired == [("m", 2)]
+
+
 def test_no_warm_up_when_the_policy_asks_for_none(tmp_path):
     driver, _, _, _, _ = make_with_traffic(tmp_path)
     calls: list[int] = []
@@ -553,3 +572,61 @@ def test_resume_and_finish_leave_a_driven_rollout_to_its_driver(tmp_path):
     # the driver that gets the lock acts on the request
     state = driver.run(store.load("ep"))
     assert state.status == "rolled_back" and state.reason == "aborted by request"
+
+
+def test_a_policy_checks_its_sticky_key_and_keeps_its_golden_folder_absolute(tmp_path, monkeypatch):
+    # refused when the rollout is started, not later in its background worker
+    with pytest.raises(RolloutError, match="sticky parameter 'a b'"):
+        RolloutPolicy(sticky_parameter="a b")
+    with pytest.raises(RolloutError, match="not both"):
+        RolloutPolicy(sticky_parameter="user", use_correlation_id=True)
+    monkeypatch.chdir(tmp_path)
+    # the worker, and a later resume, run from other folders
+    assert RolloutPolicy(golden_dir="golden").golden_dir == str(tmp_path / "golden")
+    given, recorded = RolloutPolicy(stage_seconds=2), RolloutPolicy(stage_seconds=4)
+    assert given.differences(recorded) == ["stage_seconds: 2 (4)"]
+    assert given.differences(RolloutPolicy(stage_seconds=2)) == []
+
+
+def test_a_worker_that_fails_at_once_is_reported_with_its_log(tmp_path):
+    import subprocess
+    import sys
+
+    from manager.rollout_service import _wait_for_worker
+
+    log_path = tmp_path / "ep.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; print('error: golden folder g is gone'); sys.exit(3)",
+            ],
+            stdout=out,
+        )
+    store = RolloutStore(Repository(tmp_path))
+    store.save(RolloutState("ep", "m", 1, 2, POLICY))
+    with pytest.raises(RolloutError, match=r"exited with status 3: error: golden folder g is gone"):
+        _wait_for_worker(proc, store, "ep", log_path)
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "code"),
+    [("promote", "rolled_back", 4), ("promote", "promoted", 0), ("abort", "running", 4)],
+)
+def test_promote_and_abort_exit_4_unless_the_rollout_ends_as_asked(
+    tmp_path, monkeypatch, action, status, code
+):
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from manager.cli import endpoint_cmds, main
+
+    state = RolloutState("ep", "m", 1, 2, POLICY, status=status, reason="error: in use")
+    monkeypatch.setattr(endpoint_cmds, "finish_and_wait", lambda *a, **k: state)
+    monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: contextlib.nullcontext())
+    argv = ["--repo", str(tmp_path), "--url", "http://triton:8000", "rollout", action, "ep"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == code, result.output
+    assert f"ep: m:1 -> 2 {status}" in result.output
