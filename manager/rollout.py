@@ -249,6 +249,7 @@ class EndpointControl(Protocol):
     ) -> Any: ...
     def set_weights(self, name: str, targets: list[Any]) -> Any: ...
     def switch(self, name: str, model: str, version: int | None = None) -> Any: ...
+    def ensure(self, name: str) -> Any: ...
 
 
 StatsReader = Callable[[str], dict[int, Counters]]  # model -> {version: counters}
@@ -578,6 +579,7 @@ class RolloutDriver:
         deadline = start + p.stage_seconds
         give_up = start + max(p.stage_seconds * p.max_stage_wait, p.stage_seconds + 5)
         down_since: float | None = None
+        restored = False
         while True:
             if self._requested(state):
                 return ""  # handled by run()
@@ -598,6 +600,8 @@ class RolloutDriver:
                     )
                 elif now - down_since > self.unreachable_grace_s:
                     raise
+                if isinstance(exc, ModelNotFoundError) and not restored:
+                    restored = self._serve_again(state)
                 self.sleep(self.poll_seconds)
                 continue
             now = self.clock()
@@ -605,6 +609,7 @@ class RolloutDriver:
                 # back, warmed up again and re-baselined: the stage is timed anew
                 log.info("rollout %s: the server answers again", state.endpoint)
                 down_since = None
+                restored = False
                 start, deadline = now, now + p.stage_seconds
                 give_up = now + max(p.stage_seconds * p.max_stage_wait, p.stage_seconds + 5)
             enough = new.requests >= p.min_requests
@@ -622,6 +627,24 @@ class RolloutDriver:
             if verdict or final:
                 return verdict
             self.sleep(self.poll_seconds)
+
+    def _serve_again(self, state: RolloutState) -> bool:
+        """The server answers but does not serve the versions (restarted without
+        ``--restore``): serve the endpoint again at its recorded weights rather than leave
+        its clients without it. Returns whether that worked."""
+        log.warning(
+            "rollout %s: the server does not serve %s; serving the endpoint again as recorded",
+            state.endpoint,
+            state.model,
+        )
+        try:
+            self.endpoints.ensure(state.endpoint)
+        except TritonUnreachableError:
+            return False  # gone again: the next poll tries anew
+        except ManagerError as exc:
+            log.error("rollout %s: cannot serve the endpoint again: %s", state.endpoint, exc)
+            return True  # not again: the grace period decides
+        return True
 
     def promote(self, state: RolloutState, reason: str) -> RolloutState:
         """Pin the endpoint to the new version and retire the old one."""

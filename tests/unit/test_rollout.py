@@ -42,6 +42,9 @@ class FakeEndpoints:
         self.weights = {version: 100.0}
         self.calls.append(f"switch {version}")
 
+    def ensure(self, name):
+        self.calls.append(f"ensure {self.weights}")
+
 
 class FakeTraffic:
     """Each poll sends 50 requests split by the endpoint's weights; v2 can fail or be slow."""
@@ -427,6 +430,28 @@ def test_a_stage_waits_out_a_short_server_outage_and_goes_on(tmp_path):
     assert endpoints.pinned == 2
     # warmed up before the first stage, and again once the restarted server is back
     assert warmups == [{1: 100.0, 2: 0.0}, {1: 85.0, 2: 15.0}]
+
+
+def test_a_server_back_without_the_endpoint_gets_it_served_again_by_the_driver(tmp_path):
+    from manager.errors import ModelNotFoundError
+
+    driver, endpoints, _, _, traffic = make_with_traffic(tmp_path)
+    real_stats = driver.stats
+    gone = {"polls": 0}
+
+    def stats(model):
+        # restarted at the 15 % stage without --restore: nothing served until ensure()
+        if endpoints.weights.get(2) == 15.0 and not any("ensure" in c for c in endpoints.calls):
+            gone["polls"] += 1
+            traffic.totals.clear()
+            raise ModelNotFoundError("model 'm' is not in the repository served by grpc://x")
+        return real_stats(model)
+
+    driver.stats = stats
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted", state.reason
+    assert [c for c in endpoints.calls if c.startswith("ensure")] == ["ensure {1: 85.0, 2: 15.0}"]
+    assert gone["polls"] == 1  # served again at the first poll that found it missing
 
 
 def test_a_server_gone_longer_than_the_grace_period_rolls_back(tmp_path):
