@@ -31,6 +31,7 @@ versions already READY, those any endpoint targets, and the new ones.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import math
@@ -754,6 +755,29 @@ class Endpoints:
 
     def _index(self) -> _IndexRows:
         return self.control.repository_index()
+
+    def describe(self, states: Sequence[EndpointState]) -> Sequence[dict[str, Any]]:
+        """Each state's dict plus ``serving``: whether Triton serves the endpoint and each
+        target now (``ready``, ``targets`` by ``MODEL:VERSION``), or None when the server
+        cannot be asked."""
+        try:
+            index = self._index()
+        except ManagerError as exc:
+            log.info("cannot tell which endpoints are served: %s", exc)
+            index = None
+        out: builtins.list[dict[str, Any]] = []
+        for state in states:
+            data = state.to_dict()
+            if index is None:
+                data["serving"] = None
+            else:
+                ready = {(e.name, e.version) for e in index if e.ready}
+                data["serving"] = {
+                    "ready": any(name == state.name for name, _ in ready),
+                    "targets": {t.label(): t.key in ready for t in state.targets},
+                }
+            out.append(data)
+        return out
 
     def _ready_versions(self, model: str, index: Sequence[IndexEntry] | None = None) -> set[int]:
         rows = index if index is not None else self._index()

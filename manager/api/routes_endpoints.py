@@ -17,16 +17,19 @@ router = APIRouter(prefix="/v1", tags=["endpoints"])
 def list_endpoints(plane: Plane) -> schemas.EndpointList:
     """Every endpoint of the repository with its targets and weights."""
     with plane.control() as control:
-        states = Endpoints(plane.repository, control).list()
-    return schemas.EndpointList.model_validate({"endpoints": [s.to_dict() for s in states]})
+        endpoints = Endpoints(plane.repository, control)
+        described = endpoints.describe(endpoints.list())
+    return schemas.EndpointList.model_validate({"endpoints": described})
 
 
 @router.get("/endpoints/{name}", response_model=schemas.EndpointAnswer)
 def show_endpoint(name: str, plane: Plane) -> schemas.EndpointAnswer:
-    """Targets and weights of endpoint ``name`` (``tritonctl endpoint show NAME``)."""
+    """Targets and weights of endpoint ``name``, and what Triton serves of it now
+    (``tritonctl endpoint show NAME``)."""
     with plane.control() as control:
-        state = Endpoints(plane.repository, control).get(name)
-    return schemas.EndpointAnswer.model_validate(state.to_dict())
+        endpoints = Endpoints(plane.repository, control)
+        [described] = endpoints.describe([endpoints.get(name)])
+    return schemas.EndpointAnswer.model_validate(described)
 
 
 @router.post("/endpoints/{name}/switch", response_model=schemas.EndpointAnswer)

@@ -283,6 +283,11 @@ class Sticky(Answer):
     use_correlation_id: bool
 
 
+class Serving(Answer):
+    ready: bool = Field(description="Triton serves the endpoint model now")
+    targets: dict[str, bool] = Field(description="MODEL:VERSION -> READY now")
+
+
 class EndpointAnswer(Answer):
     name: str
     mode: str = Field(description="pinned (one target) or routed (several, by weight)")
@@ -290,6 +295,9 @@ class EndpointAnswer(Answer):
     sticky: Sticky
     generation: int
     updated_at: str
+    serving: Serving | None = Field(
+        default=None, description="What Triton serves now (GET only; null if unknown)"
+    )
 
 
 class EndpointList(Answer):

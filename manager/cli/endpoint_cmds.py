@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -62,14 +63,28 @@ def _parse_model_version(text: str) -> tuple[str, int | None]:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _show_endpoint(state: EndpointState) -> None:
-    table = Table(title=f"endpoint {state.name} ({state.mode})")
+def _show_endpoint(state: EndpointState, serving: dict[str, Any] | None = None) -> None:
+    details = [state.mode]
+    if state.sticky_parameter:
+        details.append(f"sticky by parameter {state.sticky_parameter}")
+    elif state.use_correlation_id:
+        details.append("sticky by correlation id")
+    if serving is not None:
+        details.append("served" if serving["ready"] else "NOT SERVED")
+    table = Table(title=f"endpoint {state.name} ({', '.join(details)})")
     for col in ("target", "weight", "share"):
         table.add_column(col)
+    if serving is not None:
+        table.add_column("target state")
     shares = state.shares()
     for t in state.targets:
-        table.add_row(t.label(), f"{t.weight:g}", f"{shares[t.key]:.0%}")
+        row = [t.label(), f"{t.weight:g}", f"{shares[t.key]:.0%}"]
+        if serving is not None:
+            row.append("READY" if serving["targets"][t.label()] else "not loaded")
+        table.add_row(*row)
     console.print(table)
+    if serving is not None and not (serving["ready"] and all(serving["targets"].values())):
+        _say_err(f"clients of {state.name} get errors: `tritonctl endpoint restore {state.name}`")
 
 
 @main.group()
@@ -82,15 +97,17 @@ def endpoint() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
-    """Targets and weights of endpoint NAME (all endpoints without NAME)."""
+    """Targets and weights of endpoint NAME (all endpoints without NAME), and whether
+    Triton serves the endpoint and its targets now."""
     with _control(obj) as control:
         eps = Endpoints(Repository(obj.repo), control)
         states = [eps.get(name)] if name else eps.list()
+        described = eps.describe(states)
     if as_json:
-        print_json(states[0].to_dict() if name else [s.to_dict() for s in states])
+        print_json(described[0] if name else described)
         return
-    for s in states:
-        _show_endpoint(s)
+    for s, data in zip(states, described, strict=True):
+        _show_endpoint(s, data["serving"])
 
 
 @endpoint.command("switch")

@@ -97,9 +97,16 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         assert "cli_front (cli_routed:1)" in out and "--force" in out
         assert endpoint_answer(triton, "cli_front") == 1.0
 
+        code, out = run(triton, "endpoint", "show", "cli_front", "--json")
+        assert json.loads(out)["serving"] == {"ready": True, "targets": {"cli_routed:1": True}}
+
         code, out = run(triton, "unload", "cli_routed", "--force")
         assert code == 0 and "unloaded cli_routed" in out, out
         assert rows(triton, "cli_routed")[1]["state"] == "UNAVAILABLE"
+        # endpoint show tells that its clients now get errors, and what to do
+        code, out = run(triton, "endpoint", "show", "cli_front")
+        assert code == 0 and "not loaded" in out, out
+        assert "tritonctl endpoint restore cli_front" in out
     finally:
         code, out = run(triton, "endpoint", "delete", "cli_front")
         assert code == 0, out

@@ -508,8 +508,12 @@ def test_switch_creates_an_endpoint_that_show_and_list_return(
     assert state["targets"] == [{"model": "m", "version": 2, "weight": 100.0}]
     assert fake.loaded["ep"] == {1} and 2 in fake.loaded["m"]
 
-    assert client.get("/v1/endpoints/ep").json() == state
-    assert client.get("/v1/endpoints").json() == {"endpoints": [state]}
+    # GET also says what Triton serves of it now
+    served = {**state, "serving": {"ready": True, "targets": {"m:2": True}}}
+    assert client.get("/v1/endpoints/ep").json() == served
+    assert client.get("/v1/endpoints").json() == {"endpoints": [served]}
+    fake.loaded.pop("ep")
+    assert client.get("/v1/endpoints/ep").json()["serving"]["ready"] is False
 
     newest = client.post("/v1/endpoints/ep/switch", json={"to": "m"}).json()
     assert newest["targets"][0]["version"] == 3 and newest["generation"] == 2
