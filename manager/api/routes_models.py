@@ -82,7 +82,8 @@ def publish_version(name: str, body: schemas.PublishRequest, plane: Plane) -> sc
         inputs=[TensorSpec.parse(t) for t in body.inputs],
         outputs=[TensorSpec.parse(t) for t in body.outputs],
         config_path=host_path(body.config, "config"),
-        link=not body.copy_artifact,
+        link=body.link,
+        as_embedder=body.as_embedder,
     )
     verify = smoke_verifier(body.smoke_test, host_path(body.golden, "golden"), body.staging_url)
     result = publish(plane.repository, name, artifact, options, verify=verify)

@@ -225,8 +225,12 @@ class PublishRequest(Body):
     format: str = "auto"
     version: int | None = Field(default=None, ge=1, description="Default: highest + 1.")
     max_batch_size: int | None = Field(default=None, ge=0)
-    instance_count: int = Field(default=1, ge=1)
-    kind: Literal["auto", "cpu", "gpu"] = "auto"
+    instance_count: int | None = Field(
+        default=None, ge=1, description="Default: the config's, else 1."
+    )
+    kind: Literal["auto", "cpu", "gpu"] | None = Field(
+        default=None, description="Default: the config's, else auto."
+    )
     runtime: str = "auto"
     inputs: list[str] = Field(default_factory=list, description="NAME:DTYPE:DIMS each.")
     outputs: list[str] = Field(default_factory=list, description="NAME:DTYPE:DIMS each.")
@@ -234,8 +238,19 @@ class PublishRequest(Body):
     labels: dict[str, str] | list[str] = Field(
         default_factory=dict, description="{key: value}, or KEY=VALUE strings."
     )
+    link: bool = Field(
+        default=False,
+        description="Hard-link the artifact's files instead of copying them (the source must "
+        "then never be modified in place).",
+    )
     copy_artifact: bool = Field(
-        default=False, alias="copy", description="Copy even where a hard link is possible."
+        default=False,
+        alias="copy",
+        description="Accepted for compatibility: copying is the default.",
+    )
+    as_embedder: bool = Field(
+        default=False,
+        description="Serve a transformers folder with a task head as an embedder of its base model.",
     )
     smoke_test: bool = False
     golden: str | None = Field(
@@ -265,8 +280,9 @@ class PublishAnswer(Answer):
     runtime: str
     format: str
     sha256: str
-    placed_by: str
+    placed_by: str = Field(description="copy, clone (copy-on-write) or link")
     labels: dict[str, str]
+    notices: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -455,12 +455,14 @@ def test_publish_adds_versions_with_provenance_and_refuses_an_existing_one(
     first = response.json()
     assert (first["name"], first["version"], first["format"]) == ("adder", 1, "python")
     assert first["labels"] == {"git_commit": "abc123"}
+    # copied by default: rewriting the source later cannot change the version
+    assert first["placed_by"] in ("copy", "clone") and first["notices"] == []
 
     second = client.post(
         "/v1/models/adder/versions",
-        json={"artifact": str(source), "labels": ["team=search"], "copy": True},
+        json={"artifact": str(source), "labels": ["team=search"], "link": True},
     ).json()
-    assert second["version"] == 2 and second["placed_by"] == "copy"
+    assert second["version"] == 2 and second["placed_by"] == "link"
 
     listed = client.get("/v1/models/adder/versions").json()
     assert [v["version"] for v in listed["versions"]] == [1, 2]
