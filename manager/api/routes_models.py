@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query
 from manager import serving
 from manager.api import schemas
 from manager.api.deps import Plane, host_path
+from manager.budget import CONFIG_FILENAME
 from manager.controller import Controller, budget_configured, load_model, set_pin
 from manager.errors import ModelNotFoundError
-from manager.listing import model_rows, version_rows
+from manager.listing import live_memory, model_rows, version_rows
 from manager.modelconfig import TensorSpec
 from manager.names import validate_model_name
 from manager.publish import PublishOptions, parse_labels, publish, smoke_verifier
@@ -27,10 +28,11 @@ def list_models(plane: Plane) -> schemas.ModelList:
     with plane.control() as control:
         view = serving.overview(control, plane.repo)
         url = control.url
+        live = live_memory(control, url, plane.repo)
     return schemas.ModelList.model_validate(
         {
             "url": url,
-            "models": model_rows(view.models, plane.repo),
+            "models": model_rows(view.models, plane.repo, live),
             "memory": view.memory.to_json() if view.memory is not None else None,
         }
     )
@@ -44,13 +46,14 @@ def show_model(name: str, plane: Plane) -> schemas.ModelList:
     with plane.control() as control:
         view = serving.overview(control, plane.repo)
         url = control.url
-    rows = [row for row in view.models if row.name == name]
-    if not rows:
-        raise ModelNotFoundError(f"model {name!r} is not in the repository served by {url}")
+        rows = [row for row in view.models if row.name == name]
+        if not rows:
+            raise ModelNotFoundError(f"model {name!r} is not in the repository served by {url}")
+        live = live_memory(control, url, plane.repo)
     return schemas.ModelList.model_validate(
         {
             "url": url,
-            "models": model_rows(rows, plane.repo),
+            "models": model_rows(rows, plane.repo, live),
             "memory": view.memory.to_json() if view.memory is not None else None,
         }
     )
@@ -150,8 +153,14 @@ def pin(name: str, plane: Plane) -> schemas.PinAnswer:
 
 @router.post("/models/{name}/unpin", response_model=schemas.PinAnswer)
 def unpin(name: str, plane: Plane) -> schemas.PinAnswer:
-    """Let ``name`` be evicted again (``tritonctl unpin``)."""
+    """Let ``name`` be evicted again (``tritonctl unpin``). A model listed under
+    ``pinned:`` in tritonctl.yaml stays pinned: the answer says so (``pinned`` true,
+    ``pinned_in`` the file)."""
     changed = set_pin(plane.repo, name, False)
+    config = plane.serving_config()
+    if name in config.pinned:
+        where = str(config.source or CONFIG_FILENAME)
+        return schemas.PinAnswer(name=name, pinned=True, changed=changed, pinned_in=where)
     return schemas.PinAnswer(name=name, pinned=False, changed=changed)
 
 

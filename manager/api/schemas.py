@@ -180,6 +180,10 @@ class PinAnswer(Answer):
     name: str
     pinned: bool
     changed: bool
+    pinned_in: str | None = Field(
+        default=None,
+        description="The settings file whose pinned: list still pins it (unpin cannot lift it)",
+    )
 
 
 class Usage(Answer):

@@ -405,6 +405,7 @@ def test_a_load_the_budget_cannot_fit_is_409_and_loads_nothing(
             "name": "other",
             "pinned": True,
             "changed": True,
+            "pinned_in": None,
         }
         message = error_of(c.post("/v1/models/m/load", json={}), 409)
     assert "cannot load m" in message
@@ -438,6 +439,23 @@ def test_evict_refuses_a_pinned_model_with_409_unless_forced(
     assert "other" not in fake.loaded
     assert client.post("/v1/models/other/unpin", json={}).json()["changed"] is True
     error_of(client.post("/v1/models/nope/pin", json={}), 404)
+
+
+def test_unpin_says_when_the_settings_file_keeps_a_model_pinned(
+    client: TestClient, repo: Path
+) -> None:
+    (repo / "tritonctl.yaml").write_text("pinned: [other]\n")
+    client.post("/v1/models/other/pin", json={})
+    answer = client.post("/v1/models/other/unpin", json={}).json()
+    assert answer["changed"] is True  # the `tritonctl pin` record is gone
+    assert answer["pinned"] is True and answer["pinned_in"].endswith("tritonctl.yaml")
+    (repo / "tritonctl.yaml").write_text("pinned: []\n")
+    assert client.post("/v1/models/other/unpin", json={}).json() == {
+        "name": "other",
+        "pinned": False,
+        "changed": False,
+        "pinned_in": None,
+    }
 
 
 # --------------------------------------------------------------------------- publish
