@@ -60,6 +60,7 @@ from manager.errors import (
     RepositoryError,
     RolloutError,
 )
+from manager.loadtimes import forget_loads, record_load
 from manager.modelconfig import (
     config_to_text,
     read_config,
@@ -819,7 +820,8 @@ class Endpoints:
                 write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
             self.control.load_model(model)
-            ready = self._ready_versions(model)
+            before, ready = ready, self._ready_versions(model)
+            record_load(self.repo.path, model, ready - before)  # lru/fifo date them
             missing = wanted - ready
             if missing:
                 raise LoadError(
@@ -867,11 +869,13 @@ class Endpoints:
                     log.info("unloading %s (its last version %d is retired)", model, version)
                     self.control.unload_model(model)
                     self._wait_unloaded(model)
+                    forget_loads(self.repo.path, model, [version])
                 return True
             write_config(path, with_versions(config, remaining))
             if version in ready:
                 log.info("reloading %s serving versions %s", model, sorted(remaining))
                 self.control.load_model(model)
+                forget_loads(self.repo.path, model, [version])
             return True
 
     def _wait_unloaded(self, name: str) -> None:

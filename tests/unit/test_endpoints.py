@@ -1017,3 +1017,17 @@ def test_a_split_routes_by_one_sticky_key_not_two(
             sticky_parameter="user",
             use_correlation_id=True,
         )
+
+
+def test_versions_an_endpoint_loads_are_dated_for_eviction_and_forgotten_when_retired(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    from manager.loadtimes import LoadTimes
+
+    endpoints, _, repo = setup
+    endpoints.switch("ep", "m", 1)
+    endpoints.switch("ep", "m", 2)
+    dated = LoadTimes(repo).all()
+    assert {key for key in dated if key[0] == "m"} == {("m", 1), ("m", 2)}
+    endpoints.retire("m", 1)
+    assert {key for key in LoadTimes(repo).all() if key[0] == "m"} == {("m", 2)}
