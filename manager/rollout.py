@@ -420,6 +420,12 @@ class RolloutDriver:
         try:
             if state.status == "starting":
                 self._prepare(state)
+            elif state.history and not state.history[-1].verdict:
+                # resumed in the middle of a stage: it is watched and gated again from now
+                self._reenter_stage(state)
+                verdict = self._watch_stage(state)
+                if verdict:
+                    return self.rollback(state, verdict)
             while state.status == "running":
                 request = self._requested(state)
                 if request == "abort":
@@ -527,6 +533,18 @@ class RolloutDriver:
         self.store.save(state)
         self.endpoints.set_weights(state.endpoint, self._targets(state, weight))
         log.info("rollout %s: stage %d %%", state.endpoint, weight)
+        if self.on_stage:
+            self.on_stage(state)
+
+    def _reenter_stage(self, state: RolloutState) -> None:
+        """The stage a dead driver left unfinished starts over: its weights applied again
+        (the driver may have died before it applied them), counted from now."""
+        self._baseline(state)
+        record = state.history[-1]
+        record.started_at, record.new, record.old = _now(), {}, {}
+        self.store.save(state)
+        self.endpoints.set_weights(state.endpoint, self._targets(state, state.weight))
+        log.info("rollout %s: stage %d %% resumed", state.endpoint, state.weight)
         if self.on_stage:
             self.on_stage(state)
 

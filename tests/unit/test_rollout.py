@@ -245,7 +245,11 @@ def test_resume_continues_from_the_recorded_stage(tmp_path):
     state = driver.run(recorded)
     assert state.status == "promoted"
     applied = [c for c in endpoints.calls if c.startswith("weights")]
-    assert len(applied) == 3  # 50, 75, 90 after resuming past 30
+    # the interrupted 30 % stage is watched and gated again, then 50, 75, 90
+    assert applied == [f"weights {{1: {100.0 - w}, 2: {float(w)}}}" for w in (30, 50, 75, 90)]
+    assert [(r.weight, r.verdict) for r in state.history] == [
+        (w, "healthy") for w in (5, 15, 30, 50, 75, 90)
+    ]
 
 
 def test_state_round_trips_through_json(tmp_path):
