@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from manager.rollout import (
     parse_stages,
 )
 from manager.rollout_service import (
+    FINISH_WAIT_S,
     begin_rollout,
     finish_and_wait,
     list_rollouts,
@@ -189,24 +191,32 @@ def endpoint_split(
 
 @endpoint.command("restore")
 @click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
 @pass_context
-def endpoint_restore(obj: Context, name: str | None) -> None:
+def endpoint_restore(obj: Context, name: str | None, as_json: bool) -> None:
     """Serve endpoint NAME (all endpoints without NAME) again, e.g. after a restart."""
     with _control(obj) as control:
         eps = Endpoints(Repository(obj.repo), control)
         states = [eps.ensure(name)] if name else eps.restore_all()
+    if as_json:
+        print_json(states[0].to_dict() if name else [s.to_dict() for s in states])
+        return
     for state in states:
         _say(f"endpoint {state.name} serving {', '.join(t.label() for t in state.targets)}")
 
 
 @endpoint.command("delete")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
 @pass_context
-def endpoint_delete(obj: Context, name: str) -> None:
+def endpoint_delete(obj: Context, name: str, as_json: bool) -> None:
     """Unload and remove endpoint NAME (its targets keep serving)."""
     with _control(obj) as control:
         Endpoints(Repository(obj.repo), control).delete(name)
-    _say(f"endpoint {name} deleted")
+    if as_json:
+        print_json({"name": name, "deleted": True})
+    else:
+        _say(f"endpoint {name} deleted")
 
 
 # -- rollouts ----------------------------------------------------------------------------
@@ -503,10 +513,31 @@ def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     console.print(table)
 
 
-def _finish(obj: Context, name: str, action: str) -> None:
+_finish_options = [
+    click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        default=FINISH_WAIT_S,
+        show_default=True,
+        help="Seconds to wait for the rollout to be over.",
+    ),
+    click.option("--json", "as_json", is_flag=True),
+]
+
+
+def _with_finish_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_finish_options):
+        command = option(command)
+    return command
+
+
+def _finish(obj: Context, name: str, action: str, wait_timeout: float, as_json: bool) -> None:
     with _control(obj) as control:
-        state = finish_and_wait(Repository(obj.repo), control, name, action)
-    _say(_rollout_line(state))
+        state = finish_and_wait(Repository(obj.repo), control, name, action, timeout=wait_timeout)
+    if as_json:
+        print_json(state.to_dict())
+    else:
+        _say(_rollout_line(state))
     wanted = "promoted" if action == "promote" else "rolled_back"
     if state.status != wanted:  # e.g. a promote that failed and rolled back
         raise SystemExit(4)
@@ -514,19 +545,21 @@ def _finish(obj: Context, name: str, action: str) -> None:
 
 @rollout.command("promote")
 @click.argument("name")
+@_with_finish_options
 @pass_context
-def rollout_promote(obj: Context, name: str) -> None:
+def rollout_promote(obj: Context, name: str, wait_timeout: float, as_json: bool) -> None:
     """Skip the remaining stages: pin NAME to the new version now (exit 4 if the rollout
     does not end promoted)."""
-    _finish(obj, name, "promote")
+    _finish(obj, name, "promote", wait_timeout, as_json)
 
 
 @rollout.command("abort")
 @click.argument("name")
+@_with_finish_options
 @pass_context
-def rollout_abort(obj: Context, name: str) -> None:
+def rollout_abort(obj: Context, name: str, wait_timeout: float, as_json: bool) -> None:
     """Roll NAME back to the old version now (exit 4 if it does not end rolled back)."""
-    _finish(obj, name, "abort")
+    _finish(obj, name, "abort", wait_timeout, as_json)
 
 
 @main.group()

@@ -107,9 +107,13 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         code, out = run(triton, "endpoint", "show", "cli_front")
         assert code == 0 and "not loaded" in out, out
         assert "tritonctl endpoint restore cli_front" in out
+        # ... which serves it again
+        code, out = run(triton, "endpoint", "restore", "cli_front", "--json")
+        assert code == 0 and json.loads(out)["targets"][0]["version"] == 1, out
+        assert endpoint_answer(triton, "cli_front") == 1.0
     finally:
-        code, out = run(triton, "endpoint", "delete", "cli_front")
-        assert code == 0, out
+        code, out = run(triton, "endpoint", "delete", "cli_front", "--json")
+        assert code == 0 and json.loads(out) == {"name": "cli_front", "deleted": True}, out
         run(triton, "unload", "cli_routed")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -653,9 +654,19 @@ def test_promote_and_abort_exit_4_unless_the_rollout_ends_as_asked(
     from manager.cli import endpoint_cmds, main
 
     state = RolloutState("ep", "m", 1, 2, POLICY, status=status, reason="error: in use")
-    monkeypatch.setattr(endpoint_cmds, "finish_and_wait", lambda *a, **k: state)
+    waits: list[float] = []
+
+    def finish_and_wait(*args, timeout):
+        waits.append(timeout)
+        return state
+
+    monkeypatch.setattr(endpoint_cmds, "finish_and_wait", finish_and_wait)
     monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: contextlib.nullcontext())
     argv = ["--repo", str(tmp_path), "--url", "http://triton:8000", "rollout", action, "ep"]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == code, result.output
     assert f"ep: m:1 -> 2 {status}" in result.output
+    result = CliRunner().invoke(main, [*argv, "--json", "--wait-timeout", "7"])
+    assert result.exit_code == code, result.output
+    assert json.loads(result.output)["status"] == status
+    assert waits == [120.0, 7.0]
