@@ -22,7 +22,6 @@ tree, or the host metric.
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -46,7 +45,12 @@ from manager.procmem import (
     read_process_memory,
     wait_stubs_gone,
 )
-from manager.repository import PROVENANCE_FILE, read_provenance, write_json_atomic
+from manager.repository import (
+    PROVENANCE_FILE,
+    read_json_entries,
+    read_provenance,
+    write_json_atomic,
+)
 from manager.server import ServerInfo, running_server
 from manager.settings import META_DIR
 
@@ -188,15 +192,7 @@ class FootprintStore:
         return FileLock(str(self.path.with_name(FOOTPRINTS_FILE + ".lock")), timeout=60)
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable footprints %s: %s", self.path, exc)
-            return {}
-        entries = data.get("footprints") if isinstance(data, dict) else None
-        return {str(k): v for k, v in (entries or {}).items() if isinstance(v, dict)}
+        return read_json_entries(self.path, "footprints", "footprints")
 
     def _update(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:
         with self._lock():

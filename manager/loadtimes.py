@@ -24,7 +24,7 @@ from typing import Any
 from filelock import FileLock
 
 from manager.errors import ManagerError
-from manager.repository import write_json_atomic
+from manager.repository import read_json_entries, write_json_atomic
 from manager.settings import META_DIR
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,8 @@ class LoadTimes:
         return self.repo / META_DIR / LOADED_FILE
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable load times %s: %s", self.path, exc)
-            return {}
-        entries = data.get("loaded") if isinstance(data, dict) else None
-        return {
-            str(k): v
-            for k, v in (entries or {}).items()
-            if isinstance(v, dict) and isinstance(v.get("at"), int | float)
-        }
+        entries = read_json_entries(self.path, "loaded", "load times")
+        return {k: v for k, v in entries.items() if isinstance(v.get("at"), int | float)}
 
     def _update(self, change: Callable[[dict[str, dict[str, Any]]], None]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,37 @@ class VersionInfo:
         }
 
 
+def read_json_entries(path: Path, key: str, what: str) -> dict[str, dict[str, Any]]:
+    """The objects under ``key`` in the JSON file ``path`` (the manager's own records):
+    {} when the file is missing, or unreadable (logged, naming it ``what``)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s %s: %s", what, path, exc)
+        return {}
+    entries = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
+
+
+@contextmanager
+def held_if_free(lock: FileLock) -> Iterator[bool]:
+    """Hold ``lock`` for the block if no one else holds it (never waits); yields whether
+    this process holds it."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 class Repository:
     """A Triton model repository folder."""
 
@@ -138,16 +169,8 @@ class Repository:
         """Hold ``name``'s write lock if no one else does; yields whether it is held."""
         lock_dir = self.meta_dir / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+        with held_if_free(FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))) as held:
+            yield held
 
     def staging_leftovers(self) -> list[tuple[str, Path]]:
         """(model name, folder) of everything in the staging folder, sorted. A folder whose

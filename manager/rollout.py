@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from manager.errors import (
     ManagerError,
@@ -47,7 +47,12 @@ from manager.errors import (
     RolloutNotFoundError,
     TritonUnreachableError,
 )
-from manager.repository import Repository, write_json_atomic, write_text_atomic
+from manager.repository import (
+    Repository,
+    held_if_free,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,16 +308,8 @@ class RolloutStore:
     def driving(self, endpoint: str) -> Iterator[bool]:
         """Holds ``endpoint``'s driver lock for the block unless another process holds it:
         yields whether this one does."""
-        lock = self.driver_lock(endpoint)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+        with held_if_free(self.driver_lock(endpoint)) as held:
+            yield held
 
     def driven(self, endpoint: str) -> bool:
         """Whether some process drives ``endpoint``'s rollout now (holds its driver lock)."""
