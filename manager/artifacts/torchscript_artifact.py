@@ -27,7 +27,10 @@ def forward_signature(path: Path) -> tuple[tuple[int, int], int | None, str] | N
     except Exception as exc:  # torch missing, or a module that only loads elsewhere
         log.debug("cannot read the forward() schema of %s: %s", path, exc)
         return None
-    args = [a for a in schema.arguments if a.name != "self"]
+    # a method's first argument is its module, whatever the source named it ("self", "s")
+    args = list(schema.arguments)
+    if args and args[0].type.kind() == "ClassType":
+        args = args[1:]
     required = sum(1 for a in args if not a.has_default_value())
     outputs: int | None = None
     if len(schema.returns) == 1:

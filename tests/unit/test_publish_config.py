@@ -263,6 +263,33 @@ def test_torchscript_forward_with_default_arguments_takes_a_range(repo, tmp_path
         publish(repo, "three", pt, ts_opts(["a:FP32:-1", "b:FP32:-1", "c:FP32:-1"], ["y:FP32:-1"]))
 
 
+def test_torchscript_module_argument_is_not_counted_whatever_its_name(repo, tmp_path):
+    import importlib.util
+
+    import torch
+
+    source = tmp_path / "named_s.py"
+    source.write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(s):\n"
+        "        super().__init__()\n"
+        "        s.lin = torch.nn.Linear(4, 2)\n"
+        "    def forward(s, x):\n"
+        "        return s.lin(x)\n"
+    )
+    spec = importlib.util.spec_from_file_location("named_s", source)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pt = tmp_path / "s.pt"
+    torch.jit.save(torch.jit.script(mod.M()), str(pt))
+    # forward(__torch__.M s, Tensor x): one input
+    publish(repo, "one", pt, ts_opts(["x:FP32:-1,4"], ["y:FP32:-1,2"]))
+    with pytest.raises(ConfigError, match=r"forward\(\) takes 1"):
+        publish(repo, "two", pt, ts_opts(["x:FP32:-1,4", "z:FP32:-1,4"], ["y:FP32:-1,2"]))
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_duplicate_tensor_names_are_refused_for_any_format(repo, pt_file, onnx_file, fmt):
     artifact = pt_file if fmt == "torchscript" else onnx_file
