@@ -14,7 +14,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.artifacts import inspect_artifact
+from manager.artifacts.base import Artifact
 from manager.errors import (
     ArtifactError,
     ConfigError,
@@ -118,6 +119,23 @@ def runner_source(runner: str) -> Path:
 # -- publishing --------------------------------------------------------------------------
 
 
+def _with_model_defaults(
+    repository: Repository, name: str, opts: PublishOptions, art: Artifact
+) -> PublishOptions:
+    """A later version shares the model's config.pbtxt: without --max-batch-size (or a
+    config of its own) it takes the model's max_batch_size, as it takes its instances."""
+    if opts.max_batch_size is not None or opts.config_path is not None or art.config is not None:
+        return opts
+    path = repository.model_dir(name) / CONFIG_FILE
+    if not path.is_file():
+        return opts
+    try:
+        existing = read_config(path)
+    except ManagerError:
+        return opts  # checked, and reported, when the version is placed
+    return replace(opts, max_batch_size=int(existing.max_batch_size))
+
+
 def publish(
     repo: Repository | str | os.PathLike[str],
     name: str,
@@ -161,6 +179,11 @@ def publish(
         )
     if art.format in ("python", "transformers"):
         runtime = "python"  # a Python model folder's native backend is the Python backend
+    if opts.as_embedder and art.format != "transformers":
+        raise ConfigError(
+            f"--as-embedder applies to transformers folders; {src} is a {art.format} artifact"
+        )
+    opts = _with_model_defaults(repository, name, opts, art)
     config = make_config(name, art, opts, runtime)
     digest = sha256_of(src)
 

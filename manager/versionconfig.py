@@ -329,11 +329,12 @@ def check_instance_flags(config: mc.ModelConfig, opts: PublishOptions, source: s
     if opts.instance_count is None and opts.kind is None:
         return
     groups = list(config.instance_group)
-    if len(groups) == 1:
-        group = groups[0]
-        count_ok = opts.instance_count is None or (group.count or 1) == opts.instance_count
-        kind_ok = opts.kind is None or group.kind == mc.ModelInstanceGroup.Kind.Value(
-            _KINDS[opts.kind]
+    if groups:
+        # the flags describe the model's instances as a whole: their total, and one kind
+        total = sum(g.count or 1 for g in groups)
+        count_ok = opts.instance_count is None or total == opts.instance_count
+        kind_ok = opts.kind is None or all(
+            g.kind == mc.ModelInstanceGroup.Kind.Value(_KINDS[opts.kind]) for g in groups
         )
         if count_ok and kind_ok:
             return

@@ -377,3 +377,46 @@ def test_runtime_native_for_a_transformers_folder_is_refused(repo, tmp_path):
     (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     with pytest.raises(ConfigError, match="transformers artifact has no native Triton runtime"):
         publish(repo, "hf", folder, PublishOptions(runtime="native"))
+
+
+@pytest.mark.parametrize(
+    ("count", "kind", "ok"),
+    [
+        (3, None, True),
+        (None, "cpu", True),
+        (3, "cpu", True),
+        (2, None, False),
+        (None, "gpu", False),
+    ],
+)
+def test_instance_flags_describe_all_of_several_instance_groups(
+    repo, onnx_file, tmp_path, count, kind, ok
+):
+    config = tmp_path / "two_groups.pbtxt"
+    config.write_text(
+        "max_batch_size: 8\n"
+        "instance_group [{ count: 1 kind: KIND_CPU }, { count: 2 kind: KIND_CPU }]\n"
+    )
+    opts = PublishOptions(runtime="native", config_path=config, instance_count=count, kind=kind)
+    if ok:  # three CPU instances in all
+        publish(repo, "lin", onnx_file, opts)
+        return
+    with pytest.raises(ConfigError, match="disagrees with the instance_group"):
+        publish(repo, "lin", onnx_file, opts)
+
+
+def test_a_later_version_takes_the_models_max_batch_size(repo, onnx_file, tmp_path):
+    publish(repo, "lin", onnx_file, PublishOptions(max_batch_size=8))
+    second = tmp_path / "second.onnx"
+    make_onnx(second, seed=1)
+    # no --max-batch-size: the model's 8, not the artifact's default 0
+    assert publish(repo, "lin", second, PublishOptions()).config.max_batch_size == 8
+    assert publish(repo, "lin", second, PublishOptions(instance_count=1)).version == 3
+    with pytest.raises(ConfigError, match="max_batch_size 8; this version needs 0"):
+        publish(repo, "lin", second, PublishOptions(max_batch_size=0))
+
+
+def test_as_embedder_is_refused_for_what_is_not_a_transformers_folder(repo, onnx_file):
+    with pytest.raises(ConfigError, match="--as-embedder applies to transformers folders"):
+        publish(repo, "lin", onnx_file, PublishOptions(as_embedder=True))
+    assert not repo.has_model("lin")
