@@ -80,6 +80,7 @@ from manager.repository import (
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
 from manager.rollout import RolloutStore
 from manager.triton import IndexEntry
+from manager.versionpolicy import keep_owner_policy, with_owner_policy
 
 log = logging.getLogger(__name__)
 
@@ -817,6 +818,7 @@ class Endpoints:
             if wanted <= ready and policy is not None and serve <= policy:
                 return ready
             if policy != serve:
+                keep_owner_policy(self.repo.path, model, config)
                 write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
             self.control.load_model(model)
@@ -860,17 +862,17 @@ class Endpoints:
             ready = self._ready_versions(model)
             remaining = ready - {version}
             if not remaining:
-                if config.HasField("version_policy"):
-                    cleared = mc.ModelConfig()
-                    cleared.CopyFrom(config)
-                    cleared.ClearField("version_policy")
-                    write_config(path, cleared)
+                # no endpoint needs the model: its owner's version policy is back
+                restored = with_owner_policy(self.repo.path, model, config)
+                if restored != config:
+                    write_config(path, restored)
                 if version in ready:
                     log.info("unloading %s (its last version %d is retired)", model, version)
                     self.control.unload_model(model)
                     self._wait_unloaded(model)
                     forget_loads(self.repo.path, model, [version])
                 return True
+            keep_owner_policy(self.repo.path, model, config)
             write_config(path, with_versions(config, remaining))
             if version in ready:
                 log.info("reloading %s serving versions %s", model, sorted(remaining))

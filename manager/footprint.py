@@ -53,6 +53,7 @@ from manager.repository import (
 )
 from manager.server import ServerInfo, running_server
 from manager.settings import META_DIR
+from manager.versionpolicy import owner_policy, selected_versions
 
 log = logging.getLogger(__name__)
 
@@ -404,11 +405,15 @@ def footprint_fields(footprint: Footprint | None) -> dict[str, Any]:
     }
 
 
-def predicted_versions(repo: Path, model: str, version: int | None) -> list[int]:
+def predicted_versions(
+    repo: Path, model: str, version: int | None, *, as_written: bool = False
+) -> list[int]:
     """The versions a load of ``model`` (``version`` only, if given) will bring up.
 
-    Follows the ``version_policy`` of ``<repo>/<model>/config.pbtxt``: latest N (default
-    1), all, or specific; versions are the integer folders on disk.
+    Follows the version policy of the model's owner (see :mod:`manager.versionpolicy`:
+    while endpoints manage ``<repo>/<model>/config.pbtxt``'s policy, the one it had before)
+    or, ``as_written``, the policy in config.pbtxt now (what Triton reads): latest N
+    (default 1), all, or specific; versions are the integer folders on disk.
     """
     if version is not None:
         return [version]
@@ -421,16 +426,11 @@ def predicted_versions(repo: Path, model: str, version: int | None) -> list[int]
     if not config_path.is_file():
         return on_disk[-1:]
     try:
-        policy = read_config(config_path).version_policy
+        config = read_config(config_path)
     except ManagerError:
         return on_disk[-1:]
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return on_disk
-    if choice == "specific":
-        return sorted(set(policy.specific.versions) & set(on_disk))
-    count = int(policy.latest.num_versions) if choice == "latest" else 1
-    return on_disk[-max(count, 1) :]
+    policy = config.version_policy if as_written else owner_policy(repo, model, config)
+    return selected_versions(policy, on_disk)
 
 
 # --------------------------------------------------------------------------- meter

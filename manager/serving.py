@@ -25,7 +25,7 @@ from google.protobuf.json_format import MessageToJson
 from manager.errors import LoadError, ManagerError, ModelNotFoundError, UnloadError
 from manager.loadtimes import forget_loads, record_load
 from manager.metrics import MemoryReading, parse_memory
-from manager.modelconfig import read_config
+from manager.modelconfig import read_config, write_config
 from manager.names import validate_model_name
 from manager.triton import IndexEntry, ModelStats, one_line
 
@@ -192,19 +192,46 @@ def versions_to_serve(control: Any, repo: Path | None, name: str) -> frozenset[i
 
 def _policy_override(repo: Path | None, name: str, wanted: frozenset[int] | None) -> str | None:
     """The config override for a load of ``wanted`` (no version given): None when the
-    model's own version policy selects them all (Triton reads it from the repository),
-    else a ``specific`` policy with them (endpoints route to versions it leaves out)."""
+    policy in config.pbtxt selects exactly them (Triton reads it from the repository), else
+    a ``specific`` policy with them (endpoints route to versions the owner's policy leaves
+    out, or endpoints manage config.pbtxt's policy and the owner's selects others)."""
     from manager.footprint import predicted_versions
 
     if repo is None or wanted is None:
         return None
-    if wanted <= set(predicted_versions(repo, name, None)):
+    # what Triton serves reading config.pbtxt as it is
+    if wanted == set(predicted_versions(repo, name, None, as_written=True)):
         return None
     config = _config_from_repo(repo, name)
     if config is None:
         return None
-    log.info("serving %s versions %s: endpoints route to some of them", name, sorted(wanted))
+    log.info("serving %s versions %s", name, sorted(wanted))
     return override_for_version(config, max(wanted), wanted)
+
+
+def _lasting(control: Any, repo: Path | None, name: str, override: str | None) -> str | None:
+    """The override to load ``name`` with; None when its versions went into config.pbtxt.
+
+    Triton reloads a model that was loaded with an override from its files the next time
+    an ensemble that calls it loads (an endpoint switch, a restore), dropping the
+    override's versions. For a model endpoints route to, whose version policy they keep
+    in config.pbtxt, the override's policy is written there instead (the owner's own
+    policy kept aside, see :mod:`manager.versionpolicy`), so it lasts.
+    """
+    if override is None or repo is None or not endpoint_versions(control, repo, name):
+        return override
+    from manager.endpoints import with_versions
+    from manager.repository import Repository
+    from manager.versionpolicy import keep_owner_policy
+
+    versions = json.loads(override)["version_policy"]["specific"]["versions"]
+    path = Path(repo) / name / "config.pbtxt"
+    with Repository(repo).lock(name):
+        config = read_config(path)
+        keep_owner_policy(repo, name, config)
+        write_config(path, with_versions(config, versions))
+    log.info("serving %s versions %s (written into %s)", name, sorted(versions), path)
+    return None
 
 
 def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) -> str:
@@ -371,6 +398,7 @@ def load(
         if kept:
             log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
         override = override_for_version(config, version, kept)
+    override = _lasting(control, repo, name, override)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -532,6 +560,7 @@ async def aload(
             config = await control.model_config(name)
         kept = endpoint_versions(control, repo, name) - {version}
         override = override_for_version(config, version, kept)
+    override = _lasting(control, repo, name, override)
     deadline = started + wait_timeout
     try:
         await asyncio.wait_for(

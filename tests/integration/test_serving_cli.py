@@ -14,7 +14,12 @@ from click.testing import CliRunner
 
 from manager.cli import main
 from tests.integration.conftest import TritonHandle
-from tests.integration.helpers import FAILING_MODEL_PY, write_add_model, write_python_model
+from tests.integration.helpers import (
+    ADD_MODEL_PY,
+    FAILING_MODEL_PY,
+    write_add_model,
+    write_python_model,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +120,34 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         code, out = run(triton, "endpoint", "delete", "cli_front", "--json")
         assert code == 0 and json.loads(out) == {"name": "cli_front", "deleted": True}, out
         run(triton, "unload", "cli_routed")
+
+
+def test_cli_load_serves_a_new_version_beside_the_one_an_endpoint_pins(
+    triton: TritonHandle,
+) -> None:
+    folder = write_add_model(triton.repo, "cli_pinned", {1: 1.0, 2: 2.0})
+    code, out = run(triton, "endpoint", "switch", "cli_pin_front", "--to", "cli_pinned:1")
+    assert code == 0, out
+    try:
+        # published after the endpoint wrote its version policy into config.pbtxt
+        (folder / "3").mkdir()
+        (folder / "3" / "model.py").write_text(ADD_MODEL_PY.format(add=3.0))
+        code, out = run(triton, "load", "cli_pinned", "--json")
+        assert code == 0, out
+        assert json.loads(out)["versions"] == [1, 3]  # the newest, and the endpoint's
+        assert endpoint_answer(triton, "cli_pin_front") == 1.0
+        code, out = run(triton, "load", "cli_pinned", "--json")
+        assert code == 0 and json.loads(out)["cache_hit"] is True, out
+        # another endpoint on the model: its ensemble loads, cli_pinned is served again
+        # from its files, and version 3 stays
+        code, out = run(triton, "endpoint", "switch", "cli_pin_other", "--to", "cli_pinned:1")
+        assert code == 0, out
+        served = rows(triton, "cli_pinned")
+        assert [v for v in (1, 2, 3) if served[v]["state"] == "READY"] == [1, 3]
+    finally:
+        for endpoint in ("cli_pin_front", "cli_pin_other"):
+            run(triton, "endpoint", "delete", endpoint)
+        run(triton, "unload", "cli_pinned")
 
 
 def test_cli_errors_are_one_line_with_a_non_zero_exit(triton: TritonHandle) -> None:

@@ -1031,3 +1031,37 @@ def test_versions_an_endpoint_loads_are_dated_for_eviction_and_forgotten_when_re
     assert {key for key in dated if key[0] == "m"} == {("m", 1), ("m", 2)}
     endpoints.retire("m", 1)
     assert {key for key in LoadTimes(repo).all() if key[0] == "m"} == {("m", 2)}
+
+
+def test_endpoints_keep_the_owners_version_policy_and_put_it_back_when_done(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    from manager.footprint import predicted_versions
+    from manager.versionpolicy import owner_policy
+
+    endpoints, triton, repo = setup
+    path = repo / "m" / "config.pbtxt"
+    config = read_config(path)
+    config.version_policy.latest.num_versions = 2  # the owner serves the newest two
+    write_config(path, config)
+    (repo / "m" / "3").mkdir()
+    (repo / "m" / "3" / "model.py").write_text("# a model\n")
+
+    endpoints.switch("ep", "m", 1)
+    assert policy_versions(read_config(path)) == {1}  # what Triton reads now
+    assert owner_policy(repo, "m", read_config(path)).latest.num_versions == 2
+    assert predicted_versions(repo, "m", None) == [2, 3]  # the owner's selection
+    assert predicted_versions(repo, "m", None, as_written=True) == [1]
+    endpoints.switch("ep", "m", 2)  # a second write keeps the first record
+    assert owner_policy(repo, "m", read_config(path)).latest.num_versions == 2
+
+    endpoints.delete("ep")
+    endpoints.retire("m", 1)
+    endpoints.retire("m", 2)
+    # no endpoint needs m: config.pbtxt has the owner's policy again, the record is gone
+    restored = read_config(path).version_policy
+    assert restored.WhichOneof("policy_choice") == "latest"
+    assert restored.latest.num_versions == 2
+    kept = json.loads((repo / ".tritonctl" / "version_policies.json").read_text())
+    assert kept == {"policies": {}}
+    assert "m" not in triton.loaded

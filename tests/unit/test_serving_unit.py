@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 
 from manager import serving
-from manager.endpoints import Endpoints, EndpointState, Target
+from manager.endpoints import Endpoints, EndpointState, Target, policy_versions
 from manager.errors import LoadError, ModelNotFoundError, UnloadError
-from manager.modelconfig import TensorSpec, build_config, config_from_text, write_config
+from manager.footprint import predicted_versions
+from manager.modelconfig import (
+    TensorSpec,
+    build_config,
+    config_from_text,
+    read_config,
+    write_config,
+)
 from manager.repository import Repository
 from manager.triton import IndexEntry, ModelStats
 
@@ -23,7 +30,11 @@ class FakeTriton:
 
     url = "http://fake:8000"
 
-    def __init__(self, models: dict[str, list[int]], *, unload_polls: int = 2) -> None:
+    def __init__(
+        self, models: dict[str, list[int]], *, unload_polls: int = 2, repo: Path | None = None
+    ) -> None:
+        # with ``repo``, a load without an override serves what config.pbtxt's policy says
+        self.repo = repo
         self.state: dict[tuple[str, int], tuple[str, str]] = {
             (name, v): ("UNAVAILABLE", "") for name, versions in models.items() for v in versions
         }
@@ -48,6 +59,8 @@ class FakeTriton:
         versions = sorted(v for (n, v) in self.state if n == name)
         if config is not None:
             versions = json.loads(config)["version_policy"]["specific"]["versions"]
+        elif self.repo is not None:
+            versions = predicted_versions(self.repo, name, None, as_written=True)
         else:
             versions = versions[-1:]
         if name in self.failing:
@@ -135,12 +148,13 @@ def test_load_of_a_version_keeps_the_versions_endpoints_route_to(tmp_path: Path)
         EndpointState("other", "pinned", [Target("n", 2)]),
     ):
         endpoints._write(state)
-    fake = FakeTriton({"m": [1, 2, 3], "n": [2]})
+    fake = FakeTriton({"m": [1, 2, 3], "n": [2]}, repo=tmp_path)
     result = serving.load(fake, "m", version=2, repo=tmp_path)
     # version 2 alone would stop both endpoints of m from answering
     assert result.versions == (1, 2, 3)
-    override = json.loads(fake.loads[0][1] or "")
-    assert override["version_policy"] == {"specific": {"versions": [1, 2, 3]}}
+    # written into config.pbtxt, where a later reload by Triton reads it too
+    assert fake.loads == [("m", None)]
+    assert policy_versions(read_config(tmp_path / "m" / "config.pbtxt")) == {1, 2, 3}
 
 
 def test_load_of_a_version_that_is_already_ready_is_a_no_op(tmp_path: Path) -> None:
@@ -283,15 +297,15 @@ def test_load_without_version_keeps_the_versions_endpoints_route_to(tmp_path: Pa
     Endpoints(Repository(tmp_path), FakeTriton({}))._write(
         EndpointState("front", "pinned", [Target("m", 1)])
     )
-    fake = FakeTriton({"m": [1]})
+    fake = FakeTriton({"m": [1]}, repo=tmp_path)
     serving.load(fake, "m", repo=tmp_path)
     publish_version(tmp_path, fake, "m", 2)
 
     result = serving.load(fake, "m", repo=tmp_path)
 
     assert result.versions == (1, 2)
-    override = json.loads(fake.loads[-1][1] or "")
-    assert override["version_policy"] == {"specific": {"versions": [1, 2]}}
+    assert fake.loads[-1] == ("m", None)
+    assert policy_versions(read_config(tmp_path / "m" / "config.pbtxt")) == {1, 2}
 
 
 @pytest.mark.parametrize(
@@ -380,3 +394,29 @@ def test_a_load_that_fails_within_the_timeout_still_reports_tritons_reason() -> 
     fake.failing["bad"] = "RuntimeError: no weights"
     with pytest.raises(LoadError, match="no weights"):
         serving.load(fake, "bad", wait_timeout=5)
+
+
+def test_load_serves_the_owners_newest_version_beside_what_endpoints_route_to(
+    tmp_path: Path,
+) -> None:
+    """Endpoints wrote `specific [1]` into config.pbtxt for the endpoint on m:1; version 3
+    is published since: `load m` serves 3 (the owner's policy: the latest) and keeps 1."""
+    from manager.endpoints import with_versions
+    from manager.versionpolicy import keep_owner_policy, owner_policy
+
+    _write_model(tmp_path, "m", [1, 2, 3])
+    path = tmp_path / "m" / "config.pbtxt"
+    config = read_config(path)
+    keep_owner_policy(tmp_path, "m", config)  # what Endpoints.serve_versions does first
+    write_config(path, with_versions(config, [1]))
+    Endpoints(Repository(tmp_path), FakeTriton({}))._write(
+        EndpointState("front", "pinned", [Target("m", 1)])
+    )
+    fake = FakeTriton({"m": [1, 2, 3]}, repo=tmp_path)
+    fake.load_model("m")  # as the endpoint left it: Triton read specific [1]
+    assert serving.ready_versions(serving.entries_of(fake.repository_index(), "m")) == (1,)
+    result = serving.load(fake, "m", repo=tmp_path)
+    assert result.versions == (1, 3)
+    assert policy_versions(read_config(path)) == {1, 3}
+    assert owner_policy(tmp_path, "m", read_config(path)).WhichOneof("policy_choice") is None
+    assert serving.load(fake, "m", repo=tmp_path).cache_hit
