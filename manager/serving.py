@@ -276,6 +276,13 @@ def endpoint_routes(control: Any, repo: Path | None, name: str) -> list[tuple[st
     )
 
 
+def _is_endpoint(repo: Path, name: str) -> bool:
+    from manager.endpoints import is_endpoint_folder
+    from manager.repository import Repository
+
+    return is_endpoint_folder(Repository(repo), name)
+
+
 def endpoint_versions(control: Any, repo: Path | None, name: str) -> set[int]:
     """The versions of model ``name`` that endpoints of ``repo`` route to."""
     return {version for _, version in endpoint_routes(control, repo, name)}
@@ -486,8 +493,9 @@ def unload(
 ) -> UnloadResult:
     """Unload ``name`` and return once no version is READY, LOADING or UNLOADING.
 
-    With ``repo``, a model that endpoints of ``repo`` route to is refused (UnloadError
-    naming them) unless ``force``: unloading it would stop those endpoints answering.
+    With ``repo``, a model that endpoints of ``repo`` route to, or an endpoint itself, is
+    refused (UnloadError naming them) unless ``force``: unloading it would stop those
+    endpoints answering.
     """
     validate_model_name(name)
     started = time.monotonic()
@@ -500,6 +508,12 @@ def unload(
         raise UnloadError(
             f"model {name!r} serves endpoint(s) {users}: unloading it would stop them "
             "answering; switch or delete them first (or force it: --force)"
+        )
+    if repo is not None and not force and _is_endpoint(repo, name):
+        raise UnloadError(
+            f"{name!r} is an endpoint: unloading it would stop its clients' calls; "
+            f"`tritonctl endpoint delete {name}` removes it (or force the unload: --force, "
+            f"and `tritonctl endpoint restore {name}` serves it again)"
         )
     log.info("unloading model %s on %s", name, control.url)
     control.unload_model(name, unload_dependents=unload_dependents)

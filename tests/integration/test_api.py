@@ -143,7 +143,9 @@ def test_api_switches_an_endpoint_that_clients_call_by_its_name(
         assert ready_sample(api.get("/metrics").text, "api_ep", "1") == 1
 
         # unloaded behind the control plane's back (as after a restart): restore serves it
-        api.post("/v1/models/api_ep/unload", json={})
+        refused = api.post("/v1/models/api_ep/unload", json={})
+        assert refused.status_code == 409 and "endpoint delete api_ep" in refused.json()["error"]
+        api.post("/v1/models/api_ep/unload", json={"force": True})
         assert ready_sample(api.get("/metrics").text, "api_ep", "1") == 0
         restored = api.post("/v1/endpoints/api_ep/restore", json={})
         assert restored.status_code == 200, restored.text

@@ -100,6 +100,8 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         code, out = run(triton, "unload", "cli_routed")
         assert code != 0
         assert "cli_front (cli_routed:1)" in out and "--force" in out
+        code, out = run(triton, "unload", "cli_front")  # the endpoint itself
+        assert code != 0 and "endpoint delete cli_front" in out, out
         assert endpoint_answer(triton, "cli_front") == 1.0
 
         code, out = run(triton, "endpoint", "show", "cli_front", "--json")
