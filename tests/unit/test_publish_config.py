@@ -239,24 +239,32 @@ def test_torchscript_input_count_from_a_config_is_checked_too(repo, pt_file, tmp
         publish(repo, "ts", pt_file, PublishOptions(runtime="native", config_path=cfg))
 
 
-def test_torchscript_forward_with_default_arguments_takes_a_range(repo, tmp_path):
-    import torch
-
-    source = tmp_path / "two_args.py"
-    source.write_text(
-        "import torch\n"
-        "class M(torch.nn.Module):\n"
-        "    def forward(self, x, y: torch.Tensor = torch.zeros(1)):\n"
-        "        return x + y\n"
-    )
+def scripted(tmp_path: Path, name: str, source: str) -> Path:
+    """``source`` (a module defining class M) scripted and saved as ``<name>.pt``:
+    torch.jit.script reads a class's source, so it is written to a file first."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("two_args", source)
+    import torch
+
+    path = tmp_path / f"{name}.py"
+    path.write_text("import torch\n" + source)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    pt = tmp_path / "two.pt"
+    pt = tmp_path / f"{name}.pt"
     torch.jit.save(torch.jit.script(mod.M()), str(pt))
+    return pt
+
+
+def test_torchscript_forward_with_default_arguments_takes_a_range(repo, tmp_path):
+    pt = scripted(
+        tmp_path,
+        "two_args",
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x, y: torch.Tensor = torch.zeros(1)):\n"
+        "        return x + y\n",
+    )
     publish(repo, "one", pt, ts_opts(["x:FP32:-1"], ["y:FP32:-1"]))
     publish(repo, "two", pt, ts_opts(["x:FP32:-1", "y:FP32:-1"], ["y:FP32:-1"]))
     with pytest.raises(ConfigError, match="takes 1 to 2"):
@@ -264,26 +272,16 @@ def test_torchscript_forward_with_default_arguments_takes_a_range(repo, tmp_path
 
 
 def test_torchscript_module_argument_is_not_counted_whatever_its_name(repo, tmp_path):
-    import importlib.util
-
-    import torch
-
-    source = tmp_path / "named_s.py"
-    source.write_text(
-        "import torch\n"
+    pt = scripted(
+        tmp_path,
+        "named_s",
         "class M(torch.nn.Module):\n"
         "    def __init__(s):\n"
         "        super().__init__()\n"
         "        s.lin = torch.nn.Linear(4, 2)\n"
         "    def forward(s, x):\n"
-        "        return s.lin(x)\n"
+        "        return s.lin(x)\n",
     )
-    spec = importlib.util.spec_from_file_location("named_s", source)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    pt = tmp_path / "s.pt"
-    torch.jit.save(torch.jit.script(mod.M()), str(pt))
     # forward(__torch__.M s, Tensor x): one input
     publish(repo, "one", pt, ts_opts(["x:FP32:-1,4"], ["y:FP32:-1,2"]))
     with pytest.raises(ConfigError, match=r"forward\(\) takes 1"):
