@@ -192,12 +192,18 @@ def test_tensor_flags_that_agree_with_the_config_are_accepted(repo, onnx_file, f
         (None, "gpu", False),
     ],
 )
+@pytest.mark.parametrize("groups", ["one group of 3", "groups of 1 and 2"])
 def test_instance_flags_must_agree_with_the_configs_instance_group(
-    repo, onnx_file, full_config, count, kind, ok
+    repo, onnx_file, full_config, tmp_path, count, kind, ok, groups
 ):
-    opts = PublishOptions(
-        runtime="native", config_path=full_config, instance_count=count, kind=kind
-    )
+    config = full_config
+    if groups == "groups of 1 and 2":  # the flags describe all the instances together
+        config = tmp_path / "two_groups.pbtxt"
+        config.write_text(
+            "max_batch_size: 8\n"
+            "instance_group [{ count: 1 kind: KIND_CPU }, { count: 2 kind: KIND_CPU }]\n"
+        )
+    opts = PublishOptions(runtime="native", config_path=config, instance_count=count, kind=kind)
     if ok:
         publish(repo, "lin", onnx_file, opts)
         return
@@ -375,32 +381,6 @@ def test_runtime_native_for_a_transformers_folder_is_refused(repo, tmp_path):
     (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     with pytest.raises(ConfigError, match="transformers artifact has no native Triton runtime"):
         publish(repo, "hf", folder, PublishOptions(runtime="native"))
-
-
-@pytest.mark.parametrize(
-    ("count", "kind", "ok"),
-    [
-        (3, None, True),
-        (None, "cpu", True),
-        (3, "cpu", True),
-        (2, None, False),
-        (None, "gpu", False),
-    ],
-)
-def test_instance_flags_describe_all_of_several_instance_groups(
-    repo, onnx_file, tmp_path, count, kind, ok
-):
-    config = tmp_path / "two_groups.pbtxt"
-    config.write_text(
-        "max_batch_size: 8\n"
-        "instance_group [{ count: 1 kind: KIND_CPU }, { count: 2 kind: KIND_CPU }]\n"
-    )
-    opts = PublishOptions(runtime="native", config_path=config, instance_count=count, kind=kind)
-    if ok:  # three CPU instances in all
-        publish(repo, "lin", onnx_file, opts)
-        return
-    with pytest.raises(ConfigError, match="disagrees with the instance_group"):
-        publish(repo, "lin", onnx_file, opts)
 
 
 def test_a_later_version_takes_the_models_max_batch_size(repo, onnx_file, tmp_path):
