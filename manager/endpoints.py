@@ -80,7 +80,7 @@ from manager.repository import (
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
 from manager.rollout import RolloutStore
 from manager.triton import IndexEntry
-from manager.versionpolicy import keep_owner_policy, with_owner_policy
+from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
 
 log = logging.getLogger(__name__)
 
@@ -975,7 +975,10 @@ class Endpoints:
         ready). Refused (RolloutError) while a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "switched")
-        return self._switch(name, model, version)
+        before = self._read(name)
+        state = self._switch(name, model, version)
+        self._release_policies(before)
+        return state
 
     def _switch(self, name: str, model: str, version: int | None) -> EndpointState:
         self._check_endpoint_name(name)
@@ -1014,9 +1017,12 @@ class Endpoints:
         Refused (RolloutError) while a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "split")
-        return self._split(
+        before = self._read(name)
+        state = self._split(
             name, targets, sticky_parameter=sticky_parameter, use_correlation_id=use_correlation_id
         )
+        self._release_policies(before)
+        return state
 
     def _split(
         self,
@@ -1163,16 +1169,37 @@ class Endpoints:
         validate_model_name(name, what="endpoint name")
         self._refuse_during_rollout(name, "deleted")
         with self._lock(name):
-            if self._read(name) is None and not is_endpoint_folder(self.repo, name):
+            before = self._read(name)
+            if before is None and not is_endpoint_folder(self.repo, name):
                 raise EndpointNotFoundError(f"no endpoint named {name!r} in {self.repo.path}")
             self._unload_if_loaded(name)
             if is_endpoint_folder(self.repo, name):
                 self._remove_folder(name)
             self._remove_legacy_router(name)
             self._remove_routes(name)
+            RolloutStore(self.repo).forget(name)
             log.info("endpoint %s deleted", name)
+        self._release_policies(before)
 
     # ---------------------------------------------------------------- helpers
+
+    def _release_policies(self, before: EndpointState | None) -> None:
+        """The models ``before``'s targets were on that no endpoint routes to any more get
+        their owner's version policy back in config.pbtxt (Triton keeps serving what it
+        serves until the model is loaded again)."""
+        if before is None:
+            return
+        routed = {model for model, _ in self.all_target_versions()}
+        for model in sorted({t.model for t in before.targets} - routed):
+            if not has_owner_policy(self.repo.path, model):
+                continue
+            with self.repo.lock(model):
+                path = self.repo.config_path(model)
+                config = read_config(path)
+                restored = with_owner_policy(self.repo.path, model, config)
+                if restored != config:
+                    write_config(path, restored)
+                log.info("%s: no endpoint routes to it; its own version policy is back", model)
 
     def _refuse_during_rollout(self, name: str, what: str) -> None:
         """A rollout's driver would undo the change (or re-create a deleted endpoint) at

@@ -292,6 +292,11 @@ class RolloutStore:
     def clear_request(self, endpoint: str) -> None:
         self.request_path(endpoint).unlink(missing_ok=True)
 
+    def forget(self, endpoint: str) -> None:
+        """Remove the records of ``endpoint``'s last rollout (the endpoint is deleted)."""
+        for suffix in (".json", ".request", ".log", ".driver.lock", ".start.lock"):
+            (self.root / f"{endpoint}{suffix}").unlink(missing_ok=True)
+
     def driver_lock(self, endpoint: str) -> FileLock:
         """Held by the process that drives ``endpoint``'s rollout, for as long as it does
         (the system drops it when that process dies, however it dies)."""

@@ -45,6 +45,11 @@ def owner_policy(repo: Path, model: str, config: mc.ModelConfig) -> mc.ModelVers
     return policy
 
 
+def has_owner_policy(repo: Path, model: str) -> bool:
+    """Whether ``model``'s owner policy is kept aside (endpoints manage config.pbtxt's)."""
+    return model in read_json_entries(_path(repo), _KEY, "version policies")
+
+
 def keep_owner_policy(repo: Path, model: str, config: mc.ModelConfig) -> None:
     """Call before tritonctl writes ``model``'s version policy: the first time, keep the
     one ``config`` (the model's config.pbtxt as it is) has."""

@@ -1065,3 +1065,48 @@ def test_endpoints_keep_the_owners_version_policy_and_put_it_back_when_done(
     kept = json.loads((repo / ".tritonctl" / "version_policies.json").read_text())
     assert kept == {"policies": {}}
     assert "m" not in triton.loaded
+
+
+def test_a_model_no_endpoint_routes_to_any_more_gets_its_owners_policy_back(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    from manager.versionpolicy import has_owner_policy
+
+    endpoints, _, repo = setup
+    publish_model(repo, "n")
+    path = repo / "m" / "config.pbtxt"
+    config = read_config(path)
+    config.version_policy.latest.num_versions = 2
+    write_config(path, config)
+
+    endpoints.switch("a", "m", 1)
+    endpoints.switch("b", "m", 1)
+    endpoints.delete("a")  # b still routes to m: its policy stays the endpoints'
+    assert policy_versions(read_config(path)) == {1} and has_owner_policy(repo, "m")
+    endpoints.switch("b", "n", 1)  # moved away from m: m's own policy is back
+    assert read_config(path).version_policy.latest.num_versions == 2
+    assert not has_owner_policy(repo, "m")
+    # ... and the owner's later edits are what counts
+    config = read_config(path)
+    config.version_policy.latest.num_versions = 1
+    write_config(path, config)
+    from manager.footprint import predicted_versions
+
+    assert predicted_versions(repo, "m", None) == [2]
+
+    endpoints.delete("b")
+    assert policy_versions(read_config(repo / "n" / "config.pbtxt")) is None  # n had none
+    assert not has_owner_policy(repo, "n")
+
+
+def test_deleting_an_endpoint_forgets_its_last_rollout(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, repo = setup
+    endpoints.switch("ep", "m", 1)
+    store = RolloutStore(Repository(repo))
+    store.save(RolloutState("ep", "m", 1, 2, RolloutPolicy(), status="promoted"))
+    (store.root / "ep.log").write_text("driven\n")
+    endpoints.delete("ep")
+    assert store.load("ep") is None
+    assert not (store.root / "ep.log").exists()
