@@ -38,8 +38,9 @@ def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.Endp
     endpoint switch NAME --to MODEL[:VERSION]``); clients keep calling ``name``."""
     model, version = parse_model_ref(body.to)
     with plane.control() as control:
-        state = Endpoints(plane.repository, control).switch(name, model, version)
-    return schemas.EndpointAnswer.model_validate(state.to_dict())
+        endpoints = Endpoints(plane.repository, control)
+        [described] = endpoints.describe([endpoints.switch(name, model, version)])
+    return schemas.EndpointAnswer.model_validate(described)
 
 
 @router.post("/endpoints/{name}/split", response_model=schemas.EndpointAnswer)
@@ -52,13 +53,15 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
     ]
     options = RouterOptions(backend=body.router) if body.router else RouterOptions()
     with plane.control() as control:
-        state = Endpoints(plane.repository, control, router=options).split(
+        endpoints = Endpoints(plane.repository, control, router=options)
+        state = endpoints.split(
             name,
             targets,
             sticky_parameter=body.sticky_parameter,
             use_correlation_id=body.sticky_correlation_id,
         )
-    return schemas.EndpointAnswer.model_validate(state.to_dict())
+        [described] = endpoints.describe([state])
+    return schemas.EndpointAnswer.model_validate(described)
 
 
 @router.post("/endpoints/restore", response_model=schemas.EndpointList)
@@ -66,8 +69,9 @@ def restore_all(plane: Plane) -> schemas.EndpointList:
     """Serve every endpoint again as recorded, e.g. after a server restart (``tritonctl
     endpoint restore``)."""
     with plane.control() as control:
-        states = Endpoints(plane.repository, control).restore_all()
-    return schemas.EndpointList.model_validate({"endpoints": [s.to_dict() for s in states]})
+        endpoints = Endpoints(plane.repository, control)
+        described = endpoints.describe(endpoints.restore_all())
+    return schemas.EndpointList.model_validate({"endpoints": described})
 
 
 @router.post("/endpoints/{name}/restore", response_model=schemas.EndpointAnswer)
@@ -75,8 +79,9 @@ def restore(name: str, plane: Plane) -> schemas.EndpointAnswer:
     """Serve endpoint ``name`` again as recorded: its targets, its router if split
     (``tritonctl endpoint restore NAME``)."""
     with plane.control() as control:
-        state = Endpoints(plane.repository, control).ensure(name)
-    return schemas.EndpointAnswer.model_validate(state.to_dict())
+        endpoints = Endpoints(plane.repository, control)
+        [described] = endpoints.describe([endpoints.ensure(name)])
+    return schemas.EndpointAnswer.model_validate(described)
 
 
 @router.delete("/endpoints/{name}", response_model=schemas.Deleted)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from manager.artifacts import FORMATS
 from manager.endpoints import ROUTER_BACKENDS
@@ -262,6 +262,12 @@ class PublishRequest(Body):
     )
     staging_url: str | None = None
 
+    @model_validator(mode="after")
+    def _link_or_copy(self) -> PublishRequest:
+        if self.link and self.copy_artifact:
+            raise ValueError("link and copy exclude each other")
+        return self
+
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
@@ -316,7 +322,7 @@ class EndpointAnswer(Answer):
     generation: int
     updated_at: str
     serving: Serving | None = Field(
-        default=None, description="What Triton serves now (GET only; null if unknown)"
+        default=None, description="What Triton serves of it now (null: the server did not say)"
     )
 
 

@@ -481,6 +481,10 @@ def test_publish_adds_versions_with_provenance_and_refuses_an_existing_one(
         json={"artifact": str(source), "labels": ["team=search"], "link": True},
     ).json()
     assert second["version"] == 2 and second["placed_by"] == "link"
+    both = {"artifact": str(source), "link": True, "copy": True}
+    assert "exclude each other" in error_of(
+        client.post("/v1/models/adder/versions", json=both), 400
+    )
 
     listed = client.get("/v1/models/adder/versions").json()
     assert [v["version"] for v in listed["versions"]] == [1, 2]
@@ -526,12 +530,12 @@ def test_switch_creates_an_endpoint_that_show_and_list_return(
     state = response.json()
     assert state["mode"] == "pinned"
     assert state["targets"] == [{"model": "m", "version": 2, "weight": 100.0}]
+    assert state["serving"] == {"ready": True, "targets": {"m:2": True}}
     assert fake.loaded["ep"] == {1} and 2 in fake.loaded["m"]
 
-    # GET also says what Triton serves of it now
-    served = {**state, "serving": {"ready": True, "targets": {"m:2": True}}}
-    assert client.get("/v1/endpoints/ep").json() == served
-    assert client.get("/v1/endpoints").json() == {"endpoints": [served]}
+    # GET answers the same, and says what Triton serves of it now
+    assert client.get("/v1/endpoints/ep").json() == state
+    assert client.get("/v1/endpoints").json() == {"endpoints": [state]}
     fake.loaded.pop("ep")
     assert client.get("/v1/endpoints/ep").json()["serving"]["ready"] is False
 
