@@ -5,8 +5,12 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from manager.modelconfig import TensorSpec, build_config, write_config
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import TritonHandle
 
 # Doubles INPUT0 (FP32, any shape) into OUTPUT0.
 DOUBLE_MODEL_PY = textwrap.dedent(
@@ -103,3 +107,20 @@ def write_add_model(repo: Path, name: str, versions: dict[int, float]) -> Path:
         vdir.mkdir(exist_ok=True)
         (vdir / "model.py").write_text(ADD_MODEL_PY.format(add=float(add)))
     return folder
+
+
+def http_answer(triton: TritonHandle, model: str, elements: int = 2) -> float:
+    """What ``model`` answers over HTTP for ``elements`` zeros in ``INPUT0`` (the first value
+    of ``OUTPUT0``: for the adder models, the version that answered)."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inp = httpclient.InferInput("INPUT0", [elements], "FP32")
+        inp.set_data_from_numpy(np.zeros(elements, dtype=np.float32))
+        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
+        assert out is not None
+        return float(out.flat[0])
+    finally:
+        client.close()

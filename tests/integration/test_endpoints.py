@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from manager import native_router
@@ -24,6 +23,7 @@ from manager.publish import publish
 from manager.repository import Repository
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
+from tests.integration.helpers import http_answer
 from tests.modelfactory import ADD_VERSION_PY, write_source_model
 from tests.unit.fakes.triton_python_backend_utils import load_backend_module
 
@@ -152,18 +152,6 @@ def call(
     return int(out[0])
 
 
-def http_call(triton: TritonHandle, model: str) -> int:
-    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
-    try:
-        inp = httpclient.InferInput("INPUT0", [3], "FP32")
-        inp.set_data_from_numpy(np.zeros(3, dtype=np.float32))
-        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
-        assert out is not None
-        return int(out[0])
-    finally:
-        client.close()
-
-
 def ready(control: TritonControl, name: str) -> set[int]:
     return {
         e.version for e in control.repository_index() if e.name == name and e.ready and e.version
@@ -223,7 +211,7 @@ def test_switch_pins_an_endpoint_to_the_chosen_version(
     assert state.mode == "pinned"
     with grpc_client(models) as client:
         assert {call(client, "ep_switch") for _ in range(20)} == {1}
-    assert http_call(models, "ep_switch") == 1
+    assert http_answer(models, "ep_switch", 3) == 1
     endpoints.switch("ep_switch", ADDER, 2)
     with grpc_client(models) as client:
         assert {call(client, "ep_switch") for _ in range(20)} == {2}

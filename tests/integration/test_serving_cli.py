@@ -7,9 +7,7 @@ import re
 import textwrap
 import time
 
-import numpy as np
 import pytest
-import tritonclient.http as httpclient
 from click.testing import CliRunner
 
 from manager.cli import main
@@ -17,6 +15,7 @@ from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import (
     ADD_MODEL_PY,
     FAILING_MODEL_PY,
+    http_answer,
     write_add_model,
     write_python_model,
 )
@@ -71,18 +70,6 @@ def test_cli_load_a_version_over_grpc_with_json(triton: TritonHandle) -> None:
     assert code == 0 and json.loads(out)["was_loaded"] is True
 
 
-def endpoint_answer(triton: TritonHandle, endpoint: str) -> float:
-    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
-    try:
-        inp = httpclient.InferInput("INPUT0", [2], "FP32")
-        inp.set_data_from_numpy(np.zeros(2, dtype=np.float32))
-        out = client.infer(endpoint, [inp]).as_numpy("OUTPUT0")
-        assert out is not None
-        return float(out.flat[0])
-    finally:
-        client.close()
-
-
 def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
     triton: TritonHandle,
 ) -> None:
@@ -90,19 +77,19 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
     code, out = run(triton, "endpoint", "switch", "cli_front", "--to", "cli_routed:1")
     assert code == 0, out
     try:
-        assert endpoint_answer(triton, "cli_front") == 1.0
+        assert http_answer(triton, "cli_front") == 1.0
         # serving version 2 must not take away the version 1 the endpoint calls
         code, out = run(triton, "load", "cli_routed", "--version", "2", "--json")
         assert code == 0, out
         assert json.loads(out)["versions"] == [1, 2]
-        assert endpoint_answer(triton, "cli_front") == 1.0
+        assert http_answer(triton, "cli_front") == 1.0
 
         code, out = run(triton, "unload", "cli_routed")
         assert code != 0
         assert "cli_front (cli_routed:1)" in out and "--force" in out
         code, out = run(triton, "unload", "cli_front")  # the endpoint itself
         assert code != 0 and "endpoint delete cli_front" in out, out
-        assert endpoint_answer(triton, "cli_front") == 1.0
+        assert http_answer(triton, "cli_front") == 1.0
 
         code, out = run(triton, "endpoint", "show", "cli_front", "--json")
         assert json.loads(out)["serving"] == {"ready": True, "targets": {"cli_routed:1": True}}
@@ -117,7 +104,7 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         # ... which serves it again
         code, out = run(triton, "endpoint", "restore", "cli_front", "--json")
         assert code == 0 and json.loads(out)["targets"][0]["version"] == 1, out
-        assert endpoint_answer(triton, "cli_front") == 1.0
+        assert http_answer(triton, "cli_front") == 1.0
     finally:
         code, out = run(triton, "endpoint", "delete", "cli_front", "--json")
         assert code == 0 and json.loads(out) == {"name": "cli_front", "deleted": True}, out
@@ -137,7 +124,7 @@ def test_cli_load_serves_a_new_version_beside_the_one_an_endpoint_pins(
         code, out = run(triton, "load", "cli_pinned", "--json")
         assert code == 0, out
         assert json.loads(out)["versions"] == [1, 3]  # the newest, and the endpoint's
-        assert endpoint_answer(triton, "cli_pin_front") == 1.0
+        assert http_answer(triton, "cli_pin_front") == 1.0
         code, out = run(triton, "load", "cli_pinned", "--json")
         assert code == 0 and json.loads(out)["cache_hit"] is True, out
         # another endpoint on the model: its ensemble loads, cli_pinned is served again
@@ -184,16 +171,6 @@ def test_cli_unreachable_server_is_a_clean_error(triton: TritonHandle) -> None:
     assert "Traceback" not in out
 
 
-def infer_double(triton: TritonHandle, model: str) -> None:
-    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
-    try:
-        inp = httpclient.InferInput("INPUT0", [2], "FP32")
-        inp.set_data_from_numpy(np.ones(2, dtype=np.float32))
-        client.infer(model, [inp])
-    finally:
-        client.close()
-
-
 def plan_of(triton: TritonHandle, policy: str) -> dict:
     code, out = run(triton, "--policy", policy, "evict", "--dry-run", "--json")
     assert code == 0, out
@@ -212,7 +189,7 @@ def test_cli_lru_and_fifo_rank_plain_loads_by_last_inference_and_load_time(
             assert code == 0, out
             time.sleep(0.3)
         for name in ("age_b", "age_a", "age_c"):  # age_b is the least recently used
-            infer_double(triton, name)
+            http_answer(triton, name)
             time.sleep(0.05)
 
         lru = [v for v in plan_of(triton, "lru")["ranking"] if v["model"] in ours]
@@ -231,18 +208,6 @@ def test_cli_lru_and_fifo_rank_plain_loads_by_last_inference_and_load_time(
             run(triton, "unload", name)
 
 
-def answer(triton: TritonHandle, model: str) -> float:
-    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
-    try:
-        inp = httpclient.InferInput("INPUT0", [2], "FP32")
-        inp.set_data_from_numpy(np.zeros(2, dtype=np.float32))
-        out = client.infer(model, [inp]).as_numpy("OUTPUT0")
-        assert out is not None
-        return float(out.flat[0])
-    finally:
-        client.close()
-
-
 def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> None:
     folder = write_add_model(triton.repo, "cli_newer", {1: 1.0})
     try:
@@ -252,7 +217,7 @@ def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> No
 
         code, out = run(triton, "load", "cli_newer")
         assert code == 0 and "loaded cli_newer (version 2)" in out, out
-        assert answer(triton, "cli_newer") == 2.0
+        assert http_answer(triton, "cli_newer") == 2.0
         listed = rows(triton, "cli_newer")
         assert listed[2]["state"] == "READY" and listed[1]["state"] != "READY"
         code, out = run(triton, "load", "cli_newer")
@@ -262,7 +227,7 @@ def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> No
         write_add_model(triton.repo, "cli_newer", {3: 3.0})
         code, out = run(triton, "--max-models", "100", "load", "cli_newer")
         assert code == 0 and "loaded cli_newer (version 3)" in out, out
-        assert answer(triton, "cli_newer") == 3.0
+        assert http_answer(triton, "cli_newer") == 3.0
         code, out = run(triton, "--max-models", "100", "load", "cli_newer")
         assert code == 0 and "already loaded (version 3)" in out, out
     finally:
@@ -341,7 +306,7 @@ def test_cli_ls_names_its_counts_and_shows_the_last_inference_in_utc(
     try:
         code, out = run(triton, "load", "cli_counted")
         assert code == 0, out
-        infer_double(triton, "cli_counted")
+        http_answer(triton, "cli_counted")
         code, out = run(triton, "ls")
         assert code == 0, out
         for header in ("last inference", "batch items", "requests ok", "requests failed"):
