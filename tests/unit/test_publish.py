@@ -29,18 +29,6 @@ from tests.modelfactory import make_onnx, make_torchscript, write_python_model
 NATIVE = PublishOptions(runtime="native")
 
 
-@pytest.fixture
-def onnx_file(tmp_path: Path) -> Path:
-    path = tmp_path / "linear.onnx"
-    make_onnx(path)
-    return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(tmp_path / "repo")
-
-
 def test_publish_onnx_creates_version_one_with_config_from_graph(repo, onnx_file):
     result = publish(repo, "linear", onnx_file, NATIVE)
     assert result.version == 1

@@ -11,8 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from manager.errors import ConfigError
 from manager.modelconfig import TensorSpec, read_config
 from manager.publish import PublishOptions, publish
-from manager.repository import Repository
-from tests.modelfactory import make_onnx, make_torchscript, write_python_model
+from tests.modelfactory import make_onnx, write_python_model
 
 FULL_CONFIG = """
 max_batch_size: 8
@@ -29,25 +28,6 @@ version_policy { latest { num_versions: 2 } }
 parameters { key: "tritonctl.threads" value: { string_value: "2" } }
 parameters { key: "team" value: { string_value: "search" } }
 """
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(tmp_path / "repo")
-
-
-@pytest.fixture
-def onnx_file(tmp_path: Path) -> Path:
-    path = tmp_path / "linear.onnx"
-    make_onnx(path)
-    return path
-
-
-@pytest.fixture
-def pt_file(tmp_path: Path) -> Path:
-    path = tmp_path / "m.pt"
-    make_torchscript(path)
-    return path
 
 
 @pytest.fixture

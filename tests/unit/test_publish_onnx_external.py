@@ -10,14 +10,8 @@ import pytest
 from manager.errors import ArtifactError
 from manager.modelconfig import read_config
 from manager.publish import PublishOptions, publish
-from manager.repository import Repository
 from manager.validate import validate_repository
 from tests.modelfactory import make_onnx_with_external_data
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(tmp_path / "repo")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from manager.cli import main
 from manager.errors import ArtifactError
 from manager.publish import PublishOptions, publish
-from manager.repository import Repository
 
 
 def hf_folder(
@@ -28,11 +27,6 @@ def hf_folder(
     if tokenizer:
         (path / tokenizer).write_text("[PAD]\n[UNK]\n")
     return path
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return Repository(tmp_path / "repo")
 
 
 def test_a_folder_without_a_tokenizer_is_refused(repo, tmp_path):
