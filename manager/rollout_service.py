@@ -129,6 +129,8 @@ def begin_rollout(
     A rollout whose driver died is resumed instead when it goes to the same version.
     """
     store = RolloutStore(repo)
+    if store.load(endpoint) is None:
+        Endpoints(repo, control).get(endpoint)  # an unknown endpoint leaves no lock file behind
     with store.start_lock(endpoint):
         return _begin_rollout(store, repo, control, endpoint, to_version, policy)
 

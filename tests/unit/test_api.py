@@ -693,10 +693,11 @@ def test_resume_hands_a_rollout_whose_driver_died_to_a_new_worker(
 
 
 def test_rollout_errors_are_404_unknown_409_conflict_400_bad_policy(
-    client: TestClient, workers: list[tuple[str, str]]
+    client: TestClient, workers: list[tuple[str, str]], repo: Path
 ) -> None:
     assert "no rollout recorded" in error_of(client.get("/v1/rollouts/ep"), 404)
     error_of(client.post("/v1/rollouts/ghost/start", json={"to": 2}), 404)
+    assert not list((repo / ".tritonctl").glob("rollouts/ghost*"))  # nothing left behind
     client.post("/v1/endpoints/ep/switch", json={"to": "m:1"})
     assert "stages" in error_of(
         client.post("/v1/rollouts/ep/start", json={"to": 2, "stages": "50,10"}), 400
