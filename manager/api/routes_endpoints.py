@@ -3,33 +3,53 @@ over HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from fastapi import APIRouter
 
 from manager.api import schemas
 from manager.api.deps import Plane
-from manager.endpoints import Endpoints, RouterOptions, Target
+from manager.endpoints import Endpoints, EndpointState, RouterOptions, Target
 from manager.names import parse_model_ref
 
 router = APIRouter(prefix="/v1", tags=["endpoints"])
 
 
+def _described(
+    plane: Plane,
+    act: Callable[[Endpoints], Sequence[EndpointState]],
+    options: RouterOptions | None = None,
+) -> Sequence[dict[str, Any]]:
+    """Run ``act`` on the repository's endpoints; the states it returns as answers carry
+    them, with what Triton serves of each now."""
+    with plane.control() as control:
+        endpoints = Endpoints(plane.repository, control, router=options)
+        return endpoints.describe(act(endpoints))
+
+
+def _one(
+    plane: Plane, act: Callable[[Endpoints], EndpointState], options: RouterOptions | None = None
+) -> schemas.EndpointAnswer:
+    [described] = _described(plane, lambda endpoints: [act(endpoints)], options)
+    return schemas.EndpointAnswer.model_validate(described)
+
+
+def _all(plane: Plane, act: Callable[[Endpoints], Sequence[EndpointState]]) -> schemas.EndpointList:
+    return schemas.EndpointList.model_validate({"endpoints": _described(plane, act)})
+
+
 @router.get("/endpoints", response_model=schemas.EndpointList)
 def list_endpoints(plane: Plane) -> schemas.EndpointList:
     """Every endpoint of the repository with its targets and weights."""
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control)
-        described = endpoints.describe(endpoints.list())
-    return schemas.EndpointList.model_validate({"endpoints": described})
+    return _all(plane, lambda endpoints: endpoints.list())
 
 
 @router.get("/endpoints/{name}", response_model=schemas.EndpointAnswer)
 def show_endpoint(name: str, plane: Plane) -> schemas.EndpointAnswer:
     """Targets and weights of endpoint ``name``, and what Triton serves of it now
     (``tritonctl endpoint show NAME``)."""
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control)
-        [described] = endpoints.describe([endpoints.get(name)])
-    return schemas.EndpointAnswer.model_validate(described)
+    return _one(plane, lambda endpoints: endpoints.get(name))
 
 
 @router.post("/endpoints/{name}/switch", response_model=schemas.EndpointAnswer)
@@ -37,10 +57,7 @@ def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.Endp
     """Point endpoint ``name`` at one model version, creating it if new (``tritonctl
     endpoint switch NAME --to MODEL[:VERSION]``); clients keep calling ``name``."""
     model, version = parse_model_ref(body.to)
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control)
-        [described] = endpoints.describe([endpoints.switch(name, model, version)])
-    return schemas.EndpointAnswer.model_validate(described)
+    return _one(plane, lambda endpoints: endpoints.switch(name, model, version))
 
 
 @router.post("/endpoints/{name}/split", response_model=schemas.EndpointAnswer)
@@ -52,36 +69,30 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
         for t in body.targets
     ]
     options = RouterOptions(backend=body.router) if body.router else RouterOptions()
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control, router=options)
-        state = endpoints.split(
+    return _one(
+        plane,
+        lambda endpoints: endpoints.split(
             name,
             targets,
             sticky_parameter=body.sticky_parameter,
             use_correlation_id=body.sticky_correlation_id,
-        )
-        [described] = endpoints.describe([state])
-    return schemas.EndpointAnswer.model_validate(described)
+        ),
+        options,
+    )
 
 
 @router.post("/endpoints/restore", response_model=schemas.EndpointList)
 def restore_all(plane: Plane) -> schemas.EndpointList:
     """Serve every endpoint again as recorded, e.g. after a server restart (``tritonctl
     endpoint restore``)."""
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control)
-        described = endpoints.describe(endpoints.restore_all())
-    return schemas.EndpointList.model_validate({"endpoints": described})
+    return _all(plane, lambda endpoints: endpoints.restore_all())
 
 
 @router.post("/endpoints/{name}/restore", response_model=schemas.EndpointAnswer)
 def restore(name: str, plane: Plane) -> schemas.EndpointAnswer:
     """Serve endpoint ``name`` again as recorded: its targets, its router if split
     (``tritonctl endpoint restore NAME``)."""
-    with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control)
-        [described] = endpoints.describe([endpoints.ensure(name)])
-    return schemas.EndpointAnswer.model_validate(described)
+    return _one(plane, lambda endpoints: endpoints.ensure(name))
 
 
 @router.delete("/endpoints/{name}", response_model=schemas.Deleted)
