@@ -19,10 +19,15 @@ endpoint costs for a model that does real work (the split answers are not told a
 there: both versions hold the same weights).
 
 It measures p50/p99 latency and throughput at concurrency 1 and 8 (gRPC asyncio client,
-one request of 16 FP32 per call) of: version 1 called directly, the pinned endpoint and
-the split endpoint, in interleaved rounds so that other load on the machine hits all
-three alike. Then it measures how long a weight change (50/50 -> 0/100 -> 100/0 ...)
-takes to show in the answers while a client keeps calling. The ratios are printed last;
+one request of 16 FP32 per call) of: version 1 called directly, the client's own mix of
+versions 1 and 2 with the split's weights (``mix``: two versions served, no endpoint in
+the path), the pinned endpoint and the split endpoint. Each round measures all four back
+to back (starting each round with another one); a ratio is taken within each round and
+the median over the rounds is printed, so drift of a busy machine between rounds and a
+round spoiled by other load do not count. ``split/mix`` is the router's own cost over
+what serving two versions costs anyway. Then it measures how long a weight change
+(50/50 -> 0/100 -> 100/0 ...) takes to show in the answers while a client keeps calling.
+The ratios are printed last;
 ``--json`` prints all numbers instead. The server is stopped by its pid at the end.
 """
 
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
 import statistics
 import sys
@@ -54,7 +60,7 @@ INPUT = "INPUT0"
 OUTPUT = "OUTPUT0"
 ELEMENTS = 16
 CONCURRENCY = (1, 8)
-TARGETS = ("direct", "pinned", "split")
+TARGETS = ("direct", "mix", "pinned", "split")
 
 MODEL_PY = textwrap.dedent(
     """
@@ -102,10 +108,17 @@ class Case:
     def call_target(self, target: str) -> tuple[str, str]:
         return {
             "direct": (self.model, "1"),
+            "mix": (self.model, MIX),
             "pinned": (self.pinned, ""),
             "split": (self.split, ""),
         }[target]
 
+
+# the "mix" target: the client itself sends each request to version 1 or 2 with the
+# split's weights (no endpoint in the path), to tell what serving two versions costs from
+# what the router costs
+MIX = "mix"
+MIX_WEIGHTS = [50.0, 50.0]
 
 CASES = (Case("bench_batched", 8), Case("bench_unbatched", 0))
 MINILM = Case("bench_minilm", 8, "minilm")
@@ -136,6 +149,9 @@ class Result:
     server_cpu_us: float
     answers: dict[int, int]
     first_error: str = ""
+    # per round, in order: the ratios are taken round by round (see ``ratios``)
+    round_throughputs: list[float] = field(default_factory=list)
+    round_p50s_ms: list[float] = field(default_factory=list)
 
 
 def write_model(repo: Path, case: Case) -> None:
@@ -224,11 +240,16 @@ async def measure(
     cpu_before = server_cpu_seconds(pid) if pid else 0.0
     stop = time.perf_counter() + seconds
 
+    rng = random.Random(7)
+
     async def worker() -> None:
         while time.perf_counter() < stop:
             t0 = time.perf_counter_ns()
+            v = version
+            if version == MIX:
+                v = rng.choices(("1", "2"), weights=MIX_WEIGHTS)[0]
             try:
-                answer = await caller.call(model, version)
+                answer = await caller.call(model, v)
             except Exception as exc:
                 sample.errors += 1
                 sample.first_error = sample.first_error or str(exc)
@@ -266,6 +287,10 @@ def summarize(case: str, target: str, concurrency: int, samples: list[Sample]) -
         else 0.0,
         answers=answers,
         first_error=next((s.first_error for s in samples if s.first_error), ""),
+        round_throughputs=[len(s.latencies_ms) / s.seconds if s.seconds else 0.0 for s in samples],
+        round_p50s_ms=[
+            statistics.median(s.latencies_ms) if s.latencies_ms else 0.0 for s in samples
+        ],
     )
 
 
@@ -279,7 +304,9 @@ async def measure_case(
             await measure(caller, *case.call_target(target), 8, 1.0)
         for r in range(rounds):
             for concurrency in CONCURRENCY:
-                for target in TARGETS:
+                # each round starts with another target, so no target always follows
+                # the change of concurrency
+                for target in TARGETS[r % len(TARGETS) :] + TARGETS[: r % len(TARGETS)]:
                     s = await measure(caller, *case.call_target(target), concurrency, seconds, pid)
                     samples.setdefault((target, concurrency), []).append(s)
             log(f"{case.model}: round {r + 1}/{rounds} done")
@@ -338,23 +365,40 @@ async def propagation(
     return out
 
 
+def paired(r: Result, base: Result) -> tuple[float, float]:
+    """Median over rounds of ``r``'s throughput over ``base``'s and of its added p50 (ms).
+
+    Each round measures every target back to back, so comparing within a round cancels
+    the drift of a busy machine between rounds; the median drops a round that something
+    else on the machine spoiled."""
+    ratios = [a / b for a, b in zip(r.round_throughputs, base.round_throughputs, strict=True) if b]
+    added = [a - b for a, b in zip(r.round_p50s_ms, base.round_p50s_ms, strict=True)]
+    return (
+        statistics.median(ratios) if ratios else 0.0,
+        statistics.median(added) if added else 0.0,
+    )
+
+
 def ratios(results: list[Result], case: Case) -> dict[str, float]:
     by = {(r.target, r.concurrency): r for r in results if r.case == case.label}
     out: dict[str, float] = {}
     for c in CONCURRENCY:
         direct = by[("direct", c)]
         for name in ("pinned", "split"):
-            r = by[(name, c)]
-            ratio = r.throughput / direct.throughput if direct.throughput else 0.0
+            ratio, added = paired(by[(name, c)], direct)
             out[f"{case.label} c{c} {name}/direct throughput"] = ratio
-            out[f"{case.label} c{c} {name} added p50 ms"] = r.p50_ms - direct.p50_ms
+            out[f"{case.label} c{c} {name} added p50 ms"] = added
+    for c in CONCURRENCY:  # the router's own share: the split over the client's own mix
+        ratio, added = paired(by[("split", c)], by[("mix", c)])
+        out[f"{case.label} c{c} split/mix throughput (router alone)"] = ratio
+        out[f"{case.label} c{c} split over mix p50 ms (router alone)"] = added
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per window")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per window")
     parser.add_argument(
         "--router",
         choices=("auto", "native", "python"),
@@ -416,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         merge_batches=not args.no_merge,
     )
     w1, w2 = (float(w) for w in args.split_weights.split(","))
+    MIX_WEIGHTS[:] = [w1, w2]
     root = Path(tempfile.mkdtemp(prefix="tritonctl-bench-endpoint-"))
     repo_path = root / "repo"
     repo_path.mkdir()
