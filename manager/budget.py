@@ -305,3 +305,25 @@ def resolve_serving_config(
     if max_models is not None:
         budget = replace(budget, max_models=max_models)
     return replace(config, budget=budget, eviction_policy=eviction_policy or config.eviction_policy)
+
+
+class ServingOptions:
+    """Mixin for what holds the serving options of the command line (the CLI's global
+    options, the REST control plane): ``serving_config()`` resolves them over the
+    repository's ``tritonctl.yaml`` (or ``config_file``)."""
+
+    repo: Path
+    config_file: Path | None
+    memory_limit: str | None
+    max_models: int | None
+    policy: str | None
+
+    def serving_config(self) -> ServingConfig:
+        """The settings in effect: tritonctl.yaml (or ``config_file``), then the options."""
+        return resolve_serving_config(
+            self.repo,
+            self.config_file,
+            memory_limit=self.memory_limit,
+            max_models=self.max_models,
+            eviction_policy=self.policy,
+        )

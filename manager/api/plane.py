@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from manager.budget import ServingConfig, resolve_serving_config
+from manager.budget import ServingOptions
 from manager.repository import Repository
 from manager.triton import TritonControl, parse_url
 
@@ -15,7 +15,7 @@ ControlFactory = Callable[[], TritonControl]
 """Makes the Triton control a request uses (a test passes one that returns a fake)."""
 
 
-class ControlPlane:
+class ControlPlane(ServingOptions):
     """The repository and Triton server one control plane manages.
 
     ``url`` None means what the CLI does without ``--url``: ``TRITONCTL_URL``, else the
@@ -55,16 +55,6 @@ class ControlPlane:
     @property
     def repository(self) -> Repository:
         return Repository(self.repo)
-
-    def serving_config(self) -> ServingConfig:
-        """The settings in effect: tritonctl.yaml (or ``config_file``), then the overrides."""
-        return resolve_serving_config(
-            self.repo,
-            self.config_file,
-            memory_limit=self.memory_limit,
-            max_models=self.max_models,
-            eviction_policy=self.policy,
-        )
 
     @contextmanager
     def control(self, *, timeout: float | None = None) -> Iterator[TritonControl]:

@@ -10,28 +10,18 @@ from pathlib import Path
 import click
 
 from manager import settings
-from manager.budget import ServingConfig, resolve_serving_config
+from manager.budget import ServingOptions
 from manager.cli.common import Context, ManagerGroup
 from manager.policies import policy_names
 
 
 @dataclass
-class AppContext(Context):
+class AppContext(ServingOptions, Context):
     """The global options, with the serving budget given on the command line."""
 
     memory_limit: str | None = None
     max_models: int | None = None
     policy: str | None = None
-
-    def serving_config(self) -> ServingConfig:
-        """The settings in effect: tritonctl.yaml (or --config), then these options."""
-        return resolve_serving_config(
-            self.repo,
-            self.config_file,
-            memory_limit=self.memory_limit,
-            max_models=self.max_models,
-            eviction_policy=self.policy,
-        )
 
 
 @click.group(cls=ManagerGroup, context_settings={"help_option_names": ["-h", "--help"]})
