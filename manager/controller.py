@@ -511,6 +511,7 @@ class Controller:
         server does not know; ``LoadError`` with Triton's reason when the load fails.
         """
         validate_model_name(name)
+        serving.check_version(self.repo, name, version)
         with self.locked():
             index = self.control.repository_index()
             entries = serving.entries_of(index, name)
@@ -616,13 +617,19 @@ class Controller:
                     view.states, max(need_bytes, 0), max(need_slots, 0)
                 )
             except MemoryBudgetError as exc:
-                message = (
-                    f"cannot load {label}: its footprint {format_size(footprint)} ({how}) "
-                    f"and the {format_size(used)} in use ({view.usage.method}) exceed the "
-                    f"limit of {format_size(limit)}"
-                    + (f" / {self.budget.max_models} models" if self.budget.max_models else "")
-                    + f"; {exc}"
-                )
+                over = []
+                if need_bytes > 0:
+                    over.append(
+                        f"its footprint {format_size(footprint)} ({how}) and the "
+                        f"{format_size(used)} in use ({view.usage.method}) exceed the limit "
+                        f"of {format_size(limit)}"
+                    )
+                if need_slots > 0:
+                    over.append(
+                        f"{len(view.states) - leaving} models loaded and {len(needed)} to "
+                        f"load exceed max_models {self.budget.max_models}"
+                    )
+                message = f"cannot load {label}: {' and '.join(over)}; {exc}"
                 self._record(
                     "refuse",
                     name,
@@ -745,7 +752,12 @@ class Controller:
             refused = None
             if for_model is not None:
                 validate_model_name(for_model)
+                serving.check_version(self.repo, for_model, version)
                 entries = serving.entries_of(view.index, for_model)
+                if not entries:
+                    raise ModelNotFoundError(
+                        f"model {for_model!r} is not in the repository served by {self.control.url}"
+                    )
                 ready = serving.ready_versions(entries)
                 wanted = (
                     serving.versions_to_serve(self.control, self.repo, for_model)

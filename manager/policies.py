@@ -124,7 +124,12 @@ def check_feasible(candidates: Sequence[ModelState], need_bytes: int, need_slots
     evictable = [m for m in candidates if m.evictable]
     protected = len(candidates) - len(evictable)
     freeable = sum(m.footprint for m in evictable)
-    kept = f" ({protected} pinned or in a rollout kept)" if protected else ""
+    kept = (
+        f" ({protected} protected: pinned, in a rollout, routed to by an endpoint or a step "
+        "of an ensemble)"
+        if protected
+        else ""
+    )
     if freeable < need_bytes:
         missing = need_bytes - freeable
         raise MemoryBudgetError(

@@ -318,6 +318,21 @@ def _unload_done(entries: Sequence[IndexEntry]) -> bool:
     return not any(e.state in BUSY_STATES for e in entries)
 
 
+def check_version(repo: Path | None, name: str, version: int | None) -> None:
+    """Refuse ``version`` of ``name`` when ``repo`` holds the model but not that version
+    (ModelNotFoundError, naming the versions it has), instead of Triton's "at least one
+    version must be available" after a load attempt. Nothing is checked without a local
+    copy of the model."""
+    if version is None:
+        return
+    on_disk = _on_disk_versions(repo, name)
+    if on_disk and version not in on_disk:
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version} in {repo} "
+            f"(it has: {', '.join(map(str, on_disk))})"
+        )
+
+
 def _on_disk_versions(repo: Path | None, name: str) -> list[int]:
     if repo is None:
         return []
@@ -383,6 +398,7 @@ def load(
     hold, LoadError with Triton's reason if it fails.
     """
     validate_model_name(name)
+    check_version(repo, name, version)
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     wanted = versions_to_serve(control, repo, name) if version is None else None
@@ -557,6 +573,7 @@ async def aload(
 ) -> LoadResult:
     """The asyncio form of :func:`load`."""
     validate_model_name(name)
+    check_version(repo, name, version)
     started = time.monotonic()
     entries = _require_known(await control.repository_index(), name, control.url)
     wanted = versions_to_serve(control, repo, name) if version is None else None

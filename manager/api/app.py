@@ -151,9 +151,12 @@ def create_app(
 
     if token:
         app.add_middleware(BearerAuth, token=token, open_paths=OPEN_PATHS)
-    templates = [r.path for r in app.routes if isinstance(r, Route)]
+    templates = [(r.path, r.methods or ()) for r in app.routes if isinstance(r, Route)]
     templates += [
-        r.path for router in (health, *ROUTERS) for r in router.routes if isinstance(r, Route)
+        (r.path, r.methods or ())
+        for router in (health, *ROUTERS)
+        for r in router.routes
+        if isinstance(r, Route)
     ]
     app.add_middleware(
         RequestMetricsMiddleware,

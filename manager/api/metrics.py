@@ -244,17 +244,27 @@ class RequestMetrics:
 
 
 class RouteTemplates:
-    """Finds the path template (``/v1/models/{name}/load``) of a request's path, so that
-    the route label's values stay few; also for requests refused before routing."""
+    """Finds the path template (``/v1/models/{name}/load``) of a request's path and method,
+    so that the route label's values stay few; also for requests refused before routing.
 
-    def __init__(self, templates: Iterable[str]) -> None:
-        self._compiled = [(compile_path(t)[0], t) for t in dict.fromkeys(templates)]
+    ``routes`` are (template, methods) pairs; a path matches the first template whose
+    methods hold the request's method (``POST /v1/endpoints/restore`` is that route, not
+    ``GET /v1/endpoints/{name}``), else the first whose path matches (a 405)."""
 
-    def match(self, path: str) -> str | None:
-        for regex, template in self._compiled:
+    def __init__(self, routes: Iterable[tuple[str, Iterable[str]]]) -> None:
+        merged: dict[str, set[str]] = {}
+        for template, methods in routes:
+            merged.setdefault(template, set()).update(methods)
+        self._compiled = [(compile_path(t)[0], t, m) for t, m in merged.items()]
+
+    def match(self, path: str, method: str | None = None) -> str | None:
+        by_path = None
+        for regex, template, methods in self._compiled:
             if regex.match(path):
-                return template
-        return None
+                if method is None or method in methods:
+                    return template
+                by_path = by_path or template
+        return by_path
 
 
 class RequestMetricsMiddleware:
@@ -282,6 +292,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = self.templates.match(scope["path"]) or UNMATCHED
+            route = self.templates.match(scope["path"], scope["method"]) or UNMATCHED
             method = scope["method"] if scope["method"] in METHODS else "OTHER"
             self.metrics.record(method, route, status, time.perf_counter() - started)

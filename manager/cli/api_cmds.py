@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from manager.cli.app import AppContext, main, pass_app
-from manager.cli.common import console, err_console
+from manager.cli.common import PORT, console, err_console
 
 DEFAULT_PORT = 8003
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -24,7 +24,7 @@ def api() -> None:
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface; set a token then).",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--port", type=PORT, default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--token",
     envvar="TRITONCTL_API_TOKEN",

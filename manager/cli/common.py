@@ -51,6 +51,9 @@ class CliConsole(Console):
         self._width_given = True
 
 
+PORT = click.IntRange(1, 65535)
+"""A TCP port option's type."""
+
 console = CliConsole()
 err_console = CliConsole(stderr=True)
 

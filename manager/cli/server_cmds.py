@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from manager.cli.app import main
-from manager.cli.common import Context, console, pass_context, print_json
+from manager.cli.common import PORT, Context, console, pass_context, print_json
 from manager.server import EmbeddedServer, ServerInfo, probe_live
 
 
@@ -44,9 +44,17 @@ def try_command(info: ServerInfo) -> str:
 
 
 @server.command()
-@click.option("--http-port", type=int, default=8000, show_default=True)
-@click.option("--grpc-port", type=int, default=8001, show_default=True)
-@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option(
+    "--http-port", type=PORT, default=8000, show_default=True, help="Triton's HTTP/REST port."
+)
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True, help="Triton's gRPC port.")
+@click.option(
+    "--metrics-port",
+    type=PORT,
+    default=8002,
+    show_default=True,
+    help="Triton's Prometheus metrics port.",
+)
 @click.option(
     "--foreground",
     is_flag=True,

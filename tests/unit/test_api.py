@@ -844,6 +844,23 @@ def test_requests_refused_for_the_token_are_counted_by_route(repo: Path, fake: F
     )
 
 
+def test_a_literal_route_is_counted_as_itself_not_as_a_template_of_another_method(
+    repo: Path, fake: FakeTriton
+) -> None:
+    with make_client(repo, fake) as c:
+        status = c.post("/v1/endpoints/restore").status_code
+        c.get("/v1/endpoints/restore")  # GET /v1/endpoints/{name}: an endpoint so named
+        parsed = samples(c.get("/metrics").text)
+    routes = {
+        (dict(labels)["method"], dict(labels)["route"])
+        for (name, labels), _ in parsed.items()
+        if name == "tritonctl_api_requests_total"
+    }
+    assert ("POST", "/v1/endpoints/restore") in routes, (status, routes)
+    assert ("GET", "/v1/endpoints/{name}") in routes
+    assert ("POST", "/v1/endpoints/{name}") not in routes
+
+
 def test_each_app_has_a_registry_of_its_own(repo: Path, fake: FakeTriton) -> None:
     first, second = make_client(repo, fake), make_client(repo, fake)
     first.get("/v1/models")

@@ -296,6 +296,34 @@ def test_max_models_evicts_to_stay_within_the_count(tmp_path: Path) -> None:
     assert fake.loaded() == {"a", "c"}
 
 
+def test_a_refusal_by_max_models_blames_the_count_not_the_memory(tmp_path: Path) -> None:
+    sizes = {"a": MIB, "b": MIB, "c": MIB}
+    ctl, fake = make(
+        tmp_path, sizes, limit=BASE + 500 * MIB, max_models=2, pinned=frozenset({"a", "b"})
+    )
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+
+    with pytest.raises(MemoryBudgetError) as caught:
+        ctl.ensure_loaded("c")
+
+    message = str(caught.value)
+    assert "2 models loaded and 1 to load exceed max_models 2" in message
+    assert "exceed the limit" not in message  # 3 MiB fit in 500 MiB
+    assert "2 protected: pinned" in message
+    assert fake.loaded() == {"a", "b"}
+
+
+def test_plan_for_a_model_or_version_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    ctl, _ = make(tmp_path, {"a": MIB}, max_models=2)
+    with pytest.raises(ModelNotFoundError, match="'nope' is not in the repository"):
+        ctl.plan("nope")
+    with pytest.raises(ModelNotFoundError, match=r"no version 9 .*\(it has: 1\)"):
+        ctl.plan("a", 9)
+    with pytest.raises(ModelNotFoundError, match="no version 9"):
+        ctl.ensure_loaded("a", 9)
+
+
 def test_first_load_measures_the_footprint_and_stores_it_with_its_method(
     tmp_path: Path,
 ) -> None:

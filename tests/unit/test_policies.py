@@ -181,7 +181,7 @@ def test_impossible_fit_raises_with_the_missing_bytes(policy: EvictionPolicy) ->
     message = str(err.value)
     assert f"{2 * GIB} bytes) missing" in message
     assert "2.0 GiB" in message
-    assert "1 pinned or in a rollout kept" in message
+    assert "1 protected: pinned, in a rollout" in message
 
 
 def test_too_few_evictable_models_for_the_slot_need_raises(policy: EvictionPolicy) -> None:

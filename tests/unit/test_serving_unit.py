@@ -139,6 +139,18 @@ def test_load_of_a_version_pins_the_policy_with_the_repository_config(tmp_path: 
     assert override["max_batch_size"] == 0  # survives JSON, which drops default fields
 
 
+def test_load_of_a_version_the_repository_does_not_hold_is_refused_before_triton(
+    tmp_path: Path,
+) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]})
+    with pytest.raises(ModelNotFoundError, match=r"no version 9 .*\(it has: 1, 2\)"):
+        serving.load(fake, "m", version=9, repo=tmp_path)
+    with pytest.raises(ModelNotFoundError, match="no version 9"):
+        asyncio.run(serving.aload(AsyncFake(fake), "m", version=9, repo=tmp_path))
+    assert fake.loads == []
+
+
 def test_load_of_a_version_keeps_the_versions_endpoints_route_to(tmp_path: Path) -> None:
     _write_model(tmp_path, "m", [1, 2, 3])
     endpoints = Endpoints(Repository(tmp_path), FakeTriton({}))
