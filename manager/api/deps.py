@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -30,6 +31,27 @@ def json_posts(request: Request) -> None:
         raise HTTPException(
             415, "send JSON with 'Content-Type: application/json' (the body may be {})"
         )
+
+
+async def no_fields(request: Request) -> None:
+    """For a route that takes no fields: refuse (400) a body other than none or ``{}``, as a
+    route with fields refuses the fields it does not know."""
+    body = (await request.body()).strip()
+    if not body:
+        return
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise HTTPException(
+            400, "the body is not JSON (this route takes no fields: send {})"
+        ) from None
+    if value != {}:
+        raise HTTPException(
+            400, f"this route takes no fields: send {{}} or no body, not {value!r:.80}"
+        )
+
+
+NoFields = Depends(no_fields)
 
 
 def host_path(value: str | None, what: str) -> Path | None:

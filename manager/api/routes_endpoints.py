@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from manager.api import schemas
-from manager.api.deps import Plane
+from manager.api.deps import NoFields, Plane
 from manager.endpoints import Endpoints, EndpointState, RouterOptions, Target
 from manager.names import parse_model_ref
 
@@ -81,21 +81,23 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
     )
 
 
-@router.post("/endpoints/restore", response_model=schemas.EndpointList)
+@router.post("/endpoints/restore", response_model=schemas.EndpointList, dependencies=[NoFields])
 def restore_all(plane: Plane) -> schemas.EndpointList:
     """Serve every endpoint again as recorded, e.g. after a server restart (``tritonctl
     endpoint restore``)."""
     return _all(plane, lambda endpoints: endpoints.restore_all())
 
 
-@router.post("/endpoints/{name}/restore", response_model=schemas.EndpointAnswer)
+@router.post(
+    "/endpoints/{name}/restore", response_model=schemas.EndpointAnswer, dependencies=[NoFields]
+)
 def restore(name: str, plane: Plane) -> schemas.EndpointAnswer:
     """Serve endpoint ``name`` again as recorded: its targets, its router if split
     (``tritonctl endpoint restore NAME``)."""
     return _one(plane, lambda endpoints: endpoints.ensure(name))
 
 
-@router.delete("/endpoints/{name}", response_model=schemas.Deleted)
+@router.delete("/endpoints/{name}", response_model=schemas.Deleted, dependencies=[NoFields])
 def delete(name: str, plane: Plane) -> schemas.Deleted:
     """Unload and remove endpoint ``name``; its targets keep serving."""
     with plane.control() as control:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from manager import serving
 from manager.api import schemas
-from manager.api.deps import Plane, host_path
+from manager.api.deps import NoFields, Plane, host_path
 from manager.budget import CONFIG_FILENAME
 from manager.controller import Controller, budget_configured, load_model, set_pin
 from manager.errors import ModelNotFoundError
@@ -144,14 +144,14 @@ def evict(name: str, plane: Plane, body: schemas.EvictRequest | None = None) -> 
     )
 
 
-@router.post("/models/{name}/pin", response_model=schemas.PinAnswer)
+@router.post("/models/{name}/pin", response_model=schemas.PinAnswer, dependencies=[NoFields])
 def pin(name: str, plane: Plane) -> schemas.PinAnswer:
     """Never evict ``name`` (``tritonctl pin``)."""
     changed = set_pin(plane.repo, name, True)
     return schemas.PinAnswer(name=name, pinned=True, changed=changed)
 
 
-@router.post("/models/{name}/unpin", response_model=schemas.PinAnswer)
+@router.post("/models/{name}/unpin", response_model=schemas.PinAnswer, dependencies=[NoFields])
 def unpin(name: str, plane: Plane) -> schemas.PinAnswer:
     """Let ``name`` be evicted again (``tritonctl unpin``). A model listed under
     ``pinned:`` in tritonctl.yaml stays pinned: the answer says so (``pinned`` true,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from manager.api import schemas
-from manager.api.deps import Plane, host_path
+from manager.api.deps import NoFields, Plane, host_path
 from manager.errors import RolloutError
 from manager.names import validate_model_name
 from manager.rollout import RolloutPolicy, RolloutState, parse_stages
@@ -77,7 +77,12 @@ def start(name: str, body: schemas.RolloutStartRequest, plane: Plane) -> schemas
     return schemas.RolloutStarted.model_validate(_answer(state, worker_pid=pid))
 
 
-@router.post("/rollouts/{name}/resume", response_model=schemas.RolloutStarted, status_code=202)
+@router.post(
+    "/rollouts/{name}/resume",
+    response_model=schemas.RolloutStarted,
+    status_code=202,
+    dependencies=[NoFields],
+)
 def resume(name: str, plane: Plane) -> schemas.RolloutStarted:
     """Continue a rollout whose driver died, from its recorded stage, in a new worker."""
     with plane.control() as control:

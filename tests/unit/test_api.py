@@ -41,6 +41,7 @@ from manager.errors import (
 from manager.footprint import MemoryMeter
 from manager.golden import GoldenMismatch
 from manager.modelconfig import TensorSpec, build_config, read_config, write_config
+from manager.pins import PinStore
 from manager.repository import Repository
 from manager.rollout import RolloutStore
 from manager.triton import IndexEntry, ModelStats, TritonControl
@@ -585,6 +586,28 @@ def test_delete_removes_the_endpoint_but_not_its_target(
     assert response.status_code == 200 and response.json() == {"name": "ep", "deleted": True}
     assert "ep" not in fake.loaded and 1 in fake.loaded["m"]
     assert client.get("/v1/endpoints").json() == {"endpoints": []}
+
+
+def test_routes_without_fields_refuse_a_body_with_fields_and_change_nothing(
+    client: TestClient, fake: FakeTriton, repo: Path
+) -> None:
+    client.post("/v1/endpoints/ep/switch", json={"to": "m:1"})
+    json_header = {"content-type": "application/json"}
+    bogus = client.request("DELETE", "/v1/endpoints/ep", content=b'{"bogus": 1}')
+    assert "takes no fields" in error_of(bogus, 400)
+    assert "ep" in fake.loaded and client.get("/v1/endpoints/ep").status_code == 200
+    assert "not JSON" in error_of(
+        client.post("/v1/models/other/pin", content=b"not json", headers=json_header), 400
+    )
+    assert "takes no fields" in error_of(client.post("/v1/models/other/pin", json=[1]), 400)
+    assert "takes no fields" in error_of(
+        client.post("/v1/models/other/unpin", json={"force": True}), 400
+    )
+    assert "takes no fields" in error_of(client.post("/v1/endpoints/restore", json={"x": 1}), 400)
+    assert "other" not in PinStore(repo).names()
+    # none, or {}, is what these routes take
+    assert client.post("/v1/models/other/pin", json={}).status_code == 200
+    assert client.post("/v1/models/other/unpin", headers=json_header).status_code == 200
 
 
 def test_restore_serves_recorded_endpoints_again(client: TestClient, fake: FakeTriton) -> None:
