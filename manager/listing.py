@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from manager.errors import ManagerError
+from manager.errors import ManagerError, ModelNotFoundError
 from manager.footprint import (
     Footprint,
     FootprintStore,
@@ -82,6 +82,13 @@ def version_rows(repo: Repository, name: str) -> list[dict[str, Any]]:
     """The rows of ``tritonctl versions NAME --json``: provenance (without the config
     text) and footprint fields of every published version of ``name``."""
     repo.require()
+    from manager.endpoints import is_endpoint_folder
+
+    if is_endpoint_folder(repo, name):
+        raise ModelNotFoundError(
+            f"{name!r} is an endpoint, not a published model: `tritonctl endpoint show "
+            f"{name}` shows where it routes"
+        )
     store = FootprintStore(repo.path)
     rows = []
     for info in repo.version_info(name):

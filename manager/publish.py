@@ -154,6 +154,14 @@ def publish(
     repository = repo if isinstance(repo, Repository) else Repository(repo)
     opts = options or PublishOptions()
     validate_model_name(name)
+    from manager.endpoints import is_endpoint_folder
+
+    if is_endpoint_folder(repository, name):
+        raise RepositoryError(
+            f"{name!r} is an endpoint, not a model: publish the artifact as a model of its "
+            f"own and point the endpoint at it (tritonctl endpoint switch {name} --to "
+            "MODEL[:VERSION], or a rollout)"
+        )
     if opts.version is not None:
         validate_version(opts.version)
     src = Path(artifact)

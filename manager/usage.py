@@ -16,13 +16,16 @@ from manager.settings import URL_ENV
 log = logging.getLogger(__name__)
 
 
-def versions_in_use(repo: Repository, name: str, url: str | None) -> set[int]:
+def versions_in_use(
+    repo: Repository, name: str, url: str | None, *, offline: bool = False
+) -> set[int]:
     """Versions of ``name`` in use.
 
-    The server is asked when one is known: ``url`` (or TRITONCTL_URL), else the embedded
-    server of ``repo``. An explicitly named server that does not answer is an error (what
-    it serves is unknown); with none named and none running, only the repository's own
-    records (endpoints, rollouts) count.
+    The server is asked: ``url`` (or TRITONCTL_URL), else the embedded server of ``repo``,
+    else ``http://localhost:8000``. One that does not answer is an error
+    (TritonUnreachableError: what it serves is unknown, and a server elsewhere may have
+    loaded any version) unless ``offline``: then only the repository's own records
+    (endpoints, rollouts) count.
     """
     from manager.endpoints import Endpoints
     from manager.rollout import RolloutStore
@@ -34,10 +37,16 @@ def versions_in_use(repo: Repository, name: str, url: str | None) -> set[int]:
     with TritonControl.connect(explicit, repo.path) as control:
         try:
             index = control.repository_index()
-        except TritonUnreachableError:
+        except TritonUnreachableError as exc:
             if explicit or running_server(repo.path) is not None:
                 raise
-            log.warning("no Triton server at %s: counting only endpoints and rollouts", control.url)
+            if not offline:
+                raise TritonUnreachableError(
+                    f"{exc}; cannot tell which versions of {name!r} are loaded: name the "
+                    "server that serves this repository (--url), or pass --offline to count "
+                    "only endpoints and rollouts"
+                ) from exc
+            log.warning("offline: counting only endpoints and rollouts as in use")
             index = []
         used.update(
             e.version for e in index if e.name == name and e.ready and e.version is not None

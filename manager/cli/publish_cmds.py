@@ -312,17 +312,35 @@ def validate_cmd(obj: Context, name: str | None, no_hash: bool, as_json: bool) -
 
 @main.command("prune")
 @click.argument("name")
-@click.option("--keep", type=int, required=True, help="How many of the newest versions to keep.")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    required=True,
+    help="How many of the newest versions to keep.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be removed.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="No server serves this repository: count only endpoints and rollouts as in use "
+    "(without it, a server that does not answer stops the prune).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
-def prune_cmd(obj: Context, name: str, keep: int, dry_run: bool, as_json: bool) -> None:
-    """Remove old versions of NAME, never one that is loaded or routed to."""
+def prune_cmd(
+    obj: Context, name: str, keep: int, dry_run: bool, offline: bool, as_json: bool
+) -> None:
+    """Remove old versions of NAME, never one that is loaded, routed to or in a rollout.
+
+    Which versions are loaded is asked of the server (--url, else the embedded server of
+    --repo, else http://localhost:8000); if it does not answer, nothing is removed unless
+    --offline says no server serves the repository.
+    """
     from manager.usage import versions_in_use
 
     repo = Repository(obj.repo)
     repo.require()
-    in_use = versions_in_use(repo, name, obj.url)
+    in_use = versions_in_use(repo, name, obj.url, offline=offline)
     result = prune_versions(repo, name, keep, in_use=in_use, dry_run=dry_run)
     if as_json:
         print_json({**result.to_dict(), "dry_run": dry_run})

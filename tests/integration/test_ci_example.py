@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.integration.conftest import TritonHandle
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +36,9 @@ def run_step(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-def test_example_workflow_publishes_with_labels_and_refuses_a_broken_model(tmp_path: Path) -> None:
+def test_example_workflow_publishes_with_labels_and_refuses_a_broken_model(
+    tmp_path: Path, triton: TritonHandle
+) -> None:
     scripts = step_scripts()
     assert list(scripts) == ["export", "publish", "validate", "prune"]
     doc = yaml.safe_load(WORKFLOW.read_text())
@@ -46,6 +50,7 @@ def test_example_workflow_publishes_with_labels_and_refuses_a_broken_model(tmp_p
         "GITHUB_SHA": "0123456789abcdef",
         "GITHUB_REF_NAME": "ranker-v1",
         "GITHUB_RUN_ID": "42",
+        "TRITON_URL": triton.grpc_url,  # prune asks a real server what it has loaded
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("TRITONCTL_URL", None)

@@ -112,10 +112,25 @@ def test_prune_keeps_newest(tmp_path, onnx_file):
     repo = tmp_path / "repo"
     for _ in range(3):
         run("--repo", str(repo), "publish", "lin", str(onnx_file), "--runtime", "native")
-    code, out, _ = run("--repo", str(repo), "prune", "lin", "--keep", "1", "--json")
+    code, out, _ = run("--repo", str(repo), "prune", "lin", "--keep", "1", "--offline", "--json")
     assert code == 0, out
     assert json.loads(out)["removed"] == [1, 2]
     assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["3"]
+
+
+def test_prune_without_a_server_that_answers_removes_nothing_unless_offline(
+    tmp_path, onnx_file, monkeypatch
+):
+    monkeypatch.delenv("TRITONCTL_URL", raising=False)
+    monkeypatch.setattr("manager.triton.DEFAULT_URL", "http://127.0.0.1:9")  # none there
+    repo = tmp_path / "repo"
+    for _ in range(2):
+        run("--repo", str(repo), "publish", "lin", str(onnx_file), "--runtime", "native")
+    code, _, err = run("--repo", str(repo), "prune", "lin", "--keep", "1")
+    assert code != 0
+    assert "--offline" in err and "cannot tell which versions of 'lin' are loaded" in err
+    assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["1", "2"]
+    assert run("--repo", str(repo), "prune", "lin", "--keep", "0", "--offline")[0] == 2
 
 
 def test_prune_refuses_when_the_named_server_does_not_answer(tmp_path, onnx_file):

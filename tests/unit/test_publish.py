@@ -17,9 +17,11 @@ from manager.errors import (
     ArtifactError,
     ConfigError,
     InvalidNameError,
+    ModelNotFoundError,
     RepositoryError,
     VersionExistsError,
 )
+from manager.listing import version_rows
 from manager.modelconfig import TensorSpec, read_config
 from manager.publish import PublishOptions, parse_labels, publish
 from manager.repository import Repository
@@ -456,3 +458,16 @@ def test_the_staging_folder_of_a_running_publish_is_left_alone(repo, onnx_file):
     assert warning.severity == "warning"
     assert f"staging folder {running}" in warning.message
     assert "left by an interrupted publish" in warning.message
+
+
+def test_publishing_under_an_endpoints_name_is_refused_and_says_so(repo, onnx_file):
+    version_dir = repo.path / "ep" / "1"
+    version_dir.mkdir(parents=True)
+    (repo.path / "ep" / "config.pbtxt").write_text('name: "ep"\nplatform: "ensemble"\n')
+    (version_dir / "tritonctl.json").write_text(json.dumps({"kind": "endpoint"}))
+
+    with pytest.raises(RepositoryError, match="'ep' is an endpoint, not a model"):
+        publish(repo, "ep", onnx_file)
+    with pytest.raises(ModelNotFoundError, match="'ep' is an endpoint"):
+        version_rows(repo, "ep")
+    assert sorted(p.name for p in (repo.path / "ep").iterdir()) == ["1", "config.pbtxt"]
