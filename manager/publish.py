@@ -103,6 +103,8 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"label {item!r} must be KEY=VALUE")
+        if key in labels and labels[key] != value:
+            raise ConfigError(f"label {key!r} given twice ({labels[key]!r} and {value!r})")
         labels[key] = value
     return labels
 
@@ -167,6 +169,11 @@ def publish(
     src = Path(artifact)
     art = inspect_artifact(src, opts.format)
     notices = list(art.notices)
+    if art.config is not None and art.config.name not in ("", name) and opts.config_path is None:
+        notices.append(
+            f"{src}'s config.pbtxt names the model {art.config.name!r}; it is published as "
+            f"{name!r} (the name in the repository's config.pbtxt)"
+        )
     if art.task_head:
         if not opts.as_embedder:
             raise ArtifactError(

@@ -35,4 +35,8 @@ def resolve_runtime(requested: str) -> str:
     env = os.environ.get(RUNTIME_ENV, "").strip().lower()
     if env in ("native", "python"):
         return env
+    if env not in ("", "auto"):
+        raise ConfigError(
+            f"{RUNTIME_ENV}={os.environ[RUNTIME_ENV]!r} is not a runtime (native, python or auto)"
+        )
     return "native" if native_backends_available() else "python"

@@ -100,15 +100,22 @@ def _run(
     config_json = json_format.MessageToJson(cfg, preserving_proto_field_name=True)
     files = model_files(staged_model)
     client = _client(url)
+    answered = True  # whether the server answered the load, so there may be a model to unload
     try:
         log.info("smoke test: loading %s as %s on %s", config.name, temp_name, url)
         try:
             client.load_model(temp_name, config=config_json, files=files)  # type: ignore[attr-defined]
         except InferenceServerException as exc:
+            if "UNAVAILABLE" in str(exc.status() or ""):  # gRPC: no server there
+                answered = False
+                raise TritonUnreachableError(
+                    f"smoke test: no Triton server answers at {url}: {exc.message() or exc}"
+                ) from exc
             raise LoadError(
                 f"smoke test: {config.name!r} failed to load: {exc.message() or exc}"
             ) from exc
         except OSError as exc:
+            answered = False
             raise TritonUnreachableError(
                 f"smoke test: no Triton server answers at {url}: {exc}"
             ) from exc
@@ -123,7 +130,8 @@ def _run(
         return checked
     finally:
         try:
-            client.unload_model(temp_name)  # type: ignore[attr-defined]
+            if answered:
+                client.unload_model(temp_name)  # type: ignore[attr-defined]
         except (InferenceServerException, OSError, ManagerError) as exc:
             log.warning("smoke test: could not unload %s: %s", temp_name, exc)
         client.close()  # type: ignore[attr-defined]

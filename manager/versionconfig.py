@@ -198,9 +198,14 @@ def make_config(name: str, art: Artifact, opts: PublishOptions, runtime: str) ->
         outputs = given_out or list(art.outputs)
     else:
         if not given_in or not given_out:
+            missing = " and ".join(
+                flag
+                for flag, given in (("--input", given_in), ("--output", given_out))
+                if not given
+            )
             raise ConfigError(
-                f"a {art.format} artifact does not declare its tensors: give --input and "
-                "--output (NAME:DTYPE:DIMS) or --config"
+                f"a {art.format} artifact does not declare its tensors: give {missing} "
+                "(NAME:DTYPE:DIMS, repeatable) as well, or --config"
             )
         _check_input_count(art, given_in, source)
         _check_output_count(art, given_out, source)

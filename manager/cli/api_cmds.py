@@ -24,7 +24,9 @@ def api() -> None:
     show_default=True,
     help="Address to listen on (0.0.0.0: every interface; set a token then).",
 )
-@click.option("--port", type=PORT, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--port", type=PORT, default=DEFAULT_PORT, show_default=True, help="Port to listen on."
+)
 @click.option(
     "--token",
     envvar="TRITONCTL_API_TOKEN",
@@ -33,8 +35,19 @@ def api() -> None:
     help="Require 'Authorization: Bearer TOKEN' on every route but health and /metrics "
     "(env TRITONCTL_API_TOKEN, which other users cannot read from the process list).",
 )
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS),
+    default="info",
+    show_default=True,
+    help="Log level of the HTTP server (uvicorn).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Log every request (method, path, status).",
+)
 @pass_app
 def serve(
     obj: AppContext, host: str, port: int, token: str | None, log_level: str, access_log: bool

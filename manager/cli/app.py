@@ -43,7 +43,7 @@ class AppContext(ServingOptions, Context):
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="tritonctl.yaml with serving settings (default: the one in the repository).",
 )

@@ -96,7 +96,7 @@ def endpoint() -> None:
 
 @endpoint.command("show")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     """Targets and weights of endpoint NAME (all endpoints without NAME), and whether
@@ -121,17 +121,18 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     metavar="MODEL[:VERSION]",
     help="The model (newest version) or model version to serve under NAME.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
     """Point endpoint NAME at one model version (created if new); no client change."""
     model, version = _parse_model_version(to)
     with _control(obj) as control:
-        state = Endpoints(Repository(obj.repo), control).switch(name, model, version)
-    if as_json:
-        print_json(state.to_dict())
-    else:
-        _say(f"endpoint {name} -> {state.targets[0].label()}")
+        endpoints = Endpoints(Repository(obj.repo), control)
+        state = endpoints.switch(name, model, version)
+        if as_json:  # as `endpoint show --json` and the REST answer: with `serving`
+            print_json(endpoints.describe([state])[0])
+            return
+    _say(f"endpoint {name} -> {state.targets[0].label()}")
 
 
 @endpoint.command("split")
@@ -162,7 +163,7 @@ def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
     help="Router: native (C++ backend), python (Python backend) or auto (native where it "
     "can be built). Default: $TRITONCTL_ROUTER, else auto.",
 )
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_split(
     obj: Context,
@@ -174,24 +175,30 @@ def endpoint_split(
     as_json: bool,
 ) -> None:
     """Split endpoint NAME's traffic across targets by weight (an A/B test)."""
-    parsed = [Target.parse(t) for t in targets]
+    parsed = []
+    for text in targets:
+        try:
+            parsed.append(Target.parse(text))
+        except ManagerError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--target'") from exc
     options = RouterOptions(backend=router_backend) if router_backend else RouterOptions()
     with _control(obj) as control:
-        state = Endpoints(Repository(obj.repo), control, router=options).split(
+        endpoints = Endpoints(Repository(obj.repo), control, router=options)
+        state = endpoints.split(
             name,
             parsed,
             sticky_parameter=sticky_parameter,
             use_correlation_id=sticky_correlation_id,
         )
-    if as_json:
-        print_json(state.to_dict())
-    else:
-        _show_endpoint(state)
+        if as_json:
+            print_json(endpoints.describe([state])[0])
+            return
+    _show_endpoint(state)
 
 
 @endpoint.command("restore")
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_restore(obj: Context, name: str | None, as_json: bool) -> None:
     """Serve endpoint NAME (all endpoints without NAME) again, e.g. after a restart."""
@@ -207,7 +214,7 @@ def endpoint_restore(obj: Context, name: str | None, as_json: bool) -> None:
 
 @endpoint.command("delete")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_delete(obj: Context, name: str, as_json: bool) -> None:
     """Unload and remove endpoint NAME (its targets keep serving)."""
@@ -336,7 +343,7 @@ def rollout() -> None:
     "do not count against it.",
 )
 @click.option("--wait", is_flag=True, help="Run here until promoted or rolled back.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def rollout_start(
     obj: Context,
@@ -435,7 +442,11 @@ def rollout_run(obj: Context, name: str) -> None:
 
 @rollout.command("resume")
 @click.argument("name")
-@click.option("--wait", is_flag=True)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Run the rollout here until promoted or rolled back (default: a background worker).",
+)
 @pass_context
 def rollout_resume(obj: Context, name: str, wait: bool) -> None:
     """Continue a rollout whose driver died, from its recorded stage."""
@@ -451,7 +462,7 @@ def rollout_resume(obj: Context, name: str, wait: bool) -> None:
 
 @rollout.command("status")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def rollout_status(obj: Context, name: str, as_json: bool) -> None:
     """Stage, weights and per-stage health of NAME's rollout."""
@@ -486,7 +497,7 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
 
 @rollout.command("list")
 @click.option("--active", "active_only", is_flag=True, help="Only rollouts still running.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     """The last rollout of every endpoint: versions, status, weight, driver."""
@@ -521,7 +532,7 @@ _finish_options = [
         show_default=True,
         help="Seconds to wait for the rollout to be over.",
     ),
-    click.option("--json", "as_json", is_flag=True),
+    click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
 ]
 
 
@@ -581,7 +592,7 @@ def router_build(output: Path | None) -> None:
 
 
 @router.command("info")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def router_info(obj: Context, as_json: bool) -> None:
     """Which router endpoints get and where its library is."""

@@ -247,7 +247,7 @@ def _size(path: Path) -> int:
 
 @main.command("versions")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
     """List the versions of NAME with their provenance."""
@@ -290,7 +290,7 @@ def versions_cmd(obj: Context, name: str, as_json: bool) -> None:
 @main.command("validate")
 @click.argument("name", required=False)
 @click.option("--no-hash", is_flag=True, help="Skip re-hashing artifacts against their provenance.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def validate_cmd(obj: Context, name: str | None, no_hash: bool, as_json: bool) -> None:
     """Check the repository (or model NAME); exit 0 only when it is consistent."""

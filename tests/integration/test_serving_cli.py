@@ -74,10 +74,16 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
     triton: TritonHandle,
 ) -> None:
     write_add_model(triton.repo, "cli_routed", {1: 1.0, 2: 2.0})
-    code, out = run(triton, "endpoint", "switch", "cli_front", "--to", "cli_routed:1")
+    code, out = run(triton, "endpoint", "switch", "cli_front", "--to", "cli_routed:1", "--json")
     assert code == 0, out
     try:
+        # as `endpoint show --json`: with what Triton serves now
+        assert json.loads(out)["serving"] == {"ready": True, "targets": {"cli_routed:1": True}}
         assert http_answer(triton, "cli_front") == 1.0
+        # a target without a version is bad input (exit 2), as is one with version 0
+        for bad in ("cli_routed", "cli_routed:0=1"):
+            code, out = run(triton, "endpoint", "split", "cli_front", "--target", bad)
+            assert code == 2 and "--target" in out, (bad, out)
         # serving version 2 must not take away the version 1 the endpoint calls
         code, out = run(triton, "load", "cli_routed", "--version", "2", "--json")
         assert code == 0, out

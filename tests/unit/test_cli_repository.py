@@ -191,3 +191,9 @@ def test_every_publish_option_is_described_in_its_help():
     assert undescribed == []
     _, out, _ = run("publish", "--help")
     assert "0 for ONNX and TorchScript, 64 for transformers" in " ".join(out.split())
+
+
+def test_a_config_file_that_does_not_exist_is_refused_by_every_command(tmp_path):
+    code, _, err = run("--repo", str(tmp_path), "--config", str(tmp_path / "nope.yaml"), "ls")
+    assert code == 2
+    assert "nope.yaml" in err and "does not exist" in err

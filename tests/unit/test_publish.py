@@ -131,8 +131,13 @@ def test_user_config_mismatch_is_refused_naming_the_tensor(
 def test_torchscript_needs_tensors_and_gets_libtorch_platform(repo, tmp_path):
     pt = tmp_path / "m.pt"
     make_torchscript(pt)
-    with pytest.raises(ConfigError, match="does not declare its tensors"):
+    with pytest.raises(
+        ConfigError, match="does not declare its tensors: give --input and --output"
+    ):
         publish(repo, "ts", pt, NATIVE)
+    only_in = PublishOptions(runtime="native", inputs=[TensorSpec("x", "FP32", (-1, 4))])
+    with pytest.raises(ConfigError, match="give --output \\(NAME"):
+        publish(repo, "ts", pt, only_in)
     opts = PublishOptions(
         runtime="native",
         inputs=[TensorSpec("x", "FP32", (-1, 4))],
@@ -153,6 +158,17 @@ def test_python_model_folder_without_name_gets_the_published_name(repo, tmp_path
     assert config.max_batch_size == 0
     assert (repo.version_dir("add_one", 1) / "model.py").is_file()
     assert not (repo.version_dir("add_one", 1) / "config.pbtxt").exists()
+
+
+def test_python_model_folder_named_otherwise_is_published_under_the_name_with_a_notice(
+    repo, tmp_path
+):
+    folder = write_python_model(tmp_path / "addone", name="other")
+    result = publish(repo, "add_one", folder)
+    assert read_config(repo.config_path("add_one")).name == "add_one"
+    assert any("names the model 'other'" in n for n in result.notices), result.notices
+    same = publish(repo, "other", folder)
+    assert not any("names the model" in n for n in same.notices)
 
 
 def test_python_model_without_config_takes_tensors_from_flags(repo, tmp_path):
@@ -240,6 +256,20 @@ def test_labels_must_be_key_value():
     assert parse_labels(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError):
         parse_labels(["novalue"])
+    with pytest.raises(ConfigError, match="'a' given twice"):
+        parse_labels(["a=1", "a=2"])
+    assert parse_labels(["a=1", "a=1"]) == {"a": "1"}
+
+
+def test_a_runtime_from_the_environment_that_is_none_is_refused(monkeypatch):
+    from manager.runtime import resolve_runtime
+
+    monkeypatch.setenv("TRITONCTL_RUNTIME", "bogus")
+    with pytest.raises(ConfigError, match="TRITONCTL_RUNTIME='bogus' is not a runtime"):
+        resolve_runtime("auto")
+    assert resolve_runtime("python") == "python"  # an explicit runtime wins
+    monkeypatch.setenv("TRITONCTL_RUNTIME", "Native")
+    assert resolve_runtime("auto") == "native"
 
 
 def _publish_in_process(repo_path: str, artifact: str, queue: multiprocessing.Queue) -> None:
@@ -471,3 +501,20 @@ def test_publishing_under_an_endpoints_name_is_refused_and_says_so(repo, onnx_fi
     with pytest.raises(ModelNotFoundError, match="'ep' is an endpoint"):
         version_rows(repo, "ep")
     assert sorted(p.name for p in (repo.path / "ep").iterdir()) == ["1", "config.pbtxt"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_a_staging_server_that_does_not_answer_is_named_with_no_stray_unload(
+    tmp_path, scheme, caplog
+):
+    from manager.errors import TritonUnreachableError
+    from manager.smoke import smoke_test
+
+    folder = write_python_model(tmp_path / "addone", name="addone")
+    config = read_config(folder / "config.pbtxt")
+    with (
+        caplog.at_level("WARNING"),
+        pytest.raises(TritonUnreachableError, match="no Triton server answers"),
+    ):
+        smoke_test(folder, config, 1, [], url=f"{scheme}://127.0.0.1:9")
+    assert "could not unload" not in caplog.text
