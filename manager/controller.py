@@ -234,9 +234,17 @@ class _View:
     usage: Usage
     states: list[ModelState]
     protected: dict[str, str] = field(default_factory=dict)
+    # versions Triton is loading now (a load that ran past its wait, another client's):
+    # not in ``states`` (not evictable yet), but each holds a slot of ``max_models``; their
+    # memory counts as far as the reading shows it already
+    loading: frozenset[tuple[str, int]] = frozenset()
 
     def of_model(self, name: str) -> list[ModelState]:
         return [s for s in self.states if s.name == name]
+
+    def loading_besides(self, name: str | None) -> int:
+        """How many versions are loading now, but those of ``name``."""
+        return sum(1 for model, _ in self.loading if model != name)
 
 
 # --------------------------------------------------------------------------- controller
@@ -418,7 +426,12 @@ class Controller:
                     in_rollout=reason.startswith("in the rollout"),
                 )
             )
-        return _View(index=index, usage=usage, states=states, protected=protected)
+        loading = frozenset(
+            (e.name, e.version)
+            for e in index
+            if e.state == "LOADING" and e.version is not None and not self._memoryless(e.name)
+        )
+        return _View(index=index, usage=usage, states=states, protected=protected, loading=loading)
 
     def _observe(self, view: _View) -> None:
         """Tell the policy what happened since the last poll: new models, request counts
@@ -534,8 +547,14 @@ class Controller:
                 else predicted_versions(self.repo, name, version)
             )
             versions = [v for v in coming if v not in ready_before]
-            # a reload for a new version takes down the ones the policy no longer selects
-            leaving = len(set(ready_before) - set(coming)) if wanted is not None else 0
+            # a reload takes down the versions it no longer serves: those the policy no
+            # longer selects, or, for one version, every other but those endpoints route to
+            staying = set(coming)
+            if version is not None:
+                staying |= serving.endpoint_versions(self.control, self.repo, name)
+            leaving = (
+                len(set(ready_before) - staying) if wanted is not None or version is not None else 0
+            )
             memoryless = self._memoryless(name)
             needed = [] if memoryless else [self.footprints.footprint(name, v) for v in versions]
             evicted = self._make_room(name, version, needed, index, leaving=leaving)
@@ -551,7 +570,11 @@ class Controller:
             except ManagerError as exc:
                 self.stats.failures += 1
                 self._record("load-failed", name, version, str(exc))
-                raise
+                if not evicted or isinstance(
+                    exc, (serving.StillLoadingError, TritonUnreachableError)
+                ):
+                    raise  # still loading: it will take the room; unreachable: nothing to do
+                raise type(exc)(f"{exc}; {self._serve_again(evicted)}") from exc
             new = [v for v in result.versions if v not in ready_before]
             loaded_at = time.time()
             measured: list[Footprint] = []
@@ -586,6 +609,34 @@ class Controller:
                 footprints=tuple(measured),
             )
 
+    def _serve_again(self, evicted: Sequence[Eviction]) -> str:
+        """Load again what was evicted for a load that then failed, so that a failed load
+        leaves what was served serving; says what came back and what did not."""
+        by_model: dict[str, set[int]] = {}
+        for e in evicted:
+            by_model.setdefault(e.model, set()).add(e.version)
+        back, lost = [], []
+        for model, versions in by_model.items():
+            label = f"{model}:{','.join(map(str, sorted(versions)))}"
+            policy = serving.versions_to_serve(self.control, self.repo, model)
+            one = next(iter(versions)) if len(versions) == 1 and policy != versions else None
+            try:
+                serving.load(
+                    self.control, model, version=one, repo=self.repo, wait_timeout=self.load_timeout
+                )
+            except ManagerError as exc:
+                lost.append(f"{label} ({exc})")
+                self._record("restore-failed", model, one, str(exc))
+                continue
+            back.append(label)
+            self._record("restore", model, one, "served again: the load it was evicted for failed")
+        parts = []
+        if back:
+            parts.append(f"served again what was evicted for it: {', '.join(back)}")
+        if lost:
+            parts.append(f"evicted for it and NOT served again: {'; '.join(lost)}")
+        return "; ".join(parts)
+
     def _make_room(
         self,
         name: str,
@@ -606,10 +657,13 @@ class Controller:
             self._observe(view)
             limit, _, _ = self._limits(view.usage)
             used = view.usage.used_bytes
+            coming_count = view.loading_besides(name)
             need_bytes = used + footprint - limit
             need_slots = 0
             if self.budget.max_models is not None:
-                need_slots = len(view.states) + len(needed) - leaving - self.budget.max_models
+                need_slots = (
+                    len(view.states) + coming_count + len(needed) - leaving - self.budget.max_models
+                )
             if need_bytes <= 0 and need_slots <= 0:
                 return evicted
             try:
@@ -625,9 +679,10 @@ class Controller:
                         f"of {format_size(limit)}"
                     )
                 if need_slots > 0:
+                    still = f", {coming_count} loading" if coming_count else ""
                     over.append(
-                        f"{len(view.states) - leaving} models loaded and {len(needed)} to "
-                        f"load exceed max_models {self.budget.max_models}"
+                        f"{len(view.states) - leaving} models loaded{still} and "
+                        f"{len(needed)} to load exceed max_models {self.budget.max_models}"
                     )
                 message = f"cannot load {label}: {' and '.join(over)}; {exc}"
                 self._record(
@@ -775,10 +830,13 @@ class Controller:
                     footprint = needed[0] if len(needed) == 1 else None
                 already = serving.up_to_date(entries, version, wanted)
                 total = 0 if already else sum(f.bytes for f in needed)
+                coming_count = view.loading_besides(for_model)
                 need_bytes = used + total - limit if total else 0
                 need_slots = 0
                 if self.budget.max_models is not None and not already:
-                    need_slots = len(view.states) + len(needed) - self.budget.max_models
+                    need_slots = (
+                        len(view.states) + coming_count + len(needed) - self.budget.max_models
+                    )
             else:
                 need_bytes = used - low if used > high else 0
                 need_slots = 0

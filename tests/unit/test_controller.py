@@ -362,6 +362,39 @@ def test_a_failed_load_is_counted_audited_and_raised(tmp_path: Path) -> None:
     assert audit(tmp_path, "load-failed")[0]["model"] == "a"
 
 
+def test_a_failed_load_serves_again_what_was_evicted_for_it(tmp_path: Path) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "broken": 300 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB)
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+    fake.failing.add("broken")
+
+    with pytest.raises(LoadError) as caught:
+        ctl.ensure_loaded("broken")
+
+    message = str(caught.value)
+    assert "broken on purpose" in message
+    assert "served again what was evicted for it: a:1" in message
+    assert fake.unloads == ["a"]  # evicted to make room, then
+    assert fake.loaded() == {"a", "b"}  # served again
+    assert [r["model"] for r in audit(tmp_path, "restore")] == ["a"]
+
+
+def test_versions_still_loading_hold_their_slot_of_max_models(tmp_path: Path) -> None:
+    sizes = {"a": MIB, "b": MIB, "c": MIB, "slow": MIB}
+    ctl, fake = make(tmp_path, sizes, max_models=3)
+    ctl.ensure_loaded("a")
+    fake.state["slow"] = "LOADING"  # a load that ran past its wait: Triton goes on
+
+    assert ctl.plan("b").need_slots == 0  # a, slow, b: 3
+    ctl.ensure_loaded("b")
+    assert fake.unloads == []
+    assert ctl.plan("c").need_slots == 1
+    result = ctl.ensure_loaded("c")  # a, b loaded, slow coming: one must go
+    assert [e.model for e in result.evicted] == ["a"]
+    assert fake.loaded() == {"b", "c"}
+
+
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
     ctl, _ = make(tmp_path, {"a": MIB})
     with pytest.raises(ModelNotFoundError, match="ghost"):
