@@ -400,7 +400,9 @@ class Controller:
         loaded_at = LoadTimes(self.repo).sync(
             [(n, v) for n, v in ready if v is not None],
             now=taken,
-            fallback=self.footprints.loaded_at(),
+            # (only until loaded.json exists: a footprint's time is that of an earlier
+            # load, not when this version came up)
+            fallback=None if LoadTimes(self.repo).path.is_file() else self.footprints.loaded_at(),
         )
         states = []
         for name, version in ready:

@@ -146,6 +146,19 @@ def record_load(repo: Path | None, model: str, versions: Iterable[int]) -> None:
         log.warning("cannot record the load time of %s in %s: %s", model, repo, exc)
 
 
+def forget_every_load(repo: Path) -> None:
+    """Drop every load-time record: a server that starts serves nothing, so records from
+    before belong to loads that are gone (kept, they would date a version loaded again
+    later to the old load); best effort."""
+    path = LoadTimes(repo).path
+    if not path.is_file():
+        return
+    try:
+        LoadTimes(repo)._update(lambda entries: entries.clear())
+    except (OSError, ManagerError) as exc:
+        log.warning("cannot clear the load times in %s: %s", repo, exc)
+
+
 def forget_loads(repo: Path | None, model: str, versions: Iterable[int] | None = None) -> None:
     """Drop the load-time records of ``model`` after it left memory; best effort."""
     if repo is None or not (Path(repo) / META_DIR / LOADED_FILE).is_file():

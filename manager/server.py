@@ -34,6 +34,7 @@ import psutil
 from filelock import FileLock
 
 from manager.errors import RepositoryError, ServerError
+from manager.loadtimes import forget_every_load
 from manager.settings import META_DIR
 
 log = logging.getLogger(__name__)
@@ -567,6 +568,7 @@ class EmbeddedServer:
                 if port_in_use(port):
                     raise ServerError(f"port {port} ({what}) is already in use")
             binary = find_tritonserver(self._binary_option)
+            forget_every_load(self.repo)  # the new server has loaded nothing yet
             cmd = self.command(
                 binary,
                 http_port,

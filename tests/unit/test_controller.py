@@ -395,6 +395,21 @@ def test_versions_still_loading_hold_their_slot_of_max_models(tmp_path: Path) ->
     assert fake.loaded() == {"b", "c"}
 
 
+def test_a_version_loaded_outside_tritonctl_is_dated_when_seen_not_by_an_old_footprint(
+    tmp_path: Path,
+) -> None:
+    ctl, fake = make(tmp_path, {"a": MIB, "d": MIB}, policy="fifo")
+    FootprintStore(tmp_path).record(
+        Footprint("d", 1, MIB, CPU_METRIC, measured_at="t"), loaded_at=1000.0
+    )
+    ctl.ensure_loaded("a")
+    fake.state["d"] = "READY"  # loaded straight through Triton
+    fake.counts["d"] = fake.last["d"] = 0
+    seen = time.time()
+    ctl.plan()
+    assert LoadTimes(tmp_path).all()[("d", 1)] >= seen - 1
+
+
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
     ctl, _ = make(tmp_path, {"a": MIB})
     with pytest.raises(ModelNotFoundError, match="ghost"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from manager.footprint import CPU_STUB_RSS, ESTIMATE, LIVE_BASIS
 from manager.listing import model_footprints
-from manager.loadtimes import LoadTimes, forget_loads, record_load
+from manager.loadtimes import LoadTimes, forget_every_load, forget_loads, record_load
 from manager.serving import ModelRow
 
 
@@ -32,6 +32,15 @@ def test_records_of_unloaded_versions_go_but_not_those_of_a_load_after_the_index
     times.record("late", [1], at=600.0)  # READY after the index below was read
     assert times.sync([], now=500.0) == {}
     assert times.all() == {("late", 1): 600.0}
+
+
+def test_a_server_start_forgets_every_load_so_a_reload_is_dated_anew(tmp_path: Path) -> None:
+    times = LoadTimes(tmp_path)
+    times.record("c", [1], at=100.0)
+    forget_every_load(tmp_path)  # what server start does: the new server has nothing loaded
+    assert times.all() == {}
+    assert times.sync([("c", 1)], now=700.0) == {("c", 1): 700.0}  # seen READY now
+    forget_every_load(tmp_path / "nowhere")  # no records: nothing to do, no error
 
 
 def test_loads_are_recorded_only_for_models_of_the_repository(tmp_path: Path) -> None:
