@@ -314,8 +314,17 @@ class Controller:
     # ---------------------------------------------------------------- locking
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(
+        self, *, timeout: float = LOCK_TIMEOUT_S, across_processes: bool = True
+    ) -> Iterator[None]:
+        """Hold this controller's lock and, ``across_processes``, the repository's lock that
+        every tritonctl process takes to load or evict on it (waiting ``timeout`` seconds
+        for another's load or eviction to end). Read-only views (``plan``, the previews)
+        take only the first: they must not wait behind a load of minutes."""
         with self._lock:
+            if not across_processes:
+                yield
+                return
             if self._file_lock is None:
                 meta = self.repo / META_DIR
                 try:
@@ -324,11 +333,11 @@ class Controller:
                     raise RepositoryError(f"cannot create {meta}: {exc}") from exc
                 self._file_lock = FileLock(str(meta / LOCK_FILE))
             try:
-                self._file_lock.acquire(timeout=LOCK_TIMEOUT_S)
+                self._file_lock.acquire(timeout=timeout)
             except Timeout as exc:
                 raise RepositoryError(
-                    f"another tritonctl process holds {self._file_lock.lock_file} "
-                    f"(waited {LOCK_TIMEOUT_S:.0f} s)"
+                    f"another tritonctl process is loading or evicting on {self.repo} (it "
+                    f"holds {self._file_lock.lock_file}); waited {timeout:g} s for it"
                 ) from exc
             try:
                 yield
@@ -527,7 +536,8 @@ class Controller:
         """
         validate_model_name(name)
         serving.check_version(self.repo, name, version)
-        with self.locked():
+        asked = time.monotonic()  # the wait for the lock counts against the load's
+        with self.locked(timeout=min(self.load_timeout, LOCK_TIMEOUT_S)):
             index = self.control.repository_index()
             entries = serving.entries_of(index, name)
             if not entries:
@@ -567,7 +577,7 @@ class Controller:
                     name,
                     version=version,
                     repo=self.repo,
-                    wait_timeout=self.load_timeout,
+                    wait_timeout=max(self.load_timeout - (time.monotonic() - asked), 1.0),
                 )
             except ManagerError as exc:
                 self.stats.failures += 1
@@ -788,7 +798,7 @@ class Controller:
 
         With ``for_model``: what would go to load it (``refused`` says why it could not).
         """
-        with self.locked():
+        with self.locked(across_processes=False):
             view = self._view()
             self._observe(view)
             policy = self.policy
@@ -877,7 +887,7 @@ class Controller:
         """What :meth:`evict` of ``name`` would unload and free now, or why it would be
         refused; nothing is changed."""
         validate_model_name(name)
-        with self.locked():
+        with self.locked(across_processes=False):
             view = self._view()
             self._observe(view)
             if not any(e.name == name for e in view.index):

@@ -18,7 +18,13 @@ from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
 from manager.controller import Controller, set_pin
 from manager.dynamic import DynamicModelManager
 from manager.endpoints import ENDPOINT_KIND, EndpointState, Target
-from manager.errors import LoadError, MemoryBudgetError, ModelNotFoundError, UnloadError
+from manager.errors import (
+    LoadError,
+    MemoryBudgetError,
+    ModelNotFoundError,
+    RepositoryError,
+    UnloadError,
+)
 from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter
 from manager.loadtimes import LoadTimes
 from manager.modelconfig import TensorSpec, build_config, write_config
@@ -408,6 +414,29 @@ def test_a_version_loaded_outside_tritonctl_is_dated_when_seen_not_by_an_old_foo
     seen = time.time()
     ctl.plan()
     assert LoadTimes(tmp_path).all()[("d", 1)] >= seen - 1
+
+
+def test_a_load_waits_for_another_processs_load_only_within_its_wait_and_plans_do_not(
+    tmp_path: Path,
+) -> None:
+    from filelock import FileLock
+
+    from manager.controller import LOCK_FILE
+
+    ctl, fake = make(tmp_path, {"a": MIB, "b": MIB}, max_models=2)
+    ctl.ensure_loaded("a")
+    ctl.load_timeout = 0.5
+    other = FileLock(str(tmp_path / ".tritonctl" / LOCK_FILE))  # another process loading
+    with other:
+        started = time.monotonic()
+        with pytest.raises(RepositoryError, match="another tritonctl process is loading"):
+            ctl.ensure_loaded("b")
+        assert time.monotonic() - started < 5
+        plan = ctl.plan("b")  # a read does not wait for it
+    assert plan.loaded == 1
+    assert fake.loaded() == {"a"}
+    ctl.ensure_loaded("b")
+    assert fake.loaded() == {"a", "b"}
 
 
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
