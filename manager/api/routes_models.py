@@ -148,7 +148,9 @@ def evict(name: str, plane: Plane, body: schemas.EvictRequest | None = None) -> 
 def pin(name: str, plane: Plane) -> schemas.PinAnswer:
     """Never evict ``name`` (``tritonctl pin``)."""
     changed = set_pin(plane.repo, name, True)
-    return schemas.PinAnswer(name=name, pinned=True, changed=changed)
+    config = plane.serving_config()
+    where = str(config.source or CONFIG_FILENAME) if name in config.pinned else None
+    return schemas.PinAnswer(name=name, pinned=True, changed=changed, pinned_in=where)
 
 
 @router.post("/models/{name}/unpin", response_model=schemas.PinAnswer, dependencies=[NoFields])

@@ -446,7 +446,8 @@ def test_unpin_says_when_the_settings_file_keeps_a_model_pinned(
     client: TestClient, repo: Path
 ) -> None:
     (repo / "tritonctl.yaml").write_text("pinned: [other]\n")
-    client.post("/v1/models/other/pin", json={})
+    pinned = client.post("/v1/models/other/pin", json={}).json()
+    assert pinned["pinned_in"].endswith("tritonctl.yaml")  # pinned there already
     answer = client.post("/v1/models/other/unpin", json={}).json()
     assert answer["changed"] is True  # the `tritonctl pin` record is gone
     assert answer["pinned"] is True and answer["pinned_in"].endswith("tritonctl.yaml")
