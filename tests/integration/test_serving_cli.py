@@ -323,3 +323,22 @@ def test_cli_ls_names_its_counts_and_shows_the_last_inference_in_utc(
         assert code == 0 and "inference_count" in out and "UTC" in out, out
     finally:
         run(triton, "unload", "cli_counted")
+
+
+def test_cli_load_of_another_version_at_max_models_evicts_nothing(triton: TritonHandle) -> None:
+    write_add_model(triton.repo, "cli_swap", {1: 1.0, 2: 2.0})
+    try:
+        code, out = run(triton, "load", "cli_swap")
+        assert code == 0, out
+        code, out = run(triton, "evict", "--dry-run", "--json")
+        assert code == 0, out
+        loaded = json.loads(out)["loaded"]
+        # every slot taken: version 1 replaces version 2, which frees the slot it needs
+        code, out = run(
+            triton, "--max-models", str(loaded), "load", "cli_swap", "--version", "1", "--json"
+        )
+        assert code == 0, out
+        assert json.loads(out)["evicted"] == [], out
+        assert http_answer(triton, "cli_swap") == 1.0
+    finally:
+        run(triton, "unload", "cli_swap")
