@@ -580,6 +580,9 @@ class Controller:
                     wait_timeout=max(self.load_timeout - (time.monotonic() - asked), 1.0),
                 )
             except ManagerError as exc:
+                if isinstance(exc, serving.StillLoadingError):  # Triton goes on loading it
+                    self._record("load-still-running", name, version, str(exc))
+                    raise
                 self.stats.failures += 1
                 self._record("load-failed", name, version, str(exc))
                 if not evicted or isinstance(

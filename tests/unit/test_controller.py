@@ -439,6 +439,17 @@ def test_a_load_waits_for_another_processs_load_only_within_its_wait_and_plans_d
     assert fake.loaded() == {"a", "b"}
 
 
+def test_a_load_past_its_wait_is_audited_as_still_running_not_as_failed(tmp_path: Path) -> None:
+    fake = FakeTriton({"a": MIB}, load_delay=2.0)
+    write_model(tmp_path, "a")
+    ctl = Controller(fake, tmp_path, ServingConfig(budget=MemoryBudget(max_models=2)))
+    ctl.load_timeout = 0.1
+    with pytest.raises(serving.StillLoadingError):
+        ctl.ensure_loaded("a")
+    assert [r["model"] for r in audit(tmp_path, "load-still-running")] == ["a"]
+    assert audit(tmp_path, "load-failed") == [] and ctl.stats.failures == 0
+
+
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
     ctl, _ = make(tmp_path, {"a": MIB})
     with pytest.raises(ModelNotFoundError, match="ghost"):
