@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -374,7 +375,29 @@ class TritonControl(_ControlBase):
 
     Use as a context manager (or call :meth:`close`): Triton waits for open HTTP
     connections when it shuts down.
+
+    Safe to call from several threads. Over HTTP each thread gets a client of its own:
+    tritonclient's HTTP client runs on gevent, whose sockets and locks belong to the
+    thread that made them (used from another thread, a call fails with "Cannot switch to
+    a different thread" or hangs). The gRPC client is thread-safe and shared.
     """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        super().__init__(
+            url, metrics_url=metrics_url, timeout=timeout, connect_timeout=connect_timeout
+        )
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        # every HTTP client made, with the thread it belongs to, for close()
+        self._http_clients: list[tuple[threading.Thread, Any]] = []
+        self._generation = 0  # bumped by close(): clients of an older one are closed
 
     def __enter__(self) -> TritonControl:
         return self
@@ -388,35 +411,67 @@ class TritonControl(_ControlBase):
         self.close()
 
     def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                client.close()
-            except Exception as exc:  # pragma: no cover - best effort
-                log.debug("closing client for %s: %s", self.url, exc)
+        """Close the clients of every thread (a later call makes new ones)."""
+        with self._lock:
+            grpc_client, self._client = self._client, None
+            http_clients, self._http_clients = self._http_clients, []
+            self._generation += 1
+        for client in [grpc_client, *(c for _, c in http_clients)]:
+            if client is not None:
+                self._close_client(client)
+
+    def _close_client(self, client: Any) -> None:
+        try:
+            client.close()
+        except Exception as exc:  # pragma: no cover - best effort
+            log.debug("closing client for %s: %s", self.url, exc)
+
+    def _new_http_client(self) -> Any:
+        try:
+            import tritonclient.http as httpclient
+
+            return httpclient.InferenceServerClient(
+                self.endpoint.address,
+                connection_timeout=self.connect_timeout,
+                network_timeout=self.timeout,
+            )
+        except Exception as exc:
+            raise translate_error(exc, url=self.url, action="connect") from exc
 
     @property
     def client(self) -> Any:
-        """The underlying tritonclient client (created on first use)."""
-        if self._client is None:
-            try:
-                if self.is_grpc:
+        """The underlying tritonclient client (created on first use): over gRPC one for
+        all threads, over HTTP the calling thread's own."""
+        if not self.is_grpc:
+            return self._thread_http_client()
+        with self._lock:
+            if self._client is None:
+                try:
                     import tritonclient.grpc as grpcclient
 
                     self._client = grpcclient.InferenceServerClient(
                         self.endpoint.address, channel_args=grpc_channel_args()
                     )
-                else:
-                    import tritonclient.http as httpclient
+                except Exception as exc:
+                    raise translate_error(exc, url=self.url, action="connect") from exc
+            return self._client
 
-                    self._client = httpclient.InferenceServerClient(
-                        self.endpoint.address,
-                        connection_timeout=self.connect_timeout,
-                        network_timeout=self.timeout,
-                    )
-            except Exception as exc:
-                raise translate_error(exc, url=self.url, action="connect") from exc
-        return self._client
+    def _thread_http_client(self) -> Any:
+        held = getattr(self._local, "client", None)
+        if held is not None and held[0] == self._generation:
+            return held[1]
+        client = self._new_http_client()
+        me = threading.current_thread()
+        with self._lock:
+            generation = self._generation
+            # the clients of threads that ended are not used again: close them
+            ended = [c for t, c in self._http_clients if not t.is_alive()]
+            self._http_clients = [(t, c) for t, c in self._http_clients if t.is_alive()]
+            self._http_clients.append((me, client))
+        for old in ended:
+            self._close_client(old)
+        self._local.client = (generation, client)
+        return client
 
     def _call(
         self,
@@ -474,8 +529,9 @@ class TritonControl(_ControlBase):
 
         Triton answers once the load is done, so callers that want to stop waiting run
         this in a worker thread (:func:`manager.serving.load` does). Over HTTP the call
-        gets a client of its own, made in the calling thread: tritonclient's HTTP client
-        runs on gevent, whose sockets belong to the thread that made them.
+        gets a client of its own, made in the calling thread and closed when it returns
+        (not the thread's shared one): a load given up on goes on in its thread, and
+        :meth:`close` must not close a client under it.
         """
         log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
         if self.is_grpc:
@@ -485,16 +541,7 @@ class TritonControl(_ControlBase):
                 LoadError,
             )
             return
-        try:
-            import tritonclient.http as httpclient
-
-            client = httpclient.InferenceServerClient(
-                self.endpoint.address,
-                connection_timeout=self.connect_timeout,
-                network_timeout=self.timeout,
-            )
-        except Exception as exc:
-            raise translate_error(exc, url=self.url, action="connect") from exc
+        client = self._new_http_client()
         try:
             client.load_model(name, config=config)
         except Exception as exc:

@@ -201,3 +201,37 @@ def test_async_load_list_unload(triton: TritonHandle, scheme: str) -> None:
             assert {e.state for e in index if e.name == name} == {"UNAVAILABLE"}
 
     asyncio.run(scenario())
+
+
+def test_dynamic_manager_over_http_loads_from_its_worker_threads(triton: TritonHandle) -> None:
+    """Each call runs in a worker thread (asyncio.to_thread): over HTTP, whose client runs
+    on gevent, every thread needs a client of its own ("Cannot switch to a different
+    thread" otherwise), one load after another as well as several at once."""
+    from manager.dynamic import DynamicModelManager
+
+    names = [f"dyn_http_{n}" for n in "abcdefgh"]
+    for name in names:
+        write_python_model(triton.repo, name)
+
+    async def scenario() -> dict[str, float]:
+        async with DynamicModelManager(triton.http_url, repo=triton.repo, max_models=3) as m:
+            for name in names[:4]:  # the 4th evicts
+                result = await m.load_model(name)
+                assert result.versions == (1,)
+            results = await asyncio.gather(
+                *(m.load_model(name) for name in names[4:]), return_exceptions=True
+            )
+            assert [r for r in results if isinstance(r, BaseException)] == []
+            await m.unload_model(names[-1])
+            return m.stats()
+
+    try:
+        stats = asyncio.run(scenario())
+        assert stats["failures"] == 0 and stats["loads"] == len(names)
+        with TritonControl(triton.http_url) as control:
+            ready = {e.name for e in control.repository_index() if e.state == "READY"}
+        assert len(ready & set(names)) <= 3
+    finally:
+        with TritonControl(triton.http_url) as control:
+            for name in names:
+                serving.unload(control, name)
