@@ -242,6 +242,19 @@ def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) ->
     model-config API returns it). ``max_batch_size`` is always written, also when 0:
     JSON drops default fields, and a missing value would let auto-complete pick one.
     """
+    data = _override_data(config)
+    versions = sorted({int(version), *(int(v) for v in keep)})
+    data["version_policy"] = {"specific": {"versions": versions}}
+    return json.dumps(data)
+
+
+def override_from_config(config: Any) -> str:
+    """JSON config override = ``config`` as it is, its own version policy included (as
+    :func:`override_for_version`, ``max_batch_size`` always written)."""
+    return json.dumps(_override_data(config))
+
+
+def _override_data(config: Any) -> dict[str, Any]:
     if isinstance(config, dict):
         data = dict(config)
         max_batch_size = int(data.get("max_batch_size", 0) or 0)
@@ -249,9 +262,28 @@ def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) ->
         data = json.loads(MessageToJson(config, preserving_proto_field_name=True))
         max_batch_size = int(config.max_batch_size)
     data["max_batch_size"] = max_batch_size
-    versions = sorted({int(version), *(int(v) for v in keep)})
-    data["version_policy"] = {"specific": {"versions": versions}}
-    return json.dumps(data)
+    return dict(data)
+
+
+def _repository_override(
+    repo: Path | None, name: str, entries: Sequence[IndexEntry], override: str | None
+) -> str | None:
+    """The override for a load of ``name`` (no version given): ``override`` if there is
+    one; else, when a version is READY, ``<repo>/<name>/config.pbtxt`` itself.
+
+    Triton may hold the override of an earlier load (``load NAME --version V`` pins
+    ``specific [V]``), and it takes a load without a config of a model loaded with an
+    override, whose files did not change, for one that changes nothing: it would go on
+    serving the pinned versions. Given the repository's config as the override, it
+    reloads the model with the policy of the file.
+    """
+    if override is not None or not ready_versions(entries):
+        return override
+    config = _config_from_repo(repo, name)
+    if config is None:
+        return None
+    log.info("loading %s with the configuration of the repository", name)
+    return override_from_config(config)
 
 
 def _config_from_repo(repo: Path | None, name: str) -> Any | None:
@@ -422,6 +454,8 @@ def load(
             log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
         override = override_for_version(config, version, kept)
     override = _lasting(control, repo, name, override)
+    if version is None:
+        override = _repository_override(repo, name, entries, override)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -592,6 +626,8 @@ async def aload(
         kept = endpoint_versions(control, repo, name) - {version}
         override = override_for_version(config, version, kept)
     override = _lasting(control, repo, name, override)
+    if version is None:
+        override = _repository_override(repo, name, entries, override)
     deadline = started + wait_timeout
     try:
         await asyncio.wait_for(

@@ -342,3 +342,32 @@ def test_cli_load_of_another_version_at_max_models_evicts_nothing(triton: Triton
         assert http_answer(triton, "cli_swap") == 1.0
     finally:
         run(triton, "unload", "cli_swap")
+
+
+def test_cli_load_after_load_of_a_version_serves_the_repository_policy_again(
+    triton: TritonHandle,
+) -> None:
+    """`load --version 1` loads with a `specific [1]` override; a plain `load` then must
+    serve config.pbtxt's policy (the latest, 2), though no file changed."""
+    write_add_model(triton.repo, "cli_repinned", {1: 1.0, 2: 2.0})
+    try:
+        code, out = run(triton, "load", "cli_repinned", "--version", "1")
+        assert code == 0, out
+        assert http_answer(triton, "cli_repinned") == 1.0
+
+        code, out = run(triton, "load", "cli_repinned")
+        assert code == 0 and "loaded cli_repinned (version 2)" in out, out
+        listed = rows(triton, "cli_repinned")
+        assert listed[2]["state"] == "READY" and listed[1]["state"] != "READY"
+        assert http_answer(triton, "cli_repinned") == 2.0
+        code, out = run(triton, "load", "cli_repinned")
+        assert code == 0 and "already loaded (version 2)" in out, out
+
+        # the same within a memory budget (the controller's path), and over gRPC
+        code, out = run(triton, "load", "cli_repinned", "--version", "1", url=triton.grpc_url)
+        assert code == 0, out
+        code, out = run(triton, "--max-models", "100", "load", "cli_repinned", url=triton.grpc_url)
+        assert code == 0 and "loaded cli_repinned (version 2)" in out, out
+        assert http_answer(triton, "cli_repinned") == 2.0
+    finally:
+        run(triton, "unload", "cli_repinned")

@@ -43,6 +43,20 @@ class FakeTriton:
         self.unloads: list[str] = []
         self.unload_polls = unload_polls
         self._pending: dict[str, int] = {}
+        # models loaded with an override: what their files were then (with ``repo``)
+        self.overridden: dict[str, tuple[str, ...]] = {}
+
+    def _files(self, name: str) -> tuple[str, ...]:
+        if self.repo is None:
+            return ()
+        folder = self.repo / name
+        if not folder.is_dir():
+            return ()
+        config = folder / "config.pbtxt"
+        return (
+            config.read_text() if config.is_file() else "",
+            *sorted(p.name for p in folder.iterdir() if p.is_dir()),
+        )
 
     def repository_index(self) -> list[IndexEntry]:
         for name in list(self._pending):
@@ -57,12 +71,24 @@ class FakeTriton:
     def load_model(self, name: str, config: str | None = None) -> None:
         self.loads.append((name, config))
         versions = sorted(v for (n, v) in self.state if n == name)
-        if config is not None:
-            versions = json.loads(config)["version_policy"]["specific"]["versions"]
+        files = self._files(name)
+        if config is None and name in self.overridden and self.overridden[name] == files:
+            # as Triton: a model loaded with an override, whose files did not change, is
+            # not reloaded by a load without one (it keeps the override's versions)
+            return
+        policy = json.loads(config).get("version_policy", {}) if config is not None else {}
+        if "specific" in policy:
+            # int64 versions: strings in JSON written from a protobuf message
+            versions = [int(v) for v in policy["specific"]["versions"]]
         elif self.repo is not None:
+            # no override, or one with the policy of config.pbtxt (tests give it no other)
             versions = predicted_versions(self.repo, name, None, as_written=True)
         else:
             versions = versions[-1:]
+        if config is not None:
+            self.overridden[name] = files
+        else:
+            self.overridden.pop(name, None)
         if name in self.failing:
             for v in versions:
                 self.state[(name, v)] = ("UNAVAILABLE", self.failing[name])
@@ -274,6 +300,11 @@ def test_overview_carries_the_memory_reading() -> None:
 # --------------------------------------------------------------------------- version policy
 
 
+def _repository_config(repo: Path, name: str) -> str:
+    """The override that serves ``<repo>/<name>/config.pbtxt`` as it is."""
+    return serving.override_from_config(read_config(repo / name / "config.pbtxt"))
+
+
 def publish_version(repo: Path, fake: FakeTriton, name: str, version: int) -> None:
     """A new version folder on disk; Triton does not know it until it loads the model."""
     (repo / name / str(version)).mkdir()
@@ -289,7 +320,8 @@ def test_load_without_version_picks_up_a_newly_published_version(tmp_path: Path)
     result = serving.load(fake, "m", repo=tmp_path)
 
     assert not result.cache_hit and result.versions == (2,)
-    assert fake.loads[-1] == ("m", None)  # Triton re-reads the repository's own policy
+    # the repository's own config (its policy) as the override: Triton may hold another
+    assert fake.loads[-1] == ("m", _repository_config(tmp_path, "m"))
     assert serving.load(fake, "m", repo=tmp_path).cache_hit
     assert len(fake.loads) == 2
 
@@ -304,6 +336,48 @@ def test_load_without_version_serves_the_policy_again_after_a_pinned_version(
     assert not result.cache_hit and result.versions == (2,)
 
 
+def test_load_without_version_after_a_pinned_version_reloads_with_the_repository_config(
+    tmp_path: Path,
+) -> None:
+    """Triton keeps the `specific [1]` override of `load m --version 1` when a later load
+    carries no config and the files did not change: the load gives config.pbtxt."""
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]}, repo=tmp_path)
+    assert serving.load(fake, "m", version=1, repo=tmp_path).versions == (1,)
+
+    result = serving.load(fake, "m", repo=tmp_path)
+
+    assert not result.cache_hit and result.versions == (2,)
+    assert fake.state[("m", 1)][0] == "UNAVAILABLE"
+    _, override = fake.loads[-1]
+    assert override == _repository_config(tmp_path, "m")
+    data = json.loads(override)
+    assert data["max_batch_size"] == 0  # written, though a default
+    assert "version_policy" not in data  # config.pbtxt's own: the latest version
+    assert serving.load(fake, "m", repo=tmp_path).cache_hit
+
+
+def test_async_load_without_version_after_a_pinned_version_reloads_with_the_repository_config(
+    tmp_path: Path,
+) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]}, repo=tmp_path)
+    pinned = asyncio.run(serving.aload(AsyncFake(fake), "m", version=1, repo=tmp_path))
+    assert pinned.versions == (1,)
+
+    result = asyncio.run(serving.aload(AsyncFake(fake), "m", repo=tmp_path))
+
+    assert not result.cache_hit and result.versions == (2,)
+    assert fake.loads[-1] == ("m", _repository_config(tmp_path, "m"))
+
+
+def test_first_load_without_version_leaves_the_config_to_triton(tmp_path: Path) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]}, repo=tmp_path)
+    assert serving.load(fake, "m", repo=tmp_path).versions == (2,)
+    assert fake.loads == [("m", None)]  # nothing READY: no override Triton could hold
+
+
 def test_load_without_version_keeps_the_versions_endpoints_route_to(tmp_path: Path) -> None:
     _write_model(tmp_path, "m", [1])
     Endpoints(Repository(tmp_path), FakeTriton({}))._write(
@@ -316,7 +390,7 @@ def test_load_without_version_keeps_the_versions_endpoints_route_to(tmp_path: Pa
     result = serving.load(fake, "m", repo=tmp_path)
 
     assert result.versions == (1, 2)
-    assert fake.loads[-1] == ("m", None)
+    assert fake.loads[-1] == ("m", _repository_config(tmp_path, "m"))
     assert policy_versions(read_config(tmp_path / "m" / "config.pbtxt")) == {1, 2}
 
 
