@@ -382,17 +382,10 @@ class TritonControl(_ControlBase):
     a different thread" or hangs). The gRPC client is thread-safe and shared.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        metrics_url: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        connect_timeout: float = CONNECT_TIMEOUT_S,
-    ) -> None:
-        super().__init__(
-            url, metrics_url=metrics_url, timeout=timeout, connect_timeout=connect_timeout
-        )
+    def __init__(self, url: str, **options: Any) -> None:
+        """``options``: those of :class:`_ControlBase` (metrics_url, timeout,
+        connect_timeout)."""
+        super().__init__(url, **options)
         self._lock = threading.Lock()
         self._local = threading.local()
         # every HTTP client made, with the thread it belongs to, for close()
