@@ -213,8 +213,19 @@ def test_dynamic_manager_over_http_loads_from_its_worker_threads(triton: TritonH
     for name in names:
         write_python_model(triton.repo, name)
 
+    # the session's server serves other tests' models too: they keep their slots, pinned
+    from manager.budget import MemoryBudget, ServingConfig
+    from manager.controller import Controller
+
+    with TritonControl(triton.http_url) as control:
+        before = {e.name for e in control.repository_index() if e.state == "READY"}
+        config = ServingConfig(budget=MemoryBudget(max_models=10_000))
+        slots = Controller(control, triton.repo, config).plan().loaded  # as the budget counts
+
     async def scenario() -> dict[str, float]:
-        async with DynamicModelManager(triton.http_url, repo=triton.repo, max_models=3) as m:
+        async with DynamicModelManager(
+            triton.http_url, repo=triton.repo, max_models=slots + 3, pinned=before
+        ) as m:
             for name in names[:4]:  # the 4th evicts
                 result = await m.load_model(name)
                 assert result.versions == (1,)
@@ -230,7 +241,7 @@ def test_dynamic_manager_over_http_loads_from_its_worker_threads(triton: TritonH
         assert stats["failures"] == 0 and stats["loads"] == len(names)
         with TritonControl(triton.http_url) as control:
             ready = {e.name for e in control.repository_index() if e.state == "READY"}
-        assert len(ready & set(names)) <= 3
+        assert len(ready & set(names)) <= 3 and before <= ready
     finally:
         with TritonControl(triton.http_url) as control:
             for name in names:
