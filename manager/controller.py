@@ -585,10 +585,8 @@ class Controller:
                     raise
                 self.stats.failures += 1
                 self._record("load-failed", name, version, str(exc))
-                if not evicted or isinstance(
-                    exc, (serving.StillLoadingError, TritonUnreachableError)
-                ):
-                    raise  # still loading: it will take the room; unreachable: nothing to do
+                if not evicted or isinstance(exc, TritonUnreachableError):
+                    raise  # no server to serve the victims again
                 raise type(exc)(f"{exc}; {self._serve_again(evicted)}") from exc
             new = [v for v in result.versions if v not in ready_before]
             loaded_at = time.time()
