@@ -209,6 +209,47 @@ def _policy_override(repo: Path | None, name: str, wanted: frozenset[int] | None
     return override_for_version(config, max(wanted), wanted)
 
 
+def _pin_config(
+    repo: Path | None, name: str, version: int | None, entries: Sequence[IndexEntry]
+) -> Any | None:
+    """For a load of ``version``: the model's config from ``repo``, else None when Triton
+    has the model loaded (the caller asks it for its config); LoadError when neither."""
+    if version is None:
+        return None
+    config = _config_from_repo(repo, name)
+    if config is None and not ready_versions(entries):
+        raise LoadError(
+            f"cannot pin model {name!r} to version {version}: its config.pbtxt "
+            "is not in the local repository (pass --repo) and it is not loaded"
+        )
+    return config
+
+
+def _load_override(
+    control: Any,
+    repo: Path | None,
+    name: str,
+    version: int | None,
+    entries: Sequence[IndexEntry],
+    wanted: frozenset[int] | None,
+    config: Any | None,
+) -> str | None:
+    """The config override a load of ``name`` sends (None: Triton reads config.pbtxt):
+    for ``version``, ``config`` pinned to it; else the versions ``wanted``."""
+    override = _policy_override(repo, name, wanted)
+    if version is not None:
+        # Triton serves only the versions of the override: those an endpoint routes to
+        # must stay, or the endpoint would stop answering
+        kept = endpoint_versions(control, repo, name) - {version}
+        if kept:
+            log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
+        override = override_for_version(config, version, kept)
+    override = _lasting(control, repo, name, override)
+    if version is None:
+        override = _repository_override(repo, name, entries, override)
+    return override
+
+
 def _lasting(control: Any, repo: Path | None, name: str, override: str | None) -> str | None:
     """The override to load ``name`` with; None when its versions went into config.pbtxt.
 
@@ -437,25 +478,10 @@ def load(
     if up_to_date(entries, version, wanted):
         log.info("model %s already ready (versions %s)", name, ready_versions(entries))
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
-    override = _policy_override(repo, name, wanted)
-    if version is not None:
-        config = _config_from_repo(repo, name)
-        if config is None:
-            if not ready_versions(entries):
-                raise LoadError(
-                    f"cannot pin model {name!r} to version {version}: its config.pbtxt "
-                    "is not in the local repository (pass --repo) and it is not loaded"
-                )
-            config = control.model_config(name)
-        # Triton serves only the versions of the override: those an endpoint routes to
-        # must stay, or the endpoint would stop answering
-        kept = endpoint_versions(control, repo, name) - {version}
-        if kept:
-            log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
-        override = override_for_version(config, version, kept)
-    override = _lasting(control, repo, name, override)
-    if version is None:
-        override = _repository_override(repo, name, entries, override)
+    config = _pin_config(repo, name, version, entries)
+    if version is not None and config is None:
+        config = control.model_config(name)
+    override = _load_override(control, repo, name, version, entries, wanted, config)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -613,21 +639,10 @@ async def aload(
     wanted = versions_to_serve(control, repo, name) if version is None else None
     if up_to_date(entries, version, wanted):
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
-    override = _policy_override(repo, name, wanted)
-    if version is not None:
-        config = _config_from_repo(repo, name)
-        if config is None:
-            if not ready_versions(entries):
-                raise LoadError(
-                    f"cannot pin model {name!r} to version {version}: its config.pbtxt "
-                    "is not in the local repository and it is not loaded"
-                )
-            config = await control.model_config(name)
-        kept = endpoint_versions(control, repo, name) - {version}
-        override = override_for_version(config, version, kept)
-    override = _lasting(control, repo, name, override)
-    if version is None:
-        override = _repository_override(repo, name, entries, override)
+    config = _pin_config(repo, name, version, entries)
+    if version is not None and config is None:
+        config = await control.model_config(name)
+    override = _load_override(control, repo, name, version, entries, wanted, config)
     deadline = started + wait_timeout
     try:
         await asyncio.wait_for(
