@@ -913,12 +913,12 @@ class Controller:
                 raise ModelNotFoundError(
                     f"model {name!r} is not in the repository served by {self.control.url}"
                 )
+            loaded = [e for e in serving.entries_of(view.index, name) if e.ready]
+            if not loaded:
+                return []  # nothing to free, protected or not (as the preview says)
             why = view.protected.get(name)
             if why and not force:
                 raise UnloadError(f"model {name!r} is protected ({why}); use --force to evict it")
-            loaded = [e for e in serving.entries_of(view.index, name) if e.ready]
-            if not loaded:
-                return []
             text = reason or "by hand (tritonctl evict)"
             if why:
                 text += f", forced although {why}"

@@ -525,6 +525,8 @@ def test_evicting_a_protected_model_by_hand_needs_force(tmp_path: Path) -> None:
     assert [e.model for e in evicted] == ["a"] and fake.loaded() == set()
     assert "forced" in audit(tmp_path, "evict")[0]["reason"]
     assert ctl.evict("a", force=True) == []  # not loaded any more: nothing to do
+    # nor without force: an unloaded model frees nothing, pinned or not (as --dry-run says)
+    assert ctl.evict("a") == [] and ctl.preview_evict("a").versions == ()
 
 
 # --------------------------------------------------------------------------- the loop
