@@ -435,6 +435,7 @@ class Controller:
                     load_seconds=recorded.load_seconds if recorded else None,
                     pinned=bool(reason) and not reason.startswith("in the rollout"),
                     in_rollout=reason.startswith("in the rollout"),
+                    protected_by=f"({reason})" if reason else "",
                 )
             )
         loading = frozenset(

@@ -54,6 +54,8 @@ class ModelState:
     """How long its last load took; None when never measured."""
     pinned: bool = False
     in_rollout: bool = False
+    protected_by: str = ""
+    """Why it is never evicted, in words (refusals name it); empty: say only the kinds."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -119,17 +121,24 @@ class EvictionPolicy(Protocol):
         ...
 
 
+MAX_NAMED = 8
+"""Protected models a refusal names one by one."""
+
+
 def check_feasible(candidates: Sequence[ModelState], need_bytes: int, need_slots: int) -> None:
     """Raise ``MemoryBudgetError`` if even evicting every evictable candidate is not enough."""
     evictable = [m for m in candidates if m.evictable]
-    protected = len(candidates) - len(evictable)
+    protected = [m for m in candidates if not m.evictable]
     freeable = sum(m.footprint for m in evictable)
-    kept = (
-        f" ({protected} protected: pinned, in a rollout, routed to by an endpoint or a step "
-        "of an ensemble)"
-        if protected
-        else ""
-    )
+    kept = ""
+    if protected:
+        why = "pinned, in a rollout, routed to by an endpoint or a step of an ensemble"
+        if all(m.protected_by for m in protected):
+            shown = protected[:MAX_NAMED]
+            why = ", ".join(f"{m.label} {format_size(m.footprint)} {m.protected_by}" for m in shown)
+            if len(protected) > len(shown):
+                why += f" and {len(protected) - len(shown)} more"
+        kept = f" ({len(protected)} protected: {why})"
     if freeable < need_bytes:
         missing = need_bytes - freeable
         raise MemoryBudgetError(

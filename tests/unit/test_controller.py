@@ -316,7 +316,8 @@ def test_a_refusal_by_max_models_blames_the_count_not_the_memory(tmp_path: Path)
     message = str(caught.value)
     assert "2 models loaded and 1 to load exceed max_models 2" in message
     assert "exceed the limit" not in message  # 3 MiB fit in 500 MiB
-    assert "2 protected: pinned" in message
+    # each protected model is named, with why
+    assert "2 protected: a:1 1.0 MiB (pinned in the serving config), b:1" in message
     assert fake.loaded() == {"a", "b"}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from manager.errors import ConfigError, MemoryBudgetError
@@ -182,6 +184,11 @@ def test_impossible_fit_raises_with_the_missing_bytes(policy: EvictionPolicy) ->
     assert f"{2 * GIB} bytes) missing" in message
     assert "2.0 GiB" in message
     assert "1 protected: pinned, in a rollout" in message
+    # with each model's reason known, the refusal names them instead of the kinds
+    models[0] = dataclasses.replace(models[0], protected_by="(pinned in tritonctl.yaml)")
+    with pytest.raises(MemoryBudgetError) as err:
+        policy.choose_victims(models, 3 * GIB, now=NOW)
+    assert "(1 protected: pinned:1 4.0 GiB (pinned in tritonctl.yaml))" in str(err.value)
 
 
 def test_too_few_evictable_models_for_the_slot_need_raises(policy: EvictionPolicy) -> None:
