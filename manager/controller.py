@@ -484,6 +484,13 @@ class Controller:
             return self.meter.reading()
         return None
 
+    def _unloaded(self, states: Sequence[ModelState]) -> None:
+        """Tell the policy that ``states`` left by an unload that was not an eviction."""
+        for state in states:
+            self.policy.on_unload(state)
+            self._seen.pop(state.key, None)
+            self._seen_counts.pop(state.key, None)
+
     def _evict_model(
         self, view: _View, name: str, reason: str, *, chosen: Sequence[ModelState] = ()
     ) -> list[Eviction]:
@@ -604,16 +611,21 @@ class Controller:
             total = sum(f.bytes for f in measured)
             estimated = sum(f.bytes for f in needed)
             method = measured[0].method if measured else "none"
+            shown = version if version is not None else (new[-1] if new else None)
             self._record(
                 "load",
                 name,
-                version if version is not None else (new[-1] if new else None),
+                shown,
                 f"requested; measured {format_size(total)} ({method}), "
                 f"expected {format_size(estimated)}"
                 + (f", after evicting {len(evicted)}" if evicted else ""),
                 bytes=total,
                 load_seconds=round(result.seconds, 3),
             )
+            if measured and total > estimated and self.budget.limit is not None:
+                # it took more than expected: get back under the limit now, not at the
+                # controller's next poll (or take the load back when nothing else can go)
+                evicted += self._settle(name, shown, total, estimated, ready_before, evicted)
             return EnsureResult(
                 name,
                 result.versions,
@@ -622,6 +634,57 @@ class Controller:
                 evicted=tuple(evicted),
                 footprints=tuple(measured),
             )
+
+    def _settle(
+        self,
+        name: str,
+        version: int | None,
+        measured: int,
+        estimated: int,
+        ready_before: Sequence[int],
+        evicted: Sequence[Eviction],
+    ) -> list[Eviction]:
+        """After a load that measured more than its footprint was expected to be: when used
+        memory is now over the limit, evict other models (by the policy) until it is not.
+        When even that cannot get under the limit, a model that was not served before is
+        unloaded again and what was evicted for it served again (``MemoryBudgetError``; its
+        measured footprint is stored, so the next try is refused before loading); one
+        that served before stays, with an ``alert`` in the audit log."""
+        label = f"{name}:{version}" if version is not None else name
+        view = self._view()
+        self._observe(view)
+        limit, _, _ = self._limits(view.usage)
+        used = view.usage.used_bytes
+        if used <= limit:
+            return []
+        # the model just loaded is not a candidate: it is what the room was made for
+        candidates = [s for s in view.states if s.name != name]
+        what = (
+            f"measured {format_size(measured)} where {format_size(estimated)} was "
+            f"expected: used {format_size(used)} > limit {format_size(limit)}"
+        )
+        try:
+            victims = self.policy.choose_victims(candidates, used - limit)
+        except MemoryBudgetError as exc:
+            if ready_before:
+                message = f"{label} {what}, and evicting all that may go is not enough: {exc}"
+                self._record("alert", name, version, message, used_bytes=used, limit_bytes=limit)
+                log.warning("%s", message)
+                return []
+            before = self._reading_before_release()
+            serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+            forget_loads(self.repo, name)
+            self.meter.wait_released([name], before)
+            self._unloaded(view.of_model(name))
+            self._record("unload", name, version, f"{what}; taken back", bytes=measured)
+            message = (
+                f"cannot keep {label} loaded: {what}, and evicting all that may go is not "
+                f"enough ({exc}); it was unloaded again"
+            )
+            if evicted:
+                message += f"; {self._serve_again(evicted)}"
+            raise MemoryBudgetError(message) from exc
+        return self._evict_victims(view, victims, f"back under the limit at once: {label} {what}")
 
     def _serve_again(self, evicted: Sequence[Eviction]) -> str:
         """Load again what was evicted for a load that then failed, so that a failed load
@@ -942,10 +1005,7 @@ class Controller:
             )
             if result.was_loaded:
                 self.meter.wait_released([name], before)
-                for state in view.of_model(name):
-                    self.policy.on_unload(state)
-                    self._seen.pop(state.key, None)
-                    self._seen_counts.pop(state.key, None)
+                self._unloaded(view.of_model(name))
                 self._record("unload", name, None, "requested")
             return result
 

@@ -37,7 +37,8 @@ pytestmark = pytest.mark.integration
 ALLOC_MIB = 160
 ALLOC_BYTES = ALLOC_MIB * 2**20
 A, B, C, HUGE = "mem_a", "mem_b", "mem_c", "mem_huge"
-OURS = (A, B, C, HUGE)
+GROWS = "mem_grows"  # code only, so estimated small; allocates what a test sets
+OURS = (A, B, C, HUGE, GROWS)
 
 ALLOC_MODEL_PY = textwrap.dedent(
     """
@@ -86,6 +87,7 @@ def control(triton: TritonHandle) -> Iterator[TritonControl]:
     for name in (A, B, C):
         write_python_model(triton.repo, name, ALLOC_MODEL_PY.format(mib=ALLOC_MIB))
     huge = write_python_model(triton.repo, HUGE)
+    write_python_model(triton.repo, GROWS, ALLOC_MODEL_PY.format(mib=1))
     # provenance says the artifact is 50 GB: its estimate cannot fit anywhere here
     write_json_atomic(huge / "1" / "tritonctl.json", {"name": HUGE, "size_bytes": 50 * 10**9})
     with TritonControl(triton.http_url, metrics_url=triton.metrics_url) as c:
@@ -95,6 +97,7 @@ def control(triton: TritonHandle) -> Iterator[TritonControl]:
             for name in OURS:
                 serving.unload(c, name)
             FootprintStore(triton.repo).forget(HUGE)
+            FootprintStore(triton.repo).forget(GROWS)
 
 
 @pytest.fixture
@@ -141,7 +144,13 @@ def test_loading_a_third_model_evicts_the_least_recently_inferred_one(
 
     assert [e.model for e in result.evicted] == [A]
     assert "lru" in result.evicted[0].reason
-    assert states(fresh) == {A: "UNAVAILABLE", B: "READY", C: "READY", HUGE: "UNAVAILABLE"}
+    assert states(fresh) == {
+        A: "UNAVAILABLE",
+        B: "READY",
+        C: "READY",
+        HUGE: "UNAVAILABLE",
+        GROWS: "UNAVAILABLE",
+    }
     infer(triton.http_url, B)
     infer(triton.http_url, C)
     assert ctl.stats.failures == 0
@@ -255,3 +264,57 @@ def test_cli_load_makes_room_and_ls_shows_footprints(
     code, out = run_cli(triton, *budget, "evict", C)
     assert code == 0 and f"evicted {C}" in out, out
     assert states(fresh)[C] == "UNAVAILABLE"
+
+
+def grows_past_its_estimate(
+    triton: TritonHandle, control: TritonControl, extra_mib: int
+) -> tuple[Controller, int]:
+    """A loaded, and GROWS allocating ``extra_mib`` more than it is estimated at; the
+    limit holds A and GROWS's estimate (and what runs now), so the load goes ahead."""
+    ctl, _ = controller(triton, control)
+    ctl.footprints.forget(GROWS)
+    ctl.ensure_loaded(A)
+    estimate = ctl.footprints.footprint(GROWS, 1)
+    assert estimate.method == "estimate"
+    mib = estimate.bytes // 2**20 + extra_mib
+    write_python_model(triton.repo, GROWS, ALLOC_MODEL_PY.format(mib=mib))
+    used = ctl.meter.usage().used_bytes
+    limit = used + estimate.bytes + 20 * 2**20
+    ctl.config = ServingConfig(
+        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit)),
+        eviction_policy="lru",
+        pinned=others_loaded(control),
+    )
+    return ctl, limit
+
+
+def test_a_load_larger_than_its_estimate_evicts_others_back_under_the_limit_at_once(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, limit = grows_past_its_estimate(triton, fresh, extra_mib=100)
+
+    result = ctl.ensure_loaded(GROWS)
+
+    assert [e.model for e in result.evicted] == [A]
+    assert "back under the limit" in result.evicted[0].reason
+    assert states(fresh)[GROWS] == "READY" and states(fresh)[A] == "UNAVAILABLE"
+    assert ctl.meter.usage().used_bytes <= limit
+    infer(triton.http_url, GROWS)
+
+
+def test_a_load_that_cannot_fit_once_measured_is_unloaded_again_and_refused_next_time(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, _ = grows_past_its_estimate(triton, fresh, extra_mib=2 * ALLOC_MIB + 100)
+
+    with pytest.raises(MemoryBudgetError, match="it was unloaded again"):
+        ctl.ensure_loaded(GROWS)
+
+    assert states(fresh)[GROWS] == "UNAVAILABLE" and states(fresh)[A] == "READY"
+    infer(triton.http_url, A)
+    measured = FootprintStore(triton.repo).get(GROWS, 1)
+    assert measured is not None and measured.bytes > 2 * ALLOC_BYTES
+    with pytest.raises(MemoryBudgetError, match="exceed the limit"):
+        ctl.ensure_loaded(GROWS)  # refused before loading, with what it measured
+    assert AuditLog(triton.repo).read()[-1]["action"] == "refuse"
+    assert states(fresh)[GROWS] == "UNAVAILABLE"

@@ -387,6 +387,52 @@ def test_a_failed_load_serves_again_what_was_evicted_for_it(tmp_path: Path) -> N
     assert [r["model"] for r in audit(tmp_path, "restore")] == ["a"]
 
 
+def test_a_load_larger_than_expected_evicts_others_back_under_the_limit_at_once(
+    tmp_path: Path,
+) -> None:
+    ctl, fake = make(
+        tmp_path, {"a": 200 * MIB, "big": 400 * MIB}, limit=BASE + 500 * MIB, known=False
+    )
+    seed_footprint(tmp_path, "a", 200 * MIB)
+    ctl.ensure_loaded("a")
+    assert ctl.plan("big").footprint.bytes < 300 * MIB  # type: ignore[union-attr]
+
+    result = ctl.ensure_loaded("big")  # fits as estimated; measured, it does not
+
+    assert [e.model for e in result.evicted] == ["a"]
+    assert fake.loaded() == {"big"}
+    (record,) = audit(tmp_path, "evict")
+    assert record["model"] == "a" and "back under the limit" in record["reason"]
+    assert "big:1 measured 400.0 MiB" in record["reason"]
+
+
+def test_a_load_that_cannot_fit_once_measured_is_taken_back_and_its_victims_served_again(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "big": 450 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 420 * MIB, known=False)
+    seed_footprint(tmp_path, "a", 200 * MIB)
+    seed_footprint(tmp_path, "b", 200 * MIB)
+    ctl.ensure_loaded("a")
+    ctl.ensure_loaded("b")
+    fake.infer("b")
+
+    with pytest.raises(MemoryBudgetError) as caught:
+        ctl.ensure_loaded("big")  # a goes for its estimate; measured, b going is not enough
+
+    message = str(caught.value)
+    assert "cannot keep big:1 loaded: measured 450.0 MiB" in message and "unloaded again" in message
+    assert "served again what was evicted for it: a:1" in message
+    assert fake.loaded() == {"a", "b"}
+    assert fake.unloads == ["a", "big"]
+    assert [r["model"] for r in audit(tmp_path, "restore")] == ["a"]
+    # its measured footprint is kept: the next try is refused before anything is loaded
+    loads = list(fake.loads)
+    with pytest.raises(MemoryBudgetError, match="exceed the limit"):
+        ctl.ensure_loaded("big")
+    assert fake.loads == loads and fake.loaded() == {"a", "b"}
+
+
 def test_versions_still_loading_hold_their_slot_of_max_models(tmp_path: Path) -> None:
     sizes = {"a": MIB, "b": MIB, "c": MIB, "slow": MIB}
     ctl, fake = make(tmp_path, sizes, max_models=3)
