@@ -535,8 +535,13 @@ class Controller:
 
     # ---------------------------------------------------------------- ensure loaded
 
-    def ensure_loaded(self, name: str, version: int | None = None) -> EnsureResult:
+    def ensure_loaded(
+        self, name: str, version: int | None = None, *, refresh: bool = False
+    ) -> EnsureResult:
         """Make ``name`` (``version`` only, if given) READY within the budget.
+
+        ``refresh``: as :func:`manager.serving.load`'s (a load asked for by hand of a model
+        this repository holds no copy of goes to Triton even with a version READY).
 
         Raises ``MemoryBudgetError`` (nothing loaded, nothing evicted) when it cannot fit
         even after evicting every evictable model; ``ModelNotFoundError`` for a model the
@@ -558,7 +563,7 @@ class Controller:
                 if version is None
                 else None
             )
-            if serving.up_to_date(entries, version, wanted):
+            if serving.up_to_date(entries, version, wanted, refresh=refresh):
                 self.stats.cache_hits += 1
                 return EnsureResult(name, ready_before, 0.0, cache_hit=True)
             coming = (
@@ -586,6 +591,7 @@ class Controller:
                     version=version,
                     repo=self.repo,
                     wait_timeout=max(self.load_timeout - (time.monotonic() - asked), 1.0),
+                    refresh=refresh,
                 )
             except ManagerError as exc:
                 if isinstance(exc, serving.StillLoadingError):  # Triton goes on loading it
@@ -1026,11 +1032,15 @@ def load_model(
 ) -> serving.LoadResult | EnsureResult:
     """Load ``name`` (``version`` only, if given) as ``tritonctl load`` does: with a budget
     in ``config`` through :meth:`Controller.ensure_loaded` (evicting what the policy picks,
-    or refusing before the load), else a plain :func:`manager.serving.load`."""
+    or refusing before the load), else a plain :func:`manager.serving.load`. A model
+    ``repo`` holds no copy of is loaded again by Triton even with a version READY (it may
+    have new versions only the server's repository shows)."""
     if budget_configured(config):
         controller = Controller(control, repo, config, load_timeout=wait_timeout)
-        return controller.ensure_loaded(name, version)
-    return serving.load(control, name, version=version, repo=repo, wait_timeout=wait_timeout)
+        return controller.ensure_loaded(name, version, refresh=True)
+    return serving.load(
+        control, name, version=version, repo=repo, wait_timeout=wait_timeout, refresh=True
+    )
 
 
 def set_pin(repo: Path, name: str, pinned: bool) -> bool:

@@ -166,12 +166,19 @@ def _is_loaded(
 
 
 def up_to_date(
-    entries: Sequence[IndexEntry], version: int | None, wanted: frozenset[int] | None
+    entries: Sequence[IndexEntry],
+    version: int | None,
+    wanted: frozenset[int] | None,
+    *,
+    refresh: bool = False,
 ) -> bool:
     """Whether a load would change nothing: ``version`` is READY, or exactly the
-    ``wanted`` versions are (any READY version when they are not known)."""
+    ``wanted`` versions are; when they are not known (no local copy of the model), any
+    READY version, unless ``refresh`` (then only Triton can tell: never up to date)."""
     if version is None and wanted is not None:
         return set(ready_versions(entries)) == wanted
+    if version is None and refresh:
+        return False
     return _is_loaded(entries, version, wanted)
 
 
@@ -458,14 +465,17 @@ def load(
     version: int | None = None,
     repo: Path | None = None,
     wait_timeout: float = DEFAULT_LOAD_TIMEOUT_S,
+    refresh: bool = False,
 ) -> LoadResult:
     """Load ``name`` (only ``version`` if given) and return once it is READY.
 
     Without ``version`` the model serves what its version policy selects among the
     versions in ``repo`` (:func:`versions_to_serve`): nothing is done (``cache_hit``)
     when exactly those are READY; otherwise Triton loads it again, re-reading the
-    repository, so a newly published version is picked up. With ``version``, nothing is
-    done when it is READY. Pinning a version needs the model's config: from
+    repository, so a newly published version is picked up. ``refresh``: when ``repo``
+    holds no copy of the model (a server's repository elsewhere), Triton is asked to load
+    it again even with a version READY: only Triton sees which versions its repository
+    has now. With ``version``, nothing is done when it is READY. Pinning a version needs the model's config: from
     ``<repo>/<name>/config.pbtxt`` when ``repo`` holds it, else from Triton if the model
     is loaded. Raises ModelNotFoundError for a model the server's repository does not
     hold, LoadError with Triton's reason if it fails.
@@ -475,7 +485,7 @@ def load(
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     wanted = versions_to_serve(control, repo, name) if version is None else None
-    if up_to_date(entries, version, wanted):
+    if up_to_date(entries, version, wanted, refresh=refresh):
         log.info("model %s already ready (versions %s)", name, ready_versions(entries))
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
     config = _pin_config(repo, name, version, entries)

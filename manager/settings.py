@@ -9,6 +9,7 @@ DEFAULT_REPO = "model_repository"
 DEFAULT_URL = "http://localhost:8000"
 REPO_ENV = "TRITONCTL_REPO"
 URL_ENV = "TRITONCTL_URL"
+METRICS_URL_ENV = "TRITONCTL_METRICS_URL"
 META_DIR = ".tritonctl"
 SETTINGS_FILE = "tritonctl.yaml"  # serving settings, in the repository root
 

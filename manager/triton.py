@@ -30,7 +30,7 @@ from manager.errors import (
     UnloadError,
 )
 from manager.server import ServerInfo, running_server
-from manager.settings import DEFAULT_URL, URL_ENV
+from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +146,38 @@ def resolve_url(explicit: str | None = None, repo: Path | None = None) -> str:
     return DEFAULT_URL
 
 
-def resolve_endpoint(explicit: str | None = None, repo: Path | None = None) -> Endpoint:
-    """Like :func:`resolve_url`, with the metrics URL of the embedded server when the URL
-    is one of its endpoints."""
+def resolve_endpoint(
+    explicit: str | None = None, repo: Path | None = None, metrics_url: str | None = None
+) -> Endpoint:
+    """Like :func:`resolve_url`, with the metrics URL: ``metrics_url`` if given, else the
+    embedded server's when the URL is one of its endpoints, else ``TRITONCTL_METRICS_URL``,
+    else ``http://HOST:8002``."""
     url = resolve_url(explicit, repo)
-    metrics_url = None
+    if metrics_url:
+        return parse_url(url, metrics_url=check_metrics_url(metrics_url))
     if repo is not None:
         info = running_server(repo)
         if info is not None:
             ep = parse_url(url)
             if ep.url in (parse_url(info.http_url).url, parse_url(info.grpc_url).url):
-                metrics_url = info.metrics_url
-    return parse_url(url, metrics_url=metrics_url)
+                return parse_url(url, metrics_url=info.metrics_url)
+    from_env = os.environ.get(METRICS_URL_ENV)
+    return parse_url(url, metrics_url=check_metrics_url(from_env) if from_env else None)
+
+
+def check_metrics_url(url: str) -> str:
+    """``url`` (``http(s)://HOST:PORT``, ``/metrics`` left off) or a ManagerError."""
+    text = url.strip().rstrip("/").removesuffix("/metrics")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ManagerError(
+            f"invalid Triton metrics URL {url!r}: use http://HOST:PORT (Triton's --metrics-port)"
+        )
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ManagerError(f"invalid port in Triton metrics URL {url!r}") from exc
+    return text
 
 
 # --------------------------------------------------------------------------- parsing
@@ -337,10 +357,15 @@ class _ControlBase:
 
     @classmethod
     def connect(
-        cls: type[_Control], url: str | None = None, repo: Path | None = None, **kwargs: Any
+        cls: type[_Control],
+        url: str | None = None,
+        repo: Path | None = None,
+        *,
+        metrics_url: str | None = None,
+        **kwargs: Any,
     ) -> _Control:
-        """A control for :func:`resolve_endpoint` ``(url, repo)``."""
-        ep = resolve_endpoint(url, repo)
+        """A control for :func:`resolve_endpoint` ``(url, repo, metrics_url)``."""
+        ep = resolve_endpoint(url, repo, metrics_url)
         return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
 
     @classmethod

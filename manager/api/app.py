@@ -95,6 +95,7 @@ def create_app(
     repo: str | Path,
     triton_url: str | None = None,
     *,
+    metrics_url: str | None = None,
     config_file: Path | None = None,
     memory_limit: str | None = None,
     max_models: int | None = None,
@@ -105,7 +106,7 @@ def create_app(
     """The control plane of repository ``repo`` and the Triton server at ``triton_url``.
 
     ``triton_url`` None resolves as the CLI does without ``--url`` (``TRITONCTL_URL``, the
-    embedded server of ``repo``, ``http://localhost:8000``); ``config_file``,
+    embedded server of ``repo``, ``http://localhost:8000``); ``metrics_url``, ``config_file``,
     ``memory_limit``, ``max_models`` and ``policy`` are the CLI's serving options. With
     ``token`` every route but health and ``/metrics`` needs ``Authorization: Bearer
     <token>``. ``control_factory`` replaces the Triton connection made per request (tests
@@ -114,6 +115,7 @@ def create_app(
     plane = ControlPlane(
         repo,
         triton_url,
+        metrics_url=metrics_url,
         config_file=config_file,
         memory_limit=memory_limit,
         max_models=max_models,

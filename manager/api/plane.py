@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from manager.budget import ServingOptions
 from manager.repository import Repository
-from manager.triton import TritonControl, parse_url
+from manager.triton import TritonControl, check_metrics_url, parse_url
 
 ControlFactory = Callable[[], TritonControl]
 """Makes the Triton control a request uses (a test passes one that returns a fake)."""
@@ -20,7 +21,7 @@ class ControlPlane(ServingOptions):
 
     ``url`` None means what the CLI does without ``--url``: ``TRITONCTL_URL``, else the
     embedded server of ``repo`` if one runs (looked up on every request, so a restarted
-    server is followed), else ``http://localhost:8000``. ``config_file``,
+    server is followed), else ``http://localhost:8000``; ``metrics_url`` is ``--metrics-url``. ``config_file``,
     ``memory_limit``, ``max_models`` and ``policy`` are the CLI's ``--config``,
     ``--memory-limit``, ``--max-models`` and ``--policy``: the serving settings are read
     on every request (``tritonctl.yaml`` edits take effect), and checked once here so
@@ -32,6 +33,7 @@ class ControlPlane(ServingOptions):
         repo: str | Path,
         url: str | None = None,
         *,
+        metrics_url: str | None = None,
         config_file: Path | None = None,
         memory_limit: str | None = None,
         max_models: int | None = None,
@@ -40,6 +42,7 @@ class ControlPlane(ServingOptions):
     ) -> None:
         self.repo = Path(repo)
         self.url = url
+        self.metrics_url = check_metrics_url(metrics_url) if metrics_url else None
         self.config_file = config_file
         self.memory_limit = memory_limit
         self.max_models = max_models
@@ -64,6 +67,8 @@ class ControlPlane(ServingOptions):
         if self._control_factory is not None:
             yield self._control_factory()
             return
-        options = {"timeout": timeout} if timeout is not None else {}
-        with TritonControl.connect(self.url, self.repo, **options) as control:
+        options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        with TritonControl.connect(
+            self.url, self.repo, metrics_url=self.metrics_url, **options
+        ) as control:
             yield control

@@ -65,6 +65,7 @@ def serve(
     app = create_app(
         obj.repo,
         obj.url,
+        metrics_url=obj.metrics_url,
         config_file=obj.config_file,
         memory_limit=obj.memory_limit,
         max_models=obj.max_models,

@@ -41,6 +41,13 @@ class AppContext(ServingOptions, Context):
     "Default: the embedded server of --repo if one runs, else http://localhost:8000.",
 )
 @click.option(
+    "--metrics-url",
+    default=None,
+    metavar="URL",
+    help="Triton's metrics endpoint, http://HOST:PORT (env TRITONCTL_METRICS_URL). "
+    "Default: the embedded server's, else port 8002 of --url's host.",
+)
+@click.option(
     "--config",
     "config_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -73,6 +80,7 @@ def main(
     ctx: click.Context,
     repo: Path,
     url: str | None,
+    metrics_url: str | None,
     config_file: Path | None,
     memory_limit: str | None,
     max_models: int | None,
@@ -87,6 +95,7 @@ def main(
     ctx.obj = AppContext(
         repo=repo,
         url=url,
+        metrics_url=metrics_url,
         config_file=config_file,
         memory_limit=memory_limit,
         max_models=max_models,

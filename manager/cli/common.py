@@ -65,6 +65,7 @@ class Context:
     repo: Path
     url: str | None = None
     config_file: Path | None = None
+    metrics_url: str | None = None
 
 
 class ManagerGroup(click.Group):

@@ -47,7 +47,7 @@ from manager.triton import TritonControl
 
 
 def _control(obj: Context) -> TritonControl:
-    return TritonControl.connect(obj.url, obj.repo)
+    return TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url)
 
 
 def _say(text: str) -> None:

@@ -30,7 +30,7 @@ def open_controller(
     obj: AppContext, config: ServingConfig | None = None, **options: Any
 ) -> Iterator[Controller]:
     """A controller for the server and repository of the global options."""
-    with TritonControl.connect(obj.url, obj.repo) as control:
+    with TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url) as control:
         yield Controller(control, obj.repo, config or obj.serving_config(), **options)
 
 

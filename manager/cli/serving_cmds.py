@@ -24,7 +24,7 @@ def say(text: str) -> None:
 
 
 def _control(obj: Context) -> TritonControl:
-    return TritonControl.connect(obj.url, obj.repo)
+    return TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url)
 
 
 @main.command()

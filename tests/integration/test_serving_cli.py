@@ -6,6 +6,7 @@ import json
 import re
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -238,6 +239,42 @@ def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> No
         assert code == 0 and "already loaded (version 3)" in out, out
     finally:
         run(triton, "unload", "cli_newer")
+        assert folder.is_dir()
+
+
+def test_cli_load_of_a_model_only_the_server_holds_picks_up_its_new_version(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    """`--url` of a server whose repository is elsewhere (no copy here): Triton is asked
+    to load again, so a version published there since is served."""
+    folder = write_add_model(triton.repo, "cli_remote", {1: 1.0})
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+
+    def remote(*args: str) -> tuple[int, str]:
+        argv = ["--repo", str(here), "--url", triton.http_url, *args]
+        result = CliRunner().invoke(main, argv)
+        return result.exit_code, result.output
+
+    try:
+        code, out = remote("load", "cli_remote")
+        assert code == 0 and "version 1" in out, out
+        write_add_model(triton.repo, "cli_remote", {1: 1.0, 2: 2.0})
+        code, out = remote("load", "cli_remote")
+        assert code == 0 and "version 2" in out, out
+        assert http_answer(triton, "cli_remote") == 2.0
+        write_add_model(triton.repo, "cli_remote", {3: 3.0})
+        # within a budget the controller reads memory from the metrics endpoint: a
+        # server elsewhere names it (its port is not the default 8002 here)
+        code, out = remote("--max-models", "100", "load", "cli_remote")
+        assert code != 0 and "metrics" in out, out
+        code, out = remote(
+            "--metrics-url", triton.metrics_url, "--max-models", "100", "load", "cli_remote"
+        )
+        assert code == 0 and "version 3" in out, out
+        assert http_answer(triton, "cli_remote") == 3.0
+    finally:
+        run(triton, "unload", "cli_remote")
         assert folder.is_dir()
 
 

@@ -17,7 +17,7 @@ from manager.errors import (
     TritonUnreachableError,
     UnloadError,
 )
-from manager.settings import DEFAULT_URL, URL_ENV
+from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 from manager.triton import (
     TritonControl,
     parse_index,
@@ -91,6 +91,22 @@ def test_metrics_url_of_embedded_server_applies_to_its_grpc_url_too(tmp_path: Pa
     ep = resolve_endpoint(info.grpc_url, tmp_path)
     assert ep.protocol == "grpc"
     assert ep.metrics_url == info.metrics_url
+
+
+def test_metrics_url_given_or_from_the_environment_else_port_8002_of_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(METRICS_URL_ENV, raising=False)
+    assert resolve_endpoint("http://far:9000", tmp_path).metrics_url == "http://far:8002"
+    monkeypatch.setenv(METRICS_URL_ENV, "http://far:19002/")
+    assert resolve_endpoint("http://far:9000", tmp_path).metrics_url == "http://far:19002"
+    given = resolve_endpoint("grpc://far:9001", tmp_path, "https://m.example:443/metrics")
+    assert given.metrics_url == "https://m.example:443"
+    with TritonControl.connect("http://far:9000", tmp_path, metrics_url="http://x:1") as c:
+        assert c.metrics_url == "http://x:1"
+    for bad in ("far:19002", "ftp://far:1", "http://far:port"):
+        with pytest.raises(ManagerError, match="metrics URL"):
+            resolve_endpoint("http://far:9000", tmp_path, bad)
 
 
 def test_connect_builds_a_control_for_the_resolved_endpoint(tmp_path: Path) -> None:
