@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from manager.errors import (
     UnloadError,
 )
 from manager.footprint import (
+    LIVE_BASIS,
     Footprint,
     FootprintStore,
     MemoryMeter,
@@ -422,6 +423,15 @@ class Controller:
             stat = stats.get(key)
             recorded = self.footprints.get(name, version)
             known = loaded_footprint(self.footprints, name, version, usage.per_version)
+            if recorded is None and known is not None and known.basis == LIVE_BASIS:
+                # loaded without a budget (or outside tritonctl): what it holds now is
+                # kept as its footprint, so a later budgeted load of it plans with that
+                recorded = replace(
+                    known,
+                    size_bytes=artifact_size(self.repo, name, version),
+                    basis="read while loaded",
+                )
+                self.footprints.record(recorded)
             footprint = (known or self.footprints.estimate(name, version)).bytes
             reason = protected.get(name, "")
             states.append(

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from manager.errors import (
     RepositoryError,
     UnloadError,
 )
-from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter
+from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter, Usage
 from manager.loadtimes import LoadTimes
 from manager.modelconfig import TensorSpec, build_config, write_config
 from manager.policies import LruPolicy, ModelState
@@ -431,6 +432,41 @@ def test_a_load_that_cannot_fit_once_measured_is_taken_back_and_its_victims_serv
     with pytest.raises(MemoryBudgetError, match="exceed the limit"):
         ctl.ensure_loaded("big")
     assert fake.loads == loads and fake.loaded() == {"a", "b"}
+
+
+class StubMeter(MemoryMeter):
+    """Reads each loaded version's memory as a local server's stubs show it."""
+
+    def usage(self, *, fresh: bool = False) -> Usage:
+        usage = super().usage(fresh=fresh)
+        fake = self.source
+        assert isinstance(fake, FakeTriton)
+        live = {(n, 1): fake.sizes[n] for n in fake.loaded()}
+        return replace(usage, per_version=live)
+
+
+def test_a_version_loaded_without_a_budget_keeps_what_it_held_as_its_footprint(
+    tmp_path: Path,
+) -> None:
+    fake = FakeTriton({"a": 300 * MIB, "b": 300 * MIB})
+    for name in fake.sizes:
+        write_model(tmp_path, name)
+    config = ServingConfig(budget=MemoryBudget(limit=MemoryLimit(num_bytes=BASE + 500 * MIB)))
+    ctl = Controller(fake, tmp_path, config, meter=StubMeter(fake, metrics_interval_s=0.001))
+    serving.load(fake, "a", repo=tmp_path)  # a plain load: nothing measured
+    assert FootprintStore(tmp_path).get("a", 1) is None
+
+    ctl.plan()  # the controller sees it loaded, holding 300 MiB
+
+    stored = FootprintStore(tmp_path).get("a", 1)
+    assert stored is not None and stored.bytes == 300 * MIB and stored.measured
+    serving.unload(fake, "a")
+    ctl.plan()
+    # unloaded, it is planned for with what it held, not a default guess
+    assert ctl.plan("a").footprint == FootprintStore(tmp_path).get("a", 1)
+    assert ctl.plan("a").need_bytes == 0
+    ctl.ensure_loaded("b")
+    assert ctl.plan("a").need_bytes > 0
 
 
 def test_versions_still_loading_hold_their_slot_of_max_models(tmp_path: Path) -> None:
