@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from manager.errors import (
     LoadError,
@@ -116,10 +116,7 @@ def parse_url(url: str, *, metrics_url: str | None = None) -> Endpoint:
         raise ManagerError(
             f"unsupported Triton URL {url!r}: use http://HOST:PORT or grpc://HOST:PORT"
         )
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ManagerError(f"invalid port in Triton URL {url!r}") from exc
+    port = _port_of(parts, f"Triton URL {url!r}")
     host = parts.hostname
     if not host:
         raise ManagerError(f"no host in Triton URL {url!r}")
@@ -173,11 +170,17 @@ def check_metrics_url(url: str) -> str:
         raise ManagerError(
             f"invalid Triton metrics URL {url!r}: use http://HOST:PORT (Triton's --metrics-port)"
         )
-    try:
-        _ = parts.port
-    except ValueError as exc:
-        raise ManagerError(f"invalid port in Triton metrics URL {url!r}") from exc
+    _port_of(parts, f"Triton metrics URL {url!r}")
     return text
+
+
+def _port_of(parts: SplitResult, what: str) -> int | None:
+    """The port of ``parts`` (None when the URL has none); ManagerError naming ``what``
+    when it is not a port number."""
+    try:
+        return parts.port
+    except ValueError as exc:
+        raise ManagerError(f"invalid port in {what}") from exc
 
 
 # --------------------------------------------------------------------------- parsing
