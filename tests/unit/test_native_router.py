@@ -148,8 +148,25 @@ def shares(
 ) -> tuple[list[int], int]:
     """Routes ``n`` requests ``step_ns`` apart (a 1 ms run window); ``idle``: each finds
     nothing in flight, so runs last up to ``idle_window_ns``."""
+    counts, longest = shares_and_runs(
+        probe, weights, run, n, step_ns, idle_window_ns=idle_window_ns, idle=idle
+    )
+    return counts, max(longest)
+
+
+def shares_and_runs(
+    probe: ctypes.CDLL,
+    weights: list[float],
+    run: int,
+    n: int,
+    step_ns: int = 0,
+    *,
+    idle_window_ns: int = 0,
+    idle: bool = False,
+) -> tuple[list[int], list[int]]:
+    """As ``shares``, with the longest run of each target."""
     counts = (ctypes.c_uint64 * len(weights))()
-    longest = ctypes.c_uint64()
+    longest = (ctypes.c_uint64 * len(weights))()
     ok = probe.probe_shares(
         routes_text(weights),
         run,
@@ -159,10 +176,10 @@ def shares(
         n,
         step_ns,
         counts,
-        ctypes.byref(longest),
+        longest,
     )
     assert ok == 1
-    return list(counts), longest.value
+    return list(counts), list(longest)
 
 
 def test_both_routers_hash_sticky_keys_alike(probe: ctypes.CDLL) -> None:
@@ -215,6 +232,30 @@ def test_runs_are_bounded_by_length_and_time(probe: ctypes.CDLL) -> None:
     counts, longest = shares(probe, [50.0, 50.0], 64, 10_000, step_ns=100_000)
     assert longest <= 11
     assert abs(counts[0] - 5_000) <= 11
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "lone-caller"])
+def test_a_small_share_gets_runs_scaled_to_its_weight(probe: ctypes.CDLL, idle: bool) -> None:
+    # a canary at 5 %: at most 64 * 5 / 95 = 3.4 -> 4 requests in a row, never two runs
+    # back to back (the old version may get two: it is owed the rounding)
+    window = 10**12 if idle else 0
+    counts, longest = shares_and_runs(
+        probe, [95.0, 5.0], 64, 20_000, idle_window_ns=window, idle=idle
+    )
+    assert longest[1] == 4
+    assert abs(counts[1] - 1_000) <= 64
+    # a share too small for even one request per full run gets runs of one
+    _, longest = shares_and_runs(probe, [99.5, 0.5], 64, 20_000, idle_window_ns=window, idle=idle)
+    assert longest[1] == 1
+    # 15 %: 64 * 15 / 85 = 11.3 -> 12
+    _, longest = shares_and_runs(probe, [85.0, 15.0], 64, 20_000, idle_window_ns=window, idle=idle)
+    assert longest[1] == 12
+    # equal weights keep full runs
+    _, longest = shares_and_runs(probe, [50.0, 50.0], 64, 20_000, idle_window_ns=window, idle=idle)
+    assert longest == [64, 64]
+    # three targets: each run in proportion to the largest weight
+    _, longest = shares_and_runs(probe, [10.0, 60.0, 30.0], 64, 20_000)
+    assert longest == [11, 64, 32]
 
 
 def test_a_lone_caller_keeps_its_run_for_the_idle_window(probe: ctypes.CDLL) -> None:

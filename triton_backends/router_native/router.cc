@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -113,6 +114,7 @@ struct Routes {
   std::vector<Target> targets;
   std::vector<double> bounds;  // cumulative weights
   double total = 0.0;
+  double largest = 0.0;        // the largest weight
   int single = -1;             // the only target with a positive weight, or -1
   std::string sticky_parameter;
   bool use_correlation_id = false;
@@ -182,6 +184,7 @@ ParseRoutes(const std::string& text, Routes* out, std::string* error)
       }
       target.label = target.model + ":" + std::to_string(target.version);
       out->total += target.weight;
+      out->largest = std::max(out->largest, target.weight);
       out->bounds.push_back(out->total);
       out->targets.push_back(target);
     }
@@ -743,6 +746,23 @@ StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
   return "";
 }
 
+// The most requests one run of a target with ``weight`` may take: ``run_length`` for the
+// targets of the largest weight, and in proportion for the others, rounded up: what a
+// full run of the largest earns the target, so that a run of it is not followed by
+// another one of it while the largest is owed requests (with two targets, never). A
+// version given a small share (a canary at 5 %) then gets short runs: were it broken, the
+// callers would see a few failures at a time spread over the stage, not one long run of
+// failures (64 requests in a row at 5 %: every caller failing for as long as the run).
+uint64_t
+RunLength(uint64_t run_length, double weight, double largest)
+{
+  if (!(largest > 0.0) || weight >= largest) {
+    return run_length;
+  }
+  double scaled = std::ceil(static_cast<double>(run_length) * weight / largest);
+  return std::max<uint64_t>(1, static_cast<uint64_t>(scaled));
+}
+
 // The target of one request. With a sticky key the key's stable hash decides.
 //
 // Without one, and with ``run_length`` 1, each request gets its own weighted random draw.
@@ -756,11 +776,11 @@ StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
 // window, and sending each to the other target than the last costs it the switch between
 // the targets' processes on every call (about 1 ms a call for all-MiniLM-L6-v2 on CPU),
 // while with callers in flight together the short window spreads them over the targets,
-// which then work in parallel. Shares stay
-// exact whatever the run lengths: every request credits each target with its share of
-// the weights and debits the target it goes to by one, and each run goes to the target
-// owed the most (a deficit round robin). Over any stretch of traffic each target gets its
-// weight's share to within one run.
+// which then work in parallel. A target's runs are scaled to its weight (RunLength), so a
+// small share comes in short runs. Shares stay exact whatever the run lengths: every
+// request credits each target with its share of the weights and debits the target it
+// goes to by one, and each run goes to the target owed the most (a deficit round robin).
+// Over any stretch of traffic each target gets its weight's share to within one run.
 const Target&
 Pick(
     ModelState* model, const std::shared_ptr<const Routes>& routes,
@@ -798,7 +818,7 @@ Pick(
       }
     }
     model->run_target = best;
-    model->run_left = model->run_length;
+    model->run_left = RunLength(model->run_length, r.targets[best].weight, r.largest);
     model->run_start_ns = now_ns;
   }
   model->credit[model->run_target] -= 1.0;

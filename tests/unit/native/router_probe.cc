@@ -40,8 +40,8 @@ probe_parse(const char* text, char* out, size_t out_len)
 // Routes ``n`` requests made ``step_ns`` apart by ``text`` with runs of at most ``run``
 // requests within ``window_ns`` (``idle_window_ns`` for requests that find nothing in
 // flight: all of them if ``idle``, none otherwise): requests per target in ``counts`` (in
-// the order listed), the longest run of one target in ``*longest``. Returns 0 if the
-// routes do not parse.
+// the order listed), the longest run of each target in ``longest`` (in the same order).
+// Returns 0 if the routes do not parse.
 PROBE_EXPORT int
 probe_shares(
     const char* text, uint64_t run, uint64_t window_ns, uint64_t idle_window_ns, int idle,
@@ -59,13 +59,13 @@ probe_shares(
   std::shared_ptr<const Routes> shared = routes;
   const Target* previous = nullptr;
   uint64_t streak = 0;
-  *longest = 0;
   uint64_t now = 1;
   for (uint64_t i = 0; i < n; ++i, now += step_ns) {
     const Target& target = Pick(&model, shared, nullptr, now, idle != 0);
-    counts[&target - routes->targets.data()] += 1;
+    size_t index = static_cast<size_t>(&target - routes->targets.data());
+    counts[index] += 1;
     streak = (&target == previous) ? streak + 1 : 1;
-    *longest = std::max(*longest, streak);
+    longest[index] = std::max(longest[index], streak);
     previous = &target;
   }
   return 1;
