@@ -168,16 +168,21 @@ class DynamicModelManager:
         return await asyncio.to_thread(self.controller.unload, name, force=force)
 
     async def switch_active_model(
-        self, endpoint: str, model: str, version: int | None = None
+        self, endpoint: str, model: str, version: int | None = None, *, force: bool = False
     ) -> EndpointState:
         """Point ``endpoint`` at ``model`` (``version``, default the newest): the model is
-        first made to fit (as :meth:`load_model`), then the endpoint re-pointed."""
+        first made to fit (as :meth:`load_model`), then the endpoint re-pointed. A model
+        with other inputs or outputs than the endpoint's is refused unless ``force``."""
         await self.load_model(model, version)
-        return await asyncio.to_thread(self._switch, endpoint, model, version)
+        return await asyncio.to_thread(self._switch, endpoint, model, version, force)
 
-    def _switch(self, endpoint: str, model: str, version: int | None) -> EndpointState:
+    def _switch(
+        self, endpoint: str, model: str, version: int | None, force: bool = False
+    ) -> EndpointState:
         with self.controller.locked():
-            return Endpoints(Repository(self.repo), self.control).switch(endpoint, model, version)
+            return Endpoints(Repository(self.repo), self.control).switch(
+                endpoint, model, version, force=force
+            )
 
     async def evict(self, name: str, *, force: bool = False) -> list[Eviction]:
         """Evict ``name`` by hand (audited); refused for a protected model unless ``force``."""

@@ -817,19 +817,74 @@ class Endpoints:
             policy = policy_versions(config)
             if wanted <= ready and policy is not None and serve <= policy:
                 return ready
+            original = path.read_bytes()
             if policy != serve:
                 keep_owner_policy(self.repo.path, model, config)
                 write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
-            self.control.load_model(model)
-            before, ready = ready, self._ready_versions(model)
-            record_load(self.repo.path, model, ready - before)  # lru/fifo date them
-            missing = wanted - ready
-            if missing:
-                raise LoadError(
-                    f"model {model!r} loaded but versions {sorted(missing)} are not READY"
-                )
+            try:
+                self.control.load_model(model)
+                before, ready = ready, self._ready_versions(model)
+                record_load(self.repo.path, model, ready - before)  # lru/fifo date them
+                missing = wanted - ready
+                if missing:
+                    raise LoadError(
+                        f"model {model!r} loaded but versions {sorted(missing)} are not READY"
+                    )
+            except ManagerError:
+                # Triton keeps serving what it served; the policy must not name a version
+                # it failed on, or the next load of the model (or of an ensemble calling
+                # it) tries that version again
+                if path.read_bytes() != original:
+                    write_bytes_atomic(path, original)
+                raise
             return ready
+
+    def _serve_targets(self, by_model: dict[str, set[int]]) -> dict[str, set[int]]:
+        """:meth:`serve_versions` for each model; returns the versions that were not READY
+        before and are now. If one model fails, what was added for the others is retired
+        again before the error is raised."""
+        added: dict[str, set[int]] = {}
+        try:
+            for model, versions in sorted(by_model.items()):
+                before = self._ready_versions(model)
+                added[model] = self.serve_versions(model, versions) - before
+        except ManagerError:
+            self._take_back(added)
+            raise
+        return added
+
+    def _take_back(self, added: dict[str, set[int]]) -> None:
+        """Retire the versions a failed change loaded (``added``: from
+        :meth:`_serve_targets`) that no endpoint routes to, so the failure leaves Triton
+        serving what it served before."""
+        for model, versions in sorted(added.items()):
+            for version in sorted(versions):
+                try:
+                    self.retire(model, version, keep_if_routed=True)
+                except ManagerError as exc:
+                    log.warning("%s:%d stays loaded: %s", model, version, exc)
+
+    def _check_clients_io(
+        self, name: str, targets: Sequence[tuple[str, mc.ModelConfig]], *, force: bool
+    ) -> None:
+        """Refuse (EndpointError) targets whose inputs, outputs or batching differ from
+        what endpoint ``name`` takes now: every client of it would fail. ``force`` allows
+        it (a deliberate change of the endpoint's interface)."""
+        path = self.repo.path / name / CONFIG_FILE
+        if force or not path.is_file():
+            return
+        try:
+            current = read_config(path)
+        except ManagerError:
+            return  # a damaged endpoint folder: nothing to keep clients compatible with
+        try:
+            check_same_io([(f"endpoint {name!r}", current), *targets])
+        except EndpointError as exc:
+            raise EndpointError(
+                f"{exc}: clients of endpoint {name!r} would fail; use --force "
+                "(force=True) to change what the endpoint takes"
+            ) from exc
 
     def retire(self, model: str, version: int, *, keep_if_routed: bool = False) -> bool:
         """Stop serving one version of ``model`` (the others keep serving); returns whether
@@ -966,27 +1021,35 @@ class Endpoints:
 
     # ---------------------------------------------------------------- operations
 
-    def switch(self, name: str, model: str, version: int | None = None) -> EndpointState:
+    def switch(
+        self, name: str, model: str, version: int | None = None, *, force: bool = False
+    ) -> EndpointState:
         """Point endpoint ``name`` at one model version (created if new).
 
         ``version`` None is the newest published version. The target is loaded, the
         routes file and the pinned ensemble are written and the endpoint is (re)loaded
         (Triton keeps the old model, ensemble or router, serving until the new one is
-        ready). Refused (RolloutError) while a rollout of ``name`` runs.
+        ready). A target whose inputs, outputs or batching differ from what the endpoint
+        takes now is refused (EndpointError) unless ``force``. If anything fails, the
+        endpoint keeps serving as before and a version loaded for the switch is retired
+        again. Refused (RolloutError) while a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "switched")
         before = self._read(name)
-        state = self._switch(name, model, version)
+        state = self._switch(name, model, version, force=force)
         self._release_policies(before)
         return state
 
-    def _switch(self, name: str, model: str, version: int | None) -> EndpointState:
+    def _switch(
+        self, name: str, model: str, version: int | None, *, force: bool = False
+    ) -> EndpointState:
         self._check_endpoint_name(name)
         config = self._target_config(model)
         version = self._resolve_version(model, version)
         with self._lock(name):
+            self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
             previous = self._read(name)
-            self.serve_versions(model, {version})
+            added = self._serve_targets({model: {version}})
             state = EndpointState(
                 name=name,
                 mode=PINNED,
@@ -995,7 +1058,11 @@ class Endpoints:
                 updated_at=_now(),
             )
             # Written first: a router still in the path sends everything to the new target.
-            self._apply(name, previous, state, endpoint_config(name, config, model, version))
+            try:
+                self._apply(name, previous, state, endpoint_config(name, config, model, version))
+            except ManagerError:
+                self._take_back(added)
+                raise
             self._remove_legacy_router(name)
             log.info("endpoint %s -> %s:%d (pinned)", name, model, version)
             return state
@@ -1007,6 +1074,7 @@ class Endpoints:
         *,
         sticky_parameter: str | None = None,
         use_correlation_id: bool = False,
+        force: bool = False,
     ) -> EndpointState:
         """Send endpoint ``name``'s traffic to several targets by weight (created if new).
 
@@ -1014,12 +1082,19 @@ class Endpoints:
         inputs/outputs, only the routes file is rewritten (effective within ~0.2 s).
         Otherwise the endpoint model becomes the router: written and (re)loaded in place
         of the ensemble (Triton keeps the old model serving until the router is ready).
-        Refused (RolloutError) while a rollout of ``name`` runs.
+        The targets must take the same inputs and outputs, and unless ``force`` the same
+        as the endpoint takes now. If anything fails, the endpoint keeps serving as before
+        and versions loaded for the split are retired again. Refused (RolloutError) while
+        a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "split")
         before = self._read(name)
         state = self._split(
-            name, targets, sticky_parameter=sticky_parameter, use_correlation_id=use_correlation_id
+            name,
+            targets,
+            sticky_parameter=sticky_parameter,
+            use_correlation_id=use_correlation_id,
+            force=force,
         )
         self._release_policies(before)
         return state
@@ -1031,6 +1106,7 @@ class Endpoints:
         *,
         sticky_parameter: str | None,
         use_correlation_id: bool,
+        force: bool = False,
     ) -> EndpointState:
         if sticky_parameter and use_correlation_id:
             raise EndpointError("route by a sticky parameter or by the correlation id, not both")
@@ -1050,9 +1126,11 @@ class Endpoints:
         for t in checked:
             by_model.setdefault(t.model, set()).add(t.version)
         with self._lock(name):
+            self._check_clients_io(
+                name, [(checked[0].label(), configs[checked[0].model])], force=force
+            )
             previous = self._read(name)
-            for model, versions in sorted(by_model.items()):
-                self.serve_versions(model, versions)
+            added = self._serve_targets(by_model)
             state = EndpointState(
                 name=name,
                 mode=ROUTED,
@@ -1090,6 +1168,7 @@ class Endpoints:
             except ManagerError as exc:
                 self._restore(name, previous)
                 self._put_back(folder, saved)
+                self._take_back(added)
                 if isinstance(exc, LoadError):
                     raise EndpointError(
                         f"the router of endpoint {name!r} could not be loaded: {exc}"
@@ -1150,12 +1229,13 @@ class Endpoints:
         state = self.get(name)
         if state.mode == PINNED:
             target = state.targets[0]
-            return self._switch(name, target.model, target.version)
+            return self._switch(name, target.model, target.version, force=True)
         return self._split(
             name,
             state.targets,
             sticky_parameter=state.sticky_parameter,
             use_correlation_id=state.use_correlation_id,
+            force=True,
         )
 
     def restore_all(self) -> Sequence[EndpointState]:

@@ -348,13 +348,20 @@ async def astart_rollout(
 
 
 async def aswitch(
-    repo: Repository | str | Path, url: str, endpoint: str, model: str, version: int | None = None
+    repo: Repository | str | Path,
+    url: str,
+    endpoint: str,
+    model: str,
+    version: int | None = None,
+    *,
+    force: bool = False,
 ) -> object:
-    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it."""
+    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it; a model
+    with other inputs or outputs than the endpoint's is refused unless ``force``."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
     def work() -> object:
         with TritonControl(url) as control:
-            return Endpoints(repository, control).switch(endpoint, model, version)
+            return Endpoints(repository, control).switch(endpoint, model, version, force=force)
 
     return await asyncio.to_thread(work)

@@ -57,7 +57,7 @@ def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.Endp
     """Point endpoint ``name`` at one model version, creating it if new (``tritonctl
     endpoint switch NAME --to MODEL[:VERSION]``); clients keep calling ``name``."""
     model, version = parse_model_ref(body.to)
-    return _one(plane, lambda endpoints: endpoints.switch(name, model, version))
+    return _one(plane, lambda endpoints: endpoints.switch(name, model, version, force=body.force))
 
 
 @router.post("/endpoints/{name}/split", response_model=schemas.EndpointAnswer)
@@ -76,6 +76,7 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
             targets,
             sticky_parameter=body.sticky_parameter,
             use_correlation_id=body.sticky_correlation_id,
+            force=body.force,
         ),
         options,
     )

@@ -337,6 +337,11 @@ class Deleted(Answer):
 
 class SwitchRequest(Body):
     to: str = Field(min_length=1, description="MODEL or MODEL:VERSION (default the newest).")
+    force: bool = Field(
+        default=False,
+        description="Allow targets whose inputs, outputs or max_batch_size differ from what "
+        "the endpoint takes now.",
+    )
 
 
 class SplitRequest(Body):
@@ -345,6 +350,11 @@ class SplitRequest(Body):
     )
     sticky_parameter: str | None = None
     sticky_correlation_id: bool = False
+    force: bool = Field(
+        default=False,
+        description="Allow targets whose inputs, outputs or max_batch_size differ from what "
+        "the endpoint takes now.",
+    )
     router: str | None = Field(
         default=None,
         description=f"One of {', '.join(ROUTER_BACKENDS)} (default: TRITONCTL_ROUTER).",

@@ -121,14 +121,20 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     metavar="MODEL[:VERSION]",
     help="The model (newest version) or model version to serve under NAME.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow targets whose inputs, outputs or max_batch_size differ from what the "
+    "endpoint takes now (its clients' requests will no longer fit).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
-def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
+def endpoint_switch(obj: Context, name: str, to: str, force: bool, as_json: bool) -> None:
     """Point endpoint NAME at one model version (created if new); no client change."""
     model, version = _parse_model_version(to)
     with _control(obj) as control:
         endpoints = Endpoints(Repository(obj.repo), control)
-        state = endpoints.switch(name, model, version)
+        state = endpoints.switch(name, model, version, force=force)
         if as_json:  # as `endpoint show --json` and the REST answer: with `serving`
             print_json(endpoints.describe([state])[0])
             return
@@ -163,6 +169,12 @@ def endpoint_switch(obj: Context, name: str, to: str, as_json: bool) -> None:
     help="Router: native (C++ backend), python (Python backend) or auto (native where it "
     "can be built). Default: $TRITONCTL_ROUTER, else auto.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow targets whose inputs, outputs or max_batch_size differ from what the "
+    "endpoint takes now (its clients' requests will no longer fit).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_split(
@@ -172,6 +184,7 @@ def endpoint_split(
     sticky_parameter: str | None,
     sticky_correlation_id: bool,
     router_backend: str | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Split endpoint NAME's traffic across targets by weight (an A/B test)."""
@@ -189,6 +202,7 @@ def endpoint_split(
             parsed,
             sticky_parameter=sticky_parameter,
             use_correlation_id=sticky_correlation_id,
+            force=force,
         )
         if as_json:
             print_json(endpoints.describe([state])[0])

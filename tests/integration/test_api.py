@@ -156,9 +156,21 @@ def test_api_switches_an_endpoint_that_clients_call_by_its_name(
         assert refused.status_code == 409, refused.text
         assert "api_ep (api_adder:2)" in refused.json()["error"]
         np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
+
+        # a model taking batches would fail every client's request: only with "force"
+        write_python_model(triton.repo, "api_batched", max_batch_size=4)
+        body = {"to": "api_batched:1"}
+        refused = api.post("/v1/endpoints/api_ep/switch", json=body)
+        assert refused.status_code == 400, refused.text
+        assert "max_batch_size" in refused.json()["error"]
+        np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
+        forced = api.post("/v1/endpoints/api_ep/switch", json={**body, "force": True})
+        assert forced.status_code == 200, forced.text
+        assert forced.json()["targets"][0]["model"] == "api_batched"
     finally:
         api.delete("/v1/endpoints/api_ep")
         api.post("/v1/models/api_adder/unload", json={})
+        api.post("/v1/models/api_batched/unload", json={})
     assert api.get("/v1/endpoints/api_ep").status_code == 404
 
 

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from manager import native_router
 from manager.endpoints import Endpoints, RouterOptions, Target, router_name
+from manager.errors import EndpointError, LoadError
 from manager.modelconfig import TensorSpec, build_config, read_config, write_config
 from manager.publish import publish
 from manager.repository import Repository
@@ -524,6 +525,62 @@ def test_publishing_a_new_version_keeps_the_versions_endpoints_pin_served(
         assert call(client, "ep_grow_old") == 1
         assert call(client, "ep_grow_mid") == 2
         assert call(client, "ep_grow_new") == 3
+
+
+FAILS_TO_LOAD_PY = textwrap.dedent(
+    """
+    class TritonPythonModel:
+        def initialize(self, args):
+            raise RuntimeError("tritonctl-test: initialize refused on purpose")
+
+        def execute(self, requests):
+            return []
+    """
+)
+
+
+def test_a_failed_or_incompatible_switch_leaves_the_endpoint_and_its_model_as_they_were(
+    models: TritonHandle, endpoints: Endpoints, control: TritonControl, tmp_path: Path
+) -> None:
+    flaky, ints, name = "ep_flaky", "ep_ints", "ep_guard"
+    publish(models.repo, flaky, source_folder(tmp_path / "good", flaky, ADD_VERSION_PY))
+    publish(models.repo, flaky, source_folder(tmp_path / "bad", flaky, FAILS_TO_LOAD_PY))
+    src = source_folder(tmp_path, ints, ADD_VERSION_PY)
+    write_config(
+        src / "config.pbtxt",
+        build_config(
+            ints,
+            [TensorSpec("INPUT0", "INT32", (-1,))],
+            [TensorSpec("OUTPUT0", "INT32", (-1,))],
+            backend="python",
+            kind="cpu",
+        ),
+    )
+    publish(models.repo, ints, src)
+    endpoints.switch(name, flaky, 1)
+    policy_before = (models.repo / flaky / "config.pbtxt").read_bytes()
+    with ClientLoop(models, name) as loop:
+        loop.wait_for(20)
+        with pytest.raises(LoadError, match="refused on purpose"):
+            endpoints.switch(name, flaky, 2)
+        loop.wait_for(20)
+        with pytest.raises(LoadError, match="refused on purpose"):
+            endpoints.split(name, [Target(flaky, 1, 95), Target(flaky, 2, 5)])
+        loop.wait_for(20)
+        with pytest.raises(EndpointError, match="clients of endpoint 'ep_guard' would fail"):
+            endpoints.switch(name, ints, 1)
+        loop.wait_for(20)
+    assert loop.errors == []
+    assert {a for _, a in loop.answers} == {1}
+    # the version that failed is not left in the policy for Triton to try again
+    assert (models.repo / flaky / "config.pbtxt").read_bytes() == policy_before
+    assert ready(control, flaky) == {1}
+    assert ready(control, ints) == set()
+    assert endpoints.get(name).targets == [Target(flaky, 1, 100.0)]
+    # a later load of the model (here: of the endpoint calling it) serves version 1 alone
+    control.load_model(flaky)
+    assert ready(control, flaky) == {1}
+    endpoints.delete(name)
 
 
 def test_the_python_example_of_the_docs_runs(models: TritonHandle, tmp_path: Path) -> None:

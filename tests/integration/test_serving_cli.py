@@ -118,6 +118,46 @@ def test_cli_load_and_unload_keep_what_an_endpoint_routes_to_serving(
         run(triton, "unload", "cli_routed")
 
 
+def test_cli_switch_to_a_model_the_clients_cannot_call_needs_force(
+    triton: TritonHandle,
+) -> None:
+    write_add_model(triton.repo, "cli_io_old", {1: 1.0})
+    write_python_model(
+        triton.repo, "cli_io_batched", ADD_MODEL_PY.format(add=7.0), max_batch_size=4
+    )
+    code, out = run(triton, "endpoint", "switch", "cli_io_front", "--to", "cli_io_old:1")
+    assert code == 0, out
+    try:
+        code, out = run(triton, "endpoint", "switch", "cli_io_front", "--to", "cli_io_batched")
+        assert code == 1, out
+        assert "max_batch_size" in out and "--force" in out, out
+        code, out = run(
+            triton, "endpoint", "split", "cli_io_front", "--target", "cli_io_batched:1=1"
+        )
+        assert code == 1 and "--force" in out, out
+        assert http_answer(triton, "cli_io_front") == 1.0  # still served as before
+        assert "cli_io_batched" not in {k for k, v in rows_ready(triton).items() if v}
+        code, out = run(
+            triton, "endpoint", "switch", "cli_io_front", "--to", "cli_io_batched", "--force"
+        )
+        assert code == 0, out
+        code, out = run(triton, "endpoint", "show", "cli_io_front", "--json")
+        assert json.loads(out)["targets"][0]["model"] == "cli_io_batched", out
+    finally:
+        run(triton, "endpoint", "delete", "cli_io_front")
+        run(triton, "unload", "cli_io_old", "--force")
+        run(triton, "unload", "cli_io_batched", "--force")
+
+
+def rows_ready(triton: TritonHandle) -> dict[str, bool]:
+    code, out = run(triton, "ls", "--json")
+    assert code == 0, out
+    ready: dict[str, bool] = {}
+    for row in json.loads(out):
+        ready[row["name"]] = ready.get(row["name"], False) or row["state"] == "READY"
+    return ready
+
+
 def test_cli_load_serves_a_new_version_beside_the_one_an_endpoint_pins(
     triton: TritonHandle,
 ) -> None:

@@ -776,7 +776,10 @@ def test_switch_active_model_makes_room_for_the_model_then_repoints_the_endpoint
     manager = dynamic(tmp_path, fake, max_models=1, eviction_policy="lru")
     calls: list[tuple[str, str, int | None, set[str]]] = []
 
-    def switch(self: Any, name: str, model: str, version: int | None = None) -> EndpointState:
+    def switch(
+        self: Any, name: str, model: str, version: int | None = None, *, force: bool = False
+    ) -> EndpointState:
+        assert force is False  # the default: an endpoint's clients are kept safe
         calls.append((name, model, version, fake.loaded()))
         return EndpointState(name, "pinned", [Target(model, version or 1)])
 

@@ -33,7 +33,13 @@ from manager.endpoints import (
     routes_relpath,
     with_versions,
 )
-from manager.errors import EndpointError, InvalidNameError, ModelNotFoundError, RolloutError
+from manager.errors import (
+    EndpointError,
+    InvalidNameError,
+    LoadError,
+    ModelNotFoundError,
+    RolloutError,
+)
 from manager.modelconfig import (
     ModelConfig,
     TensorSpec,
@@ -670,6 +676,83 @@ def test_split_refuses_targets_with_different_inputs(
     with pytest.raises(EndpointError, match="'INPUT0'"):
         endpoints.split("ep", [Target("m", 1, 50), Target("other", 1, 50)])
     assert not (repo / "ep").exists()
+
+
+def test_switch_or_split_to_targets_other_clients_cannot_call_is_refused_unless_forced(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    publish_model(repo, "ints", inputs=(TensorSpec("INPUT0", "INT32", (-1,)),))
+    publish_model(repo, "batched", max_batch_size=8)
+    endpoints.switch("ep", "m", 1)
+    before = endpoints.get("ep")
+    for other, what in [("ints", "'INPUT0'"), ("batched", "max_batch_size")]:
+        with pytest.raises(EndpointError, match=f"{what}.*clients of endpoint 'ep' would fail"):
+            endpoints.switch("ep", other)
+        with pytest.raises(EndpointError, match="clients of endpoint 'ep' would fail"):
+            endpoints.split("ep", [Target(other, 1, 50), Target(other, 2, 50)])
+        assert endpoints.get("ep") == before
+        assert other not in triton.loaded  # refused before anything was loaded
+    [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
+    assert step.model_name == "m"
+    # a new endpoint takes whatever its first target takes; forced, the endpoint changes
+    assert endpoints.switch("ep_ints", "ints").targets[0].model == "ints"
+    state = endpoints.switch("ep", "ints", 2, force=True)
+    assert state.targets == [Target("ints", 2, 100.0)]
+    [entry] = read_config(repo / "ep" / "config.pbtxt").input
+    assert entry.data_type == read_config(repo / "ints" / "config.pbtxt").input[0].data_type
+    assert entry.data_type != read_config(repo / "m" / "config.pbtxt").input[0].data_type
+
+
+def test_a_target_version_that_fails_to_load_is_not_left_in_the_version_policy(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    config_before = (repo / "m" / "config.pbtxt").read_bytes()
+    original = triton.load_model
+
+    def failing(name: str, config: str | None = None) -> None:
+        policy = policy_versions(read_config(repo / name / "config.pbtxt"))
+        if name == "m" and policy is not None and 2 in policy:
+            raise LoadError("version 2 failed to load")
+        original(name, config)
+
+    triton.load_model = failing  # type: ignore[method-assign]
+    for attempt in (
+        lambda: endpoints.switch("ep", "m", 2),
+        lambda: endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)]),
+    ):
+        with pytest.raises(LoadError, match="version 2 failed to load"):
+            attempt()
+        assert (repo / "m" / "config.pbtxt").read_bytes() == config_before
+        assert triton.loaded["m"] == {1}
+        assert endpoints.get("ep").targets == [Target("m", 1, 100.0)]
+
+
+def test_a_version_loaded_for_a_failed_switch_is_retired_again(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    original = triton.load_model
+
+    def failing(name: str, config: str | None = None) -> None:
+        if name == "ep":
+            from manager.errors import LoadError
+
+            raise LoadError("the endpoint refused on purpose")
+        original(name, config)
+
+    triton.load_model = failing  # type: ignore[method-assign]
+    with pytest.raises(EndpointError, match="refused on purpose"):
+        endpoints.switch("ep", "m", 2)
+    assert triton.loaded["m"] == {1}
+    assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {1}
+    with pytest.raises(EndpointError, match="refused on purpose"):
+        endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert triton.loaded["m"] == {1}
+    assert endpoints.get("ep").targets == [Target("m", 1, 100.0)]
 
 
 def test_endpoint_name_of_an_existing_model_is_refused(
