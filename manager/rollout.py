@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -144,10 +144,16 @@ class RolloutPolicy:
             # the worker that drives the rollout, or resumes it, runs from another folder
             self.golden_dir = str(Path(self.golden_dir).expanduser().resolve())
 
-    def differences(self, other: RolloutPolicy) -> list[str]:
-        """``name: mine (other's)`` for every setting that differs from ``other``'s."""
+    def differences(self, other: RolloutPolicy, only: Iterable[str] | None = None) -> list[str]:
+        """``name: mine (other's)`` for every setting that differs from ``other``'s (of
+        the settings named in ``only``, if given)."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{key}: {mine[key]} ({theirs[key]})" for key in mine if mine[key] != theirs[key]]
+        keys = [key for key in mine if only is None or key in set(only)]
+        return [f"{key}: {mine[key]} ({theirs[key]})" for key in keys if mine[key] != theirs[key]]
+
+
+class RollbackIncompleteError(RolloutError):
+    """A rollback could not switch the endpoint back: the rollout stays active."""
 
 
 @dataclass
@@ -443,7 +449,7 @@ class RolloutDriver:
                     return self.rollback(state, verdict)
             return state
         except ManagerError as exc:
-            if state.status in ACTIVE:
+            if state.status in ACTIVE and not isinstance(exc, RollbackIncompleteError):
                 log.error("rollout of %s failed: %s; rolling back", state.endpoint, exc)
                 return self.rollback(state, f"error: {exc}")
             raise
@@ -687,12 +693,26 @@ class RolloutDriver:
         return state
 
     def rollback(self, state: RolloutState, reason: str) -> RolloutState:
-        """All traffic back on the old version, pinned; the new version unloaded."""
+        """All traffic back on the old version, pinned; the new version unloaded.
+
+        If the endpoint cannot be switched back (no server answers), the rollout stays
+        active at its weight, as the endpoint is, with the reason and why the rollback
+        did not happen recorded, and the error is raised: an abort (or a resume) tries
+        again."""
         state.reason = reason
         state.requested = ""
-        state.stage_index = -1
         self.store.save(state)
-        self.endpoints.switch(state.endpoint, state.model, state.old_version)
+        try:
+            self.endpoints.switch(state.endpoint, state.model, state.old_version)
+        except ManagerError as exc:
+            state.reason = f"{reason}; not rolled back yet: {exc}"
+            self.store.save(state)
+            raise RollbackIncompleteError(
+                f"the rollout of {state.endpoint!r} is not rolled back: {exc}; it stays at "
+                f"{state.weight} % on {state.model}:{state.new_version} until `tritonctl "
+                f"rollout abort {state.endpoint}` (or resume) succeeds"
+            ) from exc
+        state.stage_index = -1
         self.retire(state.model, state.new_version)
         state.status = "rolled_back"
         self.store.save(state)

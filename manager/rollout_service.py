@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from manager.endpoints import PINNED, Endpoints
-from manager.errors import ManagerError, ModelNotFoundError, RolloutError, RolloutNotFoundError
+from manager.errors import (
+    ManagerError,
+    ModelNotFoundError,
+    RolloutError,
+    RolloutNotFoundError,
+    TritonUnreachableError,
+)
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
 from manager.modelconfig import read_config
@@ -127,10 +133,12 @@ def begin_rollout(
     """Record a rollout of ``endpoint`` from its pinned version to ``to_version``.
 
     A rollout whose driver died is resumed instead when it goes to the same version.
+    Nothing is recorded while the server does not answer (TritonUnreachableError).
     """
     store = RolloutStore(repo)
     if store.load(endpoint) is None:
         Endpoints(repo, control).get(endpoint)  # an unknown endpoint leaves no lock file behind
+    require_server(control, f"the rollout of {endpoint!r} was not started")
     with store.start_lock(endpoint):
         return _begin_rollout(store, repo, control, endpoint, to_version, policy)
 
@@ -167,6 +175,16 @@ def _begin_rollout(
     if to_version not in repo.versions(model):
         raise ModelNotFoundError(f"model {model!r} has no version {to_version} to roll out")
     return make_driver(repo, control, policy).begin(endpoint, model, old, to_version, policy)
+
+
+def require_server(control: TritonControl, outcome: str) -> None:
+    """Raise TritonUnreachableError (``outcome`` said) unless the server answers: a
+    rollout recorded or resumed against no server would only be left half-done, blocking
+    its endpoint until the server is back."""
+    try:
+        control.repository_index()
+    except TritonUnreachableError as exc:
+        raise TritonUnreachableError(f"{exc}; {outcome}") from exc
 
 
 def run_rollout(
@@ -208,6 +226,7 @@ def resume_in_background(
     """Continue a rollout whose driver died in a detached worker, from its recorded stage.
     Returns its state and the worker's pid."""
     state = resumable(repo, endpoint)
+    require_server(control, f"the rollout of {endpoint!r} was not resumed")
     return state, spawn_worker(repo, control.url, endpoint)
 
 

@@ -37,6 +37,7 @@ from manager.rollout_service import (
     begin_rollout,
     finish_and_wait,
     list_rollouts,
+    require_server,
     resumable,
     resume_in_background,
     run_rollout,
@@ -393,7 +394,7 @@ def rollout_start(
     with _control(obj) as control:
         if not wait:
             state, pid = start_in_background(repo, control, name, to_version, policy)
-            _note_resumed(policy, state)
+            _note_resumed(policy, state, _given_settings())
             if as_json:
                 print_json({**state.to_dict(), "worker_pid": pid})
             else:
@@ -403,7 +404,7 @@ def rollout_start(
                 )
             return
         state = begin_rollout(repo, control, name, to_version, policy)
-        _note_resumed(policy, state)
+        _note_resumed(policy, state, _given_settings())
 
         def show(s: RolloutState) -> None:
             if as_json:
@@ -432,10 +433,36 @@ def rollout_start(
         raise SystemExit(4)
 
 
-def _note_resumed(given: RolloutPolicy, state: RolloutState) -> None:
+# `rollout start` options and the RolloutPolicy settings they set
+_POLICY_OPTIONS = {
+    "stages": "stages",
+    "stage_seconds": "stage_seconds",
+    "min_requests": "min_requests",
+    "max_error_rate": "max_error_rate",
+    "max_latency_ratio": "max_latency_ratio",
+    "latency_tolerance_ms": "latency_tolerance_ms",
+    "golden_dir": "golden_dir",
+    "warmup_requests": "warmup_requests",
+    "sticky_parameter": "sticky_parameter",
+    "sticky_correlation_id": "use_correlation_id",
+}
+
+
+def _given_settings() -> set[str]:
+    """The RolloutPolicy settings whose options this command line gave (not defaults)."""
+    ctx = click.get_current_context()
+    given = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+    return {
+        setting
+        for option, setting in _POLICY_OPTIONS.items()
+        if ctx.get_parameter_source(option) in given
+    }
+
+
+def _note_resumed(given: RolloutPolicy, state: RolloutState, options: set[str]) -> None:
     """A start that resumed a recorded rollout goes on with the recorded settings: say
-    which of the options given now were not applied."""
-    differences = given.differences(state.policy)
+    which of the options given now (``options``: their settings) were not applied."""
+    differences = given.differences(state.policy, only=options)
     if differences:
         _say_err(
             f"resuming the recorded rollout of {state.endpoint}; its settings stay, these "
@@ -467,7 +494,9 @@ def rollout_resume(obj: Context, name: str, wait: bool) -> None:
     repo = Repository(obj.repo)
     with _control(obj) as control:
         if wait:
-            state = run_rollout(repo, control, resumable(repo, name))
+            state = resumable(repo, name)
+            require_server(control, f"the rollout of {name!r} was not resumed")
+            state = run_rollout(repo, control, state)
             _say(_rollout_line(state))
             return
         state, pid = resume_in_background(repo, control, name)

@@ -23,6 +23,7 @@ from manager.publish import publish
 from manager.repository import Repository
 from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
 from manager.rollout_service import begin_rollout, run_rollout
+from manager.server import free_port
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
 
@@ -267,6 +268,23 @@ def test_golden_check_fails_before_any_traffic_reaches_the_new_version(
     assert Endpoints(repo, control).get("score").targets[0].version == 1
 
 
+def test_a_rollout_is_not_started_or_resumed_while_no_server_answers(
+    setup: tuple[Repository, TritonControl],
+) -> None:
+    repo, _ = setup
+    dead = f"http://127.0.0.1:{free_port()}"
+    argv = ["--repo", str(repo.path), "--url", dead, "rollout"]
+    for how in ([], ["--wait"]):
+        result = CliRunner().invoke(main, [*argv, "start", "score", "--to", "2", *how])
+        assert result.exit_code not in (0, 4), result.output
+        assert "was not started" in result.output and dead.split("//")[1] in result.output
+        assert RolloutStore(repo).load("score") is None  # nothing recorded, nothing blocked
+    result = CliRunner().invoke(
+        main, [*argv[:4], "endpoint", "switch", "score", "--to", "scorer:2"]
+    )
+    assert "rollout" not in result.output  # refused for the server, not for a rollout
+
+
 def test_rollout_worker_killed_midway_keeps_serving_and_start_resumes_it(
     triton: TritonHandle, setup: tuple[Repository, TritonControl]
 ) -> None:
@@ -311,10 +329,16 @@ def test_rollout_worker_killed_midway_keeps_serving_and_start_resumes_it(
     errors_before = len(client.errors)
     time.sleep(1.0)  # the endpoint keeps serving with no driver
     assert len(client.errors) == errors_before == 0
-    resumed = runner.invoke(main, [*args, "--wait", "--json"])
+    # resumed by `start` with only --to and one other option: the recorded settings stay,
+    # and only the option given is reported as not applied (not every default)
+    resume_args = [*args[:9], "--stage-seconds", "3", "--wait", "--json"]
+    assert resume_args[6:9] == ["score", "--to", "2"]
+    resumed = runner.invoke(main, resume_args)
     client.stop.set()
     client.join(30)
     assert resumed.exit_code == 0, resumed.output
+    assert "not applied" in resumed.stderr and "stage_seconds: 3.0 (2.0)" in resumed.stderr
+    assert "min_requests" not in resumed.stderr and "max_latency_ratio" not in resumed.stderr
     final = json.loads(resumed.stdout)
     assert final["status"] == "promoted"
     assert [h["weight"] for h in final["history"]][-1] == 90

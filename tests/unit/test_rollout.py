@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from manager.errors import RolloutError
+from manager.errors import RolloutError, TritonUnreachableError
 from manager.repository import Repository
 from manager.rollout import (
     Counters,
+    RollbackIncompleteError,
     RolloutDriver,
     RolloutPolicy,
     RolloutState,
@@ -193,6 +194,32 @@ def test_abort_request_is_honoured_by_the_driver(tmp_path):
     assert state.status == "rolled_back"
     assert state.reason == "aborted by request"
     assert endpoints.pinned == 1
+
+
+def test_an_abort_that_cannot_reach_the_server_leaves_the_rollout_as_the_endpoint_is(tmp_path):
+    driver, endpoints, retired, store = make(tmp_path)
+    state = driver.begin("ep", "m", 1, 2, POLICY)
+    driver.on_stage = lambda s: request_action(store, "ep", "abort") if s.weight == 30 else None
+    switch = endpoints.switch
+
+    def unreachable(name, model, version=None):
+        raise TritonUnreachableError("no Triton server answers at http://127.0.0.1:1")
+
+    endpoints.switch = unreachable  # type: ignore[method-assign]
+    with pytest.raises(RollbackIncompleteError, match="stays at 30 %") as info:
+        driver.run(state)
+    assert isinstance(info.value.__cause__, TritonUnreachableError)
+    state = store.load("ep")
+    # still running at 30 %, as the endpoint still routes: not "0 %" or "rolled back"
+    assert state.status == "running" and state.weight == 30
+    assert endpoints.weights == {1: 70.0, 2: 30.0} and retired == []
+    assert state.reason.startswith("aborted by request; not rolled back yet: no Triton")
+    # once the server answers, an abort finishes it
+    endpoints.switch = switch  # type: ignore[method-assign]
+    request_action(store, "ep", "abort")
+    state = driver.run(store.load("ep"))
+    assert state.status == "rolled_back" and state.reason == "aborted by request"
+    assert endpoints.pinned == 1 and retired == [("m", 2)]
 
 
 def test_a_request_made_while_the_driver_writes_its_state_is_not_lost(tmp_path):
