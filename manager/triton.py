@@ -85,12 +85,17 @@ class ModelStats:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a Triton server answers: protocol, host, port and its metrics URL."""
+    """Where a Triton server answers: protocol, host, port and its metrics URL; and, for
+    an HTTP URL, the gRPC URL of the same server if known (``control_url``), for loads
+    and unloads: Triton's HTTP server runs a load on the thread that took the request,
+    and the HTTP inference requests of other clients wait behind it until the load is
+    done (seconds for a large model), while a load over gRPC holds up nobody."""
 
     protocol: str  # "http" or "grpc"
     host: str
     port: int
     metrics_url: str
+    control_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -102,10 +107,13 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
-def parse_url(url: str, *, metrics_url: str | None = None) -> Endpoint:
+def parse_url(
+    url: str, *, metrics_url: str | None = None, control_url: str | None = None
+) -> Endpoint:
     """Parse ``http://HOST:PORT``, ``grpc://HOST:PORT`` or ``HOST:PORT`` (HTTP).
 
     Without ``metrics_url`` the metrics endpoint is taken to be ``http://HOST:8002``.
+    ``control_url`` (a ``grpc://`` URL of the same server) is kept for an HTTP URL only.
     """
     text = url.strip()
     if "://" not in text:
@@ -125,7 +133,14 @@ def parse_url(url: str, *, metrics_url: str | None = None) -> Endpoint:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     metrics = (metrics_url or f"http://{host}:{DEFAULT_METRICS_PORT}").rstrip("/")
-    return Endpoint(protocol=protocol, host=host, port=port, metrics_url=metrics)
+    control = None
+    if control_url and protocol == "http":
+        control = parse_url(control_url).url
+        if not control.startswith("grpc://"):
+            raise ManagerError(f"the control URL {control_url!r} must be grpc://HOST:PORT")
+    return Endpoint(
+        protocol=protocol, host=host, port=port, metrics_url=metrics, control_url=control
+    )
 
 
 def resolve_url(explicit: str | None = None, repo: Path | None = None) -> str:
@@ -148,18 +163,26 @@ def resolve_endpoint(
 ) -> Endpoint:
     """Like :func:`resolve_url`, with the metrics URL: ``metrics_url`` if given, else the
     embedded server's when the URL is one of its endpoints, else ``TRITONCTL_METRICS_URL``,
-    else ``http://HOST:8002``."""
+    else ``http://HOST:8002``. The embedded server's HTTP URL comes with its gRPC URL as
+    the ``control_url`` (loads and unloads go over gRPC: see :class:`Endpoint`)."""
     url = resolve_url(explicit, repo)
-    if metrics_url:
-        return parse_url(url, metrics_url=check_metrics_url(metrics_url))
+    embedded = None
     if repo is not None:
         info = running_server(repo)
-        if info is not None:
-            ep = parse_url(url)
-            if ep.url in (parse_url(info.http_url).url, parse_url(info.grpc_url).url):
-                return parse_url(url, metrics_url=info.metrics_url)
-    from_env = os.environ.get(METRICS_URL_ENV)
-    return parse_url(url, metrics_url=check_metrics_url(from_env) if from_env else None)
+        if info is not None and parse_url(url).url in (
+            parse_url(info.http_url).url,
+            parse_url(info.grpc_url).url,
+        ):
+            embedded = info
+    control_url = embedded.grpc_url if embedded is not None else None
+    if metrics_url:
+        chosen: str | None = check_metrics_url(metrics_url)
+    elif embedded is not None:
+        chosen = embedded.metrics_url
+    else:
+        from_env = os.environ.get(METRICS_URL_ENV)
+        chosen = check_metrics_url(from_env) if from_env else None
+    return parse_url(url, metrics_url=chosen, control_url=control_url)
 
 
 def check_metrics_url(url: str) -> str:
@@ -350,10 +373,11 @@ class _ControlBase:
         url: str,
         *,
         metrics_url: str | None = None,
+        control_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
-        self.endpoint = parse_url(url, metrics_url=metrics_url)
+        self.endpoint = parse_url(url, metrics_url=metrics_url, control_url=control_url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._client: Any = None
@@ -369,15 +393,16 @@ class _ControlBase:
     ) -> _Control:
         """A control for :func:`resolve_endpoint` ``(url, repo, metrics_url)``."""
         ep = resolve_endpoint(url, repo, metrics_url)
-        return cls(ep.url, metrics_url=ep.metrics_url, **kwargs)
+        return cls(ep.url, metrics_url=ep.metrics_url, control_url=ep.control_url, **kwargs)
 
     @classmethod
     def for_server(
         cls: type[_Control], info: ServerInfo, *, grpc: bool = False, **kwargs: Any
     ) -> _Control:
-        """A control for an embedded server (its HTTP or gRPC URL and its metrics URL)."""
+        """A control for an embedded server (its HTTP or gRPC URL and its metrics URL;
+        over HTTP, loads and unloads go over gRPC)."""
         url = info.grpc_url if grpc else info.http_url
-        return cls(url, metrics_url=info.metrics_url, **kwargs)
+        return cls(url, metrics_url=info.metrics_url, control_url=info.grpc_url, **kwargs)
 
     @property
     def url(self) -> str:
@@ -396,6 +421,10 @@ class _ControlBase:
 
     def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
         return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
+
+    def _control_options(self) -> dict[str, Any]:
+        """The options of the gRPC control for loads and unloads (``control_url``)."""
+        return {"timeout": self.timeout, "connect_timeout": self.connect_timeout}
 
 
 class TritonControl(_ControlBase):
@@ -419,6 +448,7 @@ class TritonControl(_ControlBase):
         # every HTTP client made, with the thread it belongs to, for close()
         self._http_clients: list[tuple[threading.Thread, Any]] = []
         self._generation = 0  # bumped by close(): clients of an older one are closed
+        self._grpc_control: TritonControl | None = None  # loads/unloads (control_url)
 
     def __enter__(self) -> TritonControl:
         return self
@@ -436,10 +466,26 @@ class TritonControl(_ControlBase):
         with self._lock:
             grpc_client, self._client = self._client, None
             http_clients, self._http_clients = self._http_clients, []
+            grpc_control, self._grpc_control = self._grpc_control, None
             self._generation += 1
         for client in [grpc_client, *(c for _, c in http_clients)]:
             if client is not None:
                 self._close_client(client)
+        if grpc_control is not None:
+            grpc_control.close()
+
+    def _model_control(self) -> TritonControl | None:
+        """The gRPC control loads and unloads go through (``control_url``), if any."""
+        if self.is_grpc or not self.endpoint.control_url:
+            return None
+        with self._lock:
+            if self._grpc_control is None:
+                self._grpc_control = TritonControl(
+                    self.endpoint.control_url,
+                    metrics_url=self.metrics_url,
+                    **self._control_options(),
+                )
+            return self._grpc_control
 
     def _close_client(self, client: Any) -> None:
         try:
@@ -549,12 +595,20 @@ class TritonControl(_ControlBase):
         """Load (or reload) ``name``; ``config`` is a JSON ModelConfig override.
 
         Triton answers once the load is done, so callers that want to stop waiting run
-        this in a worker thread (:func:`manager.serving.load` does). Over HTTP the call
-        gets a client of its own, made in the calling thread and closed when it returns
+        this in a worker thread (:func:`manager.serving.load` does). With a
+        ``control_url`` the load goes over gRPC (see :class:`Endpoint`; over HTTP if that
+        does not answer). Over HTTP the call gets a client of its own, made in the calling thread and closed when it returns
         (not the thread's shared one): a load given up on goes on in its thread, and
         :meth:`close` must not close a client under it.
         """
         log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
+        grpc_control = self._model_control()
+        if grpc_control is not None:
+            try:
+                grpc_control.load_model(name, config)
+                return
+            except TritonUnreachableError as exc:  # nothing was asked: over HTTP then
+                log.debug("load over %s: %s; over HTTP", self.endpoint.control_url, exc)
         if self.is_grpc:
             self._call(
                 f"load {name!r}",
@@ -578,6 +632,13 @@ class TritonControl(_ControlBase):
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         """Ask Triton to unload ``name``; returns before the memory is freed."""
         log.debug("unload %s on %s", name, self.url)
+        grpc_control = self._model_control()
+        if grpc_control is not None:
+            try:
+                grpc_control.unload_model(name, unload_dependents)
+                return
+            except TritonUnreachableError as exc:
+                log.debug("unload over %s: %s; over HTTP", self.endpoint.control_url, exc)
         self._call(
             f"unload {name!r}",
             lambda c: c.unload_model(name, unload_dependents=unload_dependents, **self._grpc_kw()),
@@ -625,6 +686,20 @@ class AsyncTritonControl(_ControlBase):
     The client is created on first use, inside the running event loop.
     """
 
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._grpc_control: AsyncTritonControl | None = None  # loads/unloads (control_url)
+
+    def _model_control(self) -> AsyncTritonControl | None:
+        """The gRPC control loads and unloads go through (``control_url``), if any."""
+        if self.is_grpc or not self.endpoint.control_url:
+            return None
+        if self._grpc_control is None:
+            self._grpc_control = AsyncTritonControl(
+                self.endpoint.control_url, metrics_url=self.metrics_url, **self._control_options()
+            )
+        return self._grpc_control
+
     async def __aenter__(self) -> AsyncTritonControl:
         return self
 
@@ -637,6 +712,9 @@ class AsyncTritonControl(_ControlBase):
         await self.close()
 
     async def close(self) -> None:
+        grpc_control, self._grpc_control = self._grpc_control, None
+        if grpc_control is not None:
+            await grpc_control.close()
         if self._client is not None:
             client, self._client = self._client, None
             try:
@@ -708,6 +786,13 @@ class AsyncTritonControl(_ControlBase):
 
     async def load_model(self, name: str, config: str | None = None) -> None:
         log.debug("load %s on %s (override: %s)", name, self.url, config is not None)
+        grpc_control = self._model_control()
+        if grpc_control is not None:
+            try:
+                await grpc_control.load_model(name, config)
+                return
+            except TritonUnreachableError as exc:  # nothing was asked: over HTTP then
+                log.debug("load over %s: %s; over HTTP", self.endpoint.control_url, exc)
         await self._call(
             f"load {name!r}",
             lambda c: c.load_model(name, config=config, **self._grpc_kw()),
@@ -716,6 +801,13 @@ class AsyncTritonControl(_ControlBase):
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         log.debug("unload %s on %s", name, self.url)
+        grpc_control = self._model_control()
+        if grpc_control is not None:
+            try:
+                await grpc_control.unload_model(name, unload_dependents)
+                return
+            except TritonUnreachableError as exc:
+                log.debug("unload over %s: %s; over HTTP", self.endpoint.control_url, exc)
         await self._call(
             f"unload {name!r}",
             lambda c: c.unload_model(name, unload_dependents=unload_dependents, **self._grpc_kw()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -246,3 +247,82 @@ def test_dynamic_manager_over_http_loads_from_its_worker_threads(triton: TritonH
         with TritonControl(triton.http_url) as control:
             for name in names:
                 serving.unload(control, name)
+
+
+# Takes a while to load, as a large model does.
+SLOW_LOAD_PY = """
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(3.0)
+
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse(
+                [pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())]
+            )
+            for r in requests
+        ]
+"""
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_load_does_not_hold_up_http_inference_on_the_embedded_server(
+    triton: TritonHandle, flavour: str
+) -> None:
+    # Triton's HTTP server runs a load on the thread that took it, and HTTP inference
+    # requests wait behind it; tritonctl loads over gRPC where it knows the server's
+    # gRPC port (its embedded server), whatever URL it was given
+    busy, slow = f"stall_busy_{flavour}", f"stall_slow_{flavour}"
+    write_add_model(triton.repo, busy, {1: 1.0})
+    write_python_model(triton.repo, slow, SLOW_LOAD_PY)
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def calls() -> None:
+        client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+        inp = httpclient.InferInput("INPUT0", [2], "FP32")
+        inp.set_data_from_numpy(np.zeros(2, np.float32))
+        try:
+            while not stop.is_set():
+                start = time.monotonic()
+                client.infer(busy, [inp])
+                latencies.append(time.monotonic() - start)
+        finally:
+            client.close()
+
+    async def load_async() -> None:
+        async with AsyncTritonControl.connect(triton.http_url, triton.repo) as control:
+            assert control.endpoint.control_url == triton.grpc_url
+            await control.load_model(slow)
+            await control.unload_model(slow)
+
+    with TritonControl.connect(triton.http_url, triton.repo) as control:
+        assert control.url == triton.http_url
+        assert control.endpoint.control_url == triton.grpc_url
+        control.load_model(busy)
+        caller = threading.Thread(target=calls, daemon=True)
+        caller.start()
+        try:
+            while len(latencies) < 20:
+                time.sleep(0.01)
+            started = time.monotonic()
+            if flavour == "sync":
+                control.load_model(slow)
+                control.unload_model(slow)
+            else:
+                asyncio.run(load_async())
+            assert time.monotonic() - started >= 3.0  # the load took its time
+            count = len(latencies)
+            time.sleep(0.2)
+            assert len(latencies) > count  # still answering
+        finally:
+            stop.set()
+            caller.join(30)
+            control.unload_model(busy)
+    # served throughout: no request waited for the 3 s load
+    assert max(latencies) < 1.5, max(latencies)

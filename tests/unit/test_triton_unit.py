@@ -109,6 +109,25 @@ def test_metrics_url_given_or_from_the_environment_else_port_8002_of_the_host(
             resolve_endpoint("http://far:9000", tmp_path, bad)
 
 
+def test_loads_on_the_embedded_server_go_over_its_grpc_url_whatever_url_is_given(
+    tmp_path: Path,
+) -> None:
+    me = psutil.Process()
+    info = _record(tmp_path, me.pid, me.create_time())
+    assert resolve_endpoint(None, tmp_path).control_url == info.grpc_url
+    assert resolve_endpoint(info.http_url, tmp_path).control_url == info.grpc_url
+    # gRPC already, or another server: nothing to add
+    assert resolve_endpoint(info.grpc_url, tmp_path).control_url is None
+    assert resolve_endpoint("http://far:9000", tmp_path).control_url is None
+    assert resolve_endpoint(info.http_url, None).control_url is None
+    with TritonControl.connect(None, tmp_path, metrics_url="http://x:1") as control:
+        assert control.url == info.http_url and control.endpoint.control_url == info.grpc_url
+    with TritonControl.for_server(info) as control:
+        assert control.endpoint.control_url == info.grpc_url
+    with pytest.raises(ManagerError, match="grpc://"):
+        TritonControl("http://h:1", control_url="http://h:2")
+
+
 def test_connect_builds_a_control_for_the_resolved_endpoint(tmp_path: Path) -> None:
     me = psutil.Process()
     info = _record(tmp_path, me.pid, me.create_time())
