@@ -556,6 +556,28 @@ class ModelControl(Protocol):
     def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
 
 
+class _NoServer:
+    """The control of :func:`startup_models`, which only reads the repository."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise ManagerError("no server is asked while the repository is only read")
+
+    repository_index = load_model = unload_model = _refuse
+
+
+def startup_models(repo: Repository) -> list[str]:
+    """The models a server of ``repo`` should load before it takes requests
+    (``tritonserver --load-model``) to serve every endpoint as recorded: each endpoint
+    model and the models of its targets (their ``config.pbtxt`` version policies name
+    the versions the endpoints route to)."""
+    names: set[str] = set()
+    for state in Endpoints(repo, _NoServer()).list():
+        if is_endpoint_folder(repo, state.name):
+            names.add(state.name)
+        names.update(t.model for t in state.targets if repo.has_model(t.model))
+    return sorted(names)
+
+
 def is_endpoint_folder(repo: Repository, name: str) -> bool:
     """True if ``<repo>/name`` is an endpoint's ensemble or router made by this module."""
     if name.startswith("."):
@@ -1240,8 +1262,23 @@ class Endpoints:
 
     def restore_all(self) -> Sequence[EndpointState]:
         """:meth:`ensure` every endpoint of the repository (a server started in explicit
-        mode serves nothing until told)."""
-        return [self.ensure(state.name) for state in self.list()]
+        mode serves nothing until told). Each is tried; if any fails, EndpointError names
+        each failure and the endpoints that serve again."""
+        restored: builtins.list[EndpointState] = []
+        failed: builtins.list[str] = []
+        for state in self.list():
+            try:
+                restored.append(self.ensure(state.name))
+            except ManagerError as exc:
+                log.error("endpoint %s not restored: %s", state.name, exc)
+                failed.append(f"{state.name}: {exc}")
+        if failed:
+            serving = ", ".join(s.name for s in restored) or "none"
+            raise EndpointError(
+                f"{len(failed)} endpoint(s) not restored: {'; '.join(failed)} "
+                f"(serving again: {serving})"
+            )
+        return restored
 
     def delete(self, name: str) -> None:
         """Unload and remove endpoint ``name`` (its targets keep serving). Refused
@@ -1350,5 +1387,6 @@ __all__ = [
     "router_config",
     "router_name",
     "routes_relpath",
+    "startup_models",
     "with_versions",
 ]

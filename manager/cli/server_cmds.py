@@ -82,7 +82,10 @@ def try_command(info: ServerInfo) -> str:
 @click.option(
     "--restore",
     is_flag=True,
-    help="Once live, serve every endpoint of the repository again (with its targets).",
+    help="Serve every endpoint of the repository again (with its targets): the server "
+    "loads them before it opens its ports (--wait-timeout covers the loads), so clients "
+    "never find it up without them; what fails to load is loaded again, and reported, "
+    "once it is live.",
 )
 @pass_context
 def start(
@@ -98,6 +101,7 @@ def start(
 ) -> None:
     """Start tritonserver on --repo and print how to reach it."""
     embedded = EmbeddedServer(obj.repo, binary=binary)
+    extra_args = _startup_args(obj.repo) if restore else []
 
     def ready(i: ServerInfo) -> None:
         _describe(i, verb="running")
@@ -111,6 +115,7 @@ def start(
         foreground=foreground,
         metrics_interval_ms=metrics_interval_ms,
         wait_timeout=wait_timeout,
+        extra_args=extra_args,
         on_ready=ready if foreground else None,
     )
     if foreground:
@@ -119,6 +124,19 @@ def start(
         _describe(info, verb="started")
         if restore:
             _restore_endpoints(obj.repo, info)
+
+
+def _startup_args(repo: Path) -> list[str]:
+    """tritonserver options that load the endpoints of ``repo`` and their targets before
+    the server opens its ports (a model that fails to load does not stop the server:
+    the restore after it tries again and reports it)."""
+    from manager.endpoints import startup_models
+    from manager.repository import Repository
+
+    models = startup_models(Repository(repo))
+    if not models:
+        return []
+    return [*(f"--load-model={name}" for name in models), "--exit-on-error=false"]
 
 
 def _restore_endpoints(repo: Path, info: ServerInfo) -> None:

@@ -62,5 +62,38 @@ def test_server_start_restore_serves_endpoints_again(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         assert "endpoint plus serving addone:1" in result.stdout
         np.testing.assert_allclose(call(f"http://127.0.0.1:{ports[0]}", "plus"), [2.0, 3.0])
+        # loaded before the server took any request: no client found it up without them
+        log = (repo.meta_dir / "server.log").read_text()
+        opened = log.index("Started HTTPService")
+        for model in ("plus", "addone"):
+            assert -1 < log.find(f"successfully loaded '{model}'") < opened, model
+    finally:
+        runner.invoke(main, ["--repo", str(repo.path), "server", "stop"])
+
+
+def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: Path) -> None:
+    repo = Repository(tmp_path / "repo")
+    publish(repo, "addone", write_python_model(tmp_path / "addone"))
+    publish(repo, "fragile", write_python_model(tmp_path / "fragile"))
+    server = EmbeddedServer(repo.path)
+    ports = free_ports(3)
+    info = server.start(*ports)
+    try:
+        with TritonControl.for_server(info) as control:
+            Endpoints(repo, control).switch("plus", "addone", 1)
+            Endpoints(repo, control).switch("breaks", "fragile", 1)
+    finally:
+        server.stop()
+    # the model's file is broken while the server is down
+    (repo.path / "fragile" / "1" / "model.py").write_text("raise RuntimeError('broken')\n")
+    runner = CliRunner()
+    argv = ["--repo", str(repo.path), "server", "start", "--restore"]
+    ports_args = ["--http-port", str(ports[0]), "--grpc-port", str(ports[1])]
+    try:
+        result = runner.invoke(main, [*argv, *ports_args, "--metrics-port", str(ports[2])])
+        assert result.exit_code == 1, result.output
+        assert "breaks: " in result.output and "broken" in result.output
+        assert "(serving again: plus)" in result.output
+        np.testing.assert_allclose(call(f"http://127.0.0.1:{ports[0]}", "plus"), [2.0, 3.0])
     finally:
         runner.invoke(main, ["--repo", str(repo.path), "server", "stop"])
