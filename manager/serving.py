@@ -97,6 +97,7 @@ class UnloadResult:
     name: str
     seconds: float
     was_loaded: bool
+    version: int | None = None  # one version retired, the others still served
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -576,14 +577,18 @@ def unload(
     wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
     repo: Path | None = None,
     force: bool = False,
+    version: int | None = None,
 ) -> UnloadResult:
     """Unload ``name`` and return once no version is READY, LOADING or UNLOADING.
 
     With ``repo``, a model that endpoints of ``repo`` route to, or an endpoint itself, is
     refused (UnloadError naming them) unless ``force``: unloading it would stop those
-    endpoints answering.
+    endpoints answering. With ``version`` only that version stops being served (see
+    :func:`unload_version`).
     """
     validate_model_name(name)
+    if version is not None:
+        return unload_version(control, name, version, repo=repo, wait_timeout=wait_timeout)
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     if _unload_done(entries):
@@ -612,6 +617,51 @@ def unload(
     log.info("model %s unloaded in %.2f s", name, seconds)
     forget_loads(repo, name)
     return UnloadResult(name, seconds, was_loaded=True)
+
+
+def unload_version(
+    control: ModelControl,
+    name: str,
+    version: int,
+    *,
+    repo: Path | None,
+    wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+) -> UnloadResult:
+    """Stop serving one version of ``name`` while its other versions keep serving (e.g.
+    one a split no longer routes to): it leaves the version policy in the model's
+    ``config.pbtxt`` under ``repo`` and the model is loaded again with the rest (or
+    unloaded, when it was the last). A version an endpoint routes to is refused, force or
+    not: the endpoint must be switched or split off it first."""
+    validate_model_name(name)
+    if repo is None or not (Path(repo) / name).is_dir():
+        raise UnloadError(
+            f"unloading one version of {name!r} rewrites its version policy: --repo must "
+            "hold the model"
+        )
+    started = time.monotonic()
+    entries = _require_known(control.repository_index(), name, control.url)
+    if not any(e.version == version and e.state in ("READY", "LOADING") for e in entries):
+        return UnloadResult(name, 0.0, was_loaded=False, version=version)
+    users = [endpoint for endpoint, v in endpoint_routes(control, repo, name) if v == version]
+    if users:
+        raise UnloadError(
+            f"{name}:{version} serves endpoint(s) {', '.join(users)}: switch or split them "
+            "off it first"
+        )
+    from manager.endpoints import Endpoints
+    from manager.repository import Repository
+
+    log.info("retiring %s:%d on %s", name, version, control.url)
+    Endpoints(Repository(repo), control).retire(name, version)
+    deadline = started + wait_timeout
+    while any(
+        e.version == version and e.state in ("READY", "LOADING", "UNLOADING")
+        for e in entries_of(control.repository_index(), name)
+    ):
+        if time.monotonic() > deadline:
+            raise UnloadError(f"{name}:{version} is still not unloaded after {wait_timeout:g} s")
+        time.sleep(POLL_INTERVAL_S)
+    return UnloadResult(name, time.monotonic() - started, was_loaded=True, version=version)
 
 
 def list_models(control: ModelControl, repo: Path | None = None) -> list[ModelRow]:

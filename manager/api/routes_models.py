@@ -116,7 +116,8 @@ def unload(
     name: str, plane: Plane, body: schemas.UnloadRequest | None = None
 ) -> schemas.UnloadAnswer:
     """Unload ``name`` and answer once Triton has released it (``tritonctl unload``); a
-    model that endpoints route to is refused with 409 unless ``force``."""
+    model that endpoints route to is refused with 409 unless ``force``. With ``version``
+    only that version goes."""
     request = body or schemas.UnloadRequest()
     with plane.control() as control:
         result = serving.unload(
@@ -126,6 +127,7 @@ def unload(
             wait_timeout=request.wait_timeout,
             repo=plane.repo,
             force=request.force,
+            version=request.version,
         )
     return schemas.UnloadAnswer.model_validate(result.to_json())
 

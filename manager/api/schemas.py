@@ -159,12 +159,25 @@ class UnloadRequest(Body):
     force: bool = Field(
         default=False, description="Unload it even if endpoints route to it (they stop answering)."
     )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop serving only this version; the others keep serving (refused for "
+        "a version an endpoint routes to; not with force or dependents).",
+    )
+
+    @model_validator(mode="after")
+    def _version_alone(self) -> UnloadRequest:
+        if self.version is not None and (self.force or self.dependents):
+            raise ValueError("version does not go with force or dependents")
+        return self
 
 
 class UnloadAnswer(Answer):
     name: str
     seconds: float
     was_loaded: bool
+    version: int | None = None
 
 
 class EvictRequest(Body):

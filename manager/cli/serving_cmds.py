@@ -108,16 +108,32 @@ def _print_ensured(result: EnsureResult, as_json: bool) -> None:
 @click.option(
     "--force", is_flag=True, help="Unload it even if endpoints route to it (they stop answering)."
 )
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop serving only this version; the model's other versions keep serving.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def unload(
-    obj: Context, name: str, wait_timeout: float, dependents: bool, force: bool, as_json: bool
+    obj: Context,
+    name: str,
+    wait_timeout: float,
+    dependents: bool,
+    force: bool,
+    version: int | None,
+    as_json: bool,
 ) -> None:
     """Unload model NAME and wait until Triton has released it.
 
-    A model that an endpoint of the repository routes to is refused unless --force.
+    A model that an endpoint of the repository routes to is refused unless --force. With
+    --version only that version goes (one an endpoint routes to is refused).
     """
-    with _control(obj) as control, console.status(f"unloading {name} on {control.url}..."):
+    if version is not None and (force or dependents):
+        raise click.UsageError("--version does not go with --force or --dependents")
+    label = name if version is None else f"{name}:{version}"
+    with _control(obj) as control, console.status(f"unloading {label} on {control.url}..."):
         result = serving.unload(
             control,
             name,
@@ -125,13 +141,14 @@ def unload(
             wait_timeout=wait_timeout,
             repo=obj.repo,
             force=force,
+            version=version,
         )
     if as_json:
         print_json(result.to_json())
     elif result.was_loaded:
-        say(f"unloaded {name} in {result.seconds:.2f} s")
+        say(f"unloaded {label} in {result.seconds:.2f} s")
     else:
-        say(f"{name} was not loaded")
+        say(f"{label} was not loaded")
 
 
 def _when(ms: int | None) -> str:

@@ -157,6 +157,16 @@ def test_api_switches_an_endpoint_that_clients_call_by_its_name(
         assert "api_ep (api_adder:2)" in refused.json()["error"]
         np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
 
+        # the version switched away from still serves; it can go on its own
+        one = api.post("/v1/models/api_adder/unload", json={"version": 1})
+        assert one.status_code == 200, one.text
+        assert one.json()["was_loaded"] is True and one.json()["version"] == 1
+        routed = api.post("/v1/models/api_adder/unload", json={"version": 2})
+        assert routed.status_code == 409 and "api_ep" in routed.json()["error"], routed.text
+        both = api.post("/v1/models/api_adder/unload", json={"version": 1, "force": True})
+        assert both.status_code == 400 and "force" in both.json()["error"], both.text
+        np.testing.assert_allclose(infer(triton, "api_ep", x, tensors), x + 2)
+
         # a model taking batches would fail every client's request: only with "force"
         write_python_model(triton.repo, "api_batched", max_batch_size=4)
         body = {"to": "api_batched:1"}

@@ -149,6 +149,44 @@ def test_cli_switch_to_a_model_the_clients_cannot_call_needs_force(
         run(triton, "unload", "cli_io_batched", "--force")
 
 
+def test_cli_unload_of_one_version_keeps_the_others_and_the_endpoint_serving(
+    triton: TritonHandle,
+) -> None:
+    write_add_model(triton.repo, "cli_versions", {1: 1.0, 2: 2.0, 3: 3.0})
+    split = ["endpoint", "split", "cli_versions_front"]
+    code, out = run(triton, *split, "--target", "cli_versions:1=1", "--target", "cli_versions:2=1")
+    assert code == 0, out
+    try:
+        # the split moves on to 2 and 3: version 1 is no longer routed, yet stays served
+        code, out = run(
+            triton, *split, "--target", "cli_versions:2=1", "--target", "cli_versions:3=1"
+        )
+        assert code == 0, out
+        assert rows(triton, "cli_versions")[1]["state"] == "READY"
+        code, out = run(triton, "unload", "cli_versions", "--version", "1", "--json")
+        assert code == 0, out
+        assert json.loads(out) == {
+            "name": "cli_versions",
+            "seconds": json.loads(out)["seconds"],
+            "was_loaded": True,
+            "version": 1,
+        }
+        states = {v: r["state"] for v, r in rows(triton, "cli_versions").items()}
+        assert states == {1: "UNAVAILABLE", 2: "READY", 3: "READY"}, states
+        assert http_answer(triton, "cli_versions_front") in (2.0, 3.0)
+        # a routed version is refused, even forced; done twice, nothing to do
+        code, out = run(triton, "unload", "cli_versions", "--version", "2")
+        assert code == 1 and "cli_versions_front" in out, out
+        code, out = run(triton, "unload", "cli_versions", "--version", "1", "--force")
+        assert code == 2 and "--force" in out, out
+        code, out = run(triton, "unload", "cli_versions", "--version", "1")
+        assert code == 0 and "cli_versions:1 was not loaded" in out, out
+        assert rows(triton, "cli_versions")[2]["state"] == "READY"
+    finally:
+        run(triton, "endpoint", "delete", "cli_versions_front")
+        run(triton, "unload", "cli_versions")
+
+
 def rows_ready(triton: TritonHandle) -> dict[str, bool]:
     code, out = run(triton, "ls", "--json")
     assert code == 0, out
