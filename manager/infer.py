@@ -10,7 +10,7 @@ import numpy as np
 
 from manager.errors import ManagerError, TritonUnreachableError
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
-from manager.triton import parse_url
+from manager.triton import one_line, parse_url
 
 
 class InferenceError(ManagerError):
@@ -68,7 +68,8 @@ def infer(
             )
             response = result.get_response()
     except InferenceServerException as exc:
-        raise InferenceError(f"inference on {model!r} failed: {exc.message() or exc}") from exc
+        message = one_line(str(exc.message() or exc))  # a Python model's traceback too
+        raise InferenceError(f"inference on {model!r} failed: {message}") from exc
     except (ConnectionError, OSError) as exc:
         raise TritonUnreachableError(f"no Triton server answers at {url}: {exc}") from exc
     finally:

@@ -20,7 +20,7 @@ from manager.endpoints import (
     Target,
     native_refusal,
 )
-from manager.errors import ManagerError
+from manager.errors import ManagerError, RolloutError
 from manager.names import parse_model_ref
 from manager.repository import Repository
 from manager.rollout import (
@@ -378,18 +378,21 @@ def rollout_start(
     as_json: bool,
 ) -> None:
     """Roll endpoint NAME out to version --to of its model."""
-    policy = RolloutPolicy(
-        stages=parse_stages(stages),
-        stage_seconds=stage_seconds,
-        min_requests=min_requests,
-        max_error_rate=max_error_rate,
-        max_latency_ratio=max_latency_ratio,
-        latency_tolerance_ms=latency_tolerance_ms,
-        golden_dir=golden_dir,
-        warmup_requests=warmup_requests,
-        sticky_parameter=sticky_parameter,
-        use_correlation_id=sticky_correlation_id,
-    )
+    try:
+        policy = RolloutPolicy(
+            stages=parse_stages(stages),
+            stage_seconds=stage_seconds,
+            min_requests=min_requests,
+            max_error_rate=max_error_rate,
+            max_latency_ratio=max_latency_ratio,
+            latency_tolerance_ms=latency_tolerance_ms,
+            golden_dir=golden_dir,
+            warmup_requests=warmup_requests,
+            sticky_parameter=sticky_parameter,
+            use_correlation_id=sticky_correlation_id,
+        )
+    except RolloutError as exc:  # bad options: a usage error, as click's own checks
+        raise click.UsageError(str(exc)) from exc
     repo = Repository(obj.repo)
     with _control(obj) as control:
         if not wait:
@@ -516,6 +519,19 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
     _say(_rollout_line(state))
     if state.warmup:
         _say(f"warm-up of {state.model}:{state.new_version}: {state.warmup}")
+    if not state.history:
+        ended = state.status in FINAL
+        _say("no stage ran: it ended before any traffic" if ended else "no stage yet")
+    else:
+        _stage_table(state)
+    if state.status not in FINAL and not state.driver_alive():
+        _say(
+            f"the driver is not running: `tritonctl rollout resume {name}` continues, "
+            f"`tritonctl rollout abort {name}` rolls back"
+        )
+
+
+def _stage_table(state: RolloutState) -> None:
     table = Table()
     for col in ("stage", "new ok/fail", "new ms", "old ok/fail", "old ms", "verdict"):
         table.add_column(col)
@@ -531,11 +547,6 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
             h.verdict or ("in progress" if running else ""),
         )
     console.print(table)
-    if state.status not in FINAL and not state.driver_alive():
-        _say(
-            f"the driver is not running: `tritonctl rollout resume {name}` continues, "
-            f"`tritonctl rollout abort {name}` rolls back"
-        )
 
 
 @rollout.command("list")

@@ -228,7 +228,12 @@ def test_a_version_that_fails_every_warm_up_request_never_gets_client_traffic(
         client.join(30)
     state = RolloutStore(repo).load("score")
     assert state.status == "rolled_back" and "scorer:1 answered the same requests" in state.reason
+    assert "version 3 is broken" in state.warmup
+    assert "\n" not in state.reason and "\n" not in state.warmup  # one line, for status
     assert state.history == []
+    shown = CliRunner().invoke(main, ["--repo", str(repo.path), "rollout", "status", "score"])
+    assert shown.exit_code == 0, shown.output
+    assert "no stage ran" in shown.stdout and "ok/fail" not in shown.stdout, shown.stdout
     assert client.errors == []
     assert {v for _, v in client.answers} == {1.0}
     assert Endpoints(repo, control).get("score").targets[0].version == 1

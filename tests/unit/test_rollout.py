@@ -697,3 +697,24 @@ def test_promote_and_abort_exit_4_unless_the_rollout_ends_as_asked(
     assert result.exit_code == code, result.output
     assert json.loads(result.output)["status"] == status
     assert waits == [120.0, 7.0]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--stages", "50,10"], "rise strictly"),
+        (["--stages", "5,x"], "integers separated by commas"),
+        (["--stages", "5,150"], "within 1..100"),
+        (["--sticky-parameter", "user", "--sticky-correlation-id"], "not both"),
+        (["--max-error-rate", "2"], "--max-error-rate"),
+    ],
+)
+def test_bad_rollout_options_are_usage_errors_like_any_bad_option(tmp_path, options, message):
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    argv = ["--repo", str(tmp_path), "--url", "http://127.0.0.1:1", "rollout", "start", "ep"]
+    result = CliRunner().invoke(main, [*argv, "--to", "2", *options])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
