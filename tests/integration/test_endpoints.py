@@ -24,7 +24,7 @@ from manager.publish import publish
 from manager.repository import Repository
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
-from tests.integration.helpers import http_answer
+from tests.integration.helpers import FAILING_MODEL_PY, http_answer
 from tests.modelfactory import ADD_VERSION_PY, write_source_model
 from tests.unit.fakes.triton_python_backend_utils import load_backend_module
 
@@ -527,24 +527,12 @@ def test_publishing_a_new_version_keeps_the_versions_endpoints_pin_served(
         assert call(client, "ep_grow_new") == 3
 
 
-FAILS_TO_LOAD_PY = textwrap.dedent(
-    """
-    class TritonPythonModel:
-        def initialize(self, args):
-            raise RuntimeError("tritonctl-test: initialize refused on purpose")
-
-        def execute(self, requests):
-            return []
-    """
-)
-
-
 def test_a_failed_or_incompatible_switch_leaves_the_endpoint_and_its_model_as_they_were(
     models: TritonHandle, endpoints: Endpoints, control: TritonControl, tmp_path: Path
 ) -> None:
     flaky, ints, name = "ep_flaky", "ep_ints", "ep_guard"
     publish(models.repo, flaky, source_folder(tmp_path / "good", flaky, ADD_VERSION_PY))
-    publish(models.repo, flaky, source_folder(tmp_path / "bad", flaky, FAILS_TO_LOAD_PY))
+    publish(models.repo, flaky, source_folder(tmp_path / "bad", flaky, FAILING_MODEL_PY))
     src = source_folder(tmp_path, ints, ADD_VERSION_PY)
     write_config(
         src / "config.pbtxt",

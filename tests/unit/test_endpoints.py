@@ -540,6 +540,17 @@ class FakeTriton:
         self.calls.append(("unload", name))
         self.loaded.pop(name, None)
 
+    def fail_loads(self, when: Callable[[str], bool], message: str) -> None:
+        """From now on a load of a model ``when`` accepts fails with ``message``."""
+        original = self.load_model
+
+        def failing(name: str, config: str | None = None) -> None:
+            if when(name):
+                raise LoadError(message)
+            original(name, config)
+
+        self.load_model = failing  # type: ignore[method-assign]
+
 
 def publish_model(repo: Path, name: str, versions: tuple[int, ...] = (1, 2), **kw: Any) -> None:
     folder = repo / name
@@ -710,15 +721,12 @@ def test_a_target_version_that_fails_to_load_is_not_left_in_the_version_policy(
     endpoints, triton, repo = setup
     endpoints.switch("ep", "m", 1)
     config_before = (repo / "m" / "config.pbtxt").read_bytes()
-    original = triton.load_model
 
-    def failing(name: str, config: str | None = None) -> None:
+    def serves_version_2(name: str) -> bool:
         policy = policy_versions(read_config(repo / name / "config.pbtxt"))
-        if name == "m" and policy is not None and 2 in policy:
-            raise LoadError("version 2 failed to load")
-        original(name, config)
+        return name == "m" and policy is not None and 2 in policy
 
-    triton.load_model = failing  # type: ignore[method-assign]
+    triton.fail_loads(serves_version_2, "version 2 failed to load")
     for attempt in (
         lambda: endpoints.switch("ep", "m", 2),
         lambda: endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)]),
@@ -735,16 +743,7 @@ def test_a_version_loaded_for_a_failed_switch_is_retired_again(
 ) -> None:
     endpoints, triton, repo = setup
     endpoints.switch("ep", "m", 1)
-    original = triton.load_model
-
-    def failing(name: str, config: str | None = None) -> None:
-        if name == "ep":
-            from manager.errors import LoadError
-
-            raise LoadError("the endpoint refused on purpose")
-        original(name, config)
-
-    triton.load_model = failing  # type: ignore[method-assign]
+    triton.fail_loads(lambda name: name == "ep", "the endpoint refused on purpose")
     with pytest.raises(EndpointError, match="refused on purpose"):
         endpoints.switch("ep", "m", 2)
     assert triton.loaded["m"] == {1}
@@ -787,16 +786,7 @@ def test_a_failed_endpoint_load_restores_the_previous_routes(
     endpoints, triton, repo = setup
     endpoints.switch("ep", "m", 1)
     before = endpoints.get("ep")
-    original = triton.load_model
-
-    def failing(name: str, config: str | None = None) -> None:
-        if name == "ep":
-            from manager.errors import LoadError
-
-            raise LoadError("refused on purpose")
-        original(name, config)
-
-    triton.load_model = failing  # type: ignore[method-assign]
+    triton.fail_loads(lambda name: name == "ep", "refused on purpose")
     with pytest.raises(EndpointError, match="refused on purpose"):
         endpoints.switch("ep", "m", 2)
     assert endpoints.get("ep") == before

@@ -7,6 +7,7 @@ import ctypes
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -137,20 +138,10 @@ def routes_text(weights: list[float], **extra: str) -> bytes:
 
 
 def shares(
-    probe: ctypes.CDLL,
-    weights: list[float],
-    run: int,
-    n: int,
-    step_ns: int = 0,
-    *,
-    idle_window_ns: int = 0,
-    idle: bool = False,
+    probe: ctypes.CDLL, weights: list[float], run: int, n: int, step_ns: int = 0, **kw: Any
 ) -> tuple[list[int], int]:
-    """Routes ``n`` requests ``step_ns`` apart (a 1 ms run window); ``idle``: each finds
-    nothing in flight, so runs last up to ``idle_window_ns``."""
-    counts, longest = shares_and_runs(
-        probe, weights, run, n, step_ns, idle_window_ns=idle_window_ns, idle=idle
-    )
+    """As :func:`shares_and_runs`, with the longest run of any target."""
+    counts, longest = shares_and_runs(probe, weights, run, n, step_ns, **kw)
     return counts, max(longest)
 
 
@@ -164,7 +155,9 @@ def shares_and_runs(
     idle_window_ns: int = 0,
     idle: bool = False,
 ) -> tuple[list[int], list[int]]:
-    """As ``shares``, with the longest run of each target."""
+    """Routes ``n`` requests ``step_ns`` apart (a 1 ms run window); ``idle``: each finds
+    nothing in flight, so runs last up to ``idle_window_ns``. Returns the requests each
+    target got and the longest run of each."""
     counts = (ctypes.c_uint64 * len(weights))()
     longest = (ctypes.c_uint64 * len(weights))()
     ok = probe.probe_shares(
