@@ -150,7 +150,7 @@ class MemoryBudget:
 
     ``limit`` None means the whole device. The watermarks are fractions of the limit: the
     controller starts evicting when used memory exceeds ``high_watermark`` of the limit and
-    stops at ``low_watermark``; a load must fit under the limit itself.
+    stops at ``low_watermark``; a load must leave used memory under ``high_watermark``.
     """
 
     limit: MemoryLimit | None = None

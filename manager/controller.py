@@ -639,7 +639,7 @@ class Controller:
                 load_seconds=round(result.seconds, 3),
             )
             if measured and total > estimated and self.budget.limit is not None:
-                # it took more than expected: get back under the limit now, not at the
+                # it took more than expected: get back under the high watermark now, not at the
                 # controller's next poll (or take the load back when nothing else can go)
                 evicted += self._settle(name, shown, total, estimated, ready_before, evicted)
             return EnsureResult(
@@ -661,7 +661,8 @@ class Controller:
         evicted: Sequence[Eviction],
     ) -> list[Eviction]:
         """After a load that measured more than its footprint was expected to be: when used
-        memory is now over the limit, evict other models (by the policy) until it is not.
+        memory is now over the high watermark (what a load must stay under), evict other
+        models (by the policy) until it is not.
         When even that cannot get under the limit, a model that was not served before is
         unloaded again and what was evicted for it served again (``MemoryBudgetError``; its
         measured footprint is stored, so the next try is refused before loading); one
@@ -669,22 +670,22 @@ class Controller:
         label = f"{name}:{version}" if version is not None else name
         view = self._view()
         self._observe(view)
-        limit, _, _ = self._limits(view.usage)
+        _, high, _ = self._limits(view.usage)
         used = view.usage.used_bytes
-        if used <= limit:
+        if used <= high:
             return []
         # the model just loaded is not a candidate: it is what the room was made for
         candidates = [s for s in view.states if s.name != name]
         what = (
             f"measured {format_size(measured)} where {format_size(estimated)} was "
-            f"expected: used {format_size(used)} > limit {format_size(limit)}"
+            f"expected: used {format_size(used)} > high watermark {format_size(high)}"
         )
         try:
-            victims = self.policy.choose_victims(candidates, used - limit)
+            victims = self.policy.choose_victims(candidates, used - high)
         except MemoryBudgetError as exc:
             if ready_before:
                 message = f"{label} {what}, and evicting all that may go is not enough: {exc}"
-                self._record("alert", name, version, message, used_bytes=used, limit_bytes=limit)
+                self._record("alert", name, version, message, used_bytes=used, limit_bytes=high)
                 log.warning("%s", message)
                 return []
             before = self._reading_before_release()
@@ -700,7 +701,9 @@ class Controller:
             if evicted:
                 message += f"; {self._serve_again(evicted)}"
             raise MemoryBudgetError(message) from exc
-        return self._evict_victims(view, victims, f"back under the limit at once: {label} {what}")
+        return self._evict_victims(
+            view, victims, f"back under the high watermark at once: {label} {what}"
+        )
 
     def _serve_again(self, evicted: Sequence[Eviction]) -> str:
         """Load again what was evicted for a load that then failed, so that a failed load
@@ -739,8 +742,10 @@ class Controller:
         *,
         leaving: int = 0,
     ) -> list[Eviction]:
-        """Evict until ``needed`` fits; ``leaving``: versions of ``name`` the load takes
-        down, whose slots it frees (their memory only once the new versions are up)."""
+        """Evict until ``needed`` fits under the high watermark (the level the controller
+        keeps used memory under: a load above it would be evicted again at the next poll);
+        ``leaving``: versions of ``name`` the load takes down, whose slots it frees (their
+        memory only once the new versions are up)."""
         label = f"{name}:{version}" if version is not None else name
         footprint = sum(f.bytes for f in needed)
         how = ", ".join(sorted({f.method for f in needed})) or "nothing to load"
@@ -748,10 +753,10 @@ class Controller:
         for _ in range(MAX_ROUNDS):
             view = self._view(index)
             self._observe(view)
-            limit, _, _ = self._limits(view.usage)
+            limit, high, _ = self._limits(view.usage)
             used = view.usage.used_bytes
             coming_count = view.loading_besides(name)
-            need_bytes = used + footprint - limit
+            need_bytes = used + footprint - high
             need_slots = 0
             if self.budget.max_models is not None:
                 need_slots = (
@@ -768,8 +773,8 @@ class Controller:
                 if need_bytes > 0:
                     over.append(
                         f"its footprint {format_size(footprint)} ({how}) and the "
-                        f"{format_size(used)} in use ({view.usage.method}) exceed the limit "
-                        f"of {format_size(limit)}"
+                        f"{format_size(used)} in use ({view.usage.method}) exceed the high "
+                        f"watermark {format_size(high)} (limit {format_size(limit)})"
                     )
                 if need_slots > 0:
                     still = f", {coming_count} loading" if coming_count else ""
@@ -790,7 +795,8 @@ class Controller:
                 raise MemoryBudgetError(message) from exc
             why = (
                 f"make room for {label} ({format_size(footprint)}, {how}): used "
-                f"{format_size(used)} + {format_size(footprint)} > limit {format_size(limit)}"
+                f"{format_size(used)} + {format_size(footprint)} > high watermark "
+                f"{format_size(high)}"
                 if need_bytes > 0
                 else f"make room for {label}: max_models {self.budget.max_models} reached"
             )
@@ -823,17 +829,24 @@ class Controller:
                 victims = self.policy.choose_victims(view.states, need_bytes, need_slots)
             except MemoryBudgetError as exc:
                 victims = []
-                if need_bytes > 0:
-                    # the low watermark is out of reach: at least get under the high one
-                    target = high
+                # the low watermark is out of reach: at least get under the high one, or
+                # at the least under the limit (over it, evicting what may go is not in
+                # vain even where the high watermark stays out of reach)
+                fallbacks = [t for t in (high, limit) if used > t] if need_bytes > 0 else []
+                for fallback in fallbacks:
                     try:
-                        victims = self.policy.choose_victims(view.states, used - high, need_slots)
+                        victims = self.policy.choose_victims(
+                            view.states, used - fallback, need_slots
+                        )
                     except MemoryBudgetError:
-                        victims = []
+                        continue
+                    target = fallback
+                    break
                 if not victims:
                     message = (
                         f"used {format_size(used)} is above the high watermark "
-                        f"{format_size(high)} and evicting all that may go is not enough: {exc}"
+                        f"{format_size(high)} and evicting all that may go is not enough to "
+                        f"get under it{' or under the limit' if used > limit else ''}: {exc}"
                     )
                     if not self._alerting:
                         self._record(
@@ -843,9 +856,10 @@ class Controller:
                     log.warning("%s", message)
                     return []
             self._alerting = False
+            what = {low: "", high: " (the high watermark)", limit: " (the limit)"}[target]
             why = (
                 f"used {format_size(used)} > high watermark {format_size(high)}, "
-                f"evicting down to {format_size(target)}"
+                f"evicting down to {format_size(target)}{what}"
                 if need_bytes > 0
                 else f"{len(view.states)} models loaded > max_models {self.budget.max_models}"
             )
@@ -859,13 +873,14 @@ class Controller:
         iterations: int | None = None,
     ) -> None:
         """Call :meth:`run_once` every ``interval`` seconds until ``stop`` is set (or
-        ``iterations`` polls were made). Triton being unreachable is logged and retried."""
+        ``iterations`` polls were made). A poll that fails (Triton unreachable, stopping,
+        restarting) is logged and retried."""
         stop = stop or threading.Event()
         done = 0
         while not stop.is_set():
             try:
                 self.run_once()
-            except TritonUnreachableError as exc:
+            except ManagerError as exc:
                 log.warning("controller: %s; retrying in %g s", exc, interval)
             done += 1
             if iterations is not None and done >= iterations:
@@ -924,7 +939,7 @@ class Controller:
                 already = serving.up_to_date(entries, version, wanted)
                 total = 0 if already else sum(f.bytes for f in needed)
                 coming_count = view.loading_besides(for_model)
-                need_bytes = used + total - limit if total else 0
+                need_bytes = used + total - high if total else 0
                 need_slots = 0
                 if self.budget.max_models is not None and not already:
                     need_slots = (

@@ -12,11 +12,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from manager.budget import CONFIG_FILENAME, ServingConfig
+from manager.budget import CONFIG_FILENAME, ServingConfig, find_config_file
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import console, err_console, print_json
 from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin
-from manager.errors import TritonUnreachableError
+from manager.errors import ManagerError
 from manager.triton import TritonControl
 from manager.units import format_size
 
@@ -236,7 +236,10 @@ def controller_run(obj: AppContext, interval: float, iterations: int | None) -> 
 
     Every poll feeds the eviction policy with Triton's request counts; when used memory
     is above the high watermark it evicts down to the low one. Decisions are printed and
-    written to <repo>/.tritonctl/audit.log.
+    written to <repo>/.tritonctl/audit.log. A change of tritonctl.yaml is read at the next
+    poll (a broken one is reported and the settings in use are kept). A server that does
+    not answer, or stops, is waited for; without --url the controller follows the
+    embedded server of --repo, started (or restarted) after it.
     """
     config = obj.serving_config()
     stop = threading.Event()
@@ -245,28 +248,55 @@ def controller_run(obj: AppContext, interval: float, iterations: int | None) -> 
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    done = 0
     try:
-        with open_controller(obj, config) as controller:
-            limit = str(config.budget.limit) if config.budget.limit else "the whole device"
-            say(
-                f"controller on {controller.control.url}: limit {limit}, watermarks "
-                f"{config.budget.high_watermark:.0%}/{config.budget.low_watermark:.0%}, "
-                f"policy {config.eviction_policy}, every {interval:g} s"
-            )
-            done = 0
-            while not stop.is_set():
-                try:
-                    evicted = controller.run_once()
-                except TritonUnreachableError as exc:
-                    say(f"warning: {exc}; retrying in {interval:g} s")
-                    evicted = []
-                for e in evicted:
-                    say(f"evicted {e.model}:{e.version} ({format_size(e.bytes)}): {e.reason}")
-                done += 1
-                if iterations is not None and done >= iterations:
-                    break
-                stop.wait(interval)
+        while not stop.is_set():
+            stamp = _config_stamp(obj)
+            with open_controller(obj, config) as controller:
+                limit = str(config.budget.limit) if config.budget.limit else "the whole device"
+                say(
+                    f"controller on {controller.control.url}: limit {limit}, watermarks "
+                    f"{config.budget.high_watermark:.0%}/{config.budget.low_watermark:.0%}, "
+                    f"policy {config.eviction_policy}, every {interval:g} s"
+                )
+                while not stop.is_set():
+                    unreachable = False
+                    try:
+                        evicted = controller.run_once()
+                    except ManagerError as exc:  # a server gone or restarting: wait for it
+                        unreachable = True
+                        say(f"warning: {exc}; retrying in {interval:g} s")
+                        evicted = []
+                    for e in evicted:
+                        say(f"evicted {e.model}:{e.version} ({format_size(e.bytes)}): {e.reason}")
+                    done += 1
+                    if iterations is not None and done >= iterations:
+                        return
+                    stop.wait(interval)
+                    if _config_stamp(obj) != stamp:
+                        stamp = _config_stamp(obj)
+                        try:
+                            config = obj.serving_config()
+                        except ManagerError as exc:
+                            say(f"warning: {exc}; the settings in use are kept")
+                            continue
+                        say("the serving settings changed: reading them again")
+                        break
+                    if unreachable and obj.url is None:
+                        break  # look for the embedded server again
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _config_stamp(obj: AppContext) -> tuple[str, int, int] | None:
+    """What tells a change of the settings file (path, mtime, size), None without one."""
+    path = find_config_file(obj.repo, obj.config_file)
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_mtime_ns, st.st_size

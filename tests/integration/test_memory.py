@@ -280,8 +280,8 @@ def grows_past_its_estimate(
     write_python_model(triton.repo, GROWS, ALLOC_MODEL_PY.format(mib=mib))
     used = ctl.meter.usage().used_bytes
     limit = used + estimate.bytes + 20 * 2**20
-    ctl.config = ServingConfig(
-        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit)),
+    ctl.config = ServingConfig(  # a high watermark of 1: loads may go up to the limit
+        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit), high_watermark=1.0),
         eviction_policy="lru",
         pinned=others_loaded(control),
     )
@@ -296,7 +296,7 @@ def test_a_load_larger_than_its_estimate_evicts_others_back_under_the_limit_at_o
     result = ctl.ensure_loaded(GROWS)
 
     assert [e.model for e in result.evicted] == [A]
-    assert "back under the limit" in result.evicted[0].reason
+    assert "back under the high watermark" in result.evicted[0].reason
     assert states(fresh)[GROWS] == "READY" and states(fresh)[A] == "UNAVAILABLE"
     assert ctl.meter.usage().used_bytes <= limit
     infer(triton.http_url, GROWS)
@@ -314,7 +314,7 @@ def test_a_load_that_cannot_fit_once_measured_is_unloaded_again_and_refused_next
     infer(triton.http_url, A)
     measured = FootprintStore(triton.repo).get(GROWS, 1)
     assert measured is not None and measured.bytes > 2 * ALLOC_BYTES
-    with pytest.raises(MemoryBudgetError, match="exceed the limit"):
+    with pytest.raises(MemoryBudgetError, match="exceed the high watermark"):
         ctl.ensure_loaded(GROWS)  # refused before loading, with what it measured
     assert AuditLog(triton.repo).read()[-1]["action"] == "refuse"
     assert states(fresh)[GROWS] == "UNAVAILABLE"

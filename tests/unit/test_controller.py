@@ -21,6 +21,7 @@ from manager.dynamic import DynamicModelManager
 from manager.endpoints import ENDPOINT_KIND, EndpointState, Target
 from manager.errors import (
     LoadError,
+    ManagerError,
     MemoryBudgetError,
     ModelNotFoundError,
     RepositoryError,
@@ -276,7 +277,7 @@ def test_a_model_loaded_by_another_client_ages_from_when_it_was_first_seen(
 def test_a_model_that_cannot_fit_is_refused_before_anything_is_loaded_or_evicted(
     tmp_path: Path,
 ) -> None:
-    ctl, fake = make(tmp_path, {"a": 200 * MIB, "big": 900 * MIB}, limit=BASE + 500 * MIB)
+    ctl, fake = make(tmp_path, {"a": 200 * MIB, "big": 900 * MIB}, limit=BASE + 500 * MIB, high=1.0)
     ctl.ensure_loaded("a")
 
     with pytest.raises(MemoryBudgetError) as caught:
@@ -316,7 +317,7 @@ def test_a_refusal_by_max_models_blames_the_count_not_the_memory(tmp_path: Path)
 
     message = str(caught.value)
     assert "2 models loaded and 1 to load exceed max_models 2" in message
-    assert "exceed the limit" not in message  # 3 MiB fit in 500 MiB
+    assert "exceed the high watermark" not in message  # 3 MiB fit in 500 MiB
     # each protected model is named, with why
     assert "2 protected: a:1 1.0 MiB (pinned in the serving config), b:1" in message
     assert fake.loaded() == {"a", "b"}
@@ -372,7 +373,7 @@ def test_a_failed_load_is_counted_audited_and_raised(tmp_path: Path) -> None:
 
 def test_a_failed_load_serves_again_what_was_evicted_for_it(tmp_path: Path) -> None:
     sizes = {"a": 200 * MIB, "b": 200 * MIB, "broken": 300 * MIB}
-    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB)
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB, high=1.0)
     ctl.ensure_loaded("a")
     ctl.ensure_loaded("b")
     fake.failing.add("broken")
@@ -392,7 +393,7 @@ def test_a_load_larger_than_expected_evicts_others_back_under_the_limit_at_once(
     tmp_path: Path,
 ) -> None:
     ctl, fake = make(
-        tmp_path, {"a": 200 * MIB, "big": 400 * MIB}, limit=BASE + 500 * MIB, known=False
+        tmp_path, {"a": 200 * MIB, "big": 400 * MIB}, limit=BASE + 500 * MIB, known=False, high=1.0
     )
     seed_footprint(tmp_path, "a", 200 * MIB)
     ctl.ensure_loaded("a")
@@ -403,7 +404,7 @@ def test_a_load_larger_than_expected_evicts_others_back_under_the_limit_at_once(
     assert [e.model for e in result.evicted] == ["a"]
     assert fake.loaded() == {"big"}
     (record,) = audit(tmp_path, "evict")
-    assert record["model"] == "a" and "back under the limit" in record["reason"]
+    assert record["model"] == "a" and "back under the high watermark" in record["reason"]
     assert "big:1 measured 400.0 MiB" in record["reason"]
 
 
@@ -411,7 +412,7 @@ def test_a_load_that_cannot_fit_once_measured_is_taken_back_and_its_victims_serv
     tmp_path: Path,
 ) -> None:
     sizes = {"a": 200 * MIB, "b": 200 * MIB, "big": 450 * MIB}
-    ctl, fake = make(tmp_path, sizes, limit=BASE + 420 * MIB, known=False)
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 420 * MIB, known=False, high=1.0)
     seed_footprint(tmp_path, "a", 200 * MIB)
     seed_footprint(tmp_path, "b", 200 * MIB)
     ctl.ensure_loaded("a")
@@ -429,7 +430,7 @@ def test_a_load_that_cannot_fit_once_measured_is_taken_back_and_its_victims_serv
     assert [r["model"] for r in audit(tmp_path, "restore")] == ["a"]
     # its measured footprint is kept: the next try is refused before anything is loaded
     loads = list(fake.loads)
-    with pytest.raises(MemoryBudgetError, match="exceed the limit"):
+    with pytest.raises(MemoryBudgetError, match="exceed the high watermark"):
         ctl.ensure_loaded("big")
     assert fake.loads == loads and fake.loaded() == {"a", "b"}
 
@@ -655,7 +656,9 @@ def test_run_once_feeds_the_policy_with_the_growth_of_inference_count(tmp_path: 
 
 
 def test_over_budget_with_nothing_evictable_is_an_alert_not_an_eviction(tmp_path: Path) -> None:
-    ctl, fake = make(tmp_path, {"a": 100 * MIB}, limit=BASE + 100 * MIB, pinned=frozenset({"a"}))
+    ctl, fake = make(
+        tmp_path, {"a": 100 * MIB}, limit=BASE + 100 * MIB, pinned=frozenset({"a"}), high=1.0
+    )
     ctl.ensure_loaded("a")
     fake.sizes["a"] = 400 * MIB
     assert ctl.run_once() == []
@@ -796,7 +799,7 @@ def test_switch_active_model_makes_room_for_the_model_then_repoints_the_endpoint
 
 def test_run_polls_until_the_iterations_are_done(tmp_path: Path) -> None:
     ctl, fake = make(tmp_path, {"a": 600 * MIB}, limit=BASE + 1000 * MIB, high=0.6, low=0.5)
-    ctl.ensure_loaded("a")  # 700 MiB used of 1100: fits, but above the high watermark
+    fake.load_model("a")  # loaded outside the controller: 700 MiB used, above 660
     ctl.run(0.001, iterations=2)
     assert fake.loaded() == set()
     assert len(audit(tmp_path, "evict")) == 1
@@ -860,8 +863,96 @@ def test_run_once_gets_under_the_high_watermark_when_the_low_one_is_out_of_reach
         tmp_path, sizes, limit=BASE + 700 * MIB, pinned=frozenset({"a"}), high=0.85, low=0.3
     )
     ctl.ensure_loaded("a")
-    ctl.ensure_loaded("b")  # 700 of 800 MiB > 680; down to 240 is impossible with a pinned
-    evicted = ctl.run_once()
+    fake.load_model("b")  # loaded outside the controller: 700 of 800 MiB > 680
+    evicted = ctl.run_once()  # down to 240 is impossible with a pinned
     assert [e.model for e in evicted] == ["b"]
-    assert "evicting down to 680.0 MiB" in evicted[0].reason
+    assert "evicting down to 680.0 MiB (the high watermark)" in evicted[0].reason
     assert fake.loaded() == {"a"}
+
+
+def test_run_once_gets_under_the_limit_when_the_high_watermark_is_out_of_reach(
+    tmp_path: Path,
+) -> None:
+    sizes = {"a": 300 * MIB, "b": 300 * MIB, "c": 200 * MIB}
+    ctl, fake = make(
+        tmp_path, sizes, limit=BASE + 700 * MIB, pinned=frozenset({"a", "b"}), high=0.85, low=0.3
+    )
+    for name in sizes:  # loaded outside the controller (e.g. by hand): 900 of 800 MiB
+        fake.load_model(name)
+    evicted = ctl.run_once()  # c going leaves 700 MiB: over 680, but under the limit
+    assert [e.model for e in evicted] == ["c"]
+    assert "evicting down to 800.0 MiB (the limit)" in evicted[0].reason
+    assert fake.loaded() == {"a", "b"}
+    # over the limit with nothing that would get it under: nothing goes, an alert
+    fake.sizes["a"] = 600 * MIB
+    assert ctl.run_once() == [] and fake.loaded() == {"a", "b"}
+    assert "or under the limit" in audit(tmp_path, "alert")[-1]["reason"]
+
+
+def test_a_load_must_leave_used_memory_under_the_high_watermark(tmp_path: Path) -> None:
+    # a load above the high watermark would be evicted again at the controller's next poll
+    sizes = {"a": 200 * MIB, "b": 300 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB, pinned=frozenset({"a"}))
+    ctl.ensure_loaded("a")  # 300 of 600 MiB; high watermark 570 MiB
+    with pytest.raises(MemoryBudgetError, match=r"exceed the high watermark 570\.0 MiB") as caught:
+        ctl.ensure_loaded("b")  # 600 MiB would fit the limit, not the high watermark
+    assert "a:1 200.0 MiB (pinned" in str(caught.value)
+    assert fake.loaded() == {"a"}
+    ctl.config = replace(ctl.config, pinned=frozenset())
+    result = ctl.ensure_loaded("b")  # a may go now: it does, for the high watermark
+    assert [e.model for e in result.evicted] == ["a"] and "high watermark" in result.evicted[
+        0
+    ].reason
+    assert fake.loaded() == {"b"} and ctl.run_once() == []
+
+
+def test_controller_run_outlives_a_failing_server_and_rereads_changed_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from manager.cli import main, memory_cmds
+
+    settings = tmp_path / "tritonctl.yaml"
+    settings.write_text("memory_limit: 600MiB\n")
+    limits: list[int | None] = []
+    polls = {"n": 0}
+
+    class Poller:
+        control = FakeTriton({})
+
+        def run_once(self) -> list[Any]:
+            polls["n"] += 1
+            if polls["n"] == 1:  # the server stopping mid-request
+                raise ManagerError("repository index at http://x failed: connection closed.")
+            if polls["n"] == 2:
+                settings.write_text("memory_limit: 300MiB\n")
+            return []
+
+    @contextlib.contextmanager
+    def opened(obj: Any, config: ServingConfig) -> Any:
+        limits.append(config.budget.limit.num_bytes if config.budget.limit else None)
+        yield Poller()
+
+    monkeypatch.setattr(memory_cmds, "open_controller", opened)
+    argv = ["--repo", str(tmp_path), "controller", "run", "--interval", "0.1"]
+    result = CliRunner().invoke(main, [*argv, "--iterations", "4"])
+    assert result.exit_code == 0, result.output
+    assert "connection closed.; retrying" in result.output
+    assert "the serving settings changed" in result.output
+    assert polls["n"] == 4 and limits[-1] == 300 * MIB and limits[0] == 600 * MIB
+    # a broken file later is reported and the settings in use are kept
+    polls["n"] = 1
+    limits.clear()
+
+    def broken_run_once(self: Any) -> list[Any]:
+        polls["n"] += 1
+        settings.write_text("memory_limit: -5\n")
+        return []
+
+    monkeypatch.setattr(Poller, "run_once", broken_run_once)
+    result = CliRunner().invoke(main, [*argv, "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert "the settings in use are kept" in result.output and limits == [300 * MIB]
