@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -733,6 +733,28 @@ class Controller:
             parts.append(f"evicted for it and NOT served again: {'; '.join(lost)}")
         return "; ".join(parts)
 
+    @contextmanager
+    def admitting(self, wanted: Mapping[str, Iterable[int]]) -> Iterator[list[Eviction]]:
+        """Make room by the policy for the versions in ``wanted`` (model -> versions) that
+        are not READY, and hold the budget's lock while the caller loads them (an endpoint
+        switch or split, a rollout's new version), so that no other load takes the room
+        meanwhile. Yields what was evicted; MemoryBudgetError (nothing evicted) when they
+        cannot fit under the high watermark. The models in ``wanted`` are not evicted."""
+        with self.locked(timeout=min(self.load_timeout, LOCK_TIMEOUT_S)):
+            index = self.control.repository_index()
+            needed: list[Footprint] = []
+            for name, versions in sorted(wanted.items()):
+                validate_model_name(name)
+                ready = set(serving.ready_versions(serving.entries_of(index, name)))
+                new = sorted(set(versions) - ready)
+                if new and not self._memoryless(name):
+                    needed += [self.footprints.footprint(name, v) for v in new]
+            evicted: list[Eviction] = []
+            if needed:
+                label = ", ".join(sorted(wanted))
+                evicted = self._make_room(label, None, needed, index, keep=frozenset(wanted))
+            yield evicted
+
     def _make_room(
         self,
         name: str,
@@ -741,11 +763,12 @@ class Controller:
         index: list[IndexEntry],
         *,
         leaving: int = 0,
+        keep: frozenset[str] = frozenset(),
     ) -> list[Eviction]:
         """Evict until ``needed`` fits under the high watermark (the level the controller
         keeps used memory under: a load above it would be evicted again at the next poll);
         ``leaving``: versions of ``name`` the load takes down, whose slots it frees (their
-        memory only once the new versions are up)."""
+        memory only once the new versions are up); ``keep``: models not to evict."""
         label = f"{name}:{version}" if version is not None else name
         footprint = sum(f.bytes for f in needed)
         how = ", ".join(sorted({f.method for f in needed})) or "nothing to load"
@@ -764,9 +787,10 @@ class Controller:
                 )
             if need_bytes <= 0 and need_slots <= 0:
                 return evicted
+            candidates = [s for s in view.states if s.name not in keep]
             try:
                 victims = self.policy.choose_victims(
-                    view.states, max(need_bytes, 0), max(need_slots, 0)
+                    candidates, max(need_bytes, 0), max(need_slots, 0)
                 )
             except MemoryBudgetError as exc:
                 over = []
@@ -1044,6 +1068,16 @@ class Controller:
 def budget_configured(config: ServingConfig) -> bool:
     """True when a memory limit or a model count limit is set (then loads make room)."""
     return config.budget.limit is not None or config.budget.max_models is not None
+
+
+def admission(
+    control: ModelControl, repo: Path, config: ServingConfig
+) -> Callable[[Mapping[str, Iterable[int]]], AbstractContextManager[object]] | None:
+    """What makes endpoint changes keep to the budget of ``config`` (``Endpoints(...,
+    admission=)``): a controller's :meth:`Controller.admitting`; None without a budget."""
+    if not budget_configured(config):
+        return None
+    return Controller(control, repo, config).admitting
 
 
 def load_model(

@@ -39,8 +39,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
@@ -556,6 +556,11 @@ class ModelControl(Protocol):
     def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
 
 
+Admission = Callable[[Mapping[str, Iterable[int]]], AbstractContextManager[object]]
+"""Makes room for the model versions a change is about to load (model -> versions) and
+holds it while they load (``manager.controller.Controller.admitting``)."""
+
+
 class _NoServer:
     """The control of :func:`startup_models`, which only reads the repository."""
 
@@ -597,9 +602,13 @@ class Endpoints:
         router: RouterOptions | None = None,
         unload_wait_s: float = UNLOAD_WAIT_S,
         rollout_driver: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.repo = repo
         self.control = control
+        # keeps the versions a change loads within a memory budget (see
+        # manager.controller.admission); None: loaded as asked
+        self.admission = admission
         self.router_options = router or RouterOptions()
         self.unload_wait_s = unload_wait_s
         # a rollout's driver changes its endpoint; anyone else must not while it runs
@@ -1057,10 +1066,19 @@ class Endpoints:
         again. Refused (RolloutError) while a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "switched")
+        self._check_endpoint_name(name)
+        config = self._target_config(model)
+        version = self._resolve_version(model, version)
+        # checked before room is made for it
+        self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
         before = self._read(name)
-        state = self._switch(name, model, version, force=force)
+        with self._admitted({model: {version}}):
+            state = self._switch(name, model, version, force=force)
         self._release_policies(before)
         return state
+
+    def _admitted(self, wanted: Mapping[str, Iterable[int]]) -> AbstractContextManager[object]:
+        return self.admission(wanted) if self.admission is not None else nullcontext()
 
     def _switch(
         self, name: str, model: str, version: int | None, *, force: bool = False
@@ -1110,14 +1128,22 @@ class Endpoints:
         a rollout of ``name`` runs.
         """
         self._refuse_during_rollout(name, "split")
+        self._check_endpoint_name(name)
+        checked, configs = self._check_targets(targets)
+        # checked before room is made for them
+        self._check_clients_io(name, [(checked[0].label(), configs[checked[0].model])], force=force)
+        wanted: dict[str, set[int]] = {}
+        for t in checked:
+            wanted.setdefault(t.model, set()).add(t.version)
         before = self._read(name)
-        state = self._split(
-            name,
-            targets,
-            sticky_parameter=sticky_parameter,
-            use_correlation_id=use_correlation_id,
-            force=force,
-        )
+        with self._admitted(wanted):
+            state = self._split(
+                name,
+                targets,
+                sticky_parameter=sticky_parameter,
+                use_correlation_id=use_correlation_id,
+                force=force,
+            )
         self._release_policies(before)
         return state
 
@@ -1249,16 +1275,20 @@ class Endpoints:
         """Serve endpoint ``name`` as its routes file says (e.g. after a server restart):
         its targets, the router if routed, the ensemble."""
         state = self.get(name)
-        if state.mode == PINNED:
-            target = state.targets[0]
-            return self._switch(name, target.model, target.version, force=True)
-        return self._split(
-            name,
-            state.targets,
-            sticky_parameter=state.sticky_parameter,
-            use_correlation_id=state.use_correlation_id,
-            force=True,
-        )
+        wanted: dict[str, set[int]] = {}
+        for t in state.targets:
+            wanted.setdefault(t.model, set()).add(t.version)
+        with self._admitted(wanted):
+            if state.mode == PINNED:
+                target = state.targets[0]
+                return self._switch(name, target.model, target.version, force=True)
+            return self._split(
+                name,
+                state.targets,
+                sticky_parameter=state.sticky_parameter,
+                use_correlation_id=state.use_correlation_id,
+                force=True,
+            )
 
     def restore_all(self) -> Sequence[EndpointState]:
         """:meth:`ensure` every endpoint of the repository (a server started in explicit

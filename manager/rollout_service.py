@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from manager.budget import resolve_serving_config
+from manager.controller import admission
 from manager.endpoints import PINNED, Endpoints
 from manager.errors import (
     ManagerError,
@@ -102,7 +104,11 @@ def make_driver(
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
 ) -> RolloutDriver:
-    endpoints = Endpoints(repo, control, rollout_driver=True)
+    # the new version is loaded within the repository's memory budget, if it has one
+    config = resolve_serving_config(repo.path)
+    endpoints = Endpoints(
+        repo, control, rollout_driver=True, admission=admission(control, repo.path, config)
+    )
     golden = None
     cases: list[GoldenCase] | None = None
     if policy is not None and policy.golden_dir:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from manager.api import schemas
 from manager.api.deps import NoFields, Plane
+from manager.controller import admission
 from manager.endpoints import Endpoints, EndpointState, RouterOptions, Target
 from manager.names import parse_model_ref
 
@@ -20,23 +21,35 @@ def _described(
     plane: Plane,
     act: Callable[[Endpoints], Sequence[EndpointState]],
     options: RouterOptions | None = None,
+    *,
+    budgeted: bool = False,
 ) -> Sequence[dict[str, Any]]:
     """Run ``act`` on the repository's endpoints; the states it returns as answers carry
-    them, with what Triton serves of each now."""
+    them, with what Triton serves of each now. ``budgeted``: what ``act`` loads keeps to
+    the memory budget (room is made by the eviction policy)."""
     with plane.control() as control:
-        endpoints = Endpoints(plane.repository, control, router=options)
+        admit = admission(control, plane.repo, plane.serving_config()) if budgeted else None
+        endpoints = Endpoints(plane.repository, control, router=options, admission=admit)
         return endpoints.describe(act(endpoints))
 
 
 def _one(
-    plane: Plane, act: Callable[[Endpoints], EndpointState], options: RouterOptions | None = None
+    plane: Plane,
+    act: Callable[[Endpoints], EndpointState],
+    options: RouterOptions | None = None,
+    *,
+    budgeted: bool = False,
 ) -> schemas.EndpointAnswer:
-    [described] = _described(plane, lambda endpoints: [act(endpoints)], options)
+    [described] = _described(plane, lambda endpoints: [act(endpoints)], options, budgeted=budgeted)
     return schemas.EndpointAnswer.model_validate(described)
 
 
-def _all(plane: Plane, act: Callable[[Endpoints], Sequence[EndpointState]]) -> schemas.EndpointList:
-    return schemas.EndpointList.model_validate({"endpoints": _described(plane, act)})
+def _all(
+    plane: Plane, act: Callable[[Endpoints], Sequence[EndpointState]], *, budgeted: bool = False
+) -> schemas.EndpointList:
+    return schemas.EndpointList.model_validate(
+        {"endpoints": _described(plane, act, budgeted=budgeted)}
+    )
 
 
 @router.get("/endpoints", response_model=schemas.EndpointList)
@@ -57,7 +70,11 @@ def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.Endp
     """Point endpoint ``name`` at one model version, creating it if new (``tritonctl
     endpoint switch NAME --to MODEL[:VERSION]``); clients keep calling ``name``."""
     model, version = parse_model_ref(body.to)
-    return _one(plane, lambda endpoints: endpoints.switch(name, model, version, force=body.force))
+    return _one(
+        plane,
+        lambda endpoints: endpoints.switch(name, model, version, force=body.force),
+        budgeted=True,
+    )
 
 
 @router.post("/endpoints/{name}/split", response_model=schemas.EndpointAnswer)
@@ -79,6 +96,7 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
             force=body.force,
         ),
         options,
+        budgeted=True,
     )
 
 
@@ -86,7 +104,7 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
 def restore_all(plane: Plane) -> schemas.EndpointList:
     """Serve every endpoint again as recorded, e.g. after a server restart (``tritonctl
     endpoint restore``)."""
-    return _all(plane, lambda endpoints: endpoints.restore_all())
+    return _all(plane, lambda endpoints: endpoints.restore_all(), budgeted=True)
 
 
 @router.post(
@@ -95,7 +113,7 @@ def restore_all(plane: Plane) -> schemas.EndpointList:
 def restore(name: str, plane: Plane) -> schemas.EndpointAnswer:
     """Serve endpoint ``name`` again as recorded: its targets, its router if split
     (``tritonctl endpoint restore NAME``)."""
-    return _one(plane, lambda endpoints: endpoints.ensure(name))
+    return _one(plane, lambda endpoints: endpoints.ensure(name), budgeted=True)
 
 
 @router.delete("/endpoints/{name}", response_model=schemas.Deleted, dependencies=[NoFields])

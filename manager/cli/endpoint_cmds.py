@@ -10,8 +10,10 @@ import click
 from rich.table import Table
 
 from manager import native_router
+from manager.budget import ServingConfig, ServingOptions
 from manager.cli.app import main
 from manager.cli.common import Context, console, err_console, pass_context, print_json
+from manager.controller import admission
 from manager.endpoints import (
     ROUTER_BACKENDS,
     Endpoints,
@@ -45,6 +47,15 @@ from manager.rollout_service import (
     status,
 )
 from manager.triton import TritonControl
+
+
+def _budgeted(obj: Context, control: TritonControl, **options: Any) -> Endpoints:
+    """Endpoints whose changes keep to the memory budget of the global options and
+    tritonctl.yaml (room is made by the eviction policy for what they load)."""
+    config = obj.serving_config() if isinstance(obj, ServingOptions) else ServingConfig()
+    return Endpoints(
+        Repository(obj.repo), control, admission=admission(control, obj.repo, config), **options
+    )
 
 
 def _control(obj: Context) -> TritonControl:
@@ -134,7 +145,7 @@ def endpoint_switch(obj: Context, name: str, to: str, force: bool, as_json: bool
     """Point endpoint NAME at one model version (created if new); no client change."""
     model, version = _parse_model_version(to)
     with _control(obj) as control:
-        endpoints = Endpoints(Repository(obj.repo), control)
+        endpoints = _budgeted(obj, control)
         state = endpoints.switch(name, model, version, force=force)
         if as_json:  # as `endpoint show --json` and the REST answer: with `serving`
             print_json(endpoints.describe([state])[0])
@@ -197,7 +208,7 @@ def endpoint_split(
             raise click.BadParameter(str(exc), param_hint="'--target'") from exc
     options = RouterOptions(backend=router_backend) if router_backend else RouterOptions()
     with _control(obj) as control:
-        endpoints = Endpoints(Repository(obj.repo), control, router=options)
+        endpoints = _budgeted(obj, control, router=options)
         state = endpoints.split(
             name,
             parsed,
@@ -218,7 +229,7 @@ def endpoint_split(
 def endpoint_restore(obj: Context, name: str | None, as_json: bool) -> None:
     """Serve endpoint NAME (all endpoints without NAME) again, e.g. after a restart."""
     with _control(obj) as control:
-        eps = Endpoints(Repository(obj.repo), control)
+        eps = _budgeted(obj, control)
         states = [eps.ensure(name)] if name else eps.restore_all()
     if as_json:
         print_json(states[0].to_dict() if name else [s.to_dict() for s in states])

@@ -266,6 +266,35 @@ def test_cli_load_makes_room_and_ls_shows_footprints(
     assert states(fresh)[C] == "UNAVAILABLE"
 
 
+def test_cli_endpoint_switch_makes_room_within_the_budget(
+    triton: TritonHandle, fresh: TritonControl, tmp_path: Path
+) -> None:
+    _, limit = controller(triton, fresh)
+    settings = tmp_path / "tritonctl.yaml"
+    pinned = sorted(others_loaded(fresh))
+    settings.write_text(
+        yaml.safe_dump({"memory_limit": limit, "eviction_policy": "lru", "pinned": pinned})
+    )
+    budget = ["--config", str(settings)]
+    for name in (A, B):
+        code, out = run_cli(triton, *budget, "load", name)
+        assert code == 0, out
+        infer(triton.http_url, name)
+        time.sleep(0.05)
+    try:
+        # the endpoint's target is loaded as `load` would: A (least recently used) goes
+        code, out = run_cli(triton, *budget, "endpoint", "switch", "mem_front", "--to", C)
+        assert code == 0, out
+        assert states(fresh)[A] == "UNAVAILABLE" and states(fresh)[C] == "READY"
+        infer(triton.http_url, "mem_front")
+        evictions = [r for r in AuditLog(triton.repo).read() if r["action"] == "evict"]
+        assert evictions[-1]["model"] == A and f"make room for {C}" in evictions[-1]["reason"]
+        with Controller(fresh, triton.repo).locked():  # the budget's lock is free again
+            pass
+    finally:
+        run_cli(triton, "endpoint", "delete", "mem_front")
+
+
 def grows_past_its_estimate(
     triton: TritonHandle, control: TritonControl, extra_mib: int
 ) -> tuple[Controller, int]:

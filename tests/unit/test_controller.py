@@ -956,3 +956,26 @@ def test_controller_run_outlives_a_failing_server_and_rereads_changed_settings(
     result = CliRunner().invoke(main, [*argv, "--iterations", "3"])
     assert result.exit_code == 0, result.output
     assert "the settings in use are kept" in result.output and limits == [300 * MIB]
+
+
+def test_endpoint_changes_make_room_within_the_budget_or_are_refused(tmp_path: Path) -> None:
+    from manager.endpoints import Endpoints
+
+    sizes = {"a": 300 * MIB, "b": 300 * MIB, "c": 300 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB, pinned=frozenset({"c"}))
+    fake.sizes.update(ep=0, ep2=0)  # the endpoints themselves hold nothing here
+    endpoints = Endpoints(Repository(tmp_path), fake, admission=ctl.admitting)
+    ctl.ensure_loaded("a")  # 400 of 600 MiB
+    endpoints.switch("ep", "b", 1)  # 700 MiB would be over: a goes first
+    assert fake.loaded() == {"b", "ep"}
+    (record,) = audit(tmp_path, "evict")
+    assert record["model"] == "a" and "make room for b" in record["reason"]
+    # c needs room that nothing may give (b is an endpoint's target): refused before
+    # anything is loaded or evicted
+    with pytest.raises(MemoryBudgetError, match="cannot load c"):
+        endpoints.split("ep2", [Target("c", 1, 100)])
+    assert fake.loaded() == {"b", "ep"} and not (tmp_path / "ep2").exists()
+    # what is READY already needs no room: the same switch again is no load
+    loads = list(fake.loads)
+    endpoints.switch("ep", "b", 1)
+    assert fake.loads == loads
