@@ -606,7 +606,13 @@ class Controller:
             except ManagerError as exc:
                 if isinstance(exc, serving.StillLoadingError):  # Triton goes on loading it
                     self._record("load-still-running", name, version, str(exc))
-                    raise
+                    if not evicted:
+                        raise
+                    gone = ", ".join(f"{e.model}:{e.version}" for e in evicted)
+                    raise serving.StillLoadingError(
+                        f"{exc}; evicted for it: {gone} (not served again should its load "
+                        "fail: `tritonctl load` them then)"
+                    ) from exc
                 self.stats.failures += 1
                 self._record("load-failed", name, version, str(exc))
                 if not evicted or isinstance(exc, TritonUnreachableError):

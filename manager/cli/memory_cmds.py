@@ -126,7 +126,8 @@ def evict_cmd(
 
     `evict NAME --dry-run` shows what evicting NAME would free, or why it is protected;
     `evict --dry-run` the eviction plan (what goes first, what is never evicted), and
-    `evict --dry-run --for MODEL` what would go to make room for loading MODEL.
+    `evict --dry-run --for MODEL` what would go to make room for loading MODEL (exit
+    status 1 when no room can be made for it, as the load would be refused).
     """
     if dry_run and name is not None:
         if for_model is not None:
@@ -145,6 +146,8 @@ def evict_cmd(
             print_json(plan.to_json())
         else:
             render_plan(plan)
+        if for_model is not None and plan.refused:
+            raise click.exceptions.Exit(1)  # its load would be refused
         return
     if name is None:
         raise click.UsageError("give a model NAME to evict, or --dry-run")

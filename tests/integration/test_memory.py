@@ -264,6 +264,11 @@ def test_cli_load_makes_room_and_ls_shows_footprints(
     code, out = run_cli(triton, *budget, "evict", C)
     assert code == 0 and f"evicted {C}" in out, out
     assert states(fresh)[C] == "UNAVAILABLE"
+    # a plan that cannot make room says so in its exit status, as the load would fail
+    code, out = run_cli(triton, *budget, "evict", "--dry-run", "--for", HUGE)
+    assert code == 1 and "cannot make room" in out, out
+    code, out = run_cli(triton, *budget, "evict", "--dry-run", "--for", HUGE, "--json")
+    assert code == 1 and json.loads(out)["refused"], out
 
 
 def test_cli_endpoint_switch_makes_room_within_the_budget(

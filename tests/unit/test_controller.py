@@ -534,6 +534,14 @@ def test_a_load_past_its_wait_is_audited_as_still_running_not_as_failed(tmp_path
     assert audit(tmp_path, "load-failed") == [] and ctl.stats.failures == 0
 
 
+def test_a_load_past_its_wait_says_what_was_evicted_for_it(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": 300 * MIB, "b": 300 * MIB}, limit=BASE + 500 * MIB)
+    ctl.ensure_loaded("a")
+    fake.load_delay, ctl.load_timeout = 2.0, 0.1
+    with pytest.raises(serving.StillLoadingError, match="evicted for it: a:1"):
+        ctl.ensure_loaded("b")
+
+
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
     ctl, _ = make(tmp_path, {"a": MIB})
     with pytest.raises(ModelNotFoundError, match="ghost"):
