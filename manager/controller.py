@@ -236,9 +236,10 @@ class _View:
     states: list[ModelState]
     protected: dict[str, str] = field(default_factory=dict)
     # versions Triton is loading now (a load that ran past its wait, another client's):
-    # not in ``states`` (not evictable yet), but each holds a slot of ``max_models``; their
-    # memory counts as far as the reading shows it already
+    # not in ``states`` (not evictable yet), but each holds a slot of ``max_models``, and
+    # the memory it is expected to take beyond what the reading shows of it already
     loading: frozenset[tuple[str, int]] = frozenset()
+    loading_bytes: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
     def of_model(self, name: str) -> list[ModelState]:
         return [s for s in self.states if s.name == name]
@@ -246,6 +247,10 @@ class _View:
     def loading_besides(self, name: str | None) -> int:
         """How many versions are loading now, but those of ``name``."""
         return sum(1 for model, _ in self.loading if model != name)
+
+    def loading_bytes_besides(self, name: str | None) -> int:
+        """What the versions loading now (but those of ``name``) are yet to take."""
+        return sum(b for (model, _), b in self.loading_bytes.items() if model != name)
 
 
 # --------------------------------------------------------------------------- controller
@@ -453,7 +458,19 @@ class Controller:
             for e in index
             if e.state == "LOADING" and e.version is not None and not self._memoryless(e.name)
         )
-        return _View(index=index, usage=usage, states=states, protected=protected, loading=loading)
+        # a load under way takes its footprint; what the reading shows of it is in use
+        loading_bytes = {
+            (n, v): max(self.footprints.footprint(n, v).bytes - usage.per_version.get((n, v), 0), 0)
+            for n, v in loading
+        }
+        return _View(
+            index=index,
+            usage=usage,
+            states=states,
+            protected=protected,
+            loading=loading,
+            loading_bytes=loading_bytes,
+        )
 
     def _observe(self, view: _View) -> None:
         """Tell the policy what happened since the last poll: new models, request counts
@@ -785,7 +802,8 @@ class Controller:
             limit, high, _ = self._limits(view.usage)
             used = view.usage.used_bytes
             coming_count = view.loading_besides(name)
-            need_bytes = used + footprint - high
+            coming_bytes = view.loading_bytes_besides(name)
+            need_bytes = used + coming_bytes + footprint - high
             need_slots = 0
             if self.budget.max_models is not None:
                 need_slots = (
@@ -801,10 +819,15 @@ class Controller:
             except MemoryBudgetError as exc:
                 over = []
                 if need_bytes > 0:
+                    loading = (
+                        f" and {format_size(coming_bytes)} that loads under way will take"
+                        if coming_bytes
+                        else ""
+                    )
                     over.append(
                         f"its footprint {format_size(footprint)} ({how}) and the "
-                        f"{format_size(used)} in use ({view.usage.method}) exceed the high "
-                        f"watermark {format_size(high)} (limit {format_size(limit)})"
+                        f"{format_size(used)} in use ({view.usage.method}){loading} exceed "
+                        f"the high watermark {format_size(high)} (limit {format_size(limit)})"
                     )
                 if need_slots > 0:
                     still = f", {coming_count} loading" if coming_count else ""
@@ -969,7 +992,9 @@ class Controller:
                 already = serving.up_to_date(entries, version, wanted)
                 total = 0 if already else sum(f.bytes for f in needed)
                 coming_count = view.loading_besides(for_model)
-                need_bytes = used + total - high if total else 0
+                need_bytes = (
+                    used + view.loading_bytes_besides(for_model) + total - high if total else 0
+                )
                 need_slots = 0
                 if self.budget.max_models is not None and not already:
                     need_slots = (

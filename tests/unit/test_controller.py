@@ -987,3 +987,17 @@ def test_endpoint_changes_make_room_within_the_budget_or_are_refused(tmp_path: P
     loads = list(fake.loads)
     endpoints.switch("ep", "b", 1)
     assert fake.loads == loads
+
+
+def test_a_load_under_way_counts_with_what_it_will_take(tmp_path: Path) -> None:
+    sizes = {"a": 200 * MIB, "late": 300 * MIB, "b": 200 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 600 * MIB)  # high watermark 665 MiB
+    ctl.ensure_loaded("a")  # 300 MiB used
+    # another client's load of "late" (300 MiB measured before) is under way, nothing of
+    # it allocated yet: 300 + 300 + 200 would be over 665, so room is made for b now
+    fake.state["late"], fake.sizes["late"] = "LOADING", 0
+    assert [v.model for v in ctl.plan("b").victims] == ["a"]
+    result = ctl.ensure_loaded("b")
+    assert [e.model for e in result.evicted] == ["a"]
+    fake.state["late"], fake.sizes["late"] = "READY", 300 * MIB
+    assert ctl.meter.usage(fresh=True).used_bytes <= ctl.plan().high_bytes
