@@ -25,7 +25,7 @@ from manager.api.plane import ControlPlane
 from manager.controller import budget_configured
 from manager.endpoints import MODES, Endpoints
 from manager.errors import ManagerError
-from manager.footprint import FootprintStore, MemoryMeter
+from manager.footprint import FootprintStore, MemoryMeter, Usage, loaded_footprint
 from manager.rollout import ACTIVE, FINAL
 from manager.rollout_service import list_rollouts
 from manager.serving import build_rows
@@ -71,13 +71,21 @@ class StateCollector(Collector):
         up = _gauge("triton_up", "1 if Triton answered this scrape, else 0.")
         with self.plane.control(timeout=SCRAPE_TIMEOUT_S) as control:
             try:
-                yield from self._models(control)
+                usage: Usage | None = MemoryMeter.for_control(
+                    control, control.url, self.plane.repo
+                ).usage()
+            except ManagerError as exc:
+                log.info("metrics: no memory reading: %s", exc)
+                usage = None
+            try:
+                yield from self._models(control, usage)
                 up.add_metric([], 1)
             except ManagerError as exc:
                 log.info("metrics: Triton at %s: %s", control.url, exc)
                 up.add_metric([], 0)
             else:
-                yield from self._memory(control)
+                if usage is not None:
+                    yield from self._memory(usage)
             yield up
             yield from self._endpoints(control)
         yield from self._rollouts()
@@ -85,7 +93,7 @@ class StateCollector(Collector):
         took.add_metric([], time.monotonic() - started)
         yield took
 
-    def _models(self, control: TritonControl) -> list[GaugeMetricFamily]:
+    def _models(self, control: TritonControl, usage: Usage | None) -> list[GaugeMetricFamily]:
         index = control.repository_index()
         rows = build_rows(index, [], self.plane.repo)
         ready = _gauge(
@@ -100,7 +108,9 @@ class StateCollector(Collector):
         )
         footprint = _gauge(
             "model_footprint_bytes",
-            "Memory a loaded model version holds: measured across its load, else estimated.",
+            "Memory a loaded model version holds, as `tritonctl ls` shows it: read now where "
+            "that can be read (a local server's stubs), else measured across its load, else "
+            "estimated.",
             ("model", "version", "method"),
         )
         store = FootprintStore(self.plane.repo)
@@ -111,18 +121,25 @@ class StateCollector(Collector):
             for name in states:
                 state.add_metric([row.name, version, name], 1 if name == row.state else 0)
             if row.state == "READY" and row.version is not None:
-                known = store.known(row.name, row.version)
+                live = usage.per_version if usage is not None else None
+                known = loaded_footprint(store, row.name, row.version, live)
                 if known is not None:
                     footprint.add_metric([row.name, version, known.method], known.bytes)
         return [ready, state, footprint]
 
-    def _memory(self, control: TritonControl) -> Iterator[GaugeMetricFamily]:
+    def _memory(self, usage: Usage) -> Iterator[GaugeMetricFamily]:
+        valid = _gauge(
+            "serving_config_valid",
+            "1 if the serving settings (tritonctl.yaml) read well, else 0: the budget's "
+            "series are then left out (GET /v1/memory says what is wrong).",
+        )
         try:
             config = self.plane.serving_config()
-            usage = MemoryMeter.for_control(control, control.url, self.plane.repo).usage()
         except ManagerError as exc:
-            log.info("metrics: no memory reading: %s", exc)
-            return
+            log.warning("metrics: the serving settings do not read: %s", exc)
+            config = None
+        valid.add_metric([], 0 if config is None else 1)
+        yield valid
         used = _gauge(
             "memory_used_bytes",
             "Memory in use as the budget counts it (method: gpu-metric, cpu-process-rss "
@@ -132,6 +149,9 @@ class StateCollector(Collector):
         used.add_metric([usage.method], usage.used_bytes)
         total = _gauge("memory_total_bytes", "Memory of the device(s) the budget counts.")
         total.add_metric([], usage.total_bytes)
+        yield from (used, total)
+        if config is None:
+            return
         budget = config.budget
         limit = _gauge(
             "memory_limit_bytes",
@@ -148,7 +168,7 @@ class StateCollector(Collector):
             "memory_budget_configured", "1 if a memory limit or max_models is set, else 0."
         )
         configured.add_metric([], 1 if budget_configured(config) else 0)
-        yield from (used, total, limit, high, low, configured)
+        yield from (limit, high, low, configured)
         if budget.max_models is not None:
             most = _gauge("max_models", "At most this many models loaded at once.")
             most.add_metric([], budget.max_models)

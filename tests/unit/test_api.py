@@ -837,6 +837,21 @@ def test_docs_list_every_route_and_every_metric(
     assert documented_metrics == served
 
 
+def test_metrics_say_when_the_serving_settings_do_not_read(repo: Path, fake: FakeTriton) -> None:
+    settings = repo / "tritonctl.yaml"
+    settings.write_text("eviction_policy: lru\n")
+    with make_client(repo, fake) as c:
+        parsed = samples(c.get("/metrics").text)
+        assert value(parsed, "tritonctl_serving_config_valid") == 1
+        settings.write_text("eviction_policy: mru\n")  # broken while the API runs
+        parsed = samples(c.get("/metrics").text)
+        memory = c.get("/v1/memory")
+    assert value(parsed, "tritonctl_serving_config_valid") == 0
+    assert value(parsed, "tritonctl_memory_used_bytes", method="cpu-metric") > 0
+    assert not any(name == "tritonctl_memory_limit_bytes" for name, _ in parsed)
+    assert memory.status_code == 400 and "mru" in memory.json()["error"]
+
+
 def test_metrics_without_triton_still_report_endpoints(
     client: TestClient, fake: FakeTriton
 ) -> None:
