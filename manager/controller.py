@@ -1091,8 +1091,7 @@ class Controller:
             )
             if result.was_loaded:
                 self.meter.wait_released([name], before)
-                self._unloaded(view.of_model(name))
-                self._record("unload", name, None, "requested")
+                self._unloaded(view.of_model(name))  # audited by serving.unload
             return result
 
 

@@ -616,7 +616,22 @@ def unload(
     seconds = time.monotonic() - started
     log.info("model %s unloaded in %.2f s", name, seconds)
     forget_loads(repo, name)
+    _audit_unload(repo, name, None, forced=force and bool(routes))
     return UnloadResult(name, seconds, was_loaded=True)
+
+
+def _audit_unload(repo: Path | None, name: str, version: int | None, *, forced: bool) -> None:
+    """An unload asked for by hand goes into the repository's audit log, beside the
+    controller's evictions (what went, and that it was not the budget's doing)."""
+    if repo is None or not Path(repo).is_dir():
+        return
+    from manager.audit import AuditLog, AuditRecord
+
+    reason = "by hand (tritonctl unload" + (", forced past endpoints)" if forced else ")")
+    try:
+        AuditLog(Path(repo)).write(AuditRecord("unload", name, version, reason))
+    except OSError as exc:  # the unload itself is done: an audit that fails only warns
+        log.warning("could not write the audit log of %s: %s", repo, exc)
 
 
 def unload_version(
@@ -661,6 +676,7 @@ def unload_version(
         if time.monotonic() > deadline:
             raise UnloadError(f"{name}:{version} is still not unloaded after {wait_timeout:g} s")
         time.sleep(POLL_INTERVAL_S)
+    _audit_unload(repo, name, version, forced=False)
     return UnloadResult(name, time.monotonic() - started, was_loaded=True, version=version)
 
 

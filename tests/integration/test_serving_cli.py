@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from manager.audit import AuditLog
 from manager.cli import main
 from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import (
@@ -56,6 +57,12 @@ def test_cli_load_ls_unload_over_http(triton: TritonHandle) -> None:
     assert code == 0, out
     assert "unloaded cli_double" in out
     assert rows(triton, "cli_double")[1]["state"] == "UNAVAILABLE"
+    last = AuditLog(triton.repo).read()[-1]  # beside the budget's evictions
+    assert (last["action"], last["model"], last["reason"]) == (
+        "unload",
+        "cli_double",
+        "by hand (tritonctl unload)",
+    )
 
 
 def test_cli_load_a_version_over_grpc_with_json(triton: TritonHandle) -> None:
@@ -173,6 +180,8 @@ def test_cli_unload_of_one_version_keeps_the_others_and_the_endpoint_serving(
         }
         states = {v: r["state"] for v, r in rows(triton, "cli_versions").items()}
         assert states == {1: "UNAVAILABLE", 2: "READY", 3: "READY"}, states
+        last = AuditLog(triton.repo).read()[-1]
+        assert (last["action"], last["model"], last["version"]) == ("unload", "cli_versions", 1)
         assert http_answer(triton, "cli_versions_front") in (2.0, 3.0)
         # a routed version is refused, even forced; done twice, nothing to do
         code, out = run(triton, "unload", "cli_versions", "--version", "2")
