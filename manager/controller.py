@@ -665,6 +665,15 @@ class Controller:
                 # it took more than expected: get back under the high watermark now, not at the
                 # controller's next poll (or take the load back when nothing else can go)
                 evicted += self._settle(name, shown, total, estimated, ready_before, evicted)
+            elif measured and total < estimated and evicted:
+                # it took less than expected: what went only for the estimate comes back
+                label = f"{name}:{shown}" if shown is not None else name
+                why = (
+                    f"{label} measured {format_size(total)} where {format_size(estimated)} "
+                    "was expected: room left for it"
+                )
+                back = self._give_back(evicted, why)
+                evicted = [e for e in evicted if (e.model, e.version) not in back]
             return EnsureResult(
                 name,
                 result.versions,
@@ -727,6 +736,42 @@ class Controller:
         return self._evict_victims(
             view, victims, f"back under the high watermark at once: {label} {what}"
         )
+
+    def _give_back(self, evicted: Sequence[Eviction], why: str) -> set[tuple[str, int]]:
+        """Serve again, most recently evicted first (the policy's last choices: the most
+        worth keeping), each evicted model whose footprint fits under the high watermark
+        now (and under ``max_models``); returns the versions served again."""
+        by_model: dict[str, list[Eviction]] = {}
+        for e in evicted:
+            by_model.setdefault(e.model, []).append(e)
+        back: set[tuple[str, int]] = set()
+        for model in reversed(list(by_model)):
+            gone = by_model[model]
+            view = self._view()
+            _, high, _ = self._limits(view.usage)
+            size = sum(self.footprints.footprint(model, e.version).bytes for e in gone)
+            slots_left = (
+                self.budget.max_models - len(view.states) - view.loading_besides(None)
+                if self.budget.max_models is not None
+                else len(gone)
+            )
+            if view.usage.used_bytes + view.loading_bytes_besides(None) + size > high:
+                continue
+            if slots_left < len(gone):
+                continue
+            versions = sorted(e.version for e in gone)
+            policy = serving.versions_to_serve(self.control, self.repo, model)
+            one = versions[0] if len(versions) == 1 and policy != set(versions) else None
+            try:
+                serving.load(
+                    self.control, model, version=one, repo=self.repo, wait_timeout=self.load_timeout
+                )
+            except ManagerError as exc:
+                self._record("restore-failed", model, one, str(exc))
+                continue
+            back.update((model, v) for v in versions)
+            self._record("restore", model, one, f"served again: {why}", bytes=size)
+        return back
 
     def _serve_again(self, evicted: Sequence[Eviction]) -> str:
         """Load again what was evicted for a load that then failed, so that a failed load

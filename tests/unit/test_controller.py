@@ -1001,3 +1001,15 @@ def test_a_load_under_way_counts_with_what_it_will_take(tmp_path: Path) -> None:
     assert [e.model for e in result.evicted] == ["a"]
     fake.state["late"], fake.sizes["late"] = "READY", 300 * MIB
     assert ctl.meter.usage(fresh=True).used_bytes <= ctl.plan().high_bytes
+
+
+def test_what_went_only_for_an_estimate_too_large_is_served_again(tmp_path: Path) -> None:
+    ctl, fake = make(tmp_path, {"a": 200 * MIB, "small": 20 * MIB}, limit=BASE + 500 * MIB)
+    seed_footprint(tmp_path, "small", 400 * MIB)  # an old measurement: it is 20 MiB now
+    ctl.ensure_loaded("a")
+    result = ctl.ensure_loaded("small")  # 300 + 400 > 570: a goes; small measures 20
+    assert result.evicted == () and fake.loaded() == {"a", "small"}
+    assert fake.unloads == ["a"] and fake.loads == ["a", "small", "a"]
+    (record,) = audit(tmp_path, "restore")
+    assert record["model"] == "a" and "small:1 measured 20.0 MiB" in record["reason"]
+    assert "room left" in record["reason"]
