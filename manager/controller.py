@@ -946,12 +946,14 @@ class Controller:
                         f"{format_size(high)} and evicting all that may go is not enough to "
                         f"get under it{' or under the limit' if used > limit else ''}: {exc}"
                     )
-                    if not self._alerting:
+                    if not self._alerting:  # once, until it is over (not every poll)
                         self._record(
                             "alert", "-", None, message, used_bytes=used, limit_bytes=limit
                         )
                         self._alerting = True
-                    log.warning("%s", message)
+                        log.warning("%s", message)
+                    else:
+                        log.debug("%s", message)
                     return []
             self._alerting = False
             what = {low: "", high: " (the high watermark)", limit: " (the limit)"}[target]

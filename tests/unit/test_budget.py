@@ -252,6 +252,17 @@ def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
         load_serving_config(path)
 
 
+def test_a_setting_given_twice_is_a_config_error_not_the_last_one_silently(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "memory_limit: 600MiB\nmax_models: 2\nmemory_limit: 6000MiB\n")
+    with pytest.raises(ConfigError, match=r"'memory_limit' is given twice.*line 3"):
+        load_serving_config(path)
+    # the same key in different mappings is fine, and so is every other YAML feature used
+    path = write(tmp_path, "memory_limit: 600MiB\npinned: [a, b]\n")
+    assert load_serving_config(path).pinned == frozenset({"a", "b"})
+
+
 def test_an_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_serving_config(tmp_path / "missing.yaml")

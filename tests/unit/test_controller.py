@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -663,15 +664,20 @@ def test_run_once_feeds_the_policy_with_the_growth_of_inference_count(tmp_path: 
     assert hits == [("a", 3), ("a", 2)]
 
 
-def test_over_budget_with_nothing_evictable_is_an_alert_not_an_eviction(tmp_path: Path) -> None:
+def test_over_budget_with_nothing_evictable_is_an_alert_not_an_eviction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ctl, fake = make(
         tmp_path, {"a": 100 * MIB}, limit=BASE + 100 * MIB, pinned=frozenset({"a"}), high=1.0
     )
     ctl.ensure_loaded("a")
     fake.sizes["a"] = 400 * MIB
-    assert ctl.run_once() == []
-    assert ctl.run_once() == []
+    with caplog.at_level(logging.WARNING, logger="manager.controller"):
+        assert ctl.run_once() == []
+        assert ctl.run_once() == []
     assert len(audit(tmp_path, "alert")) == 1 and fake.loaded() == {"a"}
+    # warned once, as audited, not at every poll
+    assert sum("evicting all that may go" in r.message for r in caplog.records) == 1
 
 
 def test_plan_changes_nothing_and_ranks_every_evictable_model(tmp_path: Path) -> None:
