@@ -292,6 +292,9 @@ class Controller:
         self._seen: dict[tuple[str, int], ModelState] = {}
         self._seen_counts: dict[tuple[str, int], int] = {}
         self._alerting = False
+        # when each version evicted by this controller had been loaded: a version served
+        # again (the load it went for failed, or took less) keeps its place in fifo/lru
+        self._evicted_loaded_at: dict[tuple[str, int], float] = {}
 
     def __repr__(self) -> str:
         return f"Controller({self.control.url!r}, {str(self.repo)!r})"
@@ -531,6 +534,7 @@ class Controller:
         chosen_keys = {s.key for s in chosen}
         out = []
         for state in states:
+            self._evicted_loaded_at[state.key] = state.loaded_at
             if state.key in chosen_keys or not chosen_keys:
                 self.policy.on_evict(state)
             else:
@@ -770,8 +774,18 @@ class Controller:
                 self._record("restore-failed", model, one, str(exc))
                 continue
             back.update((model, v) for v in versions)
+            self._keep_load_times(model, versions)
             self._record("restore", model, one, f"served again: {why}", bytes=size)
         return back
+
+    def _keep_load_times(self, model: str, versions: Iterable[int]) -> None:
+        """Versions served again get back the load time they had before their eviction
+        (not the time of this load), so fifo and lru rank them where they were."""
+        times = LoadTimes(self.repo)
+        for version in versions:
+            at = self._evicted_loaded_at.pop((model, version), None)
+            if at is not None:
+                times.record(model, [version], at=at)
 
     def _serve_again(self, evicted: Sequence[Eviction]) -> str:
         """Load again what was evicted for a load that then failed, so that a failed load
@@ -793,6 +807,7 @@ class Controller:
                 self._record("restore-failed", model, one, str(exc))
                 continue
             back.append(label)
+            self._keep_load_times(model, versions)
             self._record("restore", model, one, "served again: the load it was evicted for failed")
         parts = []
         if back:

@@ -1019,3 +1019,17 @@ def test_what_went_only_for_an_estimate_too_large_is_served_again(tmp_path: Path
     (record,) = audit(tmp_path, "restore")
     assert record["model"] == "a" and "small:1 measured 20.0 MiB" in record["reason"]
     assert "room left" in record["reason"]
+
+
+def test_a_model_served_again_keeps_its_place_in_fifo_order(tmp_path: Path) -> None:
+    sizes = {"a": 200 * MIB, "b": 200 * MIB, "broken": 300 * MIB}
+    ctl, fake = make(tmp_path, sizes, limit=BASE + 500 * MIB, policy="fifo", high=1.0)
+    ctl.ensure_loaded("a")
+    time.sleep(0.05)
+    ctl.ensure_loaded("b")
+    fake.failing.add("broken")
+    with pytest.raises(LoadError, match="served again what was evicted for it: a:1"):
+        ctl.ensure_loaded("broken")  # a (loaded first) goes, then comes back
+    assert fake.loaded() == {"a", "b"}
+    # still the first loaded: first to go next time, not last
+    assert [r.model for r in ctl.plan().ranking] == ["a", "b"]
