@@ -116,12 +116,16 @@ def others_loaded(control: TritonControl) -> frozenset[str]:
 def controller(
     triton: TritonHandle, control: TritonControl, policy: str = "lru"
 ) -> tuple[Controller, int]:
-    """A controller whose byte limit holds two of the three models (and what runs now)."""
+    """A controller whose byte limit holds two of the three models (and what runs now).
+
+    Its high watermark is the limit itself: a fraction of a limit that includes all that
+    the shared server runs would leave room for fewer models the more other tests loaded.
+    """
     probe = Controller(control, triton.repo)
     used = probe.meter.usage().used_bytes
     limit = used + int(2.5 * ALLOC_BYTES)
     config = ServingConfig(
-        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit)),
+        budget=MemoryBudget(limit=MemoryLimit(num_bytes=limit), high_watermark=1.0),
         eviction_policy=policy,
         pinned=others_loaded(control),
     )
@@ -232,6 +236,7 @@ def test_cli_load_makes_room_and_ls_shows_footprints(
         yaml.safe_dump(
             {
                 "memory_limit": limit,
+                "high_watermark": 1.0,
                 "eviction_policy": "lru",
                 "pinned": sorted(others_loaded(fresh)),
             }
@@ -278,7 +283,14 @@ def test_cli_endpoint_switch_makes_room_within_the_budget(
     settings = tmp_path / "tritonctl.yaml"
     pinned = sorted(others_loaded(fresh))
     settings.write_text(
-        yaml.safe_dump({"memory_limit": limit, "eviction_policy": "lru", "pinned": pinned})
+        yaml.safe_dump(
+            {
+                "memory_limit": limit,
+                "high_watermark": 1.0,
+                "eviction_policy": "lru",
+                "pinned": pinned,
+            }
+        )
     )
     budget = ["--config", str(settings)]
     for name in (A, B):
