@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 CONFIG_FILENAME = SETTINGS_FILE
 DEFAULT_HIGH_WATERMARK = 0.95
 DEFAULT_LOW_WATERMARK = 0.85
+MIN_LIMIT_BYTES = 2**20
+"""The smallest byte limit a user may give: less holds no model, and is most likely a
+number whose unit was left out (``memory_limit: 10`` for 10 GB)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,17 @@ def parse_memory_limit(value: str | int | float) -> MemoryLimit:
         raise ConfigError(f"invalid memory limit {value!r}: {exc}") from None
     if size <= 0:
         raise ConfigError(f"invalid memory limit {value!r}: must be positive")
-    return MemoryLimit(num_bytes=size)
+    return _at_least_the_floor(size, repr(value))
+
+
+def _at_least_the_floor(num_bytes: int, shown: str, *, unit_given: bool = True) -> MemoryLimit:
+    if num_bytes < MIN_LIMIT_BYTES:
+        hint = "" if unit_given else f"; add a unit (e.g. {num_bytes}G)"
+        raise ConfigError(
+            f"invalid memory limit {shown}: {num_bytes} bytes holds no model "
+            f"(the least is {format_size(MIN_LIMIT_BYTES)}){hint}"
+        )
+    return MemoryLimit(num_bytes=num_bytes)
 
 
 def _limit_from_number(number: float, shown: str) -> MemoryLimit:
@@ -141,7 +154,7 @@ def _limit_from_number(number: float, shown: str) -> MemoryLimit:
             f"invalid memory limit {shown}: a fraction of the total must be in (0, 1] and a "
             "number of bytes must be whole; add a unit (e.g. 1.5G)"
         )
-    return MemoryLimit(num_bytes=int(number))
+    return _at_least_the_floor(int(number), shown, unit_given=False)
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,11 @@ class ServingConfig:
     pinned: frozenset[str] = frozenset()
     source: Path | None = None
     """The file the settings came from, None for defaults only."""
+
+    def unknown_pinned(self, repo: Path) -> list[str]:
+        """Pinned names with no model folder in ``repo``: most likely misspelt, as a pin
+        of a model that is not there protects nothing."""
+        return sorted(name for name in self.pinned if not (repo / name).is_dir())
 
     def __post_init__(self) -> None:
         if self.eviction_policy not in policy_names():

@@ -26,12 +26,16 @@ are clean also when a CLI and a controller process share a server.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from manager.audit import AuditLog, AuditRecord
 from manager.budget import MemoryBudget, ServingConfig
 from manager.endpoints import Endpoints, is_endpoint_folder
 from manager.errors import (
+    ControllerRunningError,
     ManagerError,
     MemoryBudgetError,
     ModelNotFoundError,
@@ -65,7 +70,7 @@ from manager.modelconfig import read_config
 from manager.names import validate_model_name
 from manager.pins import PinStore
 from manager.policies import EvictionPolicy, ModelState, Victim, get_policy
-from manager.repository import Repository
+from manager.repository import Repository, write_json_atomic
 from manager.rollout import RolloutStore
 from manager.serving import ModelControl
 from manager.settings import META_DIR
@@ -75,6 +80,8 @@ from manager.units import format_size
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "memory.lock"
+LOOP_LOCK_FILE = "controller.lock"
+LOOP_OWNER_FILE = "controller.json"
 LOCK_TIMEOUT_S = 900.0
 MAX_ROUNDS = 4
 """Eviction rounds per load: footprints can be off, so the fit is re-checked after each."""
@@ -992,15 +999,16 @@ class Controller:
         restarting) is logged and retried."""
         stop = stop or threading.Event()
         done = 0
-        while not stop.is_set():
-            try:
-                self.run_once()
-            except ManagerError as exc:
-                log.warning("controller: %s; retrying in %g s", exc, interval)
-            done += 1
-            if iterations is not None and done >= iterations:
-                return
-            stop.wait(interval)
+        with sole_loop(self.repo):
+            while not stop.is_set():
+                try:
+                    self.run_once()
+                except ManagerError as exc:
+                    log.warning("controller: %s; retrying in %g s", exc, interval)
+                done += 1
+                if iterations is not None and done >= iterations:
+                    return
+                stop.wait(interval)
 
     # ---------------------------------------------------------------- by hand
 
@@ -1212,3 +1220,50 @@ def set_pin(repo: Path, name: str, pinned: bool) -> bool:
             )
         )
     return changed
+
+
+@contextmanager
+def sole_loop(repo: Path) -> Iterator[None]:
+    """Be the one controller loop on ``repo`` while in the block.
+
+    Two loops on one repository would each evict by their own view (and settings): one
+    frees memory, the other fills it. The lock is the repository's ``controller.lock``,
+    held for the loop's life (the OS lets it go when the process dies); who holds it is in
+    ``controller.json`` beside it. Raises ``ControllerRunningError`` naming that process.
+    """
+    meta = Path(repo) / META_DIR
+    try:
+        meta.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create {meta}: {exc}") from exc
+    lock = FileLock(str(meta / LOOP_LOCK_FILE))
+    owner = meta / LOOP_OWNER_FILE
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ControllerRunningError(
+            f"a controller loop already runs on {repo}{_loop_owner(owner)}; two would evict "
+            "against each other: stop that one first"
+        ) from None
+    try:
+        write_json_atomic(
+            owner,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _loop_owner(path: Path) -> str:
+    """`` (pid N on HOST, since T)`` from the loop's owner file, empty if unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return f" (pid {data['pid']} on {data['host']}, since {data['started_at']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""

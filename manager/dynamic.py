@@ -31,9 +31,9 @@ from types import TracebackType
 from typing import Any
 
 from manager.budget import ServingConfig, resolve_serving_config
-from manager.controller import Controller, EnsureResult, Eviction
+from manager.controller import Controller, EnsureResult, Eviction, sole_loop
 from manager.endpoints import Endpoints, EndpointState
-from manager.errors import ConfigError
+from manager.errors import ConfigError, ManagerError
 from manager.names import validate_model_name
 from manager.policies import DEFAULT_POLICY
 from manager.repository import Repository
@@ -191,14 +191,20 @@ class DynamicModelManager:
     async def run_controller(
         self, interval: float = 5.0, stop: asyncio.Event | None = None
     ) -> None:
-        """Run the controller loop (watermarks, policy feed) until ``stop`` is set."""
+        """Run the controller loop (watermarks, policy feed) until ``stop`` is set. A poll
+        that fails (Triton unreachable, restarting) is logged and retried. Refused with
+        ``ControllerRunningError`` while another loop runs on the repository."""
         stop = stop or asyncio.Event()
-        while not stop.is_set():
-            await asyncio.to_thread(self.controller.run_once)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except asyncio.TimeoutError:
-                continue
+        with sole_loop(self.repo):
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(self.controller.run_once)
+                except ManagerError as exc:
+                    log.warning("controller: %s; retrying in %g s", exc, interval)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                except asyncio.TimeoutError:
+                    continue
 
     def stats(self) -> dict[str, Any]:
         """Counters since the manager was made: ``loads``, ``cache_hits`` (calls that loaded

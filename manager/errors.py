@@ -63,6 +63,11 @@ class MemoryBudgetError(ManagerError):
     """A model cannot fit in the memory budget even after evicting all that may go."""
 
 
+class ControllerRunningError(ManagerError):
+    """Another controller loop already watches the repository: two would evict against
+    each other's decisions."""
+
+
 class EndpointError(ManagerError):
     """An endpoint cannot be created or re-pointed as asked."""
 

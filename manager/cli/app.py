@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from manager import settings
-from manager.budget import ServingOptions
+from manager.budget import ServingConfig, ServingOptions
 from manager.cli.common import Context, ManagerGroup
 from manager.policies import policy_names
 
@@ -22,6 +22,20 @@ class AppContext(ServingOptions, Context):
     memory_limit: str | None = None
     max_models: int | None = None
     policy: str | None = None
+    _warned_pins: set[str] = field(default_factory=set, repr=False)
+
+    def serving_config(self) -> ServingConfig:
+        """The settings in effect; a pinned name the repository lacks is warned of once."""
+        config = super().serving_config()
+        for name in config.unknown_pinned(self.repo):
+            if name not in self._warned_pins:
+                self._warned_pins.add(name)
+                where = config.source or "the settings"
+                click.echo(
+                    f"warning: {where} pins {name!r}, which is not a model in {self.repo}",
+                    err=True,
+                )
+        return config
 
 
 @click.group(cls=ManagerGroup, context_settings={"help_option_names": ["-h", "--help"]})

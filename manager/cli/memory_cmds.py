@@ -15,7 +15,7 @@ from rich.table import Table
 from manager.budget import CONFIG_FILENAME, ServingConfig, find_config_file
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import console, err_console, print_json
-from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin
+from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin, sole_loop
 from manager.errors import ManagerError
 from manager.triton import TritonControl
 from manager.units import format_size
@@ -245,6 +245,13 @@ def controller_run(obj: AppContext, interval: float, iterations: int | None) -> 
     embedded server of --repo, started (or restarted) after it.
     """
     config = obj.serving_config()
+    with sole_loop(obj.repo):  # before the first poll: a second loop is refused at once
+        _run_loop(obj, config, interval, iterations)
+
+
+def _run_loop(
+    obj: AppContext, config: ServingConfig, interval: float, iterations: int | None
+) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -111,6 +111,17 @@ def test_parse_memory_limit_refuses_nonsense_quoting_it(value: str | int) -> Non
     assert repr(value) in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("10B", "holds no model"), ("512KiB", "the least is 1"), ("10", "add a unit (e.g. 10G)")],
+)
+def test_parse_memory_limit_refuses_a_limit_too_small_for_any_model(value: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_memory_limit(value)
+    assert repr(value) in str(err.value) and hint in str(err.value)
+    assert parse_memory_limit("1MiB") == MemoryLimit(num_bytes=2**20)
+
+
 def test_a_fraction_resolves_against_the_device_total() -> None:
     assert parse_memory_limit("0.5").resolve(80 * GIB) == 40 * GIB
 

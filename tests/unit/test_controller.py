@@ -17,10 +17,11 @@ import pytest
 from manager import serving
 from manager.audit import AuditLog
 from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
-from manager.controller import Controller, set_pin
+from manager.controller import LOOP_OWNER_FILE, Controller, set_pin, sole_loop
 from manager.dynamic import DynamicModelManager
 from manager.endpoints import ENDPOINT_KIND, EndpointState, Target
 from manager.errors import (
+    ControllerRunningError,
     LoadError,
     ManagerError,
     MemoryBudgetError,
@@ -819,6 +820,55 @@ def test_run_polls_until_the_iterations_are_done(tmp_path: Path) -> None:
     assert len(audit(tmp_path, "evict")) == 1
 
 
+def test_a_second_controller_loop_on_one_repository_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    ctl, fake = make(tmp_path, {"a": 600 * MIB}, limit=BASE + 1000 * MIB, high=0.6, low=0.5)
+    manager = DynamicModelManager(repo=tmp_path, control=fake, max_models=4)
+    with sole_loop(tmp_path):
+        owner = json.loads((tmp_path / ".tritonctl" / LOOP_OWNER_FILE).read_text())
+        with pytest.raises(ControllerRunningError, match=rf"pid {owner['pid']} on .*stop that"):
+            ctl.run(0.001, iterations=1)
+        with pytest.raises(ControllerRunningError):
+            asyncio.run(manager.run_controller(0.001, stop=asyncio.Event()))
+        argv = ["--repo", str(tmp_path), "--url", "http://127.0.0.1:1", "controller", "run"]
+        result = CliRunner().invoke(main, [*argv, "--iterations", "1"])
+        assert result.exit_code == 1 and "a controller loop already runs" in result.output
+    assert not (tmp_path / ".tritonctl" / LOOP_OWNER_FILE).exists()
+    fake.load_model("a")  # above the high watermark: the loop, free to run now, evicts it
+    ctl.run(0.001, iterations=1)
+    assert fake.loaded() == set()
+
+
+def test_the_async_controller_loop_survives_a_failed_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeTriton({"a": MIB})
+    manager = dynamic(tmp_path, fake, max_models=4)
+    polls: list[int] = []
+
+    def run_once() -> list[Any]:
+        polls.append(1)
+        if len(polls) == 1:
+            raise ManagerError("Triton at http://x is not reachable")
+        return []
+
+    monkeypatch.setattr(manager.controller, "run_once", run_once)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(manager.run_controller(0.001, stop=stop))
+        while len(polls) < 3:
+            await asyncio.sleep(0.001)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    assert len(polls) >= 3
+
+
 def test_cli_pin_and_unpin_need_no_server(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -856,6 +906,24 @@ def test_cli_unpin_says_a_pin_in_the_yaml_stays_and_where_to_remove_it(tmp_path:
 
     result = runner.invoke(main, ["--repo", str(tmp_path), "unpin", "loose"])
     assert result.exit_code == 0 and result.output == "loose was not pinned\n"
+
+
+def test_cli_warns_once_of_a_pinned_name_the_repository_lacks(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    write_model(tmp_path, "real")
+    settings = tmp_path / "tritonctl.yaml"
+    settings.write_text("pinned: [real, reall]\n")
+    result = CliRunner().invoke(main, ["--repo", str(tmp_path), "unpin", "real"])
+    warning = f"warning: {settings} pins 'reall', which is not a model in {tmp_path}"
+    assert result.output.count(warning) == 1, result.output
+    assert "'real'," not in result.output
+
+    settings.write_text("pinned: [real]\n")
+    result = CliRunner().invoke(main, ["--repo", str(tmp_path), "unpin", "real"])
+    assert "warning" not in result.output
 
 
 def test_cli_rejects_a_memory_limit_that_is_not_a_size(tmp_path: Path) -> None:
