@@ -14,10 +14,12 @@ when used memory is above the high watermark it evicts down to the low watermark
 feeds the policy the growth of Triton's ``inference_count`` per poll.
 
 Never evicted (*protected*): models pinned in ``tritonctl.yaml`` or with ``tritonctl pin``,
-models in an active rollout, models an endpoint routes to, and the steps of a loaded
-ensemble. Endpoint ensembles and routers, and ensembles in general, are not candidates at
-all: they hold no model memory of their own. Triton unloads a model with all its versions,
-so a model with any protected version is protected as a whole.
+models in an active rollout and the steps of a loaded ensemble (each as a whole: Triton
+unloads a model with all its versions), and the versions endpoints route to. The other
+versions of a model endpoints route to may go one by one: the version leaves the model's
+version policy (``Endpoints.retire``) and the routed versions keep serving. Endpoint
+ensembles and routers, and ensembles in general, are not candidates at all: they hold no
+model memory of their own.
 
 Every decision goes to the audit log (``manager.audit``). Loads, evictions and the loop
 are serialized by a thread lock and a file lock in the repository, so footprint deltas
@@ -242,6 +244,9 @@ class _View:
     usage: Usage
     states: list[ModelState]
     protected: dict[str, str] = field(default_factory=dict)
+    # model -> version -> endpoint reason, for models protected only by what endpoints
+    # route to: their other versions may go, one by one (the routed ones keep serving)
+    routed: dict[str, dict[int, str]] = field(default_factory=dict)
     # versions Triton is loading now (a load that ran past its wait, another client's):
     # not in ``states`` (not evictable yet), but each holds a slot of ``max_models``, and
     # the memory it is expected to take beyond what the reading shows of it already
@@ -258,6 +263,16 @@ class _View:
     def loading_bytes_besides(self, name: str | None) -> int:
         """What the versions loading now (but those of ``name``) are yet to take."""
         return sum(b for (model, _), b in self.loading_bytes.items() if model != name)
+
+
+def _as_a_whole(
+    whole: Mapping[str, str], routed: Mapping[str, Mapping[int, str]]
+) -> dict[str, str]:
+    """Model name -> why it may not be unloaded as a whole (every version)."""
+    reasons = dict(whole)
+    for name in sorted(routed):
+        reasons.setdefault(name, next(iter(routed[name].values())))
+    return reasons
 
 
 # --------------------------------------------------------------------------- controller
@@ -376,9 +391,19 @@ class Controller:
             return False
 
     def protections(self, ready: Sequence[str] = ()) -> dict[str, str]:
-        """Model name -> why it may not be evicted (``ready``: the loaded model names,
-        whose ensembles protect their steps)."""
+        """Model name -> why it may not be evicted as a whole (``ready``: the loaded model
+        names, whose ensembles protect their steps)."""
+        return _as_a_whole(*self._protections(ready))
+
+    def _protections(
+        self, ready: Sequence[str] = ()
+    ) -> tuple[dict[str, str], dict[str, dict[int, str]]]:
+        """Why models may not be evicted: model name -> reason for those protected as a
+        whole (pinned, in a rollout, a step of a loaded ensemble), and model -> version ->
+        reason for the versions endpoints route to, the model's other versions being free
+        to go."""
         reasons: dict[str, str] = {}
+        routed: dict[str, dict[int, str]] = {}
         where = f" in {self.config.source}" if self.config.source else ""
         for name in sorted(self.config.pinned):
             reasons[name] = f"pinned{where or ' in the serving config'}"
@@ -393,14 +418,14 @@ class Controller:
             )
         for state in Endpoints(repo, self.control).list():
             for target in state.targets:
-                reasons.setdefault(
-                    target.model,
+                routed.setdefault(target.model, {}).setdefault(
+                    target.version,
                     f"target of endpoint {state.name} ({target.model}:{target.version})",
                 )
         for name in ready:
             path = self.repo / name / "config.pbtxt"
-            if not path.is_file():
-                continue
+            if not path.is_file() or is_endpoint_folder(repo, name):
+                continue  # an endpoint's steps are its targets (or its router)
             try:
                 config = read_config(path)
             except ManagerError:
@@ -408,7 +433,7 @@ class Controller:
             if config.platform == "ensemble":
                 for step in config.ensemble_scheduling.step:
                     reasons.setdefault(step.model_name, f"step of the loaded ensemble {name}")
-        return reasons
+        return reasons, routed
 
     def _view(self, index: list[IndexEntry] | None = None) -> _View:
         taken = time.time()
@@ -416,7 +441,9 @@ class Controller:
         usage = self.meter.usage()
         ready = sorted({(e.name, e.version) for e in index if e.ready and e.version is not None})
         ready_names = sorted({name for name, _ in ready})
-        protected = self.protections(ready_names)
+        whole, routed = self._protections(ready_names)
+        protected = _as_a_whole(whole, routed)
+        routed = {name: versions for name, versions in routed.items() if name not in whole}
         stats: dict[tuple[str, int | None], ModelStats] = {}
         if ready:
             stats = {(s.name, s.version): s for s in self.control.statistics()}
@@ -448,7 +475,7 @@ class Controller:
                 )
                 self.footprints.record(recorded)
             footprint = (known or self.footprints.estimate(name, version)).bytes
-            reason = protected.get(name, "")
+            reason = whole.get(name) or routed.get(name, {}).get(version, "")
             states.append(
                 ModelState(
                     name=name,
@@ -478,6 +505,7 @@ class Controller:
             usage=usage,
             states=states,
             protected=protected,
+            routed=routed,
             loading=loading,
             loading_bytes=loading_bytes,
         )
@@ -531,13 +559,26 @@ class Controller:
     def _evict_model(
         self, view: _View, name: str, reason: str, *, chosen: Sequence[ModelState] = ()
     ) -> list[Eviction]:
-        """Unload ``name`` (every version), wait until its memory is free, tell the policy."""
+        """Unload ``name`` (every version), wait until its memory is free, tell the policy.
+        A model that endpoints route to loses only the ``chosen`` versions (none routed):
+        they leave its version policy and the routed ones keep serving."""
         states = view.of_model(name)
         before = self._reading_before_release()
-        serving.unload(self.control, name, wait_timeout=self.unload_timeout)
-        forget_loads(self.repo, name)
-        if not self.meter.wait_released([name], before):
-            raise UnloadError(f"model {name!r} is unloaded but its processes have not exited")
+        if name in view.routed and chosen:
+            states = [s for s in states if s.key in {c.key for c in chosen}]
+            endpoints = Endpoints(Repository(self.repo), self.control)
+            for state in states:
+                endpoints.retire(name, state.version)
+            if not self.meter.wait_released([s.key for s in states], before):
+                raise UnloadError(
+                    f"{name}:{','.join(str(s.version) for s in states)} is unloaded but its "
+                    "processes have not exited"
+                )
+        else:
+            serving.unload(self.control, name, wait_timeout=self.unload_timeout)
+            forget_loads(self.repo, name)
+            if not self.meter.wait_released([name], before):
+                raise UnloadError(f"model {name!r} is unloaded but its processes have not exited")
         chosen_keys = {s.key for s in chosen}
         out = []
         for state in states:
@@ -1138,7 +1179,14 @@ class Controller:
                 return []  # nothing to free, protected or not (as the preview says)
             why = view.protected.get(name)
             if why and not force:
-                raise UnloadError(f"model {name!r} is protected ({why}); use --force to evict it")
+                hint = ""
+                if name in view.routed:
+                    hint = (
+                        f" (a version no endpoint routes to: tritonctl unload {name} --version V)"
+                    )
+                raise UnloadError(
+                    f"model {name!r} is protected ({why}); use --force to evict it{hint}"
+                )
             text = reason or "by hand (tritonctl evict)"
             if why:
                 text += f", forced although {why}"

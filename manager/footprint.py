@@ -711,10 +711,13 @@ class MemoryMeter:
             for v in versions
         ]
 
-    def wait_released(self, models: Iterable[str], before: MemoryReading | None = None) -> bool:
-        """After an unload: wait until the models' stubs exited and, where memory comes
-        from the metrics, for a fresh sample (``before``: the reading before the unload).
-        False if stubs were still there at the timeout."""
+    def wait_released(
+        self, models: Iterable[str | tuple[str, int]], before: MemoryReading | None = None
+    ) -> bool:
+        """After an unload: wait until the stubs of ``models`` (names, or ``(name,
+        version)`` for one version) exited and, where memory comes from the metrics, for a
+        fresh sample (``before``: the reading before the unload). False if stubs were
+        still there at the timeout."""
         names = list(models)
         gone = True
         if self.server_pid is not None:

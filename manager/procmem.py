@@ -125,17 +125,31 @@ def read_process_memory(server_pid: int) -> ProcessMemory:
 
 
 def wait_stubs_gone(
-    server_pid: int, models: Iterable[str], *, timeout: float = 60.0, poll: float = 0.05
+    server_pid: int,
+    models: Iterable[str | tuple[str, int]],
+    *,
+    timeout: float = 60.0,
+    poll: float = 0.05,
 ) -> bool:
-    """Wait until no stub of ``models`` runs below the server; False on timeout."""
-    names = set(models)
+    """Wait until no stub of ``models`` (a name: every version; ``(name, version)``: that
+    version) runs below the server; False on timeout."""
+    wanted = list(models)
+    names = {m for m in wanted if isinstance(m, str)}
+    versions = {m for m in wanted if not isinstance(m, str)}
+
+    def matches(stub: StubProcess) -> bool:
+        if stub.model in names:
+            return True
+        # a stub whose version is unknown might be the one going
+        return any(stub.model == m and stub.version in (v, None) for m, v in versions)
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             current = read_process_memory(server_pid)
         except psutil.NoSuchProcess:
             return True
-        if not any(s.model in names for s in current.stubs):
+        if not any(matches(s) for s in current.stubs):
             return True
         if time.monotonic() > deadline:
             return False

@@ -12,6 +12,7 @@ import re
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ from manager.audit import AuditLog
 from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
 from manager.cli import main
 from manager.controller import Controller, set_pin
-from manager.errors import MemoryBudgetError
+from manager.endpoints import Endpoints
+from manager.errors import MemoryBudgetError, UnloadError
 from manager.footprint import CPU_STUB_RSS, GPU_METRIC, FootprintStore
-from manager.repository import write_json_atomic
+from manager.repository import Repository, write_json_atomic
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import write_python_model
@@ -38,7 +40,8 @@ ALLOC_MIB = 160
 ALLOC_BYTES = ALLOC_MIB * 2**20
 A, B, C, HUGE = "mem_a", "mem_b", "mem_c", "mem_huge"
 GROWS = "mem_grows"  # code only, so estimated small; allocates what a test sets
-OURS = (A, B, C, HUGE, GROWS)
+VERSIONED = "mem_versions"  # two versions, each allocating ALLOC_MIB
+OURS = (A, B, C, HUGE, GROWS, VERSIONED)
 
 ALLOC_MODEL_PY = textwrap.dedent(
     """
@@ -88,6 +91,9 @@ def control(triton: TritonHandle) -> Iterator[TritonControl]:
         write_python_model(triton.repo, name, ALLOC_MODEL_PY.format(mib=ALLOC_MIB))
     huge = write_python_model(triton.repo, HUGE)
     write_python_model(triton.repo, GROWS, ALLOC_MODEL_PY.format(mib=1))
+    write_python_model(
+        triton.repo, VERSIONED, ALLOC_MODEL_PY.format(mib=ALLOC_MIB), versions=(1, 2)
+    )
     # provenance says the artifact is 50 GB: its estimate cannot fit anywhere here
     write_json_atomic(huge / "1" / "tritonctl.json", {"name": HUGE, "size_bytes": 50 * 10**9})
     with TritonControl(triton.http_url, metrics_url=triton.metrics_url) as c:
@@ -154,6 +160,7 @@ def test_loading_a_third_model_evicts_the_least_recently_inferred_one(
         C: "READY",
         HUGE: "UNAVAILABLE",
         GROWS: "UNAVAILABLE",
+        VERSIONED: "UNAVAILABLE",
     }
     infer(triton.http_url, B)
     infer(triton.http_url, C)
@@ -310,6 +317,59 @@ def test_cli_endpoint_switch_makes_room_within_the_budget(
             pass
     finally:
         run_cli(triton, "endpoint", "delete", "mem_front")
+
+
+def test_a_version_no_endpoint_routes_to_is_evicted_alone_and_the_routed_one_serves_on(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    ctl, _ = controller(triton, fresh)
+    endpoints = Endpoints(Repository(triton.repo), fresh)
+    try:
+        ctl.ensure_loaded(VERSIONED, 1)
+        endpoints.switch("mem_vfront", VERSIONED, 1)
+        endpoints.switch("mem_vfront", VERSIONED, 2)  # 1 stays served: a switch back is instant
+        assert version_states(fresh, VERSIONED) == {1: "READY", 2: "READY"}
+        infer(triton.http_url, "mem_vfront")
+        # written by hand (not published: no bytecode), version 2 was loaded a second
+        # time when the endpoint's ensemble polled it; the first copy's stub exits about
+        # a second after the second is ready
+        deadline = time.monotonic() + 30
+        while ctl.meter.usage().per_version[(VERSIONED, 2)] > 1.5 * ALLOC_BYTES:
+            assert time.monotonic() < deadline, "the first copy of version 2 stays"
+            time.sleep(0.2)
+        # A (which allocates ALLOC_BYTES) fits only if version 1 goes; room short of
+        # ALLOC_BYTES, so that version 1 is not served again once A is measured
+        usage = ctl.meter.usage()
+        need = ctl.footprints.footprint(A, 1).bytes
+        assert need <= ALLOC_BYTES + usage.per_version[(VERSIONED, 1)] - 20 * 2**20
+        limit = usage.used_bytes + min(need, ALLOC_BYTES) - 10 * 2**20
+        ctl.config = replace(
+            ctl.config, budget=replace(ctl.config.budget, limit=MemoryLimit(num_bytes=limit))
+        )
+        # the model is routed to, yet not protected as a whole: its version 1 may go
+        plan = ctl.plan(A)
+        assert [(v.model, v.version) for v in plan.victims] == [(VERSIONED, 1)]
+        assert any(p.model == VERSIONED and p.version == 2 for p in plan.protected)
+
+        result = ctl.ensure_loaded(A)
+
+        assert [(e.model, e.version) for e in result.evicted] == [(VERSIONED, 1)]
+        assert version_states(fresh, VERSIONED) == {1: "UNAVAILABLE", 2: "READY"}
+        infer(triton.http_url, "mem_vfront")
+        infer(triton.http_url, A)
+        evictions = [r for r in AuditLog(triton.repo).read() if r["action"] == "evict"]
+        assert (evictions[-1]["model"], evictions[-1]["version"]) == (VERSIONED, 1)
+        # the routed version is never chosen: B makes room by evicting A
+        assert [(e.model, e.version) for e in ctl.ensure_loaded(B).evicted] == [(A, 1)]
+        assert version_states(fresh, VERSIONED)[2] == "READY"
+        with pytest.raises(UnloadError, match=f"tritonctl unload {VERSIONED} --version V"):
+            ctl.evict(VERSIONED)  # by hand, the model as a whole: refused
+    finally:
+        endpoints.delete("mem_vfront")
+
+
+def version_states(control: TritonControl, name: str) -> dict[int, str]:
+    return {e.version: e.state for e in control.repository_index() if e.name == name and e.version}
 
 
 def grows_past_its_estimate(

@@ -247,6 +247,14 @@ def test_process_memory_attributes_a_stub_to_its_model_version(
     assert wait_stubs_gone(os.getpid(), ["mem"], timeout=5)
 
 
+def test_waiting_for_one_version_ignores_the_stubs_of_the_others(
+    fake_stub: subprocess.Popen[bytes],
+) -> None:
+    assert wait_stubs_gone(os.getpid(), [("mem", 2), ("other", 3)], timeout=0.2)
+    assert not wait_stubs_gone(os.getpid(), [("mem", 3)], timeout=0.2)
+    assert not wait_stubs_gone(os.getpid(), ["mem"], timeout=0.2)
+
+
 class ScriptedMetrics:
     """Host (or GPU) memory readings that change when told, as Triton's sampler would."""
 
