@@ -60,6 +60,7 @@ from manager.errors import (
     RepositoryError,
     RolloutError,
 )
+from manager.filecopy import precompile
 from manager.loadtimes import forget_loads, record_load
 from manager.modelconfig import (
     config_to_text,
@@ -1014,6 +1015,7 @@ class Endpoints:
                 old.unlink(missing_ok=True)
         if router and library is None:
             write_text_atomic(python_file, router_source().read_text())
+            precompile(vdir)
         else:
             python_file.unlink(missing_ok=True)
             shutil.rmtree(vdir / "__pycache__", ignore_errors=True)  # the stub's bytecode

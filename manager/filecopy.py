@@ -6,6 +6,7 @@ Also the content hash recorded as provenance.
 
 from __future__ import annotations
 
+import compileall
 import errno
 import fcntl
 import hashlib
@@ -196,3 +197,21 @@ def _copy_file_range(fd_in: int, fd_out: int, size: int, progress: Progress | No
         if progress:
             progress(n)
     return done
+
+
+def precompile(folder: Path) -> None:
+    """Write the bytecode of the ``.py`` files under ``folder`` (a version folder about to
+    be served by the Python backend) into their ``__pycache__``, with this interpreter.
+
+    The Python-backend stub caches the bytecode of ``model.py`` on its first import, in the
+    version folder, while Triton loads the model; Triton then finds the model modified
+    and loads every version of it again at the next poll (loading an ensemble that calls
+    it polls it: an endpoint switch loads the target twice, each new stub beside the old).
+    Written before the first load, the cache is valid for a stub of this Python version,
+    which reads it and writes nothing. A file that does not compile is left to the load
+    to report.
+    """
+    if not any(folder.rglob("*.py")):
+        return
+    if not compileall.compile_dir(str(folder), quiet=2, workers=1):
+        log.debug("some Python files under %s do not compile", folder)

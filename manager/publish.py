@@ -31,7 +31,7 @@ from manager.errors import (
     RepositoryError,
     VersionExistsError,
 )
-from manager.filecopy import Progress, place, sha256_of
+from manager.filecopy import Progress, place, precompile, sha256_of
 from manager.modelconfig import TensorSpec, config_to_text, read_config, write_config
 from manager.names import validate_model_name, validate_version
 from manager.repository import (
@@ -264,6 +264,8 @@ def publish(
             }
             write_json_atomic(staged_version / PROVENANCE_FILE, provenance)
             write_config(staged_model / CONFIG_FILE, config)
+            if runtime == "python":
+                precompile(staged_version)  # or the first load makes Triton load it twice
             if verify is not None:
                 verify(staged_model, config)
             started = time.monotonic()

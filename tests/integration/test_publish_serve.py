@@ -410,3 +410,35 @@ def test_text_that_is_not_utf8_is_a_client_error_for_the_embedder(
     finally:
         client.close()
     serving.unload(control, "minilm_utf8")
+
+
+def test_a_published_python_version_is_loaded_once_by_an_endpoint_switch(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path
+) -> None:
+    """The first load of a Python-backend version must leave its folder as it was: a
+    bytecode cache written then makes Triton load the model again at the next poll (here
+    the endpoint's ensemble load), every version a second time."""
+    from manager.endpoints import Endpoints
+    from tests.integration.helpers import write_python_model
+
+    src = tmp_path / "src"
+    write_python_model(tmp_path, "written")
+    src.mkdir()
+    (src / "model.py").write_text((tmp_path / "written" / "1" / "model.py").read_text())
+    (src / "config.pbtxt").write_text((tmp_path / "written" / "config.pbtxt").read_text())
+    repo = Repository(triton.repo)
+    publish(repo, "pyc_once", src)
+    publish(repo, "pyc_once", src)
+    endpoints = Endpoints(repo, control)
+    log = triton.repo / ".tritonctl" / "server.log"
+    try:
+        endpoints.switch("pyc_once_ep", "pyc_once", 1)
+        before = log.read_text().count('"loading: pyc_once:2"')
+        endpoints.switch("pyc_once_ep", "pyc_once", 2)
+        x = np.array([1.0, 2.0], dtype=np.float32)
+        out = http_infer(triton.http_url, "pyc_once_ep", "INPUT0", x, "OUTPUT0")
+        np.testing.assert_allclose(out, x * 2)
+        assert log.read_text().count('"loading: pyc_once:2"') - before == 1
+    finally:
+        endpoints.delete("pyc_once_ep")
+        serving.unload(control, "pyc_once")

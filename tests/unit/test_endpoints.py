@@ -655,7 +655,8 @@ def test_switch_back_to_pinned_replaces_the_router_by_the_ensemble(
 ) -> None:
     endpoints, triton, repo = setup
     endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
-    (repo / "ep" / "1" / "__pycache__").mkdir()  # what the Python router's stub leaves
+    # the Python router is written with its bytecode (its stub would write it on load)
+    assert list((repo / "ep" / "1" / "__pycache__").glob("model.*.pyc"))
     endpoints.switch("ep", "m", 2)
     [step] = read_config(repo / "ep" / "config.pbtxt").ensemble_scheduling.step
     assert (step.model_name, step.model_version) == ("m", 2)

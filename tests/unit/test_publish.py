@@ -160,6 +160,20 @@ def test_python_model_folder_without_name_gets_the_published_name(repo, tmp_path
     assert not (repo.version_dir("add_one", 1) / "config.pbtxt").exists()
 
 
+def test_a_python_version_is_published_with_its_bytecode_for_this_interpreter(repo, tmp_path):
+    import importlib.util
+
+    folder = write_python_model(tmp_path / "addone")
+    stale = folder / "__pycache__"
+    stale.mkdir()
+    (stale / "model.cpython-10.pyc").write_bytes(b"not from here")
+    publish(repo, "add_one", folder)
+    vdir = repo.version_dir("add_one", 1)
+    cached = Path(importlib.util.cache_from_source(str(vdir / "model.py")))
+    assert cached.is_file() and cached.stat().st_mtime >= (vdir / "model.py").stat().st_mtime
+    assert [p.name for p in (vdir / "__pycache__").iterdir()] == [cached.name]
+
+
 def test_python_model_folder_named_otherwise_is_published_under_the_name_with_a_notice(
     repo, tmp_path
 ):
