@@ -80,6 +80,7 @@ from manager.repository import (
 )
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
 from manager.rollout import RolloutStore
+from manager.serving import precompile_unloaded
 from manager.triton import IndexEntry
 from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
 
@@ -817,6 +818,14 @@ class Endpoints:
         rows = index if index is not None else self._index()
         return {e.version for e in rows if e.name == model and e.ready and e.version is not None}
 
+    def _busy_versions(self, model: str) -> set[int]:
+        """Versions of ``model`` Triton holds now: READY, loading or unloading."""
+        return {
+            e.version
+            for e in self._index()
+            if e.name == model and e.state != "UNAVAILABLE" and e.version is not None
+        }
+
     def _is_ready(self, model: str) -> bool:
         return bool(self._ready_versions(model))
 
@@ -854,6 +863,7 @@ class Endpoints:
                 keep_owner_policy(self.repo.path, model, config)
                 write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
+            precompile_unloaded(self.repo.path, model, self._busy_versions(model))
             try:
                 self.control.load_model(model)
                 before, ready = ready, self._ready_versions(model)

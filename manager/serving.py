@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from google.protobuf.json_format import MessageToJson
 
 from manager.errors import LoadError, ManagerError, ModelNotFoundError, UnloadError
+from manager.filecopy import precompile
 from manager.loadtimes import forget_loads, record_load
 from manager.metrics import MemoryReading, parse_memory
 from manager.modelconfig import read_config, write_config
@@ -493,6 +494,9 @@ def load(
     if version is not None and config is None:
         config = control.model_config(name)
     override = _load_override(control, repo, name, version, entries, wanted, config)
+    precompile_unloaded(
+        repo, name, {e.version for e in entries if e.state != "UNAVAILABLE" and e.version}
+    )
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -525,6 +529,26 @@ def _still_loading(name: str, url: str, wait_timeout: float) -> StillLoadingErro
         "loading it and will serve it once the load is done (its state shows in the "
         "repository index, `tritonctl ls`)"
     )
+
+
+def precompile_unloaded(repo: Path | None, name: str, loaded: Iterable[int]) -> None:
+    """Before a load: write the bytecode of the Python-backend versions of ``name`` in
+    ``repo`` that are not ``loaded`` (nor loading or unloading), as publish
+    does (:func:`manager.filecopy.precompile`), for versions written by hand or by an
+    older release. A loaded version's folder is left alone: a change to it would make
+    Triton load it again."""
+    if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
+        return
+    try:
+        config = read_config(Path(repo) / name / "config.pbtxt")
+    except ManagerError:
+        return  # Triton reports a broken config better
+    if config.backend != "python" or config.platform == "ensemble":
+        return
+    busy = set(loaded)
+    for version in _on_disk_versions(repo, name):
+        if version not in busy:
+            precompile(Path(repo) / name / str(version))
 
 
 def _load_within(

@@ -330,13 +330,6 @@ def test_a_version_no_endpoint_routes_to_is_evicted_alone_and_the_routed_one_ser
         endpoints.switch("mem_vfront", VERSIONED, 2)  # 1 stays served: a switch back is instant
         assert version_states(fresh, VERSIONED) == {1: "READY", 2: "READY"}
         infer(triton.http_url, "mem_vfront")
-        # written by hand (not published: no bytecode), version 2 was loaded a second
-        # time when the endpoint's ensemble polled it; the first copy's stub exits about
-        # a second after the second is ready
-        deadline = time.monotonic() + 30
-        while ctl.meter.usage().per_version[(VERSIONED, 2)] > 1.5 * ALLOC_BYTES:
-            assert time.monotonic() < deadline, "the first copy of version 2 stays"
-            time.sleep(0.2)
         # A (which allocates ALLOC_BYTES) fits only if version 1 goes; room short of
         # ALLOC_BYTES, so that version 1 is not served again once A is measured
         usage = ctl.meter.usage()

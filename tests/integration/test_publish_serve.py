@@ -412,8 +412,9 @@ def test_text_that_is_not_utf8_is_a_client_error_for_the_embedder(
     serving.unload(control, "minilm_utf8")
 
 
-def test_a_published_python_version_is_loaded_once_by_an_endpoint_switch(
-    triton: TritonHandle, control: TritonControl, tmp_path: Path
+@pytest.mark.parametrize("how", ["published", "written by hand"])
+def test_a_new_python_version_is_loaded_once_by_an_endpoint_switch(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path, how: str
 ) -> None:
     """The first load of a Python-backend version must leave its folder as it was: a
     bytecode cache written then makes Triton load the model again at the next poll (here
@@ -421,24 +422,32 @@ def test_a_published_python_version_is_loaded_once_by_an_endpoint_switch(
     from manager.endpoints import Endpoints
     from tests.integration.helpers import write_python_model
 
-    src = tmp_path / "src"
-    write_python_model(tmp_path, "written")
-    src.mkdir()
-    (src / "model.py").write_text((tmp_path / "written" / "1" / "model.py").read_text())
-    (src / "config.pbtxt").write_text((tmp_path / "written" / "config.pbtxt").read_text())
+    name = "pyc_published" if how == "published" else "pyc_by_hand"
     repo = Repository(triton.repo)
-    publish(repo, "pyc_once", src)
-    publish(repo, "pyc_once", src)
+    if how == "published":
+        write_python_model(tmp_path, "written")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "model.py").write_text((tmp_path / "written" / "1" / "model.py").read_text())
+        (src / "config.pbtxt").write_text((tmp_path / "written" / "config.pbtxt").read_text())
+        publish(repo, name, src)
+        publish(repo, name, src)
+    else:  # tritonctl writes the bytecode of a version before its first load
+        write_python_model(triton.repo, name, versions=(1, 2))
     endpoints = Endpoints(repo, control)
     log = triton.repo / ".tritonctl" / "server.log"
+    loading = f'"loading: {name}:'
     try:
-        endpoints.switch("pyc_once_ep", "pyc_once", 1)
-        before = log.read_text().count('"loading: pyc_once:2"')
-        endpoints.switch("pyc_once_ep", "pyc_once", 2)
+        endpoints.switch(f"{name}_ep", name, 1)
+        before = log.read_text()
+        endpoints.switch(f"{name}_ep", name, 2)
         x = np.array([1.0, 2.0], dtype=np.float32)
-        out = http_infer(triton.http_url, "pyc_once_ep", "INPUT0", x, "OUTPUT0")
+        out = http_infer(triton.http_url, f"{name}_ep", "INPUT0", x, "OUTPUT0")
         np.testing.assert_allclose(out, x * 2)
-        assert log.read_text().count('"loading: pyc_once:2"') - before == 1
+        after = log.read_text()[len(before) :]
+        assert after.count(f'{loading}2"') == 1, after
+        # version 1, served, was not loaded again beside version 2 (a config update only)
+        assert f"successfully unloaded '{name}' version 1" not in after, after
     finally:
-        endpoints.delete("pyc_once_ep")
-        serving.unload(control, "pyc_once")
+        endpoints.delete(f"{name}_ep")
+        serving.unload(control, name)
