@@ -357,12 +357,7 @@ class Controller:
                 yield
                 return
             if self._file_lock is None:
-                meta = self.repo / META_DIR
-                try:
-                    meta.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise RepositoryError(f"cannot create {meta}: {exc}") from exc
-                self._file_lock = FileLock(str(meta / LOCK_FILE))
+                self._file_lock = FileLock(str(_meta_folder(self.repo) / LOCK_FILE))
             try:
                 self._file_lock.acquire(timeout=timeout)
             except Timeout as exc:
@@ -1279,11 +1274,7 @@ def sole_loop(repo: Path) -> Iterator[None]:
     held for the loop's life (the OS lets it go when the process dies); who holds it is in
     ``controller.json`` beside it. Raises ``ControllerRunningError`` naming that process.
     """
-    meta = Path(repo) / META_DIR
-    try:
-        meta.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RepositoryError(f"cannot create {meta}: {exc}") from exc
+    meta = _meta_folder(repo)
     lock = FileLock(str(meta / LOOP_LOCK_FILE))
     owner = meta / LOOP_OWNER_FILE
     try:
@@ -1306,6 +1297,16 @@ def sole_loop(repo: Path) -> Iterator[None]:
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+def _meta_folder(repo: Path) -> Path:
+    """The repository's manager folder, created if missing."""
+    meta = Path(repo) / META_DIR
+    try:
+        meta.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create {meta}: {exc}") from exc
+    return meta
 
 
 def _loop_owner(path: Path) -> str:
