@@ -558,9 +558,10 @@ class Controller:
         A model that endpoints route to loses only the ``chosen`` versions (none routed):
         they leave its version policy and the routed ones keep serving."""
         states = view.of_model(name)
+        chosen_keys = {s.key for s in chosen}
         before = self._reading_before_release()
         if name in view.routed and chosen:
-            states = [s for s in states if s.key in {c.key for c in chosen}]
+            states = [s for s in states if s.key in chosen_keys]
             endpoints = Endpoints(Repository(self.repo), self.control)
             for state in states:
                 endpoints.retire(name, state.version)
@@ -574,7 +575,6 @@ class Controller:
             forget_loads(self.repo, name)
             if not self.meter.wait_released([name], before):
                 raise UnloadError(f"model {name!r} is unloaded but its processes have not exited")
-        chosen_keys = {s.key for s in chosen}
         out = []
         for state in states:
             self._evicted_loaded_at[state.key] = state.loaded_at

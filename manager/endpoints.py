@@ -80,7 +80,7 @@ from manager.repository import (
 )
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
 from manager.rollout import RolloutStore
-from manager.serving import precompile_unloaded
+from manager.serving import entries_of, precompile_unloaded
 from manager.triton import IndexEntry
 from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
 
@@ -818,14 +818,6 @@ class Endpoints:
         rows = index if index is not None else self._index()
         return {e.version for e in rows if e.name == model and e.ready and e.version is not None}
 
-    def _busy_versions(self, model: str) -> set[int]:
-        """Versions of ``model`` Triton holds now: READY, loading or unloading."""
-        return {
-            e.version
-            for e in self._index()
-            if e.name == model and e.state != "UNAVAILABLE" and e.version is not None
-        }
-
     def _is_ready(self, model: str) -> bool:
         return bool(self._ready_versions(model))
 
@@ -852,7 +844,8 @@ class Endpoints:
                 )
             path = self.repo.config_path(model)
             config = read_config(path)
-            ready = self._ready_versions(model)
+            index = self._index()
+            ready = self._ready_versions(model, index)
             targeted = {v for m, v in self.all_target_versions() if m == model}
             serve = ((ready | targeted) & on_disk) | wanted
             policy = policy_versions(config)
@@ -863,7 +856,7 @@ class Endpoints:
                 keep_owner_policy(self.repo.path, model, config)
                 write_config(path, with_versions(config, serve))
             log.info("loading %s serving versions %s", model, sorted(serve))
-            precompile_unloaded(self.repo.path, model, self._busy_versions(model))
+            precompile_unloaded(self.repo.path, model, entries_of(index, model))
             try:
                 self.control.load_model(model)
                 before, ready = ready, self._ready_versions(model)

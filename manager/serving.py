@@ -494,9 +494,7 @@ def load(
     if version is not None and config is None:
         config = control.model_config(name)
     override = _load_override(control, repo, name, version, entries, wanted, config)
-    precompile_unloaded(
-        repo, name, {e.version for e in entries if e.state != "UNAVAILABLE" and e.version}
-    )
+    precompile_unloaded(repo, name, entries)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
     )
@@ -531,21 +529,22 @@ def _still_loading(name: str, url: str, wait_timeout: float) -> StillLoadingErro
     )
 
 
-def precompile_unloaded(repo: Path | None, name: str, loaded: Iterable[int]) -> None:
+def precompile_unloaded(repo: Path | None, name: str, entries: Iterable[IndexEntry]) -> None:
     """Before a load: write the bytecode of the Python-backend versions of ``name`` in
-    ``repo`` that are not ``loaded`` (nor loading or unloading), as publish
-    does (:func:`manager.filecopy.precompile`), for versions written by hand or by an
-    older release. A loaded version's folder is left alone: a change to it would make
-    Triton load it again."""
+    ``repo`` that Triton does not hold (``entries``: the model's index entries; a version
+    loaded, loading or unloading is held), as publish does
+    (:func:`manager.filecopy.precompile`), for versions written by hand or by an older
+    release. A held version's folder is left alone: a change to it would make Triton load
+    it again."""
     if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
         return
     try:
         config = read_config(Path(repo) / name / "config.pbtxt")
     except ManagerError:
         return  # Triton reports a broken config better
-    if config.backend != "python" or config.platform == "ensemble":
+    if config.backend != "python":
         return
-    busy = set(loaded)
+    busy = {e.version for e in entries if e.state != "UNAVAILABLE"}
     for version in _on_disk_versions(repo, name):
         if version not in busy:
             precompile(Path(repo) / name / str(version))
