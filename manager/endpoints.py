@@ -64,6 +64,7 @@ from manager.filecopy import precompile
 from manager.loadtimes import forget_loads, record_load
 from manager.modelconfig import (
     config_to_text,
+    is_decoupled,
     read_config,
     triton_dtype_name,
     write_config,
@@ -243,15 +244,18 @@ def _now() -> str:
 
 @dataclass(frozen=True)
 class Signature:
-    """What clients of a model see: batching, inputs and outputs (names, types, dims)."""
+    """What clients of a model see: batching, inputs and outputs (names, types, dims), and
+    whether it answers with a stream of responses (decoupled: clients must stream)."""
 
     max_batch_size: int
     inputs: tuple[tuple[str, str, tuple[int, ...], bool], ...]
     outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+    decoupled: bool = False
 
     @classmethod
     def of(cls, config: mc.ModelConfig) -> Signature:
         return cls(
+            decoupled=is_decoupled(config),
             max_batch_size=int(config.max_batch_size),
             inputs=tuple(
                 (i.name, triton_dtype_name(i.data_type), tuple(int(d) for d in i.dims), i.optional)
@@ -262,6 +266,10 @@ class Signature:
                 for o in config.output
             ),
         )
+
+
+def _answers(decoupled: bool) -> str:
+    return "a stream of responses (decoupled)" if decoupled else "one response per request"
 
 
 def _describe_tensor(entry: tuple[Any, ...]) -> str:
@@ -278,6 +286,11 @@ def check_same_io(configs: Sequence[tuple[str, mc.ModelConfig]]) -> Signature:
     ref = Signature.of(first)
     for label, config in configs[1:]:
         sig = Signature.of(config)
+        if sig.decoupled != ref.decoupled:
+            raise EndpointError(
+                f"targets differ in how they answer: {label} sends {_answers(sig.decoupled)}, "
+                f"{first_label} sends {_answers(ref.decoupled)}"
+            )
         if sig.max_batch_size != ref.max_batch_size:
             raise EndpointError(
                 f"targets differ in max_batch_size: {label} has {sig.max_batch_size}, "
@@ -310,8 +323,12 @@ def check_same_io(configs: Sequence[tuple[str, mc.ModelConfig]]) -> Signature:
 
 
 def _copy_io(config: mc.ModelConfig, target: mc.ModelConfig, *, ragged: bool = False) -> None:
-    """Copy the client-visible inputs/outputs of ``target`` into ``config``."""
+    """Copy the client-visible inputs/outputs of ``target`` into ``config``, and whether it
+    answers with a stream (an ensemble over a decoupled step is decoupled anyway: Triton
+    derives it; written so that the endpoint's own config says what clients must do)."""
     config.max_batch_size = target.max_batch_size
+    if is_decoupled(target):
+        config.model_transaction_policy.decoupled = True
     for i in target.input:
         entry = config.input.add()
         entry.name = i.name
@@ -499,7 +516,8 @@ def router_config(
     group = config.instance_group.add()
     group.count = opts.instances_for(target, target_instances, native=native)
     group.kind = mc.ModelInstanceGroup.Kind.Value("KIND_CPU")
-    if opts.batches(native=native) and target.max_batch_size > 0:
+    # a stream's requests are passed on one by one: nothing to gain from batches
+    if opts.batches(native=native) and target.max_batch_size > 0 and not is_decoupled(target):
         config.dynamic_batching.SetInParent()
         if opts.max_queue_delay_us:
             config.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
@@ -513,7 +531,8 @@ def router_config(
             max(1, int(opts.run_idle_window_us))
         )
     else:
-        config.parameters[MERGE_PARAMETER].string_value = "true" if opts.merge_batches else "false"
+        merge = opts.merge_batches and not is_decoupled(target)
+        config.parameters[MERGE_PARAMETER].string_value = "true" if merge else "false"
         config.parameters[MERGE_BYTES_PARAMETER].string_value = str(int(opts.merge_max_bytes))
     return config
 

@@ -235,3 +235,9 @@ def build_config(
 
 def config_parameters(config: mc.ModelConfig) -> dict[str, str]:
     return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def is_decoupled(config: mc.ModelConfig) -> bool:
+    """Whether a model answers each request with a stream of responses (its
+    ``model_transaction_policy`` is decoupled): its clients call it with a gRPC stream."""
+    return bool(config.model_transaction_policy.decoupled)

@@ -3,10 +3,12 @@ and clients that keep calling while all of that happens."""
 
 from __future__ import annotations
 
+import queue
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ stable_point = load_backend_module(ROUTER_PY, "tritonctl_router_reference").stab
 ADDER = "ep_adder"
 BROKEN = "ep_broken"
 PARAMS = "ep_params"
+STREAM = "ep_stream"
 
 # Answers x + the sum of the request's numeric and boolean parameters + the length of its
 # string parameters: what reached the target of the request's parameters, in one number.
@@ -89,6 +92,31 @@ BROKEN_PY = textwrap.dedent(
 )
 
 
+# A decoupled (streaming) model: answers each request with three responses, x + 10 *
+# version + 0, 1 and 2, then the final flag.
+STREAM_PY = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.base = np.float32(10 * int(args["model_version"]))
+
+        def execute(self, requests):
+            for request in requests:
+                sender = request.get_response_sender()
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                for i in range(3):
+                    out = pb_utils.Tensor("OUTPUT0", x + self.base + np.float32(i))
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+    """
+)
+
+
 def source_folder(root: Path, name: str, model_py: str) -> Path:
     return write_source_model(root / name, name, model_py)
 
@@ -105,6 +133,12 @@ def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> Tr
     publish_versions(triton.repo, ADDER, ADD_VERSION_PY, 2, tmp)
     publish_versions(triton.repo, BROKEN, BROKEN_PY, 1, tmp)
     publish_versions(triton.repo, PARAMS, PARAMS_PY, 2, tmp)
+    src = source_folder(tmp, STREAM, STREAM_PY)
+    config = read_config(src / "config.pbtxt")
+    config.model_transaction_policy.decoupled = True
+    write_config(src / "config.pbtxt", config)
+    for _ in range(2):
+        publish(triton.repo, STREAM, src)
     return triton
 
 
@@ -579,3 +613,74 @@ def test_the_python_example_of_the_docs_runs(models: TritonHandle, tmp_path: Pat
     exec(compile(block, "docs/endpoints.md", "exec"), {"url": models.grpc_url, "repo": models.repo})
     with grpc_client(models) as client:
         assert call(client, "doc_ep") == 2
+
+
+def stream_call(client: grpcclient.InferenceServerClient, model: str, x: float) -> list[float]:
+    """One request of ``x`` over a gRPC stream; what each response added to ``x``."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+        inp.set_data_from_numpy(np.full(4, x, dtype=np.float32))
+        client.async_stream_infer(model, [inp], enable_empty_final_response=True)
+        added: list[float] = []
+        while True:
+            result, error = answers.get(timeout=30)
+            if error is not None:
+                raise error
+            response = result.get_response()
+            if response.outputs:
+                out = result.as_numpy("OUTPUT0")
+                assert out.shape == (4,) and len(set(out.tolist())) == 1
+                added.append(float(out[0]) - x)
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                return added
+    finally:
+        client.stop_stream()
+
+
+def test_a_streaming_model_streams_every_response_through_its_endpoint(
+    models: TritonHandle, routed: tuple[Endpoints, str]
+) -> None:
+    endpoints, suffix = routed
+    name = "ep_streaming" + suffix
+    endpoints.switch(name, STREAM, 1)
+    with grpc_client(models) as client:
+        assert stream_call(client, name, 1000.0) == [10.0, 11.0, 12.0]
+    endpoints.split(name, [Target(STREAM, 1, 100), Target(STREAM, 2, 0)])
+    config = read_config(models.repo / name / "config.pbtxt")
+    assert config.platform != "ensemble" and config.model_transaction_policy.decoupled
+
+    # callers side by side, each input its own: every stream whole, from one version
+    def caller(first: int) -> list[tuple[float, list[float]]]:
+        with grpc_client(models) as client:
+            return [(x, stream_call(client, name, x)) for x in range(first, first + 15)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = [r for part in pool.map(caller, (0, 100, 200, 300)) for r in part]
+    assert len(results) == 60
+    assert all(added == [10.0, 11.0, 12.0] for _, added in results), results
+
+    endpoints.set_weights(name, [Target(STREAM, 1, 0), Target(STREAM, 2, 100)])
+    with grpc_client(models) as client:
+        deadline = time.monotonic() + 2.0
+        while (added := stream_call(client, name, 5.0)) != [20.0, 21.0, 22.0]:
+            assert added == [10.0, 11.0, 12.0]
+            assert time.monotonic() < deadline, "the weight change did not reach the stream"
+        endpoints.switch(name, STREAM, 2)
+        assert stream_call(client, name, 7.0) == [20.0, 21.0, 22.0]
+    assert read_config(models.repo / name / "config.pbtxt").platform == "ensemble"
+
+
+def test_an_endpoint_does_not_mix_streaming_and_single_answer_models(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    with pytest.raises(EndpointError, match=r"differ in how they answer.*decoupled"):
+        endpoints.split("ep_mixed", [Target(STREAM, 1, 50), Target(ADDER, 1, 50)])
+    assert not (models.repo / "ep_mixed").exists()
+    endpoints.switch("ep_single", ADDER, 1)
+    with pytest.raises(EndpointError, match=r"how they answer.*clients of endpoint"):
+        endpoints.switch("ep_single", STREAM, 1)
+    with grpc_client(models) as client:
+        assert call(client, "ep_single") == 1

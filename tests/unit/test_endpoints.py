@@ -169,6 +169,33 @@ def test_io_check_refuses_different_batch_sizes() -> None:
         check_same_io([("a:1", model_config("a")), ("b:2", model_config("b", max_batch_size=4))])
 
 
+def streaming(config: ModelConfig) -> ModelConfig:
+    config.model_transaction_policy.decoupled = True
+    return config
+
+
+def test_io_check_refuses_mixing_streaming_and_single_answer_models() -> None:
+    with pytest.raises(EndpointError, match=r"how they answer: b:2 sends a stream"):
+        check_same_io([("a:1", model_config("a")), ("b:2", streaming(model_config("b")))])
+    sig = check_same_io(
+        [("a:1", streaming(model_config("a"))), ("b:2", streaming(model_config("b")))]
+    )
+    assert sig.decoupled
+
+
+def test_an_endpoint_of_a_streaming_model_streams_too_and_its_router_does_not_batch() -> None:
+    target = streaming(model_config("m", max_batch_size=8))
+    pinned = round_trip(endpoint_config("ep", target, "m", 1))
+    assert pinned.model_transaction_policy.decoupled
+    for native in (None, "tritonctl_router_x"):
+        router = round_trip(router_config("ep", target, native_backend=native))
+        assert router.model_transaction_policy.decoupled
+        assert not router.HasField("dynamic_batching")
+    python = router_config("ep", target)
+    assert python.parameters["tritonctl.merge_batches"].string_value == "false"
+    assert not router_config("ep", model_config("m")).model_transaction_policy.decoupled
+
+
 # --------------------------------------------------------------------------- state
 
 

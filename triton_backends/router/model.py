@@ -45,6 +45,11 @@ back; at most ``tritonctl.merge_max_bytes`` of input, default 1 MiB; parameter
 by side. If a joined call fails, its requests are sent again one by one so each client
 gets the target's answer to its own request. Triton's per-version statistics then count
 a joined call as one request (``inference_count`` counts its batch items).
+
+Streaming (decoupled) targets: tritonctl makes the router decoupled too; each request's
+stream is read from its target (``exec(decoupled=True)``) on a thread of its own, up to
+``STREAM_THREADS`` streams at once per router instance, and every response is passed on
+as it comes (a target's error response in its place), then the final flag.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ MERGE_PARAMETER = "tritonctl.merge_batches"
 MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
 MERGE_MAX_BYTES = 1 << 20
 CHECK_INTERVAL_S = 0.1
+STREAM_THREADS = 64
 _MASK64 = (1 << 64) - 1
 _UNIT53 = 1.0 / float(1 << 53)
 
@@ -205,7 +211,10 @@ class TritonPythonModel:
         merge = parameters.get(MERGE_PARAMETER, "true").strip().lower()
         self._merge = self._max_batch > 0 and merge not in ("0", "false", "no", "off")
         self._merge_max_bytes = int(parameters.get(MERGE_BYTES_PARAMETER, "") or MERGE_MAX_BYTES)
+        policy = config.get("model_transaction_policy") or {}
+        self._decoupled = bool(policy.get("decoupled", False))
         self._pool: ThreadPoolExecutor | None = None
+        self._streams: ThreadPoolExecutor | None = None
         self._stat: tuple[int, int, int] | None = None
         self._next_check = 0.0
         stat = os.stat(self._path)  # a missing routes file fails the load
@@ -233,8 +242,17 @@ class TritonPythonModel:
         return self._routes
 
     # -- execute -----------------------------------------------------------------------
-    def execute(self, requests: list[Any]) -> list[Any]:
+    def execute(self, requests: list[Any]) -> list[Any] | None:
         routes = self._refresh()
+        if self._decoupled:
+            if self._streams is None:
+                self._streams = ThreadPoolExecutor(
+                    max_workers=STREAM_THREADS, thread_name_prefix="router-stream"
+                )
+            for request in requests:
+                target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
+                self._streams.submit(self._stream, target, request)
+            return None
         if len(requests) == 1:
             request = requests[0]
             target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
@@ -289,6 +307,31 @@ class TritonPythonModel:
         if response.has_error():
             return _error(target, response.error().message())
         return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+
+    def _stream(self, target: tuple[str, int], request: Any) -> None:
+        """A streaming target's responses to ``request``, passed on as they come."""
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        model, version = target
+        try:
+            bls = pb_utils.InferenceRequest(
+                model_name=model,
+                model_version=version,
+                inputs=request.inputs(),
+                requested_output_names=list(request.requested_output_names()) or self._outputs,
+                **_passed_on(request.parameters(), request.correlation_id()),
+            )
+            for response in bls.exec(decoupled=True):
+                if response.has_error():
+                    sender.send(_error(target, response.error().message()))
+                elif response.output_tensors():
+                    sender.send(
+                        pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+                    )
+        except Exception as exc:
+            sender.send(_error(target, str(exc)), flags=final)
+            return
+        sender.send(flags=final)
 
     def _forward_merged(self, target: tuple[str, int], requests: list[Any]) -> list[Any] | None:
         """Several requests to one target as one batch (their inputs concatenated along
@@ -368,6 +411,8 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._streams is not None:  # streams still open end first
+            self._streams.shutdown(wait=True)
         _log("info", f"router for {self._path} unloaded")
 
 

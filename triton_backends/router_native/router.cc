@@ -10,6 +10,12 @@
 // the target's completion callback, so one router instance keeps any number of requests
 // in flight and Triton's per-version statistics see every request as its own.
 //
+// Streaming (decoupled) targets: when the targets answer a request with a stream of
+// responses (model_transaction_policy decoupled), tritonctl makes the router decoupled
+// too, and it passes every response of the target on to the caller as it comes, the
+// final flag with the last; a target's error response is passed on in its place in the
+// stream.
+//
 // Routes: a text file written (temp file + rename) by tritonctl, found through the config
 // parameter "tritonctl.routes" (relative to this model's folder, or absolute):
 //
@@ -375,6 +381,7 @@ struct ModelState {
   uint64_t run_window_ns = 0;
   uint64_t run_idle_window_ns = 0;
   std::atomic<uint64_t> in_flight{0};  // requests handed on and not yet answered, all instances
+  bool decoupled = false;  // the targets (and so the router) answer with a stream
   std::mutex run_mu;
   std::shared_ptr<const Routes> run_routes;  // the routes the credits below belong to
   std::vector<double> credit;                // requests each target is owed
@@ -394,6 +401,11 @@ struct Call {
   std::atomic<int> pending{2};  // the target's final response, and its request's release
   uint64_t start_ns = 0;
   bool cancel_sent = false;  // guarded by the instance's mu
+  // decoupled: each response is passed on as it comes (see Stream)
+  bool decoupled = false;
+  std::mutex stream_mu;
+  bool final_sent = false;  // guarded by stream_mu
+  bool failed = false;      // guarded by stream_mu
   Call* prev = nullptr;      // the instance's calls in flight (guarded by its mu)
   Call* next = nullptr;
 };
@@ -520,24 +532,33 @@ Report(Call* call, bool success)
   }
 }
 
+// Sends the caller of ``request`` an error response (code and message given).
+void
+SendError(
+    TRITONBACKEND_Request* request, TRITONSERVER_Error_Code code, const std::string& message,
+    uint32_t flags)
+{
+  TRITONBACKEND_Response* response = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ResponseNew(&response, request);
+  if (err != nullptr) {
+    Log(TRITONSERVER_LOG_ERROR, "cannot create a response: " + Consume(err));
+    return;
+  }
+  TRITONSERVER_Error* answer = TRITONSERVER_ErrorNew(code, message.c_str());
+  err = TRITONBACKEND_ResponseSend(response, flags, answer);
+  TRITONSERVER_ErrorDelete(answer);
+  if (err != nullptr) {
+    Log(TRITONSERVER_LOG_ERROR, "cannot send a response: " + Consume(err));
+  }
+}
+
 // Answers call->request with an error (code and message given), reports it and releases.
 void
 FailRequest(Call* call, TRITONSERVER_Error_Code code, const std::string& message)
 {
-  TRITONBACKEND_Response* response = nullptr;
-  TRITONSERVER_Error* err = TRITONBACKEND_ResponseNew(&response, call->request);
-  if (err != nullptr) {
-    Log(TRITONSERVER_LOG_ERROR, "cannot create a response: " + Consume(err));
-  } else {
-    TRITONSERVER_Error* answer = TRITONSERVER_ErrorNew(code, message.c_str());
-    err = TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, answer);
-    TRITONSERVER_ErrorDelete(answer);
-    if (err != nullptr) {
-      Log(TRITONSERVER_LOG_ERROR, "cannot send a response: " + Consume(err));
-    }
-  }
+  SendError(call->request, code, message, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
   Report(call, false);
-  err = TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
+  TRITONSERVER_Error* err = TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
   if (err != nullptr) {
     Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
   }
@@ -549,10 +570,11 @@ TargetPrefix(const Call* call)
   return "endpoint target " + call->target->label + ": ";
 }
 
-// Copies the target's outputs into a response for the caller and sends it. Returns an
-// error message (and sends nothing) if that is not possible.
+// Copies the outputs of ``answer`` (the target's response) into a response for the caller
+// and sends it with ``flags``. Returns an error message (and sends nothing) if that is not
+// possible.
 std::string
-Forward(Call* call)
+Forward(Call* call, TRITONSERVER_InferenceResponse* answer, uint32_t flags)
 {
   TRITONBACKEND_Response* response = nullptr;
   TRITONSERVER_Error* err = TRITONBACKEND_ResponseNew(&response, call->request);
@@ -560,7 +582,7 @@ Forward(Call* call)
     return Consume(err);
   }
   uint32_t count = 0;
-  err = TRITONSERVER_InferenceResponseOutputCount(call->response, &count);
+  err = TRITONSERVER_InferenceResponseOutputCount(answer, &count);
   for (uint32_t i = 0; err == nullptr && i < count; ++i) {
     const char* name;
     TRITONSERVER_DataType datatype;
@@ -572,7 +594,7 @@ Forward(Call* call)
     int64_t memory_type_id;
     void* userp;
     err = TRITONSERVER_InferenceResponseOutput(
-        call->response, i, &name, &datatype, &shape, &dims, &base, &byte_size, &memory_type,
+        answer, i, &name, &datatype, &shape, &dims, &base, &byte_size, &memory_type,
         &memory_type_id, &userp);
     if (err != nullptr) {
       break;
@@ -602,7 +624,7 @@ Forward(Call* call)
     TRITONBACKEND_ResponseDelete(response);
     return Consume(err);
   }
-  err = TRITONBACKEND_ResponseSend(response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, nullptr);
+  err = TRITONBACKEND_ResponseSend(response, flags, nullptr);
   if (err != nullptr) {
     // the response belongs to Triton now, whatever happened
     Log(TRITONSERVER_LOG_ERROR, "cannot send a response: " + Consume(err));
@@ -618,7 +640,26 @@ Finish(Call* call)
   instance->Untrack(call);
   // before the caller is answered: its next request must find this one done
   instance->model->in_flight.fetch_sub(1, std::memory_order_relaxed);
-  if (call->response == nullptr) {
+  if (call->decoupled) {
+    bool failed;
+    {
+      std::lock_guard<std::mutex> lock(call->stream_mu);
+      if (!call->final_sent) {  // the stream ended without its final flag
+        SendError(
+            call->request, TRITONSERVER_ERROR_INTERNAL,
+            TargetPrefix(call) + "the stream ended without a final response",
+            TRITONSERVER_RESPONSE_COMPLETE_FINAL);
+        call->final_sent = call->failed = true;
+      }
+      failed = call->failed;
+    }
+    Report(call, !failed);
+    TRITONSERVER_Error* err =
+        TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
+    if (err != nullptr) {
+      Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
+    }
+  } else if (call->response == nullptr) {
     FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + "no response");
   } else {
     TRITONSERVER_Error* target_error = TRITONSERVER_InferenceResponseError(call->response);
@@ -627,7 +668,7 @@ Finish(Call* call)
           call, TRITONSERVER_ErrorCode(target_error),
           TargetPrefix(call) + TRITONSERVER_ErrorMessage(target_error));
     } else {
-      std::string problem = Forward(call);
+      std::string problem = Forward(call, call->response, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
       if (!problem.empty()) {
         FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem);
       } else {
@@ -661,11 +702,65 @@ Done(Call* call)
   }
 }
 
+// One response of a streaming target, passed on to the caller at once (the final flag
+// with the last); nothing is passed on after the final flag.
+void
+Stream(Call* call, TRITONSERVER_InferenceResponse* response, uint32_t flags)
+{
+  const bool final = (flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL) != 0;
+  const uint32_t send_flags = final ? TRITONSERVER_RESPONSE_COMPLETE_FINAL : 0;
+  std::lock_guard<std::mutex> lock(call->stream_mu);
+  if (call->final_sent) {
+    return;
+  }
+  if (response != nullptr) {
+    TRITONSERVER_Error* target_error = TRITONSERVER_InferenceResponseError(response);
+    if (target_error != nullptr) {  // owned by the response
+      SendError(
+          call->request, TRITONSERVER_ErrorCode(target_error),
+          TargetPrefix(call) + TRITONSERVER_ErrorMessage(target_error), send_flags);
+      call->failed = true;
+    } else {
+      std::string problem = Forward(call, response, send_flags);
+      if (!problem.empty()) {
+        SendError(
+            call->request, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem,
+            send_flags);
+        call->failed = true;
+      }
+    }
+  } else if (final) {
+    TRITONBACKEND_ResponseFactory* factory = nullptr;
+    TRITONSERVER_Error* err = TRITONBACKEND_ResponseFactoryNew(&factory, call->request);
+    if (err == nullptr) {
+      err = TRITONBACKEND_ResponseFactorySendFlags(factory, send_flags);
+      TRITONSERVER_Error* del = TRITONBACKEND_ResponseFactoryDelete(factory);
+      if (del != nullptr) {
+        TRITONSERVER_ErrorDelete(del);
+      }
+    }
+    if (err != nullptr) {
+      Log(TRITONSERVER_LOG_ERROR, "cannot end a stream: " + Consume(err));
+    }
+  }
+  if (final) {
+    call->final_sent = true;
+  }
+}
+
 void
 OnResponse(TRITONSERVER_InferenceResponse* response, const uint32_t flags, void* userp)
 {
   auto* call = static_cast<Call*>(userp);
-  if (response != nullptr) {
+  if (call->decoupled) {
+    Stream(call, response, flags);
+    if (response != nullptr) {
+      TRITONSERVER_Error* err = TRITONSERVER_InferenceResponseDelete(response);
+      if (err != nullptr) {
+        TRITONSERVER_ErrorDelete(err);
+      }
+    }
+  } else if (response != nullptr) {
     if (call->response == nullptr) {
       call->response = response;
     } else {  // a non-decoupled target answers once; keep the first answer
@@ -944,6 +1039,7 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
   call->request = request;
   call->start_ns = start_ns;
   ModelState* model = instance->model;
+  call->decoupled = model->decoupled;
   if (g_canceller != nullptr) {
     bool cancelled = false;
     TRITONSERVER_Error* err = TRITONBACKEND_RequestIsCancelled(request, &cancelled);
@@ -1028,6 +1124,22 @@ ConfigParameter(const std::string& json, const std::string& key)
     value.push_back(c);
   }
   return "";
+}
+
+// Whether the model config JSON makes the model decoupled (model_transaction_policy).
+bool
+IsDecoupled(const std::string& json)
+{
+  size_t at = json.find("\"model_transaction_policy\"");
+  if (at == std::string::npos) {
+    return false;
+  }
+  at = json.find("\"decoupled\"", at);
+  if (at == std::string::npos) {
+    return false;
+  }
+  at = json.find_first_not_of(" \t\r\n:", at + std::strlen("\"decoupled\""));
+  return at != std::string::npos && json.compare(at, 4, "true") == 0;
 }
 
 // Config parameter ``key`` as a positive integer (``fallback`` if absent).
@@ -1160,6 +1272,7 @@ TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model)
     return err;
   }
   state->run_idle_window_ns = idle_window_us * 1000;
+  state->decoupled = IsDecoupled(json);
   state->routes = std::make_unique<RoutesFile>(path);
   if ((err = state->routes->Load())) {
     return err;
