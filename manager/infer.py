@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +27,20 @@ def infer(
     outputs: list[str] | None = None,
     parameters: Mapping[str, Any] | None = None,
     timeout: float = 60.0,
+    stream: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Run one request on ``model`` (``version`` pinned if given); return outputs by name."""
+    """Run one request on ``model`` (``version`` pinned if given); return outputs by name.
+
+    ``stream``: the model is decoupled (answers with a stream of responses); the request
+    goes over a gRPC stream and each output is the concatenation, along the first axis,
+    of that output in every response, in order."""
     endpoint = parse_url(url)
     protocol, address = endpoint.protocol, endpoint.address
+    if stream and protocol != "grpc":
+        raise InferenceError(
+            f"{model!r} answers with a stream of responses (decoupled): calling it needs "
+            f"a gRPC URL (grpc://HOST:PORT), not {url}"
+        )
     if protocol == "grpc":
         import tritonclient.grpc as client_mod
     else:
@@ -48,6 +59,8 @@ def infer(
     else:
         client = client_mod.InferenceServerClient(address, network_timeout=timeout)
     try:
+        if stream:
+            return _stream(client, model, tensors, requested, version, parameters, timeout)
         if protocol == "grpc":
             result = client.infer(
                 model,
@@ -77,3 +90,51 @@ def infer(
             client.close()
     names = [o["name"] for o in response.get("outputs", [])]
     return {n: result.as_numpy(n) for n in names}
+
+
+def _stream(
+    client: Any,
+    model: str,
+    tensors: list[Any],
+    requested: list[Any] | None,
+    version: int | None,
+    parameters: Mapping[str, Any] | None,
+    timeout: float,
+) -> dict[str, np.ndarray]:
+    """One request over a gRPC stream; the outputs of its responses, concatenated."""
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer(
+            model,
+            tensors,
+            model_version=str(version or ""),
+            outputs=requested,
+            parameters=dict(parameters) if parameters else None,
+            enable_empty_final_response=True,
+        )
+        parts: dict[str, list[np.ndarray]] = {}
+        while True:
+            try:
+                result, error = answers.get(timeout=timeout)
+            except queue.Empty:
+                raise InferenceError(
+                    f"inference on {model!r} failed: its stream sent no final response "
+                    f"within {timeout:g} s"
+                ) from None
+            if error is not None:
+                message = one_line(str(error.message() if hasattr(error, "message") else error))
+                raise InferenceError(f"inference on {model!r} failed: {message}")
+            response = result.get_response()
+            for output in response.outputs:
+                parts.setdefault(output.name, []).append(result.as_numpy(output.name))
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            client.stop_stream(cancel_requests=True)
+    return {
+        name: np.concatenate([np.atleast_1d(a) for a in arrays], axis=0)
+        for name, arrays in parts.items()
+    }

@@ -32,7 +32,7 @@ from manager.errors import (
 )
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
-from manager.modelconfig import read_config
+from manager.modelconfig import is_decoupled, read_config
 from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
@@ -76,10 +76,11 @@ def warmup_runner(
     size can be slow too: other kernels, another optimization profile)."""
 
     def run(model: str, version: int, count: int) -> WarmupResult:
+        config = read_config(repo.path / model / CONFIG_FILE)
+        stream = is_decoupled(config)
         if cases:
             requests = [c.inputs for c in cases]
         else:
-            config = read_config(repo.path / model / CONFIG_FILE)
             one = synthetic_case(config).inputs
             requests = [one]
             if config.max_batch_size > 1:
@@ -88,7 +89,9 @@ def warmup_runner(
         failed, first_error = 0, ""
         for i in range(count):
             try:
-                infer(control.url, model, requests[i % len(requests)], version=version)
+                infer(
+                    control.url, model, requests[i % len(requests)], version=version, stream=stream
+                )
             except ManagerError as exc:
                 failed += 1
                 first_error = first_error or str(exc)
@@ -115,9 +118,10 @@ def make_driver(
         cases = load_cases(policy.golden_dir)
 
         def golden(model: str, version: int) -> None:
+            stream = is_decoupled(read_config(repo.path / model / CONFIG_FILE))
             check(
                 cases,
-                lambda inputs: infer(control.url, model, inputs, version=version),
+                lambda inputs: infer(control.url, model, inputs, version=version, stream=stream),
                 model=f"{model}:{version}",
             )
 

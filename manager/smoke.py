@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from manager.errors import LoadError, ManagerError, TritonUnreachableError
 from manager.golden import GoldenCase, check, check_outputs_match_config, synthetic_case
 from manager.infer import infer
+from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
 from manager.triton import parse_url
 
@@ -38,8 +39,9 @@ def model_files(staged_model: Path) -> dict[str, bytes]:
 
 
 @contextmanager
-def throwaway_server() -> Iterator[str]:
-    """An embedded tritonserver on free ports over an empty repository; yields its HTTP URL."""
+def throwaway_server(*, use_grpc: bool = False) -> Iterator[str]:
+    """An embedded tritonserver on free ports over an empty repository; yields its HTTP
+    URL (its gRPC URL with ``use_grpc``)."""
     from manager.server import EmbeddedServer, free_ports
 
     root = Path(tempfile.mkdtemp(prefix="tritonctl-smoke-"))
@@ -47,7 +49,7 @@ def throwaway_server() -> Iterator[str]:
     try:
         http, grpc, metrics = free_ports(3)
         info = server.start(http, grpc, metrics, wait_timeout=120)
-        yield info.http_url
+        yield info.grpc_url if use_grpc else info.http_url
     finally:
         try:
             server.stop(timeout=30)
@@ -82,7 +84,8 @@ def smoke_test(
     Raises ``GoldenMismatch`` naming the tensor, or ``LoadError`` with Triton's reason.
     """
     if url is None:
-        with throwaway_server() as local_url:
+        # a decoupled model answers over a gRPC stream only
+        with throwaway_server(use_grpc=is_decoupled(config)) as local_url:
             return _run(local_url, staged_model, config, version, cases)
     return _run(url, staged_model, config, version, cases)
 
@@ -120,9 +123,12 @@ def _run(
                 f"smoke test: no Triton server answers at {url}: {exc}"
             ) from exc
 
+        stream = is_decoupled(config)
+
         def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = dict(infer(url, temp_name, inputs, version=version))
-            check_outputs_match_config(config, outputs, model=config.name)
+            outputs = dict(infer(url, temp_name, inputs, version=version, stream=stream))
+            if not stream:  # a stream's outputs are its responses' joined together
+                check_outputs_match_config(config, outputs, model=config.name)
             return outputs
 
         checked = check(cases or [synthetic_case(config)], run, model=config.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -261,6 +262,65 @@ def test_smoke_test_with_failing_golden_leaves_repository_unchanged(
     # the staging model was unloaded again
     with TritonControl(triton.http_url) as c:
         assert not [e for e in c.repository_index() if "__smoke_" in e.name and e.ready]
+
+
+STREAMING_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            for i in range(3):
+                out = pb_utils.Tensor("OUTPUT0", x + np.float32(i))
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+def test_a_streaming_model_is_smoke_tested_over_a_grpc_stream(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    from tests.modelfactory import write_source_model
+
+    source = write_source_model(tmp_path / "src", "streaming", STREAMING_PY)
+    (source / "config.pbtxt").write_text(
+        (source / "config.pbtxt").read_text() + "model_transaction_policy { decoupled: true }\n"
+    )
+    x = np.array([1.0, 2.0], dtype=np.float32)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    # a stream's golden output: its responses' outputs one after another
+    save_case(good, "two", {"INPUT0": x}, {"OUTPUT0": np.concatenate([x, x + 1, x + 2])})
+    save_case(bad, "two", {"INPUT0": x}, {"OUTPUT0": np.concatenate([x, x + 1])})
+    repo = str(triton.repo)
+
+    def publish_cli(golden: Path, url: str | None) -> Any:
+        staging = ("--staging-url", url) if url else ()
+        return CliRunner().invoke(
+            main,
+            [
+                *("--repo", repo, "publish", "streaming", str(source), "--smoke-test"),
+                *("--golden", str(golden), *staging),
+            ],
+        )
+
+    ok = publish_cli(good, triton.grpc_url)
+    assert ok.exit_code == 0, ok.output
+    failed = publish_cli(bad, triton.grpc_url)
+    assert failed.exit_code != 0
+    assert "OUTPUT0" in failed.stderr
+    over_http = publish_cli(good, triton.http_url)
+    assert over_http.exit_code != 0
+    assert "needs a gRPC URL" in over_http.stderr
+    assert Repository(triton.repo).versions("streaming") == [1]
+    # a throwaway server of its own is called over gRPC
+    throwaway = publish_cli(good, None)
+    assert throwaway.exit_code == 0, throwaway.output
+    assert Repository(triton.repo).versions("streaming") == [1, 2]
 
 
 def test_prune_never_removes_a_loaded_version(

@@ -3,6 +3,7 @@ calling the endpoint the whole time."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -468,6 +469,98 @@ def test_a_sticky_rollout_moves_each_user_from_old_to_new_once(
         for user in by_user
     )
     assert first_new[-1] - first_new[0] > 4 * len(StickyClient.users)
+
+
+# A decoupled (streaming) model: two responses of its version per request.
+STREAM_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.version = float(args["model_version"])
+
+    def execute(self, requests):
+        for r in requests:
+            sender = r.get_response_sender()
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            for _ in range(2):
+                y = (x * 0 + self.version).astype(np.float32)
+                sender.send(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y)]))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
+
+
+class StreamClient(threading.Thread):
+    """Calls a streaming endpoint over one gRPC stream, a request at a time; records the
+    versions of each request's responses, or its error."""
+
+    def __init__(self, url: str, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.endpoint = url, endpoint
+        self.streams: list[list[float]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        client = grpcclient.InferenceServerClient(self.url.removeprefix("grpc://"))
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        t = grpcclient.InferInput("X", [2], "FP32")
+        t.set_data_from_numpy(np.ones(2, dtype=np.float32))
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            client.async_stream_infer(self.endpoint, [t], enable_empty_final_response=True)
+            versions: list[float] = []
+            while True:
+                result, error = answers.get(timeout=30)
+                if error is not None:
+                    self.errors.append(str(error))
+                    break
+                response = result.get_response()
+                if response.outputs:
+                    versions.append(float(result.as_numpy("Y")[0]))
+                final = response.parameters.get("triton_final_response")
+                if final is not None and final.bool_param:
+                    self.streams.append(versions)
+                    break
+        client.stop_stream()
+        client.close()
+
+
+def test_a_streaming_model_is_rolled_out_with_every_stream_whole(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    repo = Repository(triton.repo)
+    source = model_folder(tmp_path, "streamer", STREAM_MODEL_PY)
+    config = (source / "config.pbtxt").read_text()
+    (source / "config.pbtxt").write_text(config + "model_transaction_policy { decoupled: true }\n")
+    for _ in range(2):
+        publish(repo, "streamer", source)
+    with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
+        Endpoints(repo, control).switch("stream_ep", "streamer", 1)
+        client = StreamClient(triton.grpc_url, "stream_ep")
+        client.start()
+        try:
+            policy = RolloutPolicy(
+                stages=(10, 50, 100), stage_seconds=1.0, min_requests=5, max_latency_ratio=20
+            )
+            state = run_rollout(repo, control, begin_rollout(repo, control, "stream_ep", 2, policy))
+            time.sleep(0.5)
+        finally:
+            client.stop.set()
+            client.join(30)
+        Endpoints(repo, control).delete("stream_ep")
+    assert state.status == "promoted", state.reason
+    assert state.warmup == "10/10 warm-up request(s) answered"  # over a stream too
+    assert client.errors == []
+    assert len(client.streams) > 50
+    # each stream from one version, whole; old first, new at the end
+    assert all(s in ([1.0, 1.0], [2.0, 2.0]) for s in client.streams), client.streams
+    assert [2.0, 2.0] in client.streams[: len(client.streams) - 10]
+    assert client.streams[-10:] == [[2.0, 2.0]] * 10
 
 
 def test_a_rollout_outlives_a_server_crash_and_restart(tmp_path: Path) -> None:

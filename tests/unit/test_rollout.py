@@ -542,8 +542,8 @@ def test_synthetic_warm_up_alternates_batch_1_and_the_largest_batch(tmp_path, mo
     write_config(tmp_path / "m" / "config.pbtxt", config)
     shapes: list[tuple[int, ...]] = []
 
-    def infer(url, model, inputs, *, version=None):
-        assert (url, model, version) == ("grpc://triton:8001", "m", 2)
+    def infer(url, model, inputs, *, version=None, stream=False):
+        assert (url, model, version, stream) == ("grpc://triton:8001", "m", 2, False)
         shapes.append(inputs["X"].shape)
         if inputs["X"].shape[0] == 8:
             raise service.ManagerError("batch 8 refused")
