@@ -16,9 +16,9 @@ feeds the policy the growth of Triton's ``inference_count`` per poll.
 Never evicted (*protected*): models pinned in ``tritonctl.yaml`` or with ``tritonctl pin``,
 models in an active rollout and the steps of a loaded ensemble (each as a whole: Triton
 unloads a model with all its versions), and the versions endpoints route to. The other
-versions of a model endpoints route to may go one by one: the version leaves the model's
-version policy (``Endpoints.retire``) and the routed versions keep serving. Endpoint
-ensembles and routers, and ensembles in general, are not candidates at all: they hold no
+versions of a model endpoints route to may go one by one: the versions chosen leave the
+model's version policy together (``Endpoints.retire_versions``: one reload) and the routed
+versions keep serving. Endpoint ensembles and routers, and ensembles in general, are not candidates at all: they hold no
 model memory of their own.
 
 Every decision goes to the audit log (``manager.audit``). Loads, evictions and the loop
@@ -563,8 +563,7 @@ class Controller:
         if name in view.routed and chosen:
             states = [s for s in states if s.key in chosen_keys]
             endpoints = Endpoints(Repository(self.repo), self.control)
-            for state in states:
-                endpoints.retire(name, state.version)
+            endpoints.retire_versions(name, [s.version for s in states])
             if not self.meter.wait_released([s.key for s in states], before):
                 raise UnloadError(
                     f"{name}:{','.join(str(s.version) for s in states)} is unloaded but its "

@@ -913,11 +913,12 @@ class Endpoints:
         :meth:`_serve_targets`) that no endpoint routes to, so the failure leaves Triton
         serving what it served before."""
         for model, versions in sorted(added.items()):
-            for version in sorted(versions):
-                try:
-                    self.retire(model, version, keep_if_routed=True)
-                except ManagerError as exc:
-                    log.warning("%s:%d stays loaded: %s", model, version, exc)
+            if not versions:
+                continue
+            try:
+                self.retire_versions(model, versions, keep_if_routed=True)
+            except ManagerError as exc:
+                log.warning("%s:%s stay loaded: %s", model, sorted(versions), exc)
 
     def _check_clients_io(
         self, name: str, targets: Sequence[tuple[str, mc.ModelConfig]], *, force: bool
@@ -942,52 +943,66 @@ class Endpoints:
 
     def retire(self, model: str, version: int, *, keep_if_routed: bool = False) -> bool:
         """Stop serving one version of ``model`` (the others keep serving); returns whether
-        it was retired.
+        it was retired. See :meth:`retire_versions`."""
+        return bool(self.retire_versions(model, [version], keep_if_routed=keep_if_routed))
 
-        While an endpoint targets that version it is refused (EndpointError), or with
-        ``keep_if_routed`` left serving (False is returned): a rollout that is done with a
-        version leaves it to the other endpoints that call it. The version leaves the
-        model's version policy and the model is reloaded with the rest, or unloaded (and
-        its policy cleared) when no version remains.
+    def retire_versions(
+        self, model: str, versions: Iterable[int], *, keep_if_routed: bool = False
+    ) -> set[int]:
+        """Stop serving ``versions`` of ``model`` at once (the others keep serving): one
+        change of its version policy and one reload; returns the versions retired.
+
+        A version an endpoint targets is refused (EndpointError, nothing is retired), or
+        with ``keep_if_routed`` left serving: a rollout that is done with a version leaves
+        it to the other endpoints that call it. The versions leave the model's version
+        policy and the model is reloaded with the rest, or unloaded (and its policy
+        cleared) when no version remains.
         """
-        validate_version(version)
+        wanted = {validate_version(v) for v in versions}
         validate_model_name(model)
         with self.repo.lock(model):
-            users = [s.name for s in self.list() if (model, version) in {t.key for t in s.targets}]
-            if users and keep_if_routed:
+            users: dict[int, list[str]] = {}
+            for state in self.list():
+                for t in state.targets:
+                    if t.model == model and t.version in wanted:
+                        users.setdefault(t.version, []).append(state.name)
+            for version, names in sorted(users.items()):
+                if not keep_if_routed:
+                    raise EndpointError(
+                        f"{model}:{version} is a target of endpoint(s) {', '.join(names)}"
+                    )
                 log.info(
                     "%s:%d keeps serving: a target of endpoint(s) %s",
                     model,
                     version,
-                    ", ".join(users),
+                    ", ".join(names),
                 )
-                return False
-            if users:
-                raise EndpointError(
-                    f"{model}:{version} is a target of endpoint(s) {', '.join(users)}"
-                )
+            retiring = wanted - set(users)
+            if not retiring:
+                return set()
             path = self.repo.config_path(model)
             config = read_config(path)
             ready = self._ready_versions(model)
-            remaining = ready - {version}
+            remaining = ready - retiring
+            served = sorted(ready & retiring)
             if not remaining:
                 # no endpoint needs the model: its owner's version policy is back
                 restored = with_owner_policy(self.repo.path, model, config)
                 if restored != config:
                     write_config(path, restored)
-                if version in ready:
-                    log.info("unloading %s (its last version %d is retired)", model, version)
+                if served:
+                    log.info("unloading %s (its last versions %s are retired)", model, served)
                     self.control.unload_model(model)
                     self._wait_unloaded(model)
-                    forget_loads(self.repo.path, model, [version])
-                return True
+                    forget_loads(self.repo.path, model, served)
+                return retiring
             keep_owner_policy(self.repo.path, model, config)
             write_config(path, with_versions(config, remaining))
-            if version in ready:
+            if served:
                 log.info("reloading %s serving versions %s", model, sorted(remaining))
                 self.control.load_model(model)
-                forget_loads(self.repo.path, model, [version])
-            return True
+                forget_loads(self.repo.path, model, served)
+            return retiring
 
     def _wait_unloaded(self, name: str) -> None:
         deadline = time.monotonic() + self.unload_wait_s

@@ -849,6 +849,26 @@ def test_retire_refuses_a_targeted_version_and_reloads_without_the_other(
     assert endpoints.all_target_versions() == {("m", 2)}
 
 
+def test_retiring_several_versions_reloads_the_model_once(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_model(repo, "m", (1, 2, 3))
+    triton = FakeTriton(repo)
+    endpoints = Endpoints(Repository(repo), triton, router=RouterOptions(backend="python"))
+    endpoints.split("ep", [Target("m", 3, 100), Target("m", 1, 0)])
+    endpoints.serve_versions("m", {2})
+    endpoints.switch("ep", "m", 3)
+    assert triton.loaded["m"] == {1, 2, 3}
+    triton.calls.clear()
+    with pytest.raises(EndpointError, match="m:3 is a target of endpoint"):
+        endpoints.retire_versions("m", [1, 3])
+    assert triton.calls == [] and triton.loaded["m"] == {1, 2, 3}
+    assert endpoints.retire_versions("m", [1, 2, 3], keep_if_routed=True) == {1, 2}
+    assert triton.calls == [("load", "m")]
+    assert triton.loaded["m"] == {3}
+    assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {3}
+
+
 def test_list_returns_every_endpoint_sorted(setup: tuple[Endpoints, FakeTriton, Path]) -> None:
     endpoints, _, _ = setup
     endpoints.switch("b", "m", 1)
