@@ -112,6 +112,13 @@ MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
 RUN_LENGTH_PARAMETER = "tritonctl.run_length"
 RUN_WINDOW_PARAMETER = "tritonctl.run_window_us"
 RUN_IDLE_WINDOW_PARAMETER = "tritonctl.run_idle_window_us"
+SEQUENCES_PARAMETER = "tritonctl.sequences"
+# on an endpoint's own config: whether its targets are stateful ("true"/"false"), as an
+# ensemble or a router cannot have a sequence batcher of its own
+STATEFUL_PARAMETER = "tritonctl.stateful"
+SEQUENCE_IDLE_PARAMETER = "tritonctl.sequence_idle_us"
+# Triton's default max_sequence_idle_microseconds
+DEFAULT_SEQUENCE_IDLE_US = 1_000_000
 ENDPOINT_VERSION = 1
 PINNED = "pinned"
 ROUTED = "routed"
@@ -245,17 +252,21 @@ def _now() -> str:
 @dataclass(frozen=True)
 class Signature:
     """What clients of a model see: batching, inputs and outputs (names, types, dims), and
-    whether it answers with a stream of responses (decoupled: clients must stream)."""
+    whether it answers with a stream of responses (decoupled: clients must stream) and
+    keeps state across the requests of a sequence (stateful)."""
 
     max_batch_size: int
     inputs: tuple[tuple[str, str, tuple[int, ...], bool], ...]
     outputs: tuple[tuple[str, str, tuple[int, ...]], ...]
     decoupled: bool = False
+    # stateful (sequence_batching): clients send sequences (correlation id, start, end)
+    stateful: bool = False
 
     @classmethod
     def of(cls, config: mc.ModelConfig) -> Signature:
         return cls(
             decoupled=is_decoupled(config),
+            stateful=is_stateful(config),
             max_batch_size=int(config.max_batch_size),
             inputs=tuple(
                 (i.name, triton_dtype_name(i.data_type), tuple(int(d) for d in i.dims), i.optional)
@@ -270,6 +281,23 @@ class Signature:
 
 def _answers(decoupled: bool) -> str:
     return "a stream of responses (decoupled)" if decoupled else "one response per request"
+
+
+def is_stateful(config: mc.ModelConfig) -> bool:
+    """Whether a model keeps state across the requests of a sequence (sequence_batching),
+    or is the endpoint of such a model."""
+    marker = config.parameters.get(STATEFUL_PARAMETER)
+    return config.HasField("sequence_batching") or (
+        marker is not None and marker.string_value == "true"
+    )
+
+
+def _state(stateful: bool) -> str:
+    return (
+        "is stateful (sequence_batching: clients send sequences)"
+        if stateful
+        else "keeps no state between requests"
+    )
 
 
 def _describe_tensor(entry: tuple[Any, ...]) -> str:
@@ -290,6 +318,11 @@ def check_same_io(configs: Sequence[tuple[str, mc.ModelConfig]]) -> Signature:
             raise EndpointError(
                 f"targets differ in how they answer: {label} sends {_answers(sig.decoupled)}, "
                 f"{first_label} sends {_answers(ref.decoupled)}"
+            )
+        if sig.stateful != ref.stateful:
+            raise EndpointError(
+                f"targets differ in state: {label} {_state(sig.stateful)}, "
+                f"{first_label} {_state(ref.stateful)}"
             )
         if sig.max_batch_size != ref.max_batch_size:
             raise EndpointError(
@@ -329,6 +362,7 @@ def _copy_io(config: mc.ModelConfig, target: mc.ModelConfig, *, ragged: bool = F
     config.max_batch_size = target.max_batch_size
     if is_decoupled(target):
         config.model_transaction_policy.decoupled = True
+    config.parameters[STATEFUL_PARAMETER].string_value = "true" if is_stateful(target) else "false"
     for i in target.input:
         entry = config.input.add()
         entry.name = i.name
@@ -515,6 +549,10 @@ def router_config(
     _copy_io(config, target, ragged=not native)
     group = config.instance_group.add()
     group.count = opts.instances_for(target, target_instances, native=native)
+    if not native and is_stateful(target) and opts.instance_count is None:
+        # each Python router instance is a process of its own, and only the instance that
+        # saw a sequence start knows its target: one instance
+        group.count = 1
     group.kind = mc.ModelInstanceGroup.Kind.Value("KIND_CPU")
     # a stream's requests are passed on one by one: nothing to gain from batches
     if opts.batches(native=native) and target.max_batch_size > 0 and not is_decoupled(target):
@@ -524,6 +562,12 @@ def router_config(
     config.parameters[KIND_PARAMETER].string_value = ROUTER_KIND
     config.parameters[ENDPOINT_PARAMETER].string_value = endpoint
     config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint, native=native)
+    if target.HasField("sequence_batching"):
+        # a live sequence stays with the version that saw its start; the router forgets
+        # it after twice the time the target's sequence batcher keeps an idle sequence
+        idle = target.sequence_batching.max_sequence_idle_microseconds or DEFAULT_SEQUENCE_IDLE_US
+        config.parameters[SEQUENCES_PARAMETER].string_value = "true"
+        config.parameters[SEQUENCE_IDLE_PARAMETER].string_value = str(2 * int(idle))
     if native:
         config.parameters[RUN_LENGTH_PARAMETER].string_value = str(max(1, int(opts.run_length)))
         config.parameters[RUN_WINDOW_PARAMETER].string_value = str(max(1, int(opts.run_window_us)))
@@ -933,6 +977,10 @@ class Endpoints:
             current = read_config(path)
         except ManagerError:
             return  # a damaged endpoint folder: nothing to keep clients compatible with
+        if KIND_PARAMETER in current.parameters and STATEFUL_PARAMETER not in current.parameters:
+            # written by a release that did not mark it: take the targets' word for it
+            marked = "true" if is_stateful(targets[0][1]) else "false"
+            current.parameters[STATEFUL_PARAMETER].string_value = marked
         try:
             check_same_io([(f"endpoint {name!r}", current), *targets])
         except EndpointError as exc:

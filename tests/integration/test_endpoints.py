@@ -39,6 +39,7 @@ ADDER = "ep_adder"
 BROKEN = "ep_broken"
 PARAMS = "ep_params"
 STREAM = "ep_stream"
+SEQ = "ep_seq"
 
 # Answers x + the sum of the request's numeric and boolean parameters + the length of its
 # string parameters: what reached the target of the request's parameters, in one number.
@@ -117,6 +118,36 @@ STREAM_PY = textwrap.dedent(
 )
 
 
+# A stateful model (sequence batching): answers 1000 * version + the running sum of the
+# inputs of its sequence.
+SEQ_PY = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            self.base = 1000.0 * int(args["model_version"])
+            self.sums = {}
+
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                cid, flags = request.correlation_id(), request.flags()
+                x = float(pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy().flat[0])
+                if flags & 1:
+                    self.sums[cid] = 0.0
+                self.sums[cid] = self.sums.get(cid, 0.0) + x
+                out = np.full((1, 4), self.base + self.sums[cid], dtype=np.float32)
+                if flags & 2:
+                    del self.sums[cid]
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", out)]))
+            return responses
+    """
+)
+
+
 def source_folder(root: Path, name: str, model_py: str) -> Path:
     return write_source_model(root / name, name, model_py)
 
@@ -139,6 +170,16 @@ def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> Tr
     write_config(src / "config.pbtxt", config)
     for _ in range(2):
         publish(triton.repo, STREAM, src)
+    src = source_folder(tmp, SEQ, SEQ_PY)
+    config = read_config(src / "config.pbtxt")
+    # batches of several live sequences (the direct strategy gives each instance one
+    # sequence at a time and queues the others)
+    config.max_batch_size = 8
+    config.sequence_batching.oldest.max_candidate_sequences = 16
+    config.sequence_batching.max_sequence_idle_microseconds = 30_000_000
+    write_config(src / "config.pbtxt", config)
+    for _ in range(2):
+        publish(triton.repo, SEQ, src)
     return triton
 
 
@@ -684,3 +725,54 @@ def test_an_endpoint_does_not_mix_streaming_and_single_answer_models(
         endpoints.switch("ep_single", STREAM, 1)
     with grpc_client(models) as client:
         assert call(client, "ep_single") == 1
+
+
+def seq_call(
+    client: grpcclient.InferenceServerClient,
+    model: str,
+    sequence: int,
+    x: float,
+    *,
+    start: bool = False,
+    end: bool = False,
+) -> int:
+    inp = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    inp.set_data_from_numpy(np.full((1, 4), x, dtype=np.float32))
+    result = client.infer(
+        model, [inp], sequence_id=sequence, sequence_start=start, sequence_end=end
+    )
+    return int(result.as_numpy("OUTPUT0")[0, 0])
+
+
+def test_a_sequence_stays_with_the_version_that_saw_its_start(
+    models: TritonHandle, routed: tuple[Endpoints, str]
+) -> None:
+    endpoints, suffix = routed
+    name = "ep_sequences" + suffix
+    endpoints.split(name, [Target(SEQ, 1, 100), Target(SEQ, 2, 0)])
+    sequences = [11, 12, 13, 14, 15]
+    with grpc_client(models) as client:
+        assert [seq_call(client, name, s, 1, start=True) for s in sequences] == [1001] * 5
+        endpoints.set_weights(name, [Target(SEQ, 1, 0), Target(SEQ, 2, 100)])
+        deadline = time.monotonic() + 2.0
+        while seq_call(client, name, 99, 1, start=True, end=True) != 2001:  # new ones: v2
+            assert time.monotonic() < deadline, "the weight change was not applied"
+        # the live sequences go on to their end on the version that saw their start
+        assert [seq_call(client, name, s, 2) for s in sequences] == [1003] * 5
+        assert [seq_call(client, name, s, 3, end=True) for s in sequences] == [1006] * 5
+        # one that starts again is placed anew
+        assert seq_call(client, name, sequences[0], 5, start=True, end=True) == 2005
+
+
+def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_switches(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    with pytest.raises(EndpointError, match="differ in state"):
+        endpoints.split("ep_seq_mixed", [Target(SEQ, 1, 50), Target(ADDER, 1, 50)])
+    endpoints.switch("ep_seq_pinned", SEQ, 1)
+    endpoints.switch("ep_seq_pinned", SEQ, 2)  # the same kind of model: no --force
+    with grpc_client(models) as client:
+        assert seq_call(client, "ep_seq_pinned", 7, 1, start=True) == 2001
+        assert seq_call(client, "ep_seq_pinned", 7, 2, end=True) == 2003
+    with pytest.raises(EndpointError, match=r"differ in state.*clients of endpoint"):
+        endpoints.switch("ep_seq_pinned", ADDER, 1)

@@ -326,6 +326,7 @@ class BlsRequest:
     server: Callable[[str, int, dict[str, np.ndarray]], dict[str, np.ndarray]]
     calls: list[tuple[str, int, int]] = []
     parameters: list[dict[str, Any] | None] = []
+    flags: list[int] = []
 
     def __init__(
         self,
@@ -342,6 +343,9 @@ class BlsRequest:
         self.inputs = {t.name(): t.as_numpy() for t in inputs}
         self.wanted = requested_output_names
 
+    def set_flags(self, flags: int) -> None:
+        BlsRequest.flags.append(flags)
+
     def exec(self) -> fake_pb.InferenceResponse:
         batch = next(iter(self.inputs.values())).shape[0]
         BlsRequest.calls.append((self.model, self.version, batch))
@@ -357,10 +361,16 @@ class BlsRequest:
 class ClientRequest(fake_pb.InferenceRequest):
     """A client request as the router receives it (parameters and correlation id)."""
 
-    def __init__(self, x: np.ndarray, parameters: str = "{}", correlation_id: int = 0) -> None:
+    def __init__(
+        self, x: np.ndarray, parameters: str = "{}", correlation_id: int = 0, flags: int = 0
+    ) -> None:
         super().__init__([fake_pb.input_tensor("INPUT0", x)], ["OUTPUT0"])
         self._parameters = parameters
         self._cid = correlation_id
+        self._flags = flags
+
+    def flags(self) -> int:
+        return self._flags
 
     def parameters(self) -> str:
         return self._parameters
@@ -381,6 +391,7 @@ def make_router(
     targets: list[tuple[str, int, float]],
     *,
     max_batch_size: int = 8,
+    stateful: bool = False,
     **sticky: Any,
 ) -> Any:
     folder = tmp_path / "ep__router"
@@ -388,7 +399,10 @@ def make_router(
     routes_file = tmp_path / ".tritonctl" / "endpoints" / "ep.json"
     routes_file.parent.mkdir(parents=True, exist_ok=True)
     routes_file.write_text(json.dumps(routes(targets, **sticky)))
-    config = router_config("ep", model_config("m", max_batch_size=max_batch_size))
+    target = model_config("m", max_batch_size=max_batch_size)
+    if stateful:
+        target.sequence_batching.max_sequence_idle_microseconds = 5_000_000
+    config = router_config("ep", target)
     from google.protobuf import json_format
 
     args = {
@@ -400,6 +414,7 @@ def make_router(
     BlsRequest.server = staticmethod(add_version)
     BlsRequest.calls = []
     BlsRequest.parameters = []
+    BlsRequest.flags = []
     model = router.TritonPythonModel()
     model.initialize(args)
     return model
@@ -507,6 +522,59 @@ def test_router_picks_up_a_new_routes_file_without_a_reload(
     tmp.replace(path)
     model._next_check = 0.0  # the router looks at most every CHECK_INTERVAL_S
     assert outputs_of(model.execute([ClientRequest(x)])[0])[0, 0] == 2
+
+
+def test_router_keeps_each_live_sequence_on_the_target_that_saw_its_start(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 100), ("m", 2, 0)], stateful=True)
+    x = np.zeros((1, 1), np.float32)
+    start, end = 1, 2
+
+    def answer(cid: int, flags: int = 0) -> float:
+        [response] = model.execute([ClientRequest(x, correlation_id=cid, flags=flags)])
+        return float(outputs_of(response)[0, 0])
+
+    assert answer(5, start) == 1
+    path = tmp_path / ".tritonctl" / "endpoints" / "ep.json"
+    path.write_text(json.dumps(routes([("m", 1, 0), ("m", 2, 100)])))
+    model._next_check = 0.0
+    assert answer(6, start) == 2  # a new sequence follows the weights
+    assert answer(5) == 1  # a live one stays where it started
+    assert answer(5, end) == 1
+    assert answer(5) == 2  # ended: placed anew
+    assert BlsRequest.flags == [start, start, end]  # passed on to the target
+    # a batch of requests of live sequences is routed request by request
+    assert answer(7, start) == 2
+    path.write_text(json.dumps(routes([("m", 1, 100), ("m", 2, 0)]) | {"generation": 2}))
+    model._next_check = 0.0
+    batch = [ClientRequest(x, correlation_id=c, flags=f) for c, f in ((7, 0), (8, start))]
+    assert [float(outputs_of(r)[0, 0]) for r in model.execute(batch)] == [2, 1]
+
+
+def test_a_stateful_target_gets_one_python_router_instance_and_its_idle_time() -> None:
+    target = model_config("m", instances=3)
+    target.sequence_batching.max_sequence_idle_microseconds = 5_000_000
+    python = router_config("ep", target, target_instances=3)
+    assert python.instance_group[0].count == 1
+    params = {k: v.string_value for k, v in python.parameters.items()}
+    assert params["tritonctl.sequences"] == "true"
+    assert params["tritonctl.sequence_idle_us"] == "10000000"
+    native = router_config("ep", target, native_backend="tritonctl_router_x")
+    assert native.instance_group[0].count == 2
+    assert native.parameters["tritonctl.sequences"].string_value == "true"
+    assert "tritonctl.sequences" not in router_config("ep", model_config("m")).parameters
+
+
+def test_io_check_refuses_mixing_stateful_and_stateless_models() -> None:
+    stateful = model_config("b")
+    stateful.sequence_batching.SetInParent()
+    with pytest.raises(EndpointError, match=r"differ in state: b:2 is stateful"):
+        check_same_io([("a:1", model_config("a")), ("b:2", stateful)])
+    # an endpoint of a stateful model says so itself: it has no sequence batcher
+    endpoint = endpoint_config("ep", stateful, "b", 2)
+    assert not endpoint.HasField("sequence_batching")
+    assert check_same_io([("endpoint", endpoint), ("b:2", stateful)]).stateful
 
 
 def test_router_keeps_its_routes_when_the_file_turns_bad(
@@ -867,6 +935,22 @@ def test_retiring_several_versions_reloads_the_model_once(tmp_path: Path) -> Non
     assert triton.calls == [("load", "m")]
     assert triton.loaded["m"] == {3}
     assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {3}
+
+
+def test_an_endpoint_of_a_stateful_model_from_an_older_release_switches_without_force(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, repo = setup
+    config = read_config(repo / "m" / "config.pbtxt")
+    config.sequence_batching.SetInParent()
+    write_config(repo / "m" / "config.pbtxt", config)
+    endpoints.switch("ep", "m", 1)
+    path = repo / "ep" / "config.pbtxt"
+    old = read_config(path)
+    del old.parameters["tritonctl.stateful"]  # not written by older releases
+    write_config(path, old)
+    assert endpoints.switch("ep", "m", 2).targets == [Target("m", 2, 100.0)]
+    assert read_config(path).parameters["tritonctl.stateful"].string_value == "true"
 
 
 def test_list_returns_every_endpoint_sorted(setup: tuple[Endpoints, FakeTriton, Path]) -> None:

@@ -46,6 +46,11 @@ by side. If a joined call fails, its requests are sent again one by one so each 
 gets the target's answer to its own request. Triton's per-version statistics then count
 a joined call as one request (``inference_count`` counts its batch items).
 
+Sequences (stateful targets, ``tritonctl.sequences``): the request's flags (sequence
+start and end) are passed on with its correlation id, and every request of a sequence
+after its start goes to the target that saw the start, until its end, whatever the
+weights are by then; a sequence idle for ``tritonctl.sequence_idle_us`` is forgotten.
+
 Streaming (decoupled) targets: tritonctl makes the router decoupled too; each request's
 stream is read from its target (``exec(decoupled=True)``) on a thread of its own, up to
 ``STREAM_THREADS`` streams at once per router instance, and every response is passed on
@@ -58,6 +63,7 @@ import bisect
 import json
 import os
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -67,6 +73,10 @@ import triton_python_backend_utils as pb_utils
 ROUTES_PARAMETER = "tritonctl.routes"
 MERGE_PARAMETER = "tritonctl.merge_batches"
 MERGE_BYTES_PARAMETER = "tritonctl.merge_max_bytes"
+SEQUENCES_PARAMETER = "tritonctl.sequences"
+SEQUENCE_IDLE_PARAMETER = "tritonctl.sequence_idle_us"
+SEQUENCE_START = 1
+SEQUENCE_END = 2
 MERGE_MAX_BYTES = 1 << 20
 CHECK_INTERVAL_S = 0.1
 STREAM_THREADS = 64
@@ -211,6 +221,12 @@ class TritonPythonModel:
         merge = parameters.get(MERGE_PARAMETER, "true").strip().lower()
         self._merge = self._max_batch > 0 and merge not in ("0", "false", "no", "off")
         self._merge_max_bytes = int(parameters.get(MERGE_BYTES_PARAMETER, "") or MERGE_MAX_BYTES)
+        self._sequences: dict[Any, tuple[tuple[str, int], float]] | None = None
+        if parameters.get(SEQUENCES_PARAMETER, "").strip().lower() == "true":
+            self._sequences = {}
+        self._sequence_idle_s = int(parameters.get(SEQUENCE_IDLE_PARAMETER, "") or 2_000_000) / 1e6
+        self._sequence_lock = threading.Lock()
+        self._last_prune = 0.0
         policy = config.get("model_transaction_policy") or {}
         self._decoupled = bool(policy.get("decoupled", False))
         self._pool: ThreadPoolExecutor | None = None
@@ -241,6 +257,42 @@ class TritonPythonModel:
             _log("error", f"cannot read routes {self._path} ({exc}); keeping the routes in force")
         return self._routes
 
+    # -- choice of target ---------------------------------------------------------------
+    def _target(self, routes: Routes, request: Any) -> tuple[str, int]:
+        """The target of one request: by its sticky key or at random, except that a request
+        of a live sequence goes to the target that saw the sequence start."""
+        if self._sequences is not None:
+            cid = request.correlation_id()
+            if cid not in (0, "", None):
+                return self._sequence_target(routes, request, cid)
+        return routes.pick(sticky_key(routes, request) if routes.sticky else None)
+
+    def _sequence_target(self, routes: Routes, request: Any, cid: Any) -> tuple[str, int]:
+        assert self._sequences is not None
+        flags = request.flags()
+        now = time.monotonic()
+        with self._sequence_lock:
+            live = self._sequences.get(cid)
+            target = None
+            if live is not None and not flags & SEQUENCE_START and live[0] in routes.targets:
+                target = live[0]
+            if target is None:
+                target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
+            if flags & SEQUENCE_END:
+                self._sequences.pop(cid, None)
+            else:
+                self._sequences[cid] = (target, now)
+            if now - self._last_prune > self._sequence_idle_s:
+                idle = [
+                    k
+                    for k, (_, seen) in self._sequences.items()
+                    if now - seen > self._sequence_idle_s
+                ]
+                for key in idle:
+                    del self._sequences[key]
+                self._last_prune = now
+        return target
+
     # -- execute -----------------------------------------------------------------------
     def execute(self, requests: list[Any]) -> list[Any] | None:
         routes = self._refresh()
@@ -250,22 +302,19 @@ class TritonPythonModel:
                     max_workers=STREAM_THREADS, thread_name_prefix="router-stream"
                 )
             for request in requests:
-                target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
-                self._streams.submit(self._stream, target, request)
+                self._streams.submit(self._stream, self._target(routes, request), request)
             return None
         if len(requests) == 1:
             request = requests[0]
-            target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
-            return [self._forward(target, request)]
-        if not routes.sticky:
+            return [self._forward(self._target(routes, request), request)]
+        if not routes.sticky and self._sequences is None:
             # Without a sticky key every request of this batch has the same chance of
             # each target, so one draw for the whole batch gives each request the same
             # odds as a draw of its own, and the batch needs only one BLS call.
             return self._send(routes.pick(None), requests)
         groups: dict[tuple[str, int], list[int]] = {}
         for i, request in enumerate(requests):
-            target = routes.pick(sticky_key(routes, request))
-            groups.setdefault(target, []).append(i)
+            groups.setdefault(self._target(routes, request), []).append(i)
         responses: list[Any] = [None] * len(requests)
         jobs = [(target, [requests[i] for i in idx], idx) for target, idx in groups.items()]
         if len(jobs) == 1:
@@ -301,6 +350,7 @@ class TritonPythonModel:
                 requested_output_names=list(request.requested_output_names()) or self._outputs,
                 **_passed_on(request.parameters(), request.correlation_id()),
             )
+            _pass_flags(bls, request.flags())
             response = bls.exec()
         except Exception as exc:
             return _error(target, str(exc))
@@ -321,6 +371,7 @@ class TritonPythonModel:
                 requested_output_names=list(request.requested_output_names()) or self._outputs,
                 **_passed_on(request.parameters(), request.correlation_id()),
             )
+            _pass_flags(bls, request.flags())
             for response in bls.exec(decoupled=True):
                 if response.has_error():
                     sender.send(_error(target, response.error().message()))
@@ -346,8 +397,13 @@ class TritonPythonModel:
         # joined requests must agree on what is passed on besides the tensors
         parameters = requests[0].parameters()
         correlation_id = requests[0].correlation_id()
+        flags = requests[0].flags()
         for request in requests:
-            if request.parameters() != parameters or request.correlation_id() != correlation_id:
+            if (
+                request.parameters() != parameters
+                or request.correlation_id() != correlation_id
+                or request.flags() != flags
+            ):
                 return None
             tensors = request.inputs()
             these = [t.name() for t in tensors]
@@ -378,13 +434,15 @@ class TritonPythonModel:
                     wanted.append(name)
         model, version = target
         try:
-            response = pb_utils.InferenceRequest(
+            bls = pb_utils.InferenceRequest(
                 model_name=model,
                 model_version=version,
                 inputs=inputs,
                 requested_output_names=wanted,
                 **_passed_on(parameters, correlation_id),
-            ).exec()
+            )
+            _pass_flags(bls, flags)
+            response = bls.exec()
         except Exception:
             return None
         if response.has_error():
@@ -428,6 +486,12 @@ def _passed_on(parameters: str, correlation_id: Any) -> dict[str, Any]:
     if correlation_id not in (0, "", None):
         out["correlation_id"] = correlation_id
     return out
+
+
+def _pass_flags(bls: Any, flags: int) -> None:
+    """The caller's request flags (sequence start and end) onto the BLS request."""
+    if flags:
+        bls.set_flags(flags)
 
 
 def _concatenate(arrays: list[Any]) -> Any:

@@ -33,6 +33,13 @@
 // routers, so a target drops it from its queue as it would a direct call; a request
 // already cancelled when it reaches the router is answered CANCELLED at once.
 //
+// Sequences: for stateful targets (sequence_batching) tritonctl sets the parameter
+// "tritonctl.sequences". A request that starts a sequence (correlation id and the START
+// flag) is routed as any other, and every later request of that sequence goes to the same
+// target until its END, whatever the weights are by then: the sequence's state lives in
+// the version that saw its start. A sequence idle for longer than
+// "tritonctl.sequence_idle_us" is forgotten (its target has dropped it by then too).
+//
 // Choice of target: with a sticky key (the request parameter named in the routes, else
 // "correlation:<id>" when use_correlation_id) the key's stable hash picks a point in
 // [0, total weight); without one the point is random. Targets own consecutive ranges in
@@ -56,6 +63,8 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "triton_api.h"
@@ -68,6 +77,8 @@ constexpr const char* kRoutesParameter = "tritonctl.routes";
 constexpr const char* kRunLengthParameter = "tritonctl.run_length";
 constexpr const char* kRunWindowParameter = "tritonctl.run_window_us";
 constexpr const char* kRunIdleWindowParameter = "tritonctl.run_idle_window_us";
+constexpr const char* kSequencesParameter = "tritonctl.sequences";
+constexpr const char* kSequenceIdleParameter = "tritonctl.sequence_idle_us";
 constexpr uint64_t kCheckIntervalNs = 100 * 1000 * 1000;
 constexpr std::chrono::milliseconds kCancelCheckInterval{10};
 
@@ -382,6 +393,12 @@ struct ModelState {
   uint64_t run_idle_window_ns = 0;
   std::atomic<uint64_t> in_flight{0};  // requests handed on and not yet answered, all instances
   bool decoupled = false;  // the targets (and so the router) answer with a stream
+  // stateful targets: the target of each live sequence (see Choose)
+  bool sequences = false;
+  uint64_t sequence_idle_ns = 0;
+  std::mutex sequence_mu;
+  std::unordered_map<std::string, std::pair<std::string, uint64_t>> live;  // label, last seen
+  uint64_t last_prune_ns = 0;
   std::mutex run_mu;
   std::shared_ptr<const Routes> run_routes;  // the routes the credits below belong to
   std::vector<double> credit;                // requests each target is owed
@@ -921,6 +938,79 @@ Pick(
   return r.targets[model->run_target];
 }
 
+// The request's correlation id as a key ("" without one).
+std::string
+CorrelationKey(TRITONBACKEND_Request* request)
+{
+  uint64_t id = 0;
+  TRITONSERVER_Error* err = TRITONBACKEND_RequestCorrelationId(request, &id);
+  if (err == nullptr) {
+    return id != 0 ? "u" + std::to_string(id) : "";
+  }
+  TRITONSERVER_ErrorDelete(err);
+  const char* sid = nullptr;
+  err = TRITONBACKEND_RequestCorrelationIdString(request, &sid);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
+    return "";
+  }
+  return sid != nullptr && sid[0] != '\0' ? std::string("s") + sid : "";
+}
+
+// The target of one request: Pick's, except that a request of a live sequence goes where
+// the sequence started (see "Sequences" at the top).
+const Target&
+Choose(
+    ModelState* model, const std::shared_ptr<const Routes>& routes,
+    TRITONBACKEND_Request* request, uint64_t now_ns, bool idle)
+{
+  if (!model->sequences) {
+    return Pick(model, routes, request, now_ns, idle);
+  }
+  std::string key = CorrelationKey(request);
+  if (key.empty()) {
+    return Pick(model, routes, request, now_ns, idle);
+  }
+  uint32_t flags = 0;
+  TRITONSERVER_Error* err = TRITONBACKEND_RequestFlags(request, &flags);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
+    flags = 0;
+  }
+  std::lock_guard<std::mutex> lock(model->sequence_mu);
+  const Target* target = nullptr;
+  auto it = model->live.find(key);
+  if ((flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START) == 0 && it != model->live.end()) {
+    for (const Target& t : routes->targets) {  // gone from the routes: placed anew
+      if (t.label == it->second.first) {
+        target = &t;
+        break;
+      }
+    }
+  }
+  if (target == nullptr) {
+    target = &Pick(model, routes, request, now_ns, idle);
+  }
+  if ((flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_END) != 0) {
+    if (it != model->live.end()) {
+      model->live.erase(it);
+    }
+  } else {
+    model->live[key] = {target->label, now_ns};
+  }
+  if (now_ns - model->last_prune_ns > model->sequence_idle_ns) {
+    for (auto entry = model->live.begin(); entry != model->live.end();) {
+      if (now_ns - entry->second.second > model->sequence_idle_ns) {
+        entry = model->live.erase(entry);
+      } else {
+        ++entry;
+      }
+    }
+    model->last_prune_ns = now_ns;
+  }
+  return *target;
+}
+
 // Copies everything the target must see from the caller's request onto ``inner``.
 TRITONSERVER_Error*
 Prepare(TRITONBACKEND_Request* request, TRITONSERVER_InferenceRequest* inner)
@@ -1052,7 +1142,7 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
     }
   }
   bool idle = model->in_flight.fetch_add(1, std::memory_order_relaxed) == 0;
-  call->target = &Pick(model, routes, request, start_ns, idle);
+  call->target = &Choose(model, routes, request, start_ns, idle);
   call->routes = std::move(routes);
 
   TRITONSERVER_InferenceRequest* inner = nullptr;
@@ -1273,6 +1363,12 @@ TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model)
   }
   state->run_idle_window_ns = idle_window_us * 1000;
   state->decoupled = IsDecoupled(json);
+  state->sequences = ConfigParameter(json, kSequencesParameter) == "true";
+  uint64_t sequence_idle_us = 0;
+  if ((err = PositiveParameter(json, kSequenceIdleParameter, 2000000, &sequence_idle_us))) {
+    return err;
+  }
+  state->sequence_idle_ns = sequence_idle_us * 1000;
   state->routes = std::make_unique<RoutesFile>(path);
   if ((err = state->routes->Load())) {
     return err;
