@@ -28,12 +28,15 @@ def infer(
     parameters: Mapping[str, Any] | None = None,
     timeout: float = 60.0,
     stream: bool = False,
+    sequence_id: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run one request on ``model`` (``version`` pinned if given); return outputs by name.
 
     ``stream``: the model is decoupled (answers with a stream of responses); the request
     goes over a gRPC stream and each output is the concatenation, along the first axis,
-    of that output in every response, in order."""
+    of that output in every response, in order. ``sequence_id``: the request is a whole
+    sequence of its own (that correlation id, start and end), as a stateful model takes
+    only requests of a sequence."""
     endpoint = parse_url(url)
     protocol, address = endpoint.protocol, endpoint.address
     if stream and protocol != "grpc":
@@ -58,9 +61,16 @@ def infer(
         client: Any = client_mod.InferenceServerClient(address)
     else:
         client = client_mod.InferenceServerClient(address, network_timeout=timeout)
+    sequence: dict[str, Any] = (
+        {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True}
+        if sequence_id
+        else {}
+    )
     try:
         if stream:
-            return _stream(client, model, tensors, requested, version, parameters, timeout)
+            return _stream(
+                client, model, tensors, requested, version, parameters, timeout, sequence
+            )
         if protocol == "grpc":
             result = client.infer(
                 model,
@@ -69,6 +79,7 @@ def infer(
                 outputs=requested,
                 parameters=dict(parameters) if parameters else None,
                 client_timeout=timeout,
+                **sequence,
             )
             response = result.get_response(as_json=True)
         else:
@@ -78,6 +89,7 @@ def infer(
                 model_version=str(version or ""),
                 outputs=requested,
                 parameters=dict(parameters) if parameters else None,
+                **sequence,
             )
             response = result.get_response()
     except InferenceServerException as exc:
@@ -100,6 +112,7 @@ def _stream(
     version: int | None,
     parameters: Mapping[str, Any] | None,
     timeout: float,
+    sequence: dict[str, Any],
 ) -> dict[str, np.ndarray]:
     """One request over a gRPC stream; the outputs of its responses, concatenated."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -112,6 +125,7 @@ def _stream(
             outputs=requested,
             parameters=dict(parameters) if parameters else None,
             enable_empty_final_response=True,
+            **sequence,
         )
         parts: dict[str, list[np.ndarray]] = {}
         while True:

@@ -241,3 +241,11 @@ def is_decoupled(config: mc.ModelConfig) -> bool:
     """Whether a model answers each request with a stream of responses (its
     ``model_transaction_policy`` is decoupled): its clients call it with a gRPC stream."""
     return bool(config.model_transaction_policy.decoupled)
+
+
+def sequence_idle_seconds(config: mc.ModelConfig) -> float:
+    """How long a stateful model's sequence batcher keeps a sequence that gets no request
+    (``max_sequence_idle_microseconds``, Triton's default 1 s); 0 for a stateless model."""
+    if not config.HasField("sequence_batching"):
+        return 0.0
+    return (config.sequence_batching.max_sequence_idle_microseconds or 1_000_000) / 1e6

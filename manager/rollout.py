@@ -265,6 +265,8 @@ class EndpointControl(Protocol):
 
 StatsReader = Callable[[str], dict[int, Counters]]  # model -> {version: counters}
 VersionRetirer = Callable[[str, int], object]  # (model, version) to stop serving
+# model -> seconds its sequence batcher keeps an idle sequence (0: the model is stateless)
+SequenceIdle = Callable[[str], float]
 GoldenRunner = Callable[[str, int], None]  # (model, version); raises on mismatch
 WarmupRunner = Callable[[str, int, int], WarmupResult]  # (model, version, requests)
 
@@ -374,6 +376,7 @@ class RolloutDriver:
         poll_seconds: float = 0.5,
         on_stage: Callable[[RolloutState], None] | None = None,
         unreachable_grace_s: float = 120.0,
+        sequence_idle: SequenceIdle | None = None,
     ) -> None:
         self.store = store
         self.endpoints = endpoints
@@ -388,6 +391,8 @@ class RolloutDriver:
         # how long a stage waits for a server that stopped answering, or for the model
         # to be served again (a restart with `--restore`), before it rolls back
         self.unreachable_grace_s = unreachable_grace_s
+        # stateful models: the live sequences of a version leaving end there first
+        self.sequence_idle = sequence_idle
 
     # -- entry points -------------------------------------------------------------
     def begin(
@@ -678,6 +683,7 @@ class RolloutDriver:
         state.reason = reason
         state.requested = ""
         self.store.save(state)
+        self._drain(state, keep_new=True)
         self.endpoints.switch(state.endpoint, state.model, state.new_version)
         self.retire(state.model, state.old_version)
         state.status = "promoted"
@@ -702,6 +708,7 @@ class RolloutDriver:
         state.reason = reason
         state.requested = ""
         self.store.save(state)
+        self._drain(state, keep_new=False)
         try:
             self.endpoints.switch(state.endpoint, state.model, state.old_version)
         except ManagerError as exc:
@@ -725,6 +732,47 @@ class RolloutDriver:
             reason,
         )
         return state
+
+    def _drain(self, state: RolloutState, *, keep_new: bool) -> None:
+        """For a stateful model, before the version that leaves is taken out of the path:
+        every new sequence to the version that stays, then wait until the leaving one has
+        had no request for as long as its sequence batcher keeps an idle sequence (the
+        router keeps each live sequence on the version that saw its start), so that the
+        sequences under way end where they began. Gives up after five such periods (a
+        client that never ends its sequence), or at once when the server cannot say."""
+        idle = self.sequence_idle(state.model) if self.sequence_idle is not None else 0.0
+        if idle <= 0 or state.stage_index < 0:  # stateless, or no traffic split yet
+            return
+        leaving = state.old_version if keep_new else state.new_version
+        try:
+            self.endpoints.set_weights(state.endpoint, self._targets(state, 100 if keep_new else 0))
+            last = self._served(state.model, leaving)
+        except ManagerError as exc:
+            log.warning("rollout %s: sequences not drained: %s", state.endpoint, exc)
+            return
+        start = quiet_since = self.clock()
+        while self.clock() - quiet_since < idle:
+            if self.clock() - start >= 5 * idle:
+                log.warning(
+                    "rollout %s: %s:%d still has sequences under way after %.0f s; going on",
+                    state.endpoint,
+                    state.model,
+                    leaving,
+                    self.clock() - start,
+                )
+                return
+            self.sleep(min(self.poll_seconds, idle / 4))
+            try:
+                served = self._served(state.model, leaving)
+            except ManagerError:
+                return
+            if served != last:
+                last, quiet_since = served, self.clock()
+        log.info("rollout %s: the sequences on %s:%d ended", state.endpoint, state.model, leaving)
+
+    def _served(self, model: str, version: int) -> int:
+        counters = self.stats(model).get(version, Counters())
+        return counters.success + counters.fail
 
 
 def request_action(store: RolloutStore, endpoint: str, action: str) -> RolloutState:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from manager.errors import (
 )
 from manager.golden import GoldenCase, check, load_cases, synthetic_case
 from manager.infer import infer
-from manager.modelconfig import is_decoupled, read_config
+from manager.modelconfig import is_decoupled, read_config, sequence_idle_seconds
 from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
@@ -67,30 +68,43 @@ def stats_reader(control: TritonControl) -> Callable[[str], dict[int, Counters]]
     return read
 
 
+def one_sequence() -> int:
+    """A correlation id for a request sent as a whole sequence of its own (a stateful
+    model takes only requests of a sequence): random, so as not to meet a client's."""
+    return secrets.randbits(62) + 1
+
+
 def warmup_runner(
     repo: Repository, control: TritonControl, cases: list[GoldenCase] | None = None
 ) -> WarmupRunner:
     """Warm-up requests straight to a model version: the golden inputs in turn if there
     are any, else synthetic requests (ones; dynamic dims as 1) from the model's config, of
     batch 1 and, for a batching model, of its largest batch in turn (a first batch of a new
-    size can be slow too: other kernels, another optimization profile)."""
+    size can be slow too: other kernels, another optimization profile). A stateful model
+    gets each request as a sequence of its own, of batch 1."""
 
     def run(model: str, version: int, count: int) -> WarmupResult:
         config = read_config(repo.path / model / CONFIG_FILE)
         stream = is_decoupled(config)
+        stateful = sequence_idle_seconds(config) > 0
         if cases:
             requests = [c.inputs for c in cases]
         else:
             one = synthetic_case(config).inputs
             requests = [one]
-            if config.max_batch_size > 1:
+            if config.max_batch_size > 1 and not stateful:  # a sequence takes batch 1
                 largest = config.max_batch_size
                 requests.append({k: np.repeat(v, largest, axis=0) for k, v in one.items()})
         failed, first_error = 0, ""
         for i in range(count):
             try:
                 infer(
-                    control.url, model, requests[i % len(requests)], version=version, stream=stream
+                    control.url,
+                    model,
+                    requests[i % len(requests)],
+                    version=version,
+                    stream=stream,
+                    sequence_id=one_sequence() if stateful else 0,
                 )
             except ManagerError as exc:
                 failed += 1
@@ -118,10 +132,18 @@ def make_driver(
         cases = load_cases(policy.golden_dir)
 
         def golden(model: str, version: int) -> None:
-            stream = is_decoupled(read_config(repo.path / model / CONFIG_FILE))
+            config = read_config(repo.path / model / CONFIG_FILE)
+            stream, stateful = is_decoupled(config), sequence_idle_seconds(config) > 0
             check(
                 cases,
-                lambda inputs: infer(control.url, model, inputs, version=version, stream=stream),
+                lambda inputs: infer(
+                    control.url,
+                    model,
+                    inputs,
+                    version=version,
+                    stream=stream,
+                    sequence_id=one_sequence() if stateful else 0,
+                ),
                 model=f"{model}:{version}",
             )
 
@@ -134,6 +156,9 @@ def make_driver(
         golden=golden,
         warmup=warmup_runner(repo, control, cases),
         on_stage=on_stage,
+        sequence_idle=lambda model: sequence_idle_seconds(
+            read_config(repo.path / model / CONFIG_FILE)
+        ),
     )
 
 

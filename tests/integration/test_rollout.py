@@ -563,6 +563,118 @@ def test_a_streaming_model_is_rolled_out_with_every_stream_whole(
     assert client.streams[-10:] == [[2.0, 2.0]] * 10
 
 
+# A stateful model: 1000 * version + the running sum of its sequence's inputs.
+COUNTER_MODEL_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.base = 1000.0 * float(args["model_version"])
+        self.sums = {}
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            cid, flags = r.correlation_id(), r.flags()
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            if flags & 1:
+                self.sums[cid] = 0.0
+            self.sums[cid] = self.sums.get(cid, 0.0) + float(x.flat[0])
+            y = np.full(x.shape, self.base + self.sums[cid], dtype=np.float32)
+            if flags & 2:
+                self.sums.pop(cid, None)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y)]))
+        return out
+"""
+
+COUNTER_CONFIG = (
+    'backend: "python"\nmax_batch_size: 8\n'
+    'input [{ name: "X" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+    'output [{ name: "Y" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+    "sequence_batching { max_sequence_idle_microseconds: 1000000 "
+    "oldest { max_candidate_sequences: 32 } }\n"
+    "instance_group [{ kind: KIND_CPU count: 1 }]\n"
+)
+
+
+class SequenceClient(threading.Thread):
+    """Sends sequences of 8 requests of 1 to the endpoint, one after another; records each
+    sequence's answers, or the error that broke it."""
+
+    def __init__(self, url: str, endpoint: str, first_id: int) -> None:
+        super().__init__(daemon=True)
+        self.url, self.endpoint, self.next_id = url, endpoint, first_id
+        self.sequences: list[list[float]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        client = grpcclient.InferenceServerClient(self.url.removeprefix("grpc://"))
+        t = grpcclient.InferInput("X", [1, 1], "FP32")
+        t.set_data_from_numpy(np.ones((1, 1), dtype=np.float32))
+        deadline = time.monotonic() + 240
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.next_id += 1
+            answers: list[float] = []
+            try:
+                for k in range(8):
+                    y = client.infer(
+                        self.endpoint,
+                        [t],
+                        sequence_id=self.next_id,
+                        sequence_start=k == 0,
+                        sequence_end=k == 7,
+                    ).as_numpy("Y")
+                    answers.append(float(y[0, 0]))
+                    time.sleep(0.01)
+            except Exception as exc:  # every failure is recorded and asserted on
+                self.errors.append(str(exc))
+                continue
+            self.sequences.append(answers)
+        client.close()
+
+
+def test_a_stateful_model_is_rolled_out_without_breaking_a_sequence(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    repo = Repository(triton.repo)
+    source = tmp_path / "counter"
+    source.mkdir()
+    (source / "model.py").write_text(COUNTER_MODEL_PY)
+    (source / "config.pbtxt").write_text(COUNTER_CONFIG)
+    for _ in range(2):
+        publish(repo, "counter", source)
+    with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
+        Endpoints(repo, control).switch("count", "counter", 1)
+        clients = [SequenceClient(triton.grpc_url, "count", first) for first in (0, 10**6)]
+        for client in clients:
+            client.start()
+        try:
+            policy = RolloutPolicy(
+                stages=(10, 50, 100), stage_seconds=1.5, min_requests=5, max_latency_ratio=20
+            )
+            state = run_rollout(repo, control, begin_rollout(repo, control, "count", 2, policy))
+            time.sleep(0.5)
+        finally:
+            for client in clients:
+                client.stop.set()
+            for client in clients:
+                client.join(30)
+        Endpoints(repo, control).delete("count")
+    assert state.status == "promoted", state.reason
+    assert state.warmup == "10/10 warm-up request(s) answered"  # each a sequence of its own
+    assert [c.errors for c in clients] == [[], []]
+    sequences = [s for c in clients for s in c.sequences]
+    assert len(sequences) > 20
+    # every sequence whole on one version, from its start to its end
+    v1, v2 = [1001.0 + k for k in range(8)], [2001.0 + k for k in range(8)]
+    assert all(s in (v1, v2) for s in sequences), [s for s in sequences if s not in (v1, v2)]
+    assert v1 in sequences and v2 in sequences
+    assert all(c.sequences[-1] == v2 for c in clients)
+
+
 def test_a_rollout_outlives_a_server_crash_and_restart(tmp_path: Path) -> None:
     """The server dies mid-rollout (SIGKILL) and comes back with its endpoints restored:
     the driver waits, warms the new version up again and goes on to promote it."""

@@ -139,6 +139,82 @@ def test_healthy_rollout_walks_every_stage_then_pins_new_and_retires_old(tmp_pat
     assert all(h.verdict == "healthy" for h in store.load("ep").history)
 
 
+class SequenceTraffic(FakeTraffic):
+    """Sequences under way on a version go on for ``tail_s`` after its weight drops to 0."""
+
+    def __init__(self, endpoints: FakeEndpoints, tail_s: float, **kw) -> None:
+        super().__init__(endpoints, **kw)
+        self.tail_s, self.now = tail_s, 0.0
+        self.zero_since: dict[int, float] = {}
+        self.last_request: dict[int, float] = {}
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        super().tick(seconds)
+        for version, weight in self.endpoints.weights.items():
+            if weight > 0:
+                self.zero_since.pop(version, None)
+                self.last_request[version] = self.now
+                continue
+            since = self.zero_since.setdefault(version, self.now)
+            if self.now - since < self.tail_s:
+                self.add(version, 3)
+                self.last_request[version] = self.now
+
+
+def stateful_driver(tmp_path: Path, tail_s: float, idle_s: float, **traffic_kw):
+    endpoints = FakeEndpoints()
+    traffic = SequenceTraffic(endpoints, tail_s, **traffic_kw)
+    clock = Clock(traffic)
+    switched_at: list[float] = []
+    switch = endpoints.switch
+
+    def timed_switch(name, model, version=None):
+        switched_at.append(clock.now)
+        switch(name, model, version)
+
+    endpoints.switch = timed_switch  # type: ignore[method-assign]
+    driver = RolloutDriver(
+        RolloutStore(Repository(tmp_path)),
+        endpoints,
+        traffic.stats,
+        lambda m, v: None,
+        sleep=clock.sleep,
+        clock=clock,
+        poll_seconds=1.0,
+        sequence_idle=lambda model: idle_s,
+    )
+    return driver, endpoints, traffic, switched_at
+
+
+def test_a_stateful_model_is_pinned_only_once_the_old_version_s_sequences_ended(tmp_path):
+    driver, endpoints, traffic, switched_at = stateful_driver(tmp_path, tail_s=6.0, idle_s=2.0)
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted"
+    # every new sequence to v2 first, then the pin once v1 had none for the idle time
+    assert endpoints.calls[-2:] == ["weights {1: 0.0, 2: 100.0}", "switch 2"]
+    assert switched_at[-1] - traffic.last_request[1] >= 2.0
+
+
+def test_a_stateful_rollback_lets_the_new_version_s_sequences_end_first(tmp_path):
+    driver, endpoints, traffic, switched_at = stateful_driver(
+        tmp_path, tail_s=3.0, idle_s=1.0, new_fail_rate=0.5
+    )
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "rolled_back"
+    assert endpoints.calls[-2:] == ["weights {1: 100.0, 2: 0.0}", "switch 1"]
+    assert switched_at[-1] - traffic.last_request[2] >= 1.0
+
+
+def test_draining_sequences_gives_up_after_five_idle_times(tmp_path, caplog):
+    driver, _, traffic, switched_at = stateful_driver(tmp_path, tail_s=1e9, idle_s=2.0)
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted"
+    assert "still has sequences under way" in caplog.text
+    # 5 x 2 s from the weight change (v1's first request after it came half a poll later)
+    assert 9.0 <= switched_at[-1] - traffic.zero_since[1] <= 10.5
+
+
 def test_failing_new_version_rolls_back_to_old_and_unloads_new(tmp_path):
     driver, endpoints, retired, _ = make(tmp_path, new_fail_rate=0.5)
     state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
@@ -542,8 +618,14 @@ def test_synthetic_warm_up_alternates_batch_1_and_the_largest_batch(tmp_path, mo
     write_config(tmp_path / "m" / "config.pbtxt", config)
     shapes: list[tuple[int, ...]] = []
 
-    def infer(url, model, inputs, *, version=None, stream=False):
-        assert (url, model, version, stream) == ("grpc://triton:8001", "m", 2, False)
+    def infer(url, model, inputs, *, version=None, stream=False, sequence_id=0):
+        assert (url, model, version, stream, sequence_id) == (
+            "grpc://triton:8001",
+            "m",
+            2,
+            False,
+            0,
+        )
         shapes.append(inputs["X"].shape)
         if inputs["X"].shape[0] == 8:
             raise service.ManagerError("batch 8 refused")
