@@ -857,7 +857,9 @@ class Endpoints:
     def describe(self, states: Sequence[EndpointState]) -> Sequence[dict[str, Any]]:
         """Each state's dict plus ``serving``: whether Triton serves the endpoint and each
         target now (``ready``, ``targets`` by ``MODEL:VERSION``), or None when the server
-        cannot be asked."""
+        cannot be asked; and how clients call it, from its config: ``streaming`` (a
+        decoupled model: over a gRPC stream) and ``stateful`` (in sequences), None when
+        the config cannot be read."""
         try:
             index = self._index()
         except ManagerError as exc:
@@ -866,6 +868,14 @@ class Endpoints:
         out: builtins.list[dict[str, Any]] = []
         for state in states:
             data = state.to_dict()
+            try:
+                sig: Signature | None = Signature.of(
+                    read_config(self.repo.path / state.name / CONFIG_FILE)
+                )
+            except ManagerError:
+                sig = None
+            data["streaming"] = sig.decoupled if sig is not None else None
+            data["stateful"] = sig.stateful if sig is not None else None
             if index is None:
                 data["serving"] = None
             else:

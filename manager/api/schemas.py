@@ -337,6 +337,16 @@ class EndpointAnswer(Answer):
     serving: Serving | None = Field(
         default=None, description="What Triton serves of it now (null: the server did not say)"
     )
+    streaming: bool | None = Field(
+        default=None,
+        description="Its model answers with a stream of responses (decoupled): call it over "
+        "a gRPC stream (null: its config cannot be read)",
+    )
+    stateful: bool | None = Field(
+        default=None,
+        description="Its model keeps state across a sequence (sequence batching): call it "
+        "with a correlation id and the start and end flags (null: its config cannot be read)",
+    )
 
 
 class EndpointList(Answer):

@@ -77,8 +77,14 @@ def _parse_model_version(text: str) -> tuple[str, int | None]:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _show_endpoint(state: EndpointState, serving: dict[str, Any] | None = None) -> None:
+def _show_endpoint(
+    state: EndpointState, serving: dict[str, Any] | None = None, data: dict[str, Any] | None = None
+) -> None:
     details = [state.mode]
+    if data and data.get("streaming"):
+        details.append("streaming: call it over a gRPC stream")
+    if data and data.get("stateful"):
+        details.append("stateful: call it in sequences")
     if state.sticky_parameter:
         details.append(f"sticky by parameter {state.sticky_parameter}")
     elif state.use_correlation_id:
@@ -121,7 +127,7 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
         print_json(described[0] if name else described)
         return
     for s, data in zip(states, described, strict=True):
-        _show_endpoint(s, data["serving"])
+        _show_endpoint(s, data["serving"], data)
 
 
 @endpoint.command("switch")

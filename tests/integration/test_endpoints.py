@@ -692,6 +692,8 @@ def test_a_streaming_model_streams_every_response_through_its_endpoint(
     endpoints.split(name, [Target(STREAM, 1, 100), Target(STREAM, 2, 0)])
     config = read_config(models.repo / name / "config.pbtxt")
     assert config.platform != "ensemble" and config.model_transaction_policy.decoupled
+    [shown] = endpoints.describe([endpoints.get(name)])
+    assert (shown["streaming"], shown["stateful"]) == (True, False)
 
     # callers side by side, each input its own: every stream whole, from one version
     def caller(first: int) -> list[tuple[float, list[float]]]:
@@ -771,6 +773,8 @@ def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_swit
         endpoints.split("ep_seq_mixed", [Target(SEQ, 1, 50), Target(ADDER, 1, 50)])
     endpoints.switch("ep_seq_pinned", SEQ, 1)
     endpoints.switch("ep_seq_pinned", SEQ, 2)  # the same kind of model: no --force
+    [shown] = endpoints.describe([endpoints.get("ep_seq_pinned")])
+    assert (shown["streaming"], shown["stateful"]) == (False, True)
     with grpc_client(models) as client:
         assert seq_call(client, "ep_seq_pinned", 7, 1, start=True) == 2001
         assert seq_call(client, "ep_seq_pinned", 7, 2, end=True) == 2003

@@ -533,6 +533,7 @@ def test_switch_creates_an_endpoint_that_show_and_list_return(
     assert state["mode"] == "pinned"
     assert state["targets"] == [{"model": "m", "version": 2, "weight": 100.0}]
     assert state["serving"] == {"ready": True, "targets": {"m:2": True}}
+    assert (state["streaming"], state["stateful"]) == (False, False)
     assert fake.loaded["ep"] == {1} and 2 in fake.loaded["m"]
 
     # GET answers the same, and says what Triton serves of it now
