@@ -61,36 +61,22 @@ def infer(
         client: Any = client_mod.InferenceServerClient(address)
     else:
         client = client_mod.InferenceServerClient(address, network_timeout=timeout)
-    sequence: dict[str, Any] = (
-        {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True}
-        if sequence_id
-        else {}
-    )
+    # what every kind of call takes besides the model and its inputs
+    options: dict[str, Any] = {
+        "model_version": str(version or ""),
+        "outputs": requested,
+        "parameters": dict(parameters) if parameters else None,
+    }
+    if sequence_id:
+        options |= {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True}
     try:
         if stream:
-            return _stream(
-                client, model, tensors, requested, version, parameters, timeout, sequence
-            )
+            return _stream(client, model, tensors, options, timeout)
         if protocol == "grpc":
-            result = client.infer(
-                model,
-                tensors,
-                model_version=str(version or ""),
-                outputs=requested,
-                parameters=dict(parameters) if parameters else None,
-                client_timeout=timeout,
-                **sequence,
-            )
+            result = client.infer(model, tensors, client_timeout=timeout, **options)
             response = result.get_response(as_json=True)
         else:
-            result = client.infer(
-                model,
-                tensors,
-                model_version=str(version or ""),
-                outputs=requested,
-                parameters=dict(parameters) if parameters else None,
-                **sequence,
-            )
+            result = client.infer(model, tensors, **options)
             response = result.get_response()
     except InferenceServerException as exc:
         message = one_line(str(exc.message() or exc))  # a Python model's traceback too
@@ -105,28 +91,13 @@ def infer(
 
 
 def _stream(
-    client: Any,
-    model: str,
-    tensors: list[Any],
-    requested: list[Any] | None,
-    version: int | None,
-    parameters: Mapping[str, Any] | None,
-    timeout: float,
-    sequence: dict[str, Any],
+    client: Any, model: str, tensors: list[Any], options: dict[str, Any], timeout: float
 ) -> dict[str, np.ndarray]:
     """One request over a gRPC stream; the outputs of its responses, concatenated."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
-        client.async_stream_infer(
-            model,
-            tensors,
-            model_version=str(version or ""),
-            outputs=requested,
-            parameters=dict(parameters) if parameters else None,
-            enable_empty_final_response=True,
-            **sequence,
-        )
+        client.async_stream_infer(model, tensors, enable_empty_final_response=True, **options)
         parts: dict[str, list[np.ndarray]] = {}
         while True:
             try:

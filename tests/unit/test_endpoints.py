@@ -542,8 +542,10 @@ def test_router_keeps_each_live_sequence_on_the_target_that_saw_its_start(
     assert answer(6, start) == 2  # a new sequence follows the weights
     assert answer(5) == 1  # a live one stays where it started
     assert answer(5, end) == 1
-    assert answer(5) == 2  # ended: placed anew
-    assert BlsRequest.flags == [start, start, end]  # passed on to the target
+    assert answer(5, start) == 2  # started again: placed anew
+    # one that started before the router was in the path: on the first target listed
+    assert answer(9) == 1
+    assert BlsRequest.flags == [start, start, end, start]  # passed on to the target
     # a batch of requests of live sequences is routed request by request
     assert answer(7, start) == 2
     path.write_text(json.dumps(routes([("m", 1, 100), ("m", 2, 0)]) | {"generation": 2}))

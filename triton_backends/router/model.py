@@ -49,7 +49,10 @@ a joined call as one request (``inference_count`` counts its batch items).
 Sequences (stateful targets, ``tritonctl.sequences``): the request's flags (sequence
 start and end) are passed on with its correlation id, and every request of a sequence
 after its start goes to the target that saw the start, until its end, whatever the
-weights are by then; a sequence idle for ``tritonctl.sequence_idle_us`` is forgotten.
+weights are by then; a request of a sequence whose start this router did not see (one
+that began before the router was in the path) goes to the first target listed (in a
+rollout, the version the endpoint was pinned to); a sequence idle for
+``tritonctl.sequence_idle_us`` is forgotten.
 
 Streaming (decoupled) targets: tritonctl makes the router decoupled too; each request's
 stream is read from its target (``exec(decoupled=True)``) on a thread of its own, up to
@@ -274,8 +277,11 @@ class TritonPythonModel:
         with self._sequence_lock:
             live = self._sequences.get(cid)
             target = None
-            if live is not None and not flags & SEQUENCE_START and live[0] in routes.targets:
-                target = live[0]
+            if not flags & SEQUENCE_START:
+                if live is None:  # started before this router was in the path
+                    target = routes.targets[0]
+                elif live[0] in routes.targets:  # else gone from the routes: placed anew
+                    target = live[0]
             if target is None:
                 target = routes.pick(sticky_key(routes, request) if routes.sticky else None)
             if flags & SEQUENCE_END:
@@ -339,19 +345,24 @@ class TritonPythonModel:
                 return merged
         return [self._forward(target, r) for r in requests]
 
+    def _bls(self, target: tuple[str, int], request: Any) -> Any:
+        """The BLS request that hands ``request`` on to ``target``: its tensors as they
+        are, its parameters, correlation id and flags."""
+        model, version = target
+        bls = pb_utils.InferenceRequest(
+            model_name=model,
+            model_version=version,
+            inputs=request.inputs(),
+            requested_output_names=list(request.requested_output_names()) or self._outputs,
+            **_passed_on(request.parameters(), request.correlation_id()),
+        )
+        _pass_flags(bls, request.flags())
+        return bls
+
     def _forward(self, target: tuple[str, int], request: Any) -> Any:
         """One request to ``target``; its tensors are passed on as they are."""
-        model, version = target
         try:
-            bls = pb_utils.InferenceRequest(
-                model_name=model,
-                model_version=version,
-                inputs=request.inputs(),
-                requested_output_names=list(request.requested_output_names()) or self._outputs,
-                **_passed_on(request.parameters(), request.correlation_id()),
-            )
-            _pass_flags(bls, request.flags())
-            response = bls.exec()
+            response = self._bls(target, request).exec()
         except Exception as exc:
             return _error(target, str(exc))
         if response.has_error():
@@ -362,17 +373,8 @@ class TritonPythonModel:
         """A streaming target's responses to ``request``, passed on as they come."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        model, version = target
         try:
-            bls = pb_utils.InferenceRequest(
-                model_name=model,
-                model_version=version,
-                inputs=request.inputs(),
-                requested_output_names=list(request.requested_output_names()) or self._outputs,
-                **_passed_on(request.parameters(), request.correlation_id()),
-            )
-            _pass_flags(bls, request.flags())
-            for response in bls.exec(decoupled=True):
+            for response in self._bls(target, request).exec(decoupled=True):
                 if response.has_error():
                     sender.send(_error(target, response.error().message()))
                 elif response.output_tensors():

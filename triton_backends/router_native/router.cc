@@ -37,8 +37,10 @@
 // "tritonctl.sequences". A request that starts a sequence (correlation id and the START
 // flag) is routed as any other, and every later request of that sequence goes to the same
 // target until its END, whatever the weights are by then: the sequence's state lives in
-// the version that saw its start. A sequence idle for longer than
-// "tritonctl.sequence_idle_us" is forgotten (its target has dropped it by then too).
+// the version that saw its start. A request of a sequence whose start this router did not
+// see (one that began before the router was put in the path) goes to the first target
+// listed: in a rollout, the version the endpoint was pinned to. A sequence idle for longer
+// than "tritonctl.sequence_idle_us" is forgotten (its target has dropped it by then too).
 //
 // Choice of target: with a sticky key (the request parameter named in the routes, else
 // "correlation:<id>" when use_correlation_id) the key's stable hash picks a point in
@@ -575,7 +577,8 @@ FailRequest(Call* call, TRITONSERVER_Error_Code code, const std::string& message
 {
   SendError(call->request, code, message, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
   Report(call, false);
-  TRITONSERVER_Error* err = TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
+  TRITONSERVER_Error* err =
+      TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
   if (err != nullptr) {
     Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
   }
@@ -922,7 +925,7 @@ Pick(
   }
   uint64_t window = idle ? std::max(model->run_window_ns, model->run_idle_window_ns)
                          : model->run_window_ns;
-  if (model->run_left == 0 || now_ns - model->run_start_ns > window) {
+  if (model->run_left == 0 || now_ns > model->run_start_ns + window) {
     size_t best = 0;
     for (size_t i = 1; i < r.targets.size(); ++i) {
       if (model->credit[i] > model->credit[best]) {
@@ -980,11 +983,15 @@ Choose(
   std::lock_guard<std::mutex> lock(model->sequence_mu);
   const Target* target = nullptr;
   auto it = model->live.find(key);
-  if ((flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START) == 0 && it != model->live.end()) {
-    for (const Target& t : routes->targets) {  // gone from the routes: placed anew
-      if (t.label == it->second.first) {
-        target = &t;
-        break;
+  if ((flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START) == 0) {
+    if (it == model->live.end()) {  // started before this router was in the path
+      target = &routes->targets.front();
+    } else {
+      for (const Target& t : routes->targets) {  // gone from the routes: placed anew
+        if (t.label == it->second.first) {
+          target = &t;
+          break;
+        }
       }
     }
   }
@@ -998,9 +1005,11 @@ Choose(
   } else {
     model->live[key] = {target->label, now_ns};
   }
-  if (now_ns - model->last_prune_ns > model->sequence_idle_ns) {
+  // (no differences of unsigned times: another instance may have stamped a later time
+  // than this request's ``now_ns``)
+  if (now_ns > model->last_prune_ns + model->sequence_idle_ns) {
     for (auto entry = model->live.begin(); entry != model->live.end();) {
-      if (now_ns - entry->second.second > model->sequence_idle_ns) {
+      if (now_ns > entry->second.second + model->sequence_idle_ns) {
         entry = model->live.erase(entry);
       } else {
         ++entry;
