@@ -18,8 +18,8 @@ models in an active rollout and the steps of a loaded ensemble (each as a whole:
 unloads a model with all its versions), and the versions endpoints route to. The other
 versions of a model endpoints route to may go one by one: the versions chosen leave the
 model's version policy together (``Endpoints.retire_versions``: one reload) and the routed
-versions keep serving. Endpoint ensembles and routers, and ensembles in general, are not candidates at all: they hold no
-model memory of their own.
+versions keep serving. Endpoint ensembles and routers, and ensembles in general, are not
+candidates at all: they hold no model memory of their own.
 
 Every decision goes to the audit log (``manager.audit``). Loads, evictions and the loop
 are serialized by a thread lock and a file lock in the repository, so footprint deltas

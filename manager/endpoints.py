@@ -66,6 +66,7 @@ from manager.modelconfig import (
     config_to_text,
     is_decoupled,
     read_config,
+    sequence_idle_seconds,
     triton_dtype_name,
     write_config,
 )
@@ -117,8 +118,6 @@ SEQUENCES_PARAMETER = "tritonctl.sequences"
 # ensemble or a router cannot have a sequence batcher of its own
 STATEFUL_PARAMETER = "tritonctl.stateful"
 SEQUENCE_IDLE_PARAMETER = "tritonctl.sequence_idle_us"
-# Triton's default max_sequence_idle_microseconds
-DEFAULT_SEQUENCE_IDLE_US = 1_000_000
 ENDPOINT_VERSION = 1
 PINNED = "pinned"
 ROUTED = "routed"
@@ -562,12 +561,12 @@ def router_config(
     config.parameters[KIND_PARAMETER].string_value = ROUTER_KIND
     config.parameters[ENDPOINT_PARAMETER].string_value = endpoint
     config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint, native=native)
-    if target.HasField("sequence_batching"):
+    idle_s = sequence_idle_seconds(target)
+    if idle_s > 0:
         # a live sequence stays with the version that saw its start; the router forgets
         # it after twice the time the target's sequence batcher keeps an idle sequence
-        idle = target.sequence_batching.max_sequence_idle_microseconds or DEFAULT_SEQUENCE_IDLE_US
         config.parameters[SEQUENCES_PARAMETER].string_value = "true"
-        config.parameters[SEQUENCE_IDLE_PARAMETER].string_value = str(2 * int(idle))
+        config.parameters[SEQUENCE_IDLE_PARAMETER].string_value = str(round(2 * idle_s * 1e6))
     if native:
         config.parameters[RUN_LENGTH_PARAMETER].string_value = str(max(1, int(opts.run_length)))
         config.parameters[RUN_WINDOW_PARAMETER].string_value = str(max(1, int(opts.run_window_us)))

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.budget import resolve_serving_config
 from manager.controller import admission
@@ -74,6 +75,27 @@ def one_sequence() -> int:
     return secrets.randbits(62) + 1
 
 
+def version_caller(
+    control: TritonControl, model: str, version: int, config: mc.ModelConfig
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Calls one model version (``config``: its model's) the way the model takes requests:
+    over a gRPC stream if it is decoupled, each request a sequence of its own if it is
+    stateful."""
+    stream, stateful = is_decoupled(config), sequence_idle_seconds(config) > 0
+
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return infer(
+            control.url,
+            model,
+            inputs,
+            version=version,
+            stream=stream,
+            sequence_id=one_sequence() if stateful else 0,
+        )
+
+    return call
+
+
 def warmup_runner(
     repo: Repository, control: TritonControl, cases: list[GoldenCase] | None = None
 ) -> WarmupRunner:
@@ -85,7 +107,7 @@ def warmup_runner(
 
     def run(model: str, version: int, count: int) -> WarmupResult:
         config = read_config(repo.path / model / CONFIG_FILE)
-        stream = is_decoupled(config)
+        call = version_caller(control, model, version, config)
         stateful = sequence_idle_seconds(config) > 0
         if cases:
             requests = [c.inputs for c in cases]
@@ -98,14 +120,7 @@ def warmup_runner(
         failed, first_error = 0, ""
         for i in range(count):
             try:
-                infer(
-                    control.url,
-                    model,
-                    requests[i % len(requests)],
-                    version=version,
-                    stream=stream,
-                    sequence_id=one_sequence() if stateful else 0,
-                )
+                call(requests[i % len(requests)])
             except ManagerError as exc:
                 failed += 1
                 first_error = first_error or str(exc)
@@ -133,18 +148,8 @@ def make_driver(
 
         def golden(model: str, version: int) -> None:
             config = read_config(repo.path / model / CONFIG_FILE)
-            stream, stateful = is_decoupled(config), sequence_idle_seconds(config) > 0
             check(
-                cases,
-                lambda inputs: infer(
-                    control.url,
-                    model,
-                    inputs,
-                    version=version,
-                    stream=stream,
-                    sequence_id=one_sequence() if stateful else 0,
-                ),
-                model=f"{model}:{version}",
+                cases, version_caller(control, model, version, config), model=f"{model}:{version}"
             )
 
     return RolloutDriver(
