@@ -340,7 +340,7 @@ class EndpointAnswer(Answer):
     streaming: bool | None = Field(
         default=None,
         description="Its model answers with a stream of responses (decoupled): call it over "
-        "a gRPC stream (null: its config cannot be read)",
+        "a gRPC stream or HTTP generate_stream (null: its config cannot be read)",
     )
     stateful: bool | None = Field(
         default=None,

@@ -82,7 +82,7 @@ def _show_endpoint(
 ) -> None:
     details = [state.mode]
     if data and data.get("streaming"):
-        details.append("streaming: call it over a gRPC stream")
+        details.append("streaming: call it over a gRPC stream or generate_stream")
     if data and data.get("stateful"):
         details.append("stateful: call it in sequences")
     if state.sticky_parameter:

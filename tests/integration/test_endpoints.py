@@ -3,10 +3,12 @@ and clients that keep calling while all of that happens."""
 
 from __future__ import annotations
 
+import json
 import queue
 import textwrap
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -704,6 +706,17 @@ def test_a_streaming_model_streams_every_response_through_its_endpoint(
         results = [r for part in pool.map(caller, (0, 100, 200, 300)) for r in part]
     assert len(results) == 60
     assert all(added == [10.0, 11.0, 12.0] for _, added in results), results
+
+    # over HTTP too, with Triton's generate_stream (server-sent events)
+    url = f"{models.http_url}/v2/models/{name}/generate_stream"
+    body = json.dumps({"INPUT0": [2.0, 2.0, 2.0, 2.0]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as answer:
+        events = [
+            json.loads(line[len(b"data: ") :])
+            for line in answer.read().splitlines()
+            if line.startswith(b"data: ")
+        ]
+    assert [e["OUTPUT0"] for e in events] == [[12.0] * 4, [13.0] * 4, [14.0] * 4]
 
     endpoints.set_weights(name, [Target(STREAM, 1, 0), Target(STREAM, 2, 100)])
     with grpc_client(models) as client:
