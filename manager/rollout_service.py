@@ -82,10 +82,12 @@ def version_caller(
     over a gRPC stream if it is decoupled, each request a sequence of its own if it is
     stateful."""
     stream, stateful = is_decoupled(config), sequence_idle_seconds(config) > 0
+    # a stream goes over gRPC: the control URL of a server called over HTTP
+    url = (control.grpc_url or control.url) if stream else control.url
 
     def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return infer(
-            control.url,
+            url,
             model,
             inputs,
             version=version,

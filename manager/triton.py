@@ -416,6 +416,12 @@ class _ControlBase:
     def is_grpc(self) -> bool:
         return self.endpoint.protocol == "grpc"
 
+    @property
+    def grpc_url(self) -> str | None:
+        """The server's gRPC URL: its URL if that is gRPC, else its control URL (None when
+        not known). Streaming (decoupled) models are called over it."""
+        return self.url if self.is_grpc else self.endpoint.control_url
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 

@@ -539,7 +539,10 @@ def test_a_streaming_model_is_rolled_out_with_every_stream_whole(
     (source / "config.pbtxt").write_text(config + "model_transaction_policy { decoupled: true }\n")
     for _ in range(2):
         publish(repo, "streamer", source)
-    with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
+    # as the CLI does for the embedded server: its HTTP URL, and its gRPC one for control
+    with TritonControl(
+        triton.http_url, metrics_url=triton.metrics_url, control_url=triton.grpc_url
+    ) as control:
         Endpoints(repo, control).switch("stream_ep", "streamer", 1)
         client = StreamClient(triton.grpc_url, "stream_ep")
         client.start()

@@ -128,6 +128,15 @@ def test_loads_on_the_embedded_server_go_over_its_grpc_url_whatever_url_is_given
         TritonControl("http://h:1", control_url="http://h:2")
 
 
+def test_the_grpc_url_of_a_server_is_its_url_or_its_control_url() -> None:
+    with TritonControl("grpc://h:1") as control:
+        assert control.grpc_url == "grpc://h:1"
+    with TritonControl("http://h:1", control_url="grpc://h:2") as control:
+        assert control.grpc_url == "grpc://h:2"
+    with TritonControl("http://h:1") as control:
+        assert control.grpc_url is None
+
+
 def test_connect_builds_a_control_for_the_resolved_endpoint(tmp_path: Path) -> None:
     me = psutil.Process()
     info = _record(tmp_path, me.pid, me.create_time())
