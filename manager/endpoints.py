@@ -547,8 +547,9 @@ def router_config(
     config = mc.ModelConfig(name=endpoint, backend=native_backend or "python")
     _copy_io(config, target, ragged=not native)
     group = config.instance_group.add()
+    idle_s = sequence_idle_seconds(target)  # > 0: a stateful target
     group.count = opts.instances_for(target, target_instances, native=native)
-    if not native and is_stateful(target) and opts.instance_count is None:
+    if not native and idle_s > 0 and opts.instance_count is None:
         # each Python router instance is a process of its own, and only the instance that
         # saw a sequence start knows its target: one instance
         group.count = 1
@@ -561,7 +562,6 @@ def router_config(
     config.parameters[KIND_PARAMETER].string_value = ROUTER_KIND
     config.parameters[ENDPOINT_PARAMETER].string_value = endpoint
     config.parameters[ROUTES_PARAMETER].string_value = routes_relpath(endpoint, native=native)
-    idle_s = sequence_idle_seconds(target)
     if idle_s > 0:
         # a live sequence stays with the version that saw its start; the router forgets
         # it after twice the time the target's sequence batcher keeps an idle sequence

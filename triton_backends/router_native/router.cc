@@ -571,17 +571,24 @@ SendError(
   }
 }
 
-// Answers call->request with an error (code and message given), reports it and releases.
+// The caller has its answer: report the request's statistics and release it.
 void
-FailRequest(Call* call, TRITONSERVER_Error_Code code, const std::string& message)
+Conclude(Call* call, bool success)
 {
-  SendError(call->request, code, message, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
-  Report(call, false);
+  Report(call, success);
   TRITONSERVER_Error* err =
       TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
   if (err != nullptr) {
     Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
   }
+}
+
+// Answers call->request with an error (code and message given), reports it and releases.
+void
+FailRequest(Call* call, TRITONSERVER_Error_Code code, const std::string& message)
+{
+  SendError(call->request, code, message, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
+  Conclude(call, false);
 }
 
 std::string
@@ -673,12 +680,7 @@ Finish(Call* call)
       }
       failed = call->failed;
     }
-    Report(call, !failed);
-    TRITONSERVER_Error* err =
-        TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
-    if (err != nullptr) {
-      Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
-    }
+    Conclude(call, !failed);
   } else if (call->response == nullptr) {
     FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + "no response");
   } else {
@@ -692,12 +694,7 @@ Finish(Call* call)
       if (!problem.empty()) {
         FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem);
       } else {
-        Report(call, true);
-        TRITONSERVER_Error* err =
-            TRITONBACKEND_RequestRelease(call->request, TRITONSERVER_REQUEST_RELEASE_ALL);
-        if (err != nullptr) {
-          Log(TRITONSERVER_LOG_ERROR, "cannot release a request: " + Consume(err));
-        }
+        Conclude(call, true);
       }
     }
     TRITONSERVER_Error* err = TRITONSERVER_InferenceResponseDelete(call->response);
@@ -803,6 +800,25 @@ OnRelease(TRITONSERVER_InferenceRequest*, const uint32_t flags, void* userp)
   }
 }
 
+// The request's correlation id (a number or a string) as text, or "" without one.
+std::string
+CorrelationId(TRITONBACKEND_Request* request)
+{
+  uint64_t id = 0;
+  TRITONSERVER_Error* err = TRITONBACKEND_RequestCorrelationId(request, &id);
+  if (err == nullptr) {
+    return id != 0 ? std::to_string(id) : "";
+  }
+  TRITONSERVER_ErrorDelete(err);
+  const char* sid = nullptr;
+  err = TRITONBACKEND_RequestCorrelationIdString(request, &sid);
+  if (err != nullptr) {
+    TRITONSERVER_ErrorDelete(err);
+    return "";
+  }
+  return sid != nullptr ? sid : "";
+}
+
 // The request's sticky key, or "" to route at random.
 std::string
 StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
@@ -840,22 +856,9 @@ StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
     }
   }
   if (routes.use_correlation_id) {
-    uint64_t id = 0;
-    TRITONSERVER_Error* err = TRITONBACKEND_RequestCorrelationId(request, &id);
-    if (err == nullptr) {
-      if (id != 0) {
-        return "correlation:" + std::to_string(id);
-      }
-    } else {
-      TRITONSERVER_ErrorDelete(err);
-      const char* sid = nullptr;
-      err = TRITONBACKEND_RequestCorrelationIdString(request, &sid);
-      if (err == nullptr && sid != nullptr && sid[0] != '\0') {
-        return std::string("correlation:") + sid;
-      }
-      if (err != nullptr) {
-        TRITONSERVER_ErrorDelete(err);
-      }
+    std::string id = CorrelationId(request);
+    if (!id.empty()) {
+      return "correlation:" + id;
     }
   }
   return "";
@@ -941,25 +944,6 @@ Pick(
   return r.targets[model->run_target];
 }
 
-// The request's correlation id as a key ("" without one).
-std::string
-CorrelationKey(TRITONBACKEND_Request* request)
-{
-  uint64_t id = 0;
-  TRITONSERVER_Error* err = TRITONBACKEND_RequestCorrelationId(request, &id);
-  if (err == nullptr) {
-    return id != 0 ? "u" + std::to_string(id) : "";
-  }
-  TRITONSERVER_ErrorDelete(err);
-  const char* sid = nullptr;
-  err = TRITONBACKEND_RequestCorrelationIdString(request, &sid);
-  if (err != nullptr) {
-    TRITONSERVER_ErrorDelete(err);
-    return "";
-  }
-  return sid != nullptr && sid[0] != '\0' ? std::string("s") + sid : "";
-}
-
 // The target of one request: Pick's, except that a request of a live sequence goes where
 // the sequence started (see "Sequences" at the top).
 const Target&
@@ -970,7 +954,7 @@ Choose(
   if (!model->sequences) {
     return Pick(model, routes, request, now_ns, idle);
   }
-  std::string key = CorrelationKey(request);
+  std::string key = CorrelationId(request);
   if (key.empty()) {
     return Pick(model, routes, request, now_ns, idle);
   }
