@@ -168,20 +168,32 @@ class DynamicModelManager:
         return await asyncio.to_thread(self.controller.unload, name, force=force)
 
     async def switch_active_model(
-        self, endpoint: str, model: str, version: int | None = None, *, force: bool = False
+        self,
+        endpoint: str,
+        model: str,
+        version: int | None = None,
+        *,
+        force: bool = False,
+        drain: bool = True,
     ) -> EndpointState:
         """Point ``endpoint`` at ``model`` (``version``, default the newest): the model is
         first made to fit (as :meth:`load_model`), then the endpoint re-pointed. A model
-        with other inputs or outputs than the endpoint's is refused unless ``force``."""
+        with other inputs or outputs than the endpoint's is refused unless ``force``. The
+        sequences under way on a stateful endpoint end first unless not ``drain``."""
         await self.load_model(model, version)
-        return await asyncio.to_thread(self._switch, endpoint, model, version, force)
+        return await asyncio.to_thread(self._switch, endpoint, model, version, force, drain)
 
     def _switch(
-        self, endpoint: str, model: str, version: int | None, force: bool = False
+        self,
+        endpoint: str,
+        model: str,
+        version: int | None,
+        force: bool = False,
+        drain: bool = True,
     ) -> EndpointState:
         with self.controller.locked():
             return Endpoints(Repository(self.repo), self.control).switch(
-                endpoint, model, version, force=force
+                endpoint, model, version, force=force, drain=drain
             )
 
     async def evict(self, name: str, *, force: bool = False) -> list[Eviction]:

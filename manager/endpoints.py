@@ -41,7 +41,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -81,9 +81,9 @@ from manager.repository import (
     write_text_atomic,
 )
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
-from manager.rollout import RolloutStore
+from manager.rollout import RolloutStore, wait_quiet
 from manager.serving import entries_of, precompile_unloaded
-from manager.triton import IndexEntry
+from manager.triton import IndexEntry, ModelStats
 from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
 
 log = logging.getLogger(__name__)
@@ -619,6 +619,8 @@ class ModelControl(Protocol):
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
 
+    def statistics(self, name: str | None = None) -> list[ModelStats]: ...
+
 
 Admission = Callable[[Mapping[str, Iterable[int]]], AbstractContextManager[object]]
 """Makes room for the model versions a change is about to load (model -> versions) and
@@ -631,7 +633,7 @@ class _NoServer:
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise ManagerError("no server is asked while the repository is only read")
 
-    repository_index = load_model = unload_model = _refuse
+    repository_index = load_model = unload_model = statistics = _refuse
 
 
 def startup_models(repo: Repository) -> list[str]:
@@ -677,6 +679,10 @@ class Endpoints:
         self.unload_wait_s = unload_wait_s
         # a rollout's driver changes its endpoint; anyone else must not while it runs
         self.rollout_driver = rollout_driver
+        # how a switch of a stateful model waits for its live sequences (see _drain)
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], None] = time.sleep
+        self.poll_seconds = 0.5
 
     def __repr__(self) -> str:
         return f"Endpoints({self.repo!r})"
@@ -1149,7 +1155,13 @@ class Endpoints:
     # ---------------------------------------------------------------- operations
 
     def switch(
-        self, name: str, model: str, version: int | None = None, *, force: bool = False
+        self,
+        name: str,
+        model: str,
+        version: int | None = None,
+        *,
+        force: bool = False,
+        drain: bool = True,
     ) -> EndpointState:
         """Point endpoint ``name`` at one model version (created if new).
 
@@ -1160,6 +1172,11 @@ class Endpoints:
         takes now is refused (EndpointError) unless ``force``. If anything fails, the
         endpoint keeps serving as before and a version loaded for the switch is retired
         again. Refused (RolloutError) while a rollout of ``name`` runs.
+
+        The endpoint of a stateful model is first drained (unless not ``drain``): new
+        sequences go to the new target at once, those under way end on the version they
+        began on, and the switch returns once that version has had no request for its
+        sequence idle time (at most five of them); see :meth:`_drain`.
         """
         self._refuse_during_rollout(name, "switched")
         self._check_endpoint_name(name)
@@ -1169,9 +1186,73 @@ class Endpoints:
         self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
         before = self._read(name)
         with self._admitted({model: {version}}):
+            if drain and before is not None and is_stateful(config):
+                try:
+                    self._drain(before, Target(model, version, 100.0), force=force)
+                except EndpointError as exc:
+                    raise EndpointError(
+                        f"{exc}; the sequences under way were not drained (drain=False, "
+                        "`--no-drain`, switches at once and ends them)"
+                    ) from exc
             state = self._switch(name, model, version, force=force)
         self._release_policies(before)
         return state
+
+    def _drain(self, before: EndpointState, to: Target, *, force: bool) -> None:
+        """Before stateful endpoint ``before`` is pinned to ``to``: the router sends every
+        new sequence to ``to`` and keeps each one under way on the target that saw its
+        start (a pinned endpoint becomes routed for this, its old target listed first,
+        where the sequences begun before the router go); then wait until the targets
+        that leave have been quiet for their sequence idle time. A server whose
+        statistics cannot be read is not waited for."""
+        leaving = [t for t in before.targets if t.key != to.key]
+        idle = max(
+            (sequence_idle_seconds(self._target_config(t.model)) for t in leaving), default=0
+        )
+        if idle <= 0:
+            return  # the same target, or the endpoint served a stateless model until now
+        if to.key in {t.key for t in before.targets}:
+            routes = [replace(t, weight=100.0 if t.key == to.key else 0.0) for t in before.targets]
+        else:
+            routes = [replace(t, weight=0.0) for t in before.targets] + [to]
+        self._split(
+            before.name,
+            routes,
+            sticky_parameter=before.sticky_parameter,
+            use_correlation_id=before.use_correlation_id,
+            force=force,
+        )
+
+        wanted = {t.key for t in leaving}
+
+        def served() -> int:
+            return sum(
+                s.success_count + s.fail_count
+                for model in {key[0] for key in wanted}
+                for s in self.control.statistics(model)
+                if (s.name, s.version) in wanted
+            )
+
+        log.info(
+            "endpoint %s: new sequences -> %s; waiting for those on %s to end",
+            before.name,
+            to.label(),
+            ", ".join(t.label() for t in leaving),
+        )
+        try:
+            quiet = wait_quiet(
+                served, idle, clock=self.clock, sleep=self.sleep, poll=self.poll_seconds
+            )
+        except ManagerError as exc:
+            log.warning("endpoint %s: sequences not drained: %s", before.name, exc)
+            return
+        if not quiet:
+            log.warning(
+                "endpoint %s: %s still had sequences under way after %.0f s; switched anyway",
+                before.name,
+                ", ".join(t.label() for t in leaving),
+                5 * idle,
+            )
 
     def _admitted(self, wanted: Mapping[str, Iterable[int]]) -> AbstractContextManager[object]:
         return self.admission(wanted) if self.admission is not None else nullcontext()

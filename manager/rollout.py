@@ -259,7 +259,9 @@ class EndpointControl(Protocol):
         use_correlation_id: bool = False,
     ) -> Any: ...
     def set_weights(self, name: str, targets: list[Any]) -> Any: ...
-    def switch(self, name: str, model: str, version: int | None = None) -> Any: ...
+    def switch(
+        self, name: str, model: str, version: int | None = None, *, drain: bool = True
+    ) -> Any: ...
     def ensure(self, name: str) -> Any: ...
 
 
@@ -269,6 +271,31 @@ VersionRetirer = Callable[[str, int], object]  # (model, version) to stop servin
 SequenceIdle = Callable[[str], float]
 GoldenRunner = Callable[[str, int], None]  # (model, version); raises on mismatch
 WarmupRunner = Callable[[str, int, int], WarmupResult]  # (model, version, requests)
+
+
+def wait_quiet(
+    served: Callable[[], int],
+    idle: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    poll: float = 0.5,
+) -> bool:
+    """Wait until ``served()``, the count of requests a model version answered, has not
+    changed for ``idle`` seconds, its sequence batcher's idle time: every sequence it
+    had under way has ended, or been dropped by Triton. False after five such periods
+    with requests still coming (a client that never ends its sequence). A failure of
+    ``served`` (ManagerError) is raised."""
+    last = served()
+    start = quiet_since = clock()
+    while clock() - quiet_since < idle:
+        if clock() - start >= 5 * idle:
+            return False
+        sleep(min(poll, idle / 4))
+        now = served()
+        if now != last:
+            last, quiet_since = now, clock()
+    return True
 
 
 class RolloutStore:
@@ -684,7 +711,7 @@ class RolloutDriver:
         state.requested = ""
         self.store.save(state)
         self._drain(state, keep_new=True)
-        self.endpoints.switch(state.endpoint, state.model, state.new_version)
+        self.endpoints.switch(state.endpoint, state.model, state.new_version, drain=False)
         self.retire(state.model, state.old_version)
         state.status = "promoted"
         self.store.save(state)
@@ -710,7 +737,7 @@ class RolloutDriver:
         self.store.save(state)
         self._drain(state, keep_new=False)
         try:
-            self.endpoints.switch(state.endpoint, state.model, state.old_version)
+            self.endpoints.switch(state.endpoint, state.model, state.old_version, drain=False)
         except ManagerError as exc:
             state.reason = f"{reason}; not rolled back yet: {exc}"
             self.store.save(state)
@@ -746,28 +773,25 @@ class RolloutDriver:
         leaving = state.old_version if keep_new else state.new_version
         try:
             self.endpoints.set_weights(state.endpoint, self._targets(state, 100 if keep_new else 0))
-            last = self._served(state.model, leaving)
+            quiet = wait_quiet(
+                lambda: self._served(state.model, leaving),
+                idle,
+                clock=self.clock,
+                sleep=self.sleep,
+                poll=self.poll_seconds,
+            )
         except ManagerError as exc:
             log.warning("rollout %s: sequences not drained: %s", state.endpoint, exc)
             return
-        start = quiet_since = self.clock()
-        while self.clock() - quiet_since < idle:
-            if self.clock() - start >= 5 * idle:
-                log.warning(
-                    "rollout %s: %s:%d still has sequences under way after %.0f s; going on",
-                    state.endpoint,
-                    state.model,
-                    leaving,
-                    self.clock() - start,
-                )
-                return
-            self.sleep(min(self.poll_seconds, idle / 4))
-            try:
-                served = self._served(state.model, leaving)
-            except ManagerError:
-                return
-            if served != last:
-                last, quiet_since = served, self.clock()
+        if not quiet:
+            log.warning(
+                "rollout %s: %s:%d still has sequences under way after %.0f s; going on",
+                state.endpoint,
+                state.model,
+                leaving,
+                5 * idle,
+            )
+            return
         log.info("rollout %s: the sequences on %s:%d ended", state.endpoint, state.model, leaving)
 
     def _served(self, model: str, version: int) -> int:

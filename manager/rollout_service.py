@@ -416,13 +416,17 @@ async def aswitch(
     version: int | None = None,
     *,
     force: bool = False,
+    drain: bool = True,
 ) -> object:
     """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it; a model
-    with other inputs or outputs than the endpoint's is refused unless ``force``."""
+    with other inputs or outputs than the endpoint's is refused unless ``force``. The
+    sequences under way on a stateful endpoint end first unless not ``drain``."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
     def work() -> object:
         with TritonControl(url) as control:
-            return Endpoints(repository, control).switch(endpoint, model, version, force=force)
+            return Endpoints(repository, control).switch(
+                endpoint, model, version, force=force, drain=drain
+            )
 
     return await asyncio.to_thread(work)

@@ -72,7 +72,9 @@ def switch(name: str, body: schemas.SwitchRequest, plane: Plane) -> schemas.Endp
     model, version = parse_model_ref(body.to)
     return _one(
         plane,
-        lambda endpoints: endpoints.switch(name, model, version, force=body.force),
+        lambda endpoints: endpoints.switch(
+            name, model, version, force=body.force, drain=body.drain
+        ),
         budgeted=True,
     )
 

@@ -365,6 +365,12 @@ class SwitchRequest(Body):
         description="Allow targets whose inputs, outputs or max_batch_size differ from what "
         "the endpoint takes now.",
     )
+    drain: bool = Field(
+        default=True,
+        description="For a stateful model: let the sequences under way end on the version "
+        "they began on before the switch (new ones go to the new target at once); false "
+        "switches at once.",
+    )
 
 
 class SplitRequest(Body):

@@ -145,14 +145,24 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     help="Allow targets whose inputs, outputs or max_batch_size differ from what the "
     "endpoint takes now (its clients' requests will no longer fit).",
 )
+@click.option(
+    "--drain/--no-drain",
+    default=True,
+    show_default=True,
+    help="For a stateful model: new sequences go to the new target at once, and the "
+    "switch waits until those under way have ended on the old one (at most five "
+    "sequence idle times). --no-drain switches at once and ends them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
-def endpoint_switch(obj: Context, name: str, to: str, force: bool, as_json: bool) -> None:
+def endpoint_switch(
+    obj: Context, name: str, to: str, force: bool, drain: bool, as_json: bool
+) -> None:
     """Point endpoint NAME at one model version (created if new); no client change."""
     model, version = _parse_model_version(to)
     with _control(obj) as control:
         endpoints = _budgeted(obj, control)
-        state = endpoints.switch(name, model, version, force=force)
+        state = endpoints.switch(name, model, version, force=force, drain=drain)
         if as_json:  # as `endpoint show --json` and the REST answer: with `serving`
             print_json(endpoints.describe([state])[0])
             return

@@ -42,6 +42,7 @@ BROKEN = "ep_broken"
 PARAMS = "ep_params"
 STREAM = "ep_stream"
 SEQ = "ep_seq"
+SEQ_SHORT = "ep_seq_short"  # the same model, sequences idle for 1 s are ended
 
 # Answers x + the sum of the request's numeric and boolean parameters + the length of its
 # string parameters: what reached the target of the request's parameters, in one number.
@@ -182,6 +183,13 @@ def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> Tr
     write_config(src / "config.pbtxt", config)
     for _ in range(2):
         publish(triton.repo, SEQ, src)
+    src = source_folder(tmp, SEQ_SHORT, SEQ_PY)
+    config = read_config(src / "config.pbtxt")
+    config.max_batch_size = 8
+    config.sequence_batching.max_sequence_idle_microseconds = 1_000_000
+    write_config(src / "config.pbtxt", config)
+    for _ in range(2):
+        publish(triton.repo, SEQ_SHORT, src)
     return triton
 
 
@@ -777,6 +785,44 @@ def test_a_sequence_stays_with_the_version_that_saw_its_start(
         assert [seq_call(client, name, s, 3, end=True) for s in sequences] == [1006] * 5
         # one that starts again is placed anew
         assert seq_call(client, name, sequences[0], 5, start=True, end=True) == 2005
+
+
+def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    name = "ep_seq_drained"
+    endpoints.switch(name, SEQ_SHORT, 1)
+    switched: dict[str, Any] = {}
+
+    def switch() -> None:
+        started = time.monotonic()
+        switched["state"] = endpoints.switch(name, SEQ_SHORT, 2)
+        switched["seconds"] = time.monotonic() - started
+
+    with grpc_client(models) as client:
+        assert seq_call(client, name, 21, 1, start=True) == 1001
+        total = 1
+        worker = threading.Thread(target=switch)
+        worker.start()
+        # while the switch waits, a new sequence goes to v2 and the one under way goes
+        # on on v1 (it is continued well within its idle time of 1 s)
+        deadline = time.monotonic() + 20.0
+        while seq_call(client, name, 99, 1, start=True, end=True) != 2001:
+            assert time.monotonic() < deadline, "new sequences never reached v2"
+            total += 1
+            assert seq_call(client, name, 21, 1) == 1000 + total
+            time.sleep(0.05)
+        for _ in range(4):
+            time.sleep(0.3)
+            total += 1
+            assert seq_call(client, name, 21, 1) == 1000 + total
+        assert worker.is_alive(), "the switch did not wait for the sequence under way"
+        assert seq_call(client, name, 21, 1, end=True) == 1001 + total
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert switched["state"].targets == [Target(SEQ_SHORT, 2, 100.0)]
+        assert endpoints.get(name).mode == "pinned"
+        assert seq_call(client, name, 21, 5, start=True, end=True) == 2005
 
 
 def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_switches(

@@ -21,7 +21,7 @@ from manager.api import create_app
 from manager.api.errors import status_for
 from manager.audit import AuditLog
 from manager.cli import main
-from manager.endpoints import policy_versions
+from manager.endpoints import Endpoints, EndpointState, policy_versions
 from manager.errors import (
     ArtifactError,
     ConfigError,
@@ -1027,3 +1027,20 @@ def test_api_serve_refuses_bad_settings_before_listening(
     )
     assert result.exit_code == 2
     assert "invalid memory limit" in result.output
+
+
+def test_switch_passes_drain_on_default_true(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real = Endpoints.switch
+
+    def switch(self: Endpoints, *args: Any, drain: bool = True, **kw: Any) -> EndpointState:
+        seen.append(drain)
+        return real(self, *args, drain=drain, **kw)
+
+    monkeypatch.setattr(Endpoints, "switch", switch)
+    assert client.post("/v1/endpoints/ep/switch", json={"to": "m:1"}).status_code == 200
+    body = {"to": "m:2", "drain": False}
+    assert client.post("/v1/endpoints/ep/switch", json=body).status_code == 200
+    assert seen == [True, False]

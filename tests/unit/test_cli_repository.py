@@ -197,3 +197,26 @@ def test_a_config_file_that_does_not_exist_is_refused_by_every_command(tmp_path)
     code, _, err = run("--repo", str(tmp_path), "--config", str(tmp_path / "nope.yaml"), "ls")
     assert code == 2
     assert "nope.yaml" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize(("flag", "drain"), [((), True), (("--no-drain",), False)])
+def test_endpoint_switch_drains_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: tuple[str, ...], drain: bool
+) -> None:
+    from contextlib import nullcontext
+
+    from manager.cli import endpoint_cmds
+    from manager.endpoints import EndpointState, Target
+
+    seen: list[dict[str, object]] = []
+
+    class Recorder:
+        def switch(self, *args: object, **kw: object) -> EndpointState:
+            seen.append(kw)
+            return EndpointState("ep", "pinned", [Target("m", 1)])
+
+    monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: nullcontext(None))
+    monkeypatch.setattr(endpoint_cmds, "_budgeted", lambda obj, control: Recorder())
+    code, out, _ = run("--repo", str(tmp_path), "endpoint", "switch", "ep", "--to", "m:1", *flag)
+    assert code == 0 and "endpoint ep -> m:1" in out
+    assert seen == [{"force": False, "drain": drain}]

@@ -795,9 +795,16 @@ def test_switch_active_model_makes_room_for_the_model_then_repoints_the_endpoint
     calls: list[tuple[str, str, int | None, set[str]]] = []
 
     def switch(
-        self: Any, name: str, model: str, version: int | None = None, *, force: bool = False
+        self: Any,
+        name: str,
+        model: str,
+        version: int | None = None,
+        *,
+        force: bool = False,
+        drain: bool = False,
     ) -> EndpointState:
-        assert force is False  # the default: an endpoint's clients are kept safe
+        # the defaults: an endpoint's clients are kept safe, their sequences too
+        assert force is False and drain is True
         calls.append((name, model, version, fake.loaded()))
         return EndpointState(name, "pinned", [Target(model, version or 1)])
 

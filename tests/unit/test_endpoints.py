@@ -18,6 +18,8 @@ import pytest
 
 from manager.endpoints import (
     ENDPOINT_KIND,
+    PINNED,
+    ROUTED,
     ROUTER_SUFFIX,
     Endpoints,
     EndpointState,
@@ -51,7 +53,7 @@ from manager.modelconfig import (
 )
 from manager.repository import Repository
 from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
-from manager.triton import IndexEntry
+from manager.triton import IndexEntry, ModelStats
 from tests.unit.fakes import triton_python_backend_utils as fake_pb
 
 ROUTER_PY = Path(__file__).resolve().parents[2] / "triton_backends" / "router" / "model.py"
@@ -613,6 +615,9 @@ class FakeTriton:
         self.repo = repo
         self.loaded: dict[str, set[int]] = {}
         self.calls: list[tuple[str, str]] = []
+        # requests each loaded version answered (model, version) -> count; a callable
+        # count is asked at every read
+        self.served: dict[tuple[str, int], int | Callable[[], int]] = {}
 
     def repository_index(self) -> list[IndexEntry]:
         return [
@@ -636,6 +641,16 @@ class FakeTriton:
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self.calls.append(("unload", name))
         self.loaded.pop(name, None)
+
+    def statistics(self, name: str | None = None) -> list[ModelStats]:
+        rows = []
+        for model, versions in self.loaded.items():
+            for v in sorted(versions):
+                count = self.served.get((model, v), 0)
+                n = count() if callable(count) else count
+                if name in (None, model):
+                    rows.append(ModelStats(model, v, 0, n, n, n, 0, 0, 0, 0, 0, 0, 0))
+        return rows
 
     def fail_loads(self, when: Callable[[str], bool], message: str) -> None:
         """From now on a load of a model ``when`` accepts fails with ``message``."""
@@ -664,7 +679,20 @@ def setup(tmp_path: Path) -> tuple[Endpoints, FakeTriton, Path]:
     repo.mkdir()
     publish_model(repo, "m")
     triton = FakeTriton(repo)
-    return Endpoints(Repository(repo), triton, router=RouterOptions(backend="python")), triton, repo
+    endpoints = Endpoints(Repository(repo), triton, router=RouterOptions(backend="python"))
+    endpoints.clock, endpoints.sleep = FakeClock().pair()
+    return endpoints, triton, repo
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def pair(self) -> tuple[Callable[[], float], Callable[[float], None]]:
+        def sleep(seconds: float) -> None:
+            self.now += seconds
+
+        return (lambda: self.now), sleep
 
 
 def test_switch_creates_a_pinned_endpoint_and_loads_its_target(
@@ -953,6 +981,98 @@ def test_an_endpoint_of_a_stateful_model_from_an_older_release_switches_without_
     write_config(path, old)
     assert endpoints.switch("ep", "m", 2).targets == [Target("m", 2, 100.0)]
     assert read_config(path).parameters["tritonctl.stateful"].string_value == "true"
+
+
+def stateful_setup(
+    setup: tuple[Endpoints, FakeTriton, Path], served: Callable[[float], int]
+) -> tuple[Endpoints, FakeTriton, FakeClock, list[tuple[str, EndpointState, float]]]:
+    """``m`` made stateful (idle 2 s), ``ep`` pinned to m:1; m:1 answers ``served(now)``
+    requests by then; every load is recorded with the endpoint's routes at that time."""
+    endpoints, triton, repo = setup
+    config = read_config(repo / "m" / "config.pbtxt")
+    config.sequence_batching.max_sequence_idle_microseconds = 2_000_000
+    write_config(repo / "m" / "config.pbtxt", config)
+    clock = FakeClock()
+    endpoints.clock, endpoints.sleep = clock.pair()
+    endpoints.switch("ep", "m", 1)
+    triton.served[("m", 1)] = lambda: served(clock.now)
+    loads: list[tuple[str, EndpointState, float]] = []
+    original = triton.load_model
+
+    def load(name: str, config: str | None = None) -> None:
+        original(name, config)
+        loads.append((name, endpoints.get("ep"), clock.now))
+
+    triton.load_model = load  # type: ignore[method-assign]
+    return endpoints, triton, clock, loads
+
+
+def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    # m:1's clients go on with their sequences until t=3 s
+    endpoints, _triton, _clock, loads = stateful_setup(setup, lambda now: int(min(now, 3.0) * 10))
+    state = endpoints.switch("ep", "m", 2)
+    assert state.mode == PINNED and state.targets == [Target("m", 2, 100.0)]
+    ep_loads = [(s, t) for name, s, t in loads if name == "ep"]
+    assert len(ep_loads) == 2
+    (routed, routed_at), (pinned, pinned_at) = ep_loads
+    # first a router: new sequences to m:2, the old target first (where the sequences
+    # begun before the router go)
+    assert routed.mode == ROUTED and routed_at == 0.0
+    assert routed.targets == [Target("m", 1, 0.0), Target("m", 2, 100.0)]
+    # pinned only once m:1 had been quiet for its idle time
+    assert pinned.mode == PINNED
+    assert 5.0 <= pinned_at < 5.6
+
+
+def test_a_stateful_switch_does_not_wait_forever_for_a_sequence_that_never_ends(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, clock, _loads = stateful_setup(setup, lambda now: int(now * 10))
+    assert endpoints.switch("ep", "m", 2).targets == [Target("m", 2, 100.0)]
+    assert 10.0 <= clock.now < 10.6  # five idle times
+
+
+def test_a_switch_without_drain_pins_a_stateful_endpoint_at_once(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, clock, loads = stateful_setup(setup, lambda now: int(now * 10))
+    endpoints.switch("ep", "m", 2, drain=False)
+    assert [(name, s.mode) for name, s, _ in loads if name == "ep"] == [("ep", PINNED)]
+    assert clock.now == 0.0
+
+
+def test_a_switch_of_a_stateless_endpoint_does_not_drain(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.switch("ep", "m", 1)
+    triton.calls.clear()
+    endpoints.switch("ep", "m", 2)
+    assert [c for c in triton.calls if c[1] == "ep"] == [("load", "ep")]
+    assert endpoints.get("ep").mode == PINNED
+
+
+def test_a_stateful_switch_of_a_routed_endpoint_keeps_its_router_and_order(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _triton, clock, loads = stateful_setup(setup, lambda now: int(min(now, 1.0) * 10))
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    loads.clear()
+    writes: list[EndpointState] = []
+    original = endpoints._write
+
+    def write(state: EndpointState) -> None:
+        writes.append(state)
+        original(state)
+
+    endpoints._write = write  # type: ignore[method-assign]
+    endpoints.switch("ep", "m", 2)
+    # the router already in the path takes the new weights (no reload), then the pin
+    assert writes[0].targets == [Target("m", 1, 0.0), Target("m", 2, 100.0)]
+    assert [(name, s.mode) for name, s, _ in loads if name == "ep"] == [("ep", PINNED)]
+    assert clock.now >= 2.0
 
 
 def test_list_returns_every_endpoint_sorted(setup: tuple[Endpoints, FakeTriton, Path]) -> None:

@@ -39,7 +39,8 @@ class FakeEndpoints:
         self.weights = {t.version: t.weight for t in targets}
         self.calls.append(f"weights {self.weights}")
 
-    def switch(self, name, model, version=None):
+    def switch(self, name, model, version=None, *, drain=True):
+        assert not drain, "a rollout drains the sequences itself, before it switches"
         self.pinned = version
         self.weights = {version: 100.0}
         self.calls.append(f"switch {version}")
@@ -169,9 +170,9 @@ def stateful_driver(tmp_path: Path, tail_s: float, idle_s: float, **traffic_kw):
     switched_at: list[float] = []
     switch = endpoints.switch
 
-    def timed_switch(name, model, version=None):
+    def timed_switch(name, model, version=None, *, drain=True):
         switched_at.append(clock.now)
-        switch(name, model, version)
+        switch(name, model, version, drain=drain)
 
     endpoints.switch = timed_switch  # type: ignore[method-assign]
     driver = RolloutDriver(
@@ -278,7 +279,7 @@ def test_an_abort_that_cannot_reach_the_server_leaves_the_rollout_as_the_endpoin
     driver.on_stage = lambda s: request_action(store, "ep", "abort") if s.weight == 30 else None
     switch = endpoints.switch
 
-    def unreachable(name, model, version=None):
+    def unreachable(name, model, version=None, *, drain=True):
         raise TritonUnreachableError("no Triton server answers at http://127.0.0.1:1")
 
     endpoints.switch = unreachable  # type: ignore[method-assign]
