@@ -467,6 +467,13 @@ class EmbeddedServer:
             f"--grpc-port={grpc_port}",
             f"--metrics-port={metrics_port}",
         ]
+        if not any(a.startswith("--strict-readiness") for a in extra_args):
+            # Triton's strict readiness answers "not ready" for as long as any version
+            # it ever failed to load is on record (until that very version loads), so
+            # one bad load would take the whole server out of a load balancer while its
+            # other models serve. Ready here means up, with its startup loads done; a
+            # model's own readiness is /v2/models/NAME/ready.
+            cmd.append("--strict-readiness=false")
         backend_dir = binary.prepare_backend_dir(self.meta_dir / BACKENDS_DIR)
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")

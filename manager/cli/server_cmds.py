@@ -87,6 +87,14 @@ def try_command(info: ServerInfo) -> str:
     "never find it up without them; what fails to load is loaded again, and reported, "
     "once it is live.",
 )
+@click.option(
+    "--strict-readiness",
+    is_flag=True,
+    help="Triton's strict readiness: /v2/health/ready answers 400 while any model version "
+    "is not ready, including one that failed to load (until that version loads). By "
+    "default the server is ready once it is up with its startup loads done, and each "
+    "model says its own readiness (/v2/models/NAME/ready).",
+)
 @pass_context
 def start(
     obj: Context,
@@ -98,10 +106,13 @@ def start(
     metrics_interval_ms: int | None,
     wait_timeout: float,
     restore: bool,
+    strict_readiness: bool,
 ) -> None:
     """Start tritonserver on --repo and print how to reach it."""
     embedded = EmbeddedServer(obj.repo, binary=binary)
     extra_args = _startup_args(obj.repo) if restore else []
+    if strict_readiness:
+        extra_args.append("--strict-readiness=true")
 
     def ready(i: ServerInfo) -> None:
         _describe(i, verb="running")

@@ -107,6 +107,8 @@ def test_failed_load_names_model_and_cause_and_others_keep_serving(
         x = np.array([4.0], dtype=np.float32)
         np.testing.assert_allclose(infer(triton.http_url, good, x), x * 2)
         assert states(control, good) == {1: "READY"}
+        # the server stays ready for the models it serves (a load balancer keeps it)
+        assert control.is_ready()
     finally:
         serving.unload(control, good)
 

@@ -220,3 +220,23 @@ def test_endpoint_switch_drains_unless_told_not_to(
     code, out, _ = run("--repo", str(tmp_path), "endpoint", "switch", "ep", "--to", "m:1", *flag)
     assert code == 0 and "endpoint ep -> m:1" in out
     assert seen == [{"force": False, "drain": drain}]
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), []), (("--strict-readiness",), ["true"])])
+def test_server_start_asks_for_strict_readiness_only_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: tuple[str, ...], expected: list[str]
+) -> None:
+    from manager import server as srv
+
+    seen: list[list[str]] = []
+
+    def start(self: srv.EmbeddedServer, *args: object, extra_args: list[str], **kw: object) -> None:
+        seen.append(list(extra_args))
+        raise srv.ServerError("not started in this test")
+
+    monkeypatch.setattr(srv.EmbeddedServer, "start", start)
+    (tmp_path / "repo").mkdir()
+    code, _, err = run("--repo", str(tmp_path / "repo"), "server", "start", *flag)
+    assert code == 1 and "not started in this test" in err
+    [args] = seen
+    assert [a.split("=", 1)[1] for a in args if a.startswith("--strict-readiness")] == expected

@@ -234,6 +234,10 @@ def test_command_line_is_explicit_mode_on_the_repository(tmp_path: Path) -> None
     assert "--exit-timeout-secs=5" in cmd
     assert not any(a.startswith("--load-model") for a in cmd)
     assert cmd[-1] == "--x"
+    # a failed load does not make the whole server "not ready", unless asked
+    assert "--strict-readiness=false" in cmd
+    strict = EmbeddedServer(repo).command(binary, 1, 2, 3, extra_args=["--strict-readiness=true"])
+    assert [a for a in strict if a.startswith("--strict-readiness")] == ["--strict-readiness=true"]
 
 
 # --------------------------------------------------------------------- ports
