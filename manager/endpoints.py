@@ -1185,32 +1185,42 @@ class Endpoints:
         # checked before room is made for it
         self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
         before = self._read(name)
+        target = Target(model, version, 100.0)
+        draining: tuple[_Targets, float] | None = None
         with self._admitted({model: {version}}):
             if drain and before is not None and is_stateful(config):
                 try:
-                    self._drain(before, Target(model, version, 100.0), force=force)
+                    draining = self._drain_start(before, target, force=force)
                 except EndpointError as exc:
                     raise EndpointError(
                         f"{exc}; the sequences under way were not drained (drain=False, "
                         "`--no-drain`, switches at once and ends them)"
                     ) from exc
-            state = self._switch(name, model, version, force=force)
+            if draining is None:
+                state = self._switch(name, model, version, force=force)
+        if draining is not None:
+            # waited for outside the budget's lock: other loads go on meanwhile (both
+            # versions are routed, so neither is evicted)
+            self._drain_wait(name, *draining)
+            with self._admitted({model: {version}}):
+                state = self._switch(name, model, version, force=force)
         self._release_policies(before)
         return state
 
-    def _drain(self, before: EndpointState, to: Target, *, force: bool) -> None:
+    def _drain_start(
+        self, before: EndpointState, to: Target, *, force: bool
+    ) -> tuple[_Targets, float] | None:
         """Before stateful endpoint ``before`` is pinned to ``to``: the router sends every
         new sequence to ``to`` and keeps each one under way on the target that saw its
         start (a pinned endpoint becomes routed for this, its old target listed first,
-        where the sequences begun before the router go); then wait until the targets
-        that leave have been quiet for their sequence idle time. A server whose
-        statistics cannot be read is not waited for."""
+        where the sequences begun before the router go). Returns the targets that leave
+        and their sequence idle time, or None when there is nothing to drain."""
         leaving = [t for t in before.targets if t.key != to.key]
         idle = max(
             (sequence_idle_seconds(self._target_config(t.model)) for t in leaving), default=0
         )
         if idle <= 0:
-            return  # the same target, or the endpoint served a stateless model until now
+            return None  # the same target, or the endpoint served a stateless model until now
         if to.key in {t.key for t in before.targets}:
             routes = [replace(t, weight=100.0 if t.key == to.key else 0.0) for t in before.targets]
         else:
@@ -1222,7 +1232,17 @@ class Endpoints:
             use_correlation_id=before.use_correlation_id,
             force=force,
         )
+        log.info(
+            "endpoint %s: new sequences -> %s; waiting for those on %s to end",
+            before.name,
+            to.label(),
+            ", ".join(t.label() for t in leaving),
+        )
+        return leaving, idle
 
+    def _drain_wait(self, name: str, leaving: Sequence[Target], idle: float) -> None:
+        """Wait until the ``leaving`` targets have been quiet for ``idle`` seconds (at most
+        five times that). A server whose statistics cannot be read is not waited for."""
         wanted = {t.key for t in leaving}
 
         def served() -> int:
@@ -1233,23 +1253,17 @@ class Endpoints:
                 if (s.name, s.version) in wanted
             )
 
-        log.info(
-            "endpoint %s: new sequences -> %s; waiting for those on %s to end",
-            before.name,
-            to.label(),
-            ", ".join(t.label() for t in leaving),
-        )
         try:
             quiet = wait_quiet(
                 served, idle, clock=self.clock, sleep=self.sleep, poll=self.poll_seconds
             )
         except ManagerError as exc:
-            log.warning("endpoint %s: sequences not drained: %s", before.name, exc)
+            log.warning("endpoint %s: sequences not drained: %s", name, exc)
             return
         if not quiet:
             log.warning(
                 "endpoint %s: %s still had sequences under way after %.0f s; switched anyway",
-                before.name,
+                name,
                 ", ".join(t.label() for t in leaving),
                 5 * idle,
             )

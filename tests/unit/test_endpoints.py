@@ -8,7 +8,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -1024,6 +1025,32 @@ def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
     # pinned only once m:1 had been quiet for its idle time
     assert pinned.mode == PINNED
     assert 5.0 <= pinned_at < 5.6
+
+
+def test_a_stateful_switch_waits_for_the_sequences_without_holding_the_budget(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    held: list[bool] = [False]
+    admitted: list[dict[str, set[int]]] = []
+
+    @contextmanager
+    def admission(wanted: Mapping[str, Iterable[int]]) -> Iterator[None]:
+        admitted.append({m: set(v) for m, v in wanted.items()})
+        held[0] = True
+        try:
+            yield
+        finally:
+            held[0] = False
+
+    def served(now: float) -> int:
+        assert not held[0], "the drain waited while holding the memory budget's lock"
+        return int(min(now, 1.0) * 10)
+
+    endpoints, _, clock, _ = stateful_setup(setup, served)
+    endpoints.admission = admission
+    assert endpoints.switch("ep", "m", 2).targets == [Target("m", 2, 100.0)]
+    assert clock.now >= 3.0
+    assert admitted == [{"m": {2}}, {"m": {2}}]  # the router's load, then the pin
 
 
 def test_a_stateful_switch_does_not_wait_forever_for_a_sequence_that_never_ends(
