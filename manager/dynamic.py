@@ -191,10 +191,12 @@ class DynamicModelManager:
         force: bool = False,
         drain: bool = True,
     ) -> EndpointState:
-        with self.controller.locked():
-            return Endpoints(Repository(self.repo), self.control).switch(
-                endpoint, model, version, force=force, drain=drain
-            )
+        # the budget's lock is held while the endpoint loads what it needs (not while a
+        # stateful endpoint waits for its sequences to end)
+        endpoints = Endpoints(
+            Repository(self.repo), self.control, admission=self.controller.admitting
+        )
+        return endpoints.switch(endpoint, model, version, force=force, drain=drain)
 
     async def evict(self, name: str, *, force: bool = False) -> list[Eviction]:
         """Evict ``name`` by hand (audited); refused for a protected model unless ``force``."""

@@ -251,6 +251,46 @@ def test_dynamic_manager_over_http_loads_from_its_worker_threads(triton: TritonH
                 serving.unload(control, name)
 
 
+def test_dynamic_manager_points_an_endpoint_at_a_model_within_its_budget(
+    triton: TritonHandle,
+) -> None:
+    from manager.budget import MemoryBudget, ServingConfig
+    from manager.controller import Controller
+    from manager.dynamic import DynamicModelManager
+    from manager.endpoints import Endpoints, Target
+    from manager.repository import Repository
+
+    first, second, third = "dyn_ep_first", "dyn_ep_second", "dyn_ep_third"
+    for name in (first, second, third):
+        write_python_model(triton.repo, name)
+    with TritonControl(triton.grpc_url) as control:
+        before = {e.name for e in control.repository_index() if e.state == "READY"}
+        config = ServingConfig(budget=MemoryBudget(max_models=10_000))
+        slots = Controller(control, triton.repo, config).plan().loaded
+
+    async def scenario() -> list[list[Target]]:
+        async with DynamicModelManager(
+            triton.grpc_url, repo=triton.repo, max_models=slots + 2, pinned=before
+        ) as m:
+            one = await m.switch_active_model("dyn_ep", first)
+            two = await m.switch_active_model("dyn_ep", second)
+            # no longer a target, so no longer protected: room for a third is made from it
+            await m.load_model(third)
+            return [one.targets, two.targets]
+
+    try:
+        assert asyncio.run(scenario()) == [[Target(first, 1, 100.0)], [Target(second, 1, 100.0)]]
+        x = np.array([3.0], dtype=np.float32)
+        np.testing.assert_allclose(infer(triton.http_url, "dyn_ep", x), x * 2)
+        with TritonControl(triton.grpc_url) as control:
+            assert states(control, first) == {1: "UNAVAILABLE"}
+    finally:
+        with TritonControl(triton.grpc_url) as control:
+            Endpoints(Repository(triton.repo), control).delete("dyn_ep")
+            for name in (first, second, third):
+                serving.unload(control, name)
+
+
 # Takes a while to load, as a large model does.
 SLOW_LOAD_PY = """
 import time

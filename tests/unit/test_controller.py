@@ -805,6 +805,20 @@ def test_switch_active_model_makes_room_for_the_model_then_repoints_the_endpoint
     ) -> EndpointState:
         # the defaults: an endpoint's clients are kept safe, their sequences too
         assert force is False and drain is True
+        # the budget applies to what the switch loads, but its lock is not held around
+        # the whole switch (a stateful endpoint's may wait for its sequences to end)
+        assert self.admission is not None
+        free: list[bool] = []
+
+        def probe() -> None:
+            if manager.controller._lock.acquire(timeout=0):
+                manager.controller._lock.release()
+                free.append(True)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        prober.join()
+        assert free == [True]
         calls.append((name, model, version, fake.loaded()))
         return EndpointState(name, "pinned", [Target(model, version or 1)])
 
