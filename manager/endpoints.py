@@ -1185,60 +1185,93 @@ class Endpoints:
         # checked before room is made for it
         self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
         before = self._read(name)
-        target = Target(model, version, 100.0)
-        draining: tuple[_Targets, float] | None = None
-        with self._admitted({model: {version}}):
-            if drain and before is not None and is_stateful(config):
-                try:
-                    draining = self._drain_start(before, target, force=force)
-                except EndpointError as exc:
-                    raise EndpointError(
-                        f"{exc}; the sequences under way were not drained (drain=False, "
-                        "`--no-drain`, switches at once and ends them)"
-                    ) from exc
-            if draining is None:
-                state = self._switch(name, model, version, force=force)
-        if draining is not None:
-            # waited for outside the budget's lock: other loads go on meanwhile (both
-            # versions are routed, so neither is evicted)
-            self._drain_wait(name, *draining)
-            with self._admitted({model: {version}}):
-                state = self._switch(name, model, version, force=force)
+        state = self._changed_safely(
+            before,
+            [Target(model, version, 100.0)],
+            {model: {version}},
+            lambda: self._switch(name, model, version, force=force),
+            drain=drain and is_stateful(config),
+            force=force,
+        )
         self._release_policies(before)
         return state
 
+    def _changed_safely(
+        self,
+        before: EndpointState | None,
+        final: Sequence[Target],
+        wanted: Mapping[str, Iterable[int]],
+        change: Callable[[], EndpointState],
+        *,
+        drain: bool,
+        force: bool,
+        sticky_parameter: str | None = None,
+        use_correlation_id: bool = False,
+    ) -> EndpointState:
+        """Make ``change`` (to ``final`` targets) within the budget for ``wanted``. With
+        ``drain`` (a stateful endpoint), when targets leave, first send every new sequence
+        to ``final`` while the router keeps each one under way where it began, wait until
+        the leaving targets have been quiet for their sequence idle time (without the
+        budget's lock: both are routed, so neither is evicted meanwhile), then change."""
+        draining: tuple[str, _Targets, float] | None = None
+        with self._admitted(wanted):
+            if drain and before is not None:
+                try:
+                    draining = self._drain_start(
+                        before,
+                        final,
+                        force=force,
+                        sticky_parameter=sticky_parameter,
+                        use_correlation_id=use_correlation_id,
+                    )
+                except EndpointError as exc:
+                    raise EndpointError(
+                        f"{exc}; the sequences under way were not drained (drain=False, "
+                        "`--no-drain`, changes the endpoint at once and ends them)"
+                    ) from exc
+            if draining is None:
+                return change()
+        self._drain_wait(*draining)
+        with self._admitted(wanted):
+            return change()
+
     def _drain_start(
-        self, before: EndpointState, to: Target, *, force: bool
-    ) -> tuple[_Targets, float] | None:
-        """Before stateful endpoint ``before`` is pinned to ``to``: the router sends every
-        new sequence to ``to`` and keeps each one under way on the target that saw its
-        start (a pinned endpoint becomes routed for this, its old target listed first,
-        where the sequences begun before the router go). Returns the targets that leave
-        and their sequence idle time, or None when there is nothing to drain."""
-        leaving = [t for t in before.targets if t.key != to.key]
+        self,
+        before: EndpointState,
+        final: Sequence[Target],
+        *,
+        force: bool,
+        sticky_parameter: str | None,
+        use_correlation_id: bool,
+    ) -> tuple[str, _Targets, float] | None:
+        """Before stateful endpoint ``before`` goes to ``final`` targets: routed to the
+        targets that leave, listed first at weight 0 (a request of a sequence whose start
+        the router did not see goes to the first target: the one a pinned endpoint was
+        pinned to), then ``final``'s. The router sends every new sequence to ``final``'s
+        and keeps each one under way on the target that saw its start. Returns the
+        endpoint, the targets that leave and their sequence idle time, or None when none
+        leaves."""
+        keys = {t.key for t in final}
+        leaving = [t for t in before.targets if t.key not in keys]
         idle = max(
             (sequence_idle_seconds(self._target_config(t.model)) for t in leaving), default=0
         )
         if idle <= 0:
-            return None  # the same target, or the endpoint served a stateless model until now
-        if to.key in {t.key for t in before.targets}:
-            routes = [replace(t, weight=100.0 if t.key == to.key else 0.0) for t in before.targets]
-        else:
-            routes = [replace(t, weight=0.0) for t in before.targets] + [to]
+            return None  # none leaves, or the endpoint served a stateless model until now
         self._split(
             before.name,
-            routes,
-            sticky_parameter=before.sticky_parameter,
-            use_correlation_id=before.use_correlation_id,
+            [replace(t, weight=0.0) for t in leaving] + list(final),
+            sticky_parameter=sticky_parameter,
+            use_correlation_id=use_correlation_id,
             force=force,
         )
         log.info(
             "endpoint %s: new sequences -> %s; waiting for those on %s to end",
             before.name,
-            to.label(),
+            ", ".join(t.label() for t in final if t.weight > 0),
             ", ".join(t.label() for t in leaving),
         )
-        return leaving, idle
+        return before.name, leaving, idle
 
     def _drain_wait(self, name: str, leaving: Sequence[Target], idle: float) -> None:
         """Wait until the ``leaving`` targets have been quiet for ``idle`` seconds (at most
@@ -1306,6 +1339,7 @@ class Endpoints:
         sticky_parameter: str | None = None,
         use_correlation_id: bool = False,
         force: bool = False,
+        drain: bool = True,
     ) -> EndpointState:
         """Send endpoint ``name``'s traffic to several targets by weight (created if new).
 
@@ -1317,6 +1351,11 @@ class Endpoints:
         as the endpoint takes now. If anything fails, the endpoint keeps serving as before
         and versions loaded for the split are retired again. Refused (RolloutError) while
         a rollout of ``name`` runs.
+
+        For a stateful model (unless not ``drain``) the sequences under way keep their
+        version: a target that leaves the endpoint is drained first, as by
+        :meth:`switch`, and the version a pinned endpoint served is listed first (where
+        the router sends a sequence whose start it did not see).
         """
         self._refuse_during_rollout(name, "split")
         self._check_endpoint_name(name)
@@ -1327,14 +1366,27 @@ class Endpoints:
         for t in checked:
             wanted.setdefault(t.model, set()).add(t.version)
         before = self._read(name)
-        with self._admitted(wanted):
-            state = self._split(
+        stateful = drain and is_stateful(configs[checked[0].model])
+        final = list(checked)
+        if stateful and before is not None and before.mode == PINNED:
+            pinned = [t for t in final if t.key == before.targets[0].key]
+            final = pinned + [t for t in final if t.key != before.targets[0].key]
+        state = self._changed_safely(
+            before,
+            final,
+            wanted,
+            lambda: self._split(
                 name,
-                targets,
+                final,
                 sticky_parameter=sticky_parameter,
                 use_correlation_id=use_correlation_id,
                 force=force,
-            )
+            ),
+            drain=stateful,
+            force=force,
+            sticky_parameter=sticky_parameter,
+            use_correlation_id=use_correlation_id,
+        )
         self._release_policies(before)
         return state
 

@@ -96,6 +96,7 @@ def split(name: str, body: schemas.SplitRequest, plane: Plane) -> schemas.Endpoi
             sticky_parameter=body.sticky_parameter,
             use_correlation_id=body.sticky_correlation_id,
             force=body.force,
+            drain=body.drain,
         ),
         options,
         budgeted=True,

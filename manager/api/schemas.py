@@ -358,6 +358,13 @@ class Deleted(Answer):
     deleted: bool = True
 
 
+DRAIN_DESCRIPTION = (
+    "For a stateful model: the sequences under way end on the version they began on "
+    "before a target leaves (new ones go to the new targets at once); false changes the "
+    "endpoint at once."
+)
+
+
 class SwitchRequest(Body):
     to: str = Field(min_length=1, description="MODEL or MODEL:VERSION (default the newest).")
     force: bool = Field(
@@ -365,12 +372,7 @@ class SwitchRequest(Body):
         description="Allow targets whose inputs, outputs or max_batch_size differ from what "
         "the endpoint takes now.",
     )
-    drain: bool = Field(
-        default=True,
-        description="For a stateful model: let the sequences under way end on the version "
-        "they began on before the switch (new ones go to the new target at once); false "
-        "switches at once.",
-    )
+    drain: bool = Field(default=True, description=DRAIN_DESCRIPTION)
 
 
 class SplitRequest(Body):
@@ -388,6 +390,7 @@ class SplitRequest(Body):
         default=None,
         description=f"One of {', '.join(ROUTER_BACKENDS)} (default: TRITONCTL_ROUTER).",
     )
+    drain: bool = Field(default=True, description=DRAIN_DESCRIPTION)
 
     @field_validator("router")
     @classmethod

@@ -130,6 +130,16 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
         _show_endpoint(s, data["serving"], data)
 
 
+drain_option = click.option(
+    "--drain/--no-drain",
+    default=True,
+    show_default=True,
+    help="For a stateful model: new sequences go to the new targets at once, and a target "
+    "that leaves is waited for until the sequences under way on it have ended (at most "
+    "five sequence idle times). --no-drain changes the endpoint at once and ends them.",
+)
+
+
 @endpoint.command("switch")
 @click.argument("name")
 @click.option(
@@ -145,14 +155,7 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     help="Allow targets whose inputs, outputs or max_batch_size differ from what the "
     "endpoint takes now (its clients' requests will no longer fit).",
 )
-@click.option(
-    "--drain/--no-drain",
-    default=True,
-    show_default=True,
-    help="For a stateful model: new sequences go to the new target at once, and the "
-    "switch waits until those under way have ended on the old one (at most five "
-    "sequence idle times). --no-drain switches at once and ends them.",
-)
+@drain_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_switch(
@@ -203,6 +206,7 @@ def endpoint_switch(
     help="Allow targets whose inputs, outputs or max_batch_size differ from what the "
     "endpoint takes now (its clients' requests will no longer fit).",
 )
+@drain_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def endpoint_split(
@@ -213,6 +217,7 @@ def endpoint_split(
     sticky_correlation_id: bool,
     router_backend: str | None,
     force: bool,
+    drain: bool,
     as_json: bool,
 ) -> None:
     """Split endpoint NAME's traffic across targets by weight (an A/B test)."""
@@ -231,6 +236,7 @@ def endpoint_split(
             sticky_parameter=sticky_parameter,
             use_correlation_id=sticky_correlation_id,
             force=force,
+            drain=drain,
         )
         if as_json:
             print_json(endpoints.describe([state])[0])

@@ -825,6 +825,32 @@ def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
         assert seq_call(client, name, 21, 5, start=True, end=True) == 2005
 
 
+def test_a_split_of_a_pinned_stateful_endpoint_keeps_the_sequences_begun_before_it(
+    models: TritonHandle, endpoints: Endpoints
+) -> None:
+    name = "ep_seq_split"
+    endpoints.switch(name, SEQ_SHORT, 1)
+    with grpc_client(models) as client:
+        assert seq_call(client, name, 31, 1, start=True) == 1001
+        # listed second, yet the pinned version is where the router sends sequences
+        # whose start it did not see
+        splitter = threading.Thread(
+            target=endpoints.split,
+            args=(name, [Target(SEQ_SHORT, 2, 50), Target(SEQ_SHORT, 1, 50)]),
+        )
+        splitter.start()
+        total = 1
+        while splitter.is_alive():  # the sequence is kept well within its idle time
+            total += 1
+            assert seq_call(client, name, 31, 1) == 1000 + total
+            time.sleep(0.2)
+        splitter.join()
+        assert endpoints.get(name).mode == "routed"
+        assert seq_call(client, name, 31, 1) == 1001 + total
+        assert seq_call(client, name, 31, 1, end=True) == 1002 + total
+    assert endpoints.get(name).targets == [Target(SEQ_SHORT, 1, 50.0), Target(SEQ_SHORT, 2, 50.0)]
+
+
 def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_switches(
     models: TritonHandle, endpoints: Endpoints
 ) -> None:

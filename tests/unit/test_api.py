@@ -1029,7 +1029,7 @@ def test_api_serve_refuses_bad_settings_before_listening(
     assert "invalid memory limit" in result.output
 
 
-def test_switch_passes_drain_on_default_true(
+def test_switch_and_split_pass_drain_on_default_true(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[bool] = []
@@ -1044,3 +1044,15 @@ def test_switch_passes_drain_on_default_true(
     body = {"to": "m:2", "drain": False}
     assert client.post("/v1/endpoints/ep/switch", json=body).status_code == 200
     assert seen == [True, False]
+
+    splits: list[bool] = []
+    real_split = Endpoints.split
+
+    def split(self: Endpoints, *args: Any, drain: bool = True, **kw: Any) -> EndpointState:
+        splits.append(drain)
+        return real_split(self, *args, drain=drain, **kw)
+
+    monkeypatch.setattr(Endpoints, "split", split)
+    for body in ({"targets": ["m:1=50", "m:2=50"]}, {"targets": ["m:1=50"], "drain": False}):
+        assert client.post("/v1/endpoints/ep/split", json=body).status_code == 200
+    assert splits == [True, False]

@@ -200,7 +200,7 @@ def test_a_config_file_that_does_not_exist_is_refused_by_every_command(tmp_path)
 
 
 @pytest.mark.parametrize(("flag", "drain"), [((), True), (("--no-drain",), False)])
-def test_endpoint_switch_drains_unless_told_not_to(
+def test_endpoint_switch_and_split_drain_unless_told_not_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: tuple[str, ...], drain: bool
 ) -> None:
     from contextlib import nullcontext
@@ -215,11 +215,17 @@ def test_endpoint_switch_drains_unless_told_not_to(
             seen.append(kw)
             return EndpointState("ep", "pinned", [Target("m", 1)])
 
+        def split(self, *args: object, **kw: object) -> EndpointState:
+            seen.append({"drain": kw["drain"]})
+            return EndpointState("ep", "routed", [Target("m", 1)])
+
     monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: nullcontext(None))
-    monkeypatch.setattr(endpoint_cmds, "_budgeted", lambda obj, control: Recorder())
+    monkeypatch.setattr(endpoint_cmds, "_budgeted", lambda obj, control, **kw: Recorder())
     code, out, _ = run("--repo", str(tmp_path), "endpoint", "switch", "ep", "--to", "m:1", *flag)
     assert code == 0 and "endpoint ep -> m:1" in out
-    assert seen == [{"force": False, "drain": drain}]
+    code, out, _ = run("--repo", str(tmp_path), "endpoint", "split", "ep", "--target", "m:1", *flag)
+    assert code == 0
+    assert seen == [{"force": False, "drain": drain}, {"drain": drain}]
 
 
 @pytest.mark.parametrize(("flag", "expected"), [((), []), (("--strict-readiness",), ["true"])])

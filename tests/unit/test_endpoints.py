@@ -1102,6 +1102,69 @@ def test_a_stateful_switch_of_a_routed_endpoint_keeps_its_router_and_order(
     assert clock.now >= 2.0
 
 
+def test_a_split_of_a_pinned_stateful_endpoint_lists_the_pinned_version_first(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, clock, _ = stateful_setup(setup, lambda now: int(now * 10))
+    state = endpoints.split("ep", [Target("m", 2, 50), Target("m", 1, 50)])
+    # sequences begun while pinned go on to m:1; none leaves, so nothing to wait for
+    assert state.targets == [Target("m", 1, 50.0), Target("m", 2, 50.0)]
+    assert clock.now == 0.0
+
+
+def test_a_split_of_a_stateful_endpoint_drains_the_targets_that_leave(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, clock, loads = stateful_setup(setup, lambda now: int(min(now, 1.0) * 10))
+    (triton.repo / "m" / "3").mkdir()
+    (triton.repo / "m" / "3" / "model.py").write_text("# a model\n")
+    writes: list[EndpointState] = []
+    original = endpoints._write
+
+    def write(state: EndpointState) -> None:
+        writes.append(state)
+        original(state)
+
+    endpoints._write = write  # type: ignore[method-assign]
+    state = endpoints.split("ep", [Target("m", 2, 50), Target("m", 3, 50)])
+    assert state.targets == [Target("m", 2, 50.0), Target("m", 3, 50.0)]
+    # m:1 first at weight 0 while its sequences end, then the split as asked
+    assert [w.targets for w in writes] == [
+        [Target("m", 1, 0.0), Target("m", 2, 50.0), Target("m", 3, 50.0)],
+        [Target("m", 2, 50.0), Target("m", 3, 50.0)],
+    ]
+    assert clock.now >= 3.0  # quiet from t=1 s, for its idle time of 2 s
+    # from routed to routed: the same drain, without reloading the router
+    clock.now = 0.0
+    writes.clear()
+    loads.clear()
+    endpoints.split("ep", [Target("m", 1, 100)])
+    assert [w.targets for w in writes] == [
+        [Target("m", 2, 0.0), Target("m", 3, 0.0), Target("m", 1, 100.0)],
+        [Target("m", 1, 100.0)],
+    ]
+    assert [name for name, _, _ in loads if name == "ep"] == []
+    assert clock.now >= 2.0
+
+
+def test_a_split_without_drain_changes_a_stateful_endpoint_at_once(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, clock, _ = stateful_setup(setup, lambda now: int(now * 10))
+    state = endpoints.split("ep", [Target("m", 2, 50), Target("m", 1, 50)], drain=False)
+    assert state.targets == [Target("m", 2, 50.0), Target("m", 1, 50.0)]
+    assert clock.now == 0.0
+
+
+def test_a_split_of_a_stateless_endpoint_keeps_the_order_given(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, _, _ = setup
+    endpoints.switch("ep", "m", 1)
+    state = endpoints.split("ep", [Target("m", 2, 50), Target("m", 1, 50)])
+    assert state.targets == [Target("m", 2, 50.0), Target("m", 1, 50.0)]
+
+
 def test_list_returns_every_endpoint_sorted(setup: tuple[Endpoints, FakeTriton, Path]) -> None:
     endpoints, _, _ = setup
     endpoints.switch("b", "m", 1)
