@@ -1008,6 +1008,19 @@ def stateful_setup(
     return endpoints, triton, clock, loads
 
 
+def recorded_writes(endpoints: Endpoints) -> list[EndpointState]:
+    """Every routes state ``endpoints`` writes from now on, in order."""
+    writes: list[EndpointState] = []
+    original = endpoints._write
+
+    def write(state: EndpointState) -> None:
+        writes.append(state)
+        original(state)
+
+    endpoints._write = write  # type: ignore[method-assign]
+    return writes
+
+
 def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
@@ -1087,14 +1100,7 @@ def test_a_stateful_switch_of_a_routed_endpoint_keeps_its_router_and_order(
     endpoints, _triton, clock, loads = stateful_setup(setup, lambda now: int(min(now, 1.0) * 10))
     endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
     loads.clear()
-    writes: list[EndpointState] = []
-    original = endpoints._write
-
-    def write(state: EndpointState) -> None:
-        writes.append(state)
-        original(state)
-
-    endpoints._write = write  # type: ignore[method-assign]
+    writes = recorded_writes(endpoints)
     endpoints.switch("ep", "m", 2)
     # the router already in the path takes the new weights (no reload), then the pin
     assert writes[0].targets == [Target("m", 1, 0.0), Target("m", 2, 100.0)]
@@ -1118,14 +1124,7 @@ def test_a_split_of_a_stateful_endpoint_drains_the_targets_that_leave(
     endpoints, triton, clock, loads = stateful_setup(setup, lambda now: int(min(now, 1.0) * 10))
     (triton.repo / "m" / "3").mkdir()
     (triton.repo / "m" / "3" / "model.py").write_text("# a model\n")
-    writes: list[EndpointState] = []
-    original = endpoints._write
-
-    def write(state: EndpointState) -> None:
-        writes.append(state)
-        original(state)
-
-    endpoints._write = write  # type: ignore[method-assign]
+    writes = recorded_writes(endpoints)
     state = endpoints.split("ep", [Target("m", 2, 50), Target("m", 3, 50)])
     assert state.targets == [Target("m", 2, 50.0), Target("m", 3, 50.0)]
     # m:1 first at weight 0 while its sequences end, then the split as asked
