@@ -683,6 +683,8 @@ class Endpoints:
         self.clock: Callable[[], float] = time.monotonic
         self.sleep: Callable[[float], None] = time.sleep
         self.poll_seconds = 0.5
+        # told what a change waits for, before it waits: (message)
+        self.on_drain: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"Endpoints({self.repo!r})"
@@ -1265,12 +1267,15 @@ class Endpoints:
             use_correlation_id=use_correlation_id,
             force=force,
         )
-        log.info(
-            "endpoint %s: new sequences -> %s; waiting for those on %s to end",
-            before.name,
-            ", ".join(t.label() for t in final if t.weight > 0),
-            ", ".join(t.label() for t in leaving),
+        message = (
+            f"endpoint {before.name}: new sequences go to "
+            f"{', '.join(t.label() for t in final if t.weight > 0)}; waiting for those under "
+            f"way on {', '.join(t.label() for t in leaving)} to end (until they have been "
+            f"quiet for {idle:g} s, at most {5 * idle:g} s)"
         )
+        log.info("%s", message)
+        if self.on_drain is not None:
+            self.on_drain(message)
         return before.name, leaving, idle
 
     def _drain_wait(self, name: str, leaving: Sequence[Target], idle: float) -> None:

@@ -53,9 +53,11 @@ def _budgeted(obj: Context, control: TritonControl, **options: Any) -> Endpoints
     """Endpoints whose changes keep to the memory budget of the global options and
     tritonctl.yaml (room is made by the eviction policy for what they load)."""
     config = obj.serving_config() if isinstance(obj, ServingOptions) else ServingConfig()
-    return Endpoints(
+    endpoints = Endpoints(
         Repository(obj.repo), control, admission=admission(control, obj.repo, config), **options
     )
+    endpoints.on_drain = _say_err  # a stateful endpoint's change may wait a while
+    return endpoints
 
 
 def _control(obj: Context) -> TritonControl:

@@ -1026,7 +1026,13 @@ def test_a_switch_of_a_stateful_endpoint_lets_the_sequences_under_way_end_first(
 ) -> None:
     # m:1's clients go on with their sequences until t=3 s
     endpoints, _triton, _clock, loads = stateful_setup(setup, lambda now: int(min(now, 3.0) * 10))
+    told: list[str] = []
+    endpoints.on_drain = told.append
     state = endpoints.switch("ep", "m", 2)
+    assert told == [
+        "endpoint ep: new sequences go to m:2; waiting for those under way on m:1 to end "
+        "(until they have been quiet for 2 s, at most 10 s)"
+    ]
     assert state.mode == PINNED and state.targets == [Target("m", 2, 100.0)]
     ep_loads = [(s, t) for name, s, t in loads if name == "ep"]
     assert len(ep_loads) == 2
