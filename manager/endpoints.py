@@ -679,7 +679,8 @@ class Endpoints:
         self.unload_wait_s = unload_wait_s
         # a rollout's driver changes its endpoint; anyone else must not while it runs
         self.rollout_driver = rollout_driver
-        # how a switch of a stateful model waits for its live sequences (see _drain)
+        # how a change of a stateful endpoint waits for its live sequences (see
+        # _changed_safely)
         self.clock: Callable[[], float] = time.monotonic
         self.sleep: Callable[[float], None] = time.sleep
         self.poll_seconds = 0.5
@@ -1178,7 +1179,7 @@ class Endpoints:
         The endpoint of a stateful model is first drained (unless not ``drain``): new
         sequences go to the new target at once, those under way end on the version they
         began on, and the switch returns once that version has had no request for its
-        sequence idle time (at most five of them); see :meth:`_drain`.
+        sequence idle time (at most five of them); see :meth:`_changed_safely`.
         """
         self._refuse_during_rollout(name, "switched")
         self._check_endpoint_name(name)
@@ -1255,11 +1256,19 @@ class Endpoints:
         leaves."""
         keys = {t.key for t in final}
         leaving = [t for t in before.targets if t.key not in keys]
-        idle = max(
-            (sequence_idle_seconds(self._target_config(t.model)) for t in leaving), default=0
-        )
+        if not leaving:
+            return None
+        try:
+            configs = [(t.label(), self._target_config(t.model)) for t in [*leaving, final[0]]]
+            check_same_io(configs)
+        except ManagerError as exc:
+            # a target that leaves is gone from the repository, or takes other inputs
+            # than the new ones (--force): its sequences cannot go on through the router
+            log.info("endpoint %s: sequences not drained: %s", before.name, exc)
+            return None
+        idle = max(sequence_idle_seconds(config) for _, config in configs[:-1])
         if idle <= 0:
-            return None  # none leaves, or the endpoint served a stateless model until now
+            return None  # the endpoint served a stateless model until now
         self._split(
             before.name,
             [replace(t, weight=0.0) for t in leaving] + list(final),

@@ -1080,6 +1080,19 @@ def test_a_stateful_switch_does_not_wait_forever_for_a_sequence_that_never_ends(
     assert 10.0 <= clock.now < 10.6  # five idle times
 
 
+def test_a_forced_switch_of_a_stateful_endpoint_to_other_inputs_does_not_drain(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, clock, loads = stateful_setup(setup, lambda now: int(now * 10))
+    publish_model(triton.repo, "n", (1,), max_batch_size=4)
+    config = read_config(triton.repo / "n" / "config.pbtxt")
+    config.sequence_batching.max_sequence_idle_microseconds = 2_000_000
+    write_config(triton.repo / "n" / "config.pbtxt", config)
+    assert endpoints.switch("ep", "n", 1, force=True).targets == [Target("n", 1, 100.0)]
+    assert [(name, s.mode) for name, s, _ in loads if name == "ep"] == [("ep", PINNED)]
+    assert clock.now == 0.0
+
+
 def test_a_switch_without_drain_pins_a_stateful_endpoint_at_once(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
