@@ -9,7 +9,7 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.grpc.model_config_pb2 import ModelConfig
 from tritonclient.utils import InferenceServerException
 
 from manager import native_router
@@ -161,35 +162,41 @@ def publish_versions(repo: Path, name: str, model_py: str, count: int, tmp: Path
         publish(repo, name, src)
 
 
+def publish_edited(
+    repo: Path, name: str, model_py: str, tmp: Path, edit: Callable[[ModelConfig], None]
+) -> None:
+    """Two versions of ``model_py`` whose config ``edit`` changed."""
+    src = source_folder(tmp, name, model_py)
+    config = read_config(src / "config.pbtxt")
+    edit(config)
+    write_config(src / "config.pbtxt", config)
+    for _ in range(2):
+        publish(repo, name, src)
+
+
 @pytest.fixture(scope="module")
 def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> TritonHandle:
     tmp = tmp_path_factory.mktemp("endpoint_sources")
     publish_versions(triton.repo, ADDER, ADD_VERSION_PY, 2, tmp)
     publish_versions(triton.repo, BROKEN, BROKEN_PY, 1, tmp)
     publish_versions(triton.repo, PARAMS, PARAMS_PY, 2, tmp)
-    src = source_folder(tmp, STREAM, STREAM_PY)
-    config = read_config(src / "config.pbtxt")
-    config.model_transaction_policy.decoupled = True
-    write_config(src / "config.pbtxt", config)
-    for _ in range(2):
-        publish(triton.repo, STREAM, src)
-    src = source_folder(tmp, SEQ, SEQ_PY)
-    config = read_config(src / "config.pbtxt")
-    # batches of several live sequences (the direct strategy gives each instance one
-    # sequence at a time and queues the others)
-    config.max_batch_size = 8
-    config.sequence_batching.oldest.max_candidate_sequences = 16
-    config.sequence_batching.max_sequence_idle_microseconds = 30_000_000
-    write_config(src / "config.pbtxt", config)
-    for _ in range(2):
-        publish(triton.repo, SEQ, src)
-    src = source_folder(tmp, SEQ_SHORT, SEQ_PY)
-    config = read_config(src / "config.pbtxt")
-    config.max_batch_size = 8
-    config.sequence_batching.max_sequence_idle_microseconds = 1_000_000
-    write_config(src / "config.pbtxt", config)
-    for _ in range(2):
-        publish(triton.repo, SEQ_SHORT, src)
+
+    def streaming(config: ModelConfig) -> None:
+        config.model_transaction_policy.decoupled = True
+
+    def stateful(idle_us: int) -> Callable[[ModelConfig], None]:
+        def edit(config: ModelConfig) -> None:
+            # batches of several live sequences (the direct strategy gives each instance
+            # one sequence at a time and queues the others)
+            config.max_batch_size = 8
+            config.sequence_batching.oldest.max_candidate_sequences = 16
+            config.sequence_batching.max_sequence_idle_microseconds = idle_us
+
+        return edit
+
+    publish_edited(triton.repo, STREAM, STREAM_PY, tmp, streaming)
+    publish_edited(triton.repo, SEQ, SEQ_PY, tmp, stateful(30_000_000))
+    publish_edited(triton.repo, SEQ_SHORT, SEQ_PY, tmp, stateful(1_000_000))
     return triton
 
 
