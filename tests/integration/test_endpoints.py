@@ -858,6 +858,26 @@ def test_a_split_of_a_pinned_stateful_endpoint_keeps_the_sequences_begun_before_
     assert endpoints.get(name).targets == [Target(SEQ_SHORT, 1, 50.0), Target(SEQ_SHORT, 2, 50.0)]
 
 
+def test_a_router_reloaded_mid_sequence_finds_the_version_that_has_it(
+    models: TritonHandle, routed: tuple[Endpoints, str], control: TritonControl
+) -> None:
+    endpoints, suffix = routed
+    name = "ep_seq_reload" + suffix
+    endpoints.split(name, [Target(SEQ, 1, 0), Target(SEQ, 2, 100)])
+    other = "python" if suffix == "_native" else "native"
+    replacing = Endpoints(Repository(models.repo), control, router=RouterOptions(backend=other))
+    with grpc_client(models) as client:
+        assert seq_call(client, name, 61, 1, start=True) == 2001
+        # the other router in its place knows nothing of sequence 61, which lives on
+        # v2, listed second: v1 refuses it, and v2 gets it
+        replacing.split(name, [Target(SEQ, 1, 100), Target(SEQ, 2, 0)])
+        assert replacing.get(name).generation > 1
+        assert seq_call(client, name, 61, 2) == 2003
+        assert seq_call(client, name, 61, 3) == 2006
+        assert seq_call(client, name, 61, 4, end=True) == 2010
+        assert seq_call(client, name, 62, 1, start=True, end=True) == 1001  # new: by weight
+
+
 def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_switches(
     models: TritonHandle, endpoints: Endpoints
 ) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -555,6 +555,68 @@ def test_router_keeps_each_live_sequence_on_the_target_that_saw_its_start(
     model._next_check = 0.0
     batch = [ClientRequest(x, correlation_id=c, flags=f) for c, f in ((7, 0), (8, start))]
     assert [float(outputs_of(r)[0, 0]) for r in model.execute(batch)] == [2, 1]
+
+
+class SequenceBls(BlsRequest):
+    """A BLS call to targets with sequence batchers: each version knows the sequences
+    in ``live`` and refuses a later request of any other at once, as Triton does."""
+
+    live: ClassVar[dict[int, set[int]]] = {}
+
+    def __init__(self, *args: Any, correlation_id: int = 0, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cid, self.request_flags = correlation_id, 0
+
+    def set_flags(self, flags: int) -> None:
+        super().set_flags(flags)
+        self.request_flags = flags
+
+    def exec(self) -> fake_pb.InferenceResponse:
+        known = SequenceBls.live.setdefault(self.version, set())
+        if self.request_flags & 1:
+            known.add(self.cid)
+        elif self.cid not in known:
+            BlsRequest.calls.append((self.model, self.version, 0))
+            return fake_pb.InferenceResponse(
+                error=fake_pb.TritonError(
+                    f"inference request for sequence {self.cid} to model '{self.model}' "
+                    "must specify the START flag on the first request of the sequence"
+                )
+            )
+        return super().exec()
+
+
+def test_router_finds_the_target_of_a_sequence_it_did_not_see_start(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    model = make_router(router, tmp_path, [("m", 1, 50), ("m", 2, 50)], stateful=True)
+    router.pb_utils.InferenceRequest = SequenceBls
+    # begun on m:2 before this router was in the path (or before it was reloaded)
+    SequenceBls.live = {1: set(), 2: {41}}
+    x = np.zeros((1, 1), np.float32)
+
+    def answer(cid: int, flags: int = 0) -> Any:
+        [response] = model.execute([ClientRequest(x, correlation_id=cid, flags=flags)])
+        return response
+
+    assert float(outputs_of(answer(41))[0, 0]) == 2  # m:1 refused it, m:2 has it
+    assert float(outputs_of(answer(41))[0, 0]) == 2
+    assert float(outputs_of(answer(41, flags=2))[0, 0]) == 2
+    assert [(v, batch) for _, v, batch in BlsRequest.calls] == [(1, 0), (2, 1), (2, 1), (2, 1)]
+    # a sequence no target knows: the last target's refusal comes back
+    BlsRequest.calls.clear()
+    error = answer(77).error()
+    assert error is not None and "endpoint target m:2" in error.message()
+    assert "must specify the START flag" in error.message()
+    assert [v for _, v, _ in BlsRequest.calls] == [1, 2]
+    # a sequence this router placed is not looked for elsewhere: its target's error stands
+    assert float(outputs_of(answer(50, flags=1))[0, 0]) in (1, 2)
+    placed = 1 if 50 in SequenceBls.live[1] else 2
+    SequenceBls.live[placed].discard(50)  # dropped by its target (idle too long)
+    BlsRequest.calls.clear()
+    assert answer(50).error() is not None
+    assert [v for _, v, _ in BlsRequest.calls] == [placed]
+    assert model._unseen == set()
 
 
 def test_a_stateful_target_gets_one_python_router_instance_and_its_idle_time() -> None:

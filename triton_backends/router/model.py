@@ -50,9 +50,11 @@ Sequences (stateful targets, ``tritonctl.sequences``): the request's flags (sequ
 start and end) are passed on with its correlation id, and every request of a sequence
 after its start goes to the target that saw the start, until its end, whatever the
 weights are by then; a request of a sequence whose start this router did not see (one
-that began before the router was in the path) goes to the first target listed (in a
-rollout, the version the endpoint was pinned to); a sequence idle for
-``tritonctl.sequence_idle_us`` is forgotten.
+that began before the router was in the path, or before it was reloaded) goes to the
+first target listed (in a rollout, the version the endpoint was pinned to), and to the
+next one listed when a target refuses it as a sequence it does not know (Triton does so
+before anything runs), until one takes it, where the sequence is then remembered; a
+sequence idle for ``tritonctl.sequence_idle_us`` is forgotten.
 
 Streaming (decoupled) targets: tritonctl makes the router decoupled too; each request's
 stream is read from its target (``exec(decoupled=True)``) on a thread of its own, up to
@@ -80,6 +82,9 @@ SEQUENCES_PARAMETER = "tritonctl.sequences"
 SEQUENCE_IDLE_PARAMETER = "tritonctl.sequence_idle_us"
 SEQUENCE_START = 1
 SEQUENCE_END = 2
+# how a sequence batcher refuses a request of a sequence it does not know (at once,
+# before anything runs)
+UNKNOWN_SEQUENCE = "must specify the START flag"
 MERGE_MAX_BYTES = 1 << 20
 CHECK_INTERVAL_S = 0.1
 STREAM_THREADS = 64
@@ -229,6 +234,9 @@ class TritonPythonModel:
             self._sequences = {}
         self._sequence_idle_s = int(parameters.get(SEQUENCE_IDLE_PARAMETER, "") or 2_000_000) / 1e6
         self._sequence_lock = threading.Lock()
+        # sequences whose target is a guess (their start was not seen here), until a
+        # target takes their request
+        self._unseen: set[Any] = set()
         self._last_prune = 0.0
         policy = config.get("model_transaction_policy") or {}
         self._decoupled = bool(policy.get("decoupled", False))
@@ -278,8 +286,9 @@ class TritonPythonModel:
             live = self._sequences.get(cid)
             target = None
             if not flags & SEQUENCE_START:
-                if live is None:  # started before this router was in the path
+                if live is None:  # started before this router was in the path: a guess
                     target = routes.targets[0]
+                    self._unseen.add(cid)
                 elif live[0] in routes.targets:  # else gone from the routes: placed anew
                     target = live[0]
             if target is None:
@@ -361,30 +370,82 @@ class TritonPythonModel:
 
     def _forward(self, target: tuple[str, int], request: Any) -> Any:
         """One request to ``target``; its tensors are passed on as they are."""
-        try:
-            response = self._bls(target, request).exec()
-        except Exception as exc:
-            return _error(target, str(exc))
-        if response.has_error():
-            return _error(target, response.error().message())
-        return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+        while True:
+            try:
+                response = self._bls(target, request).exec()
+            except Exception as exc:
+                self._settled(request)
+                return _error(target, str(exc))
+            if response.has_error():
+                message = response.error().message()
+                other = self._next_guess(target, request, message)
+                if other is not None:
+                    target = other
+                    continue
+                self._settled(request)
+                return _error(target, message)
+            self._settled(request)
+            return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
 
     def _stream(self, target: tuple[str, int], request: Any) -> None:
         """A streaming target's responses to ``request``, passed on as they come."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
-            for response in self._bls(target, request).exec(decoupled=True):
-                if response.has_error():
-                    sender.send(_error(target, response.error().message()))
-                elif response.output_tensors():
-                    sender.send(
-                        pb_utils.InferenceResponse(output_tensors=response.output_tensors())
-                    )
+            while True:
+                first, other = True, None
+                for response in self._bls(target, request).exec(decoupled=True):
+                    if other is not None:
+                        continue  # the rest of a refused stream (its final flag)
+                    if response.has_error():
+                        message = response.error().message()
+                        other = self._next_guess(target, request, message) if first else None
+                        if other is not None:  # refused before anything ran: the next one
+                            continue
+                        sender.send(_error(target, message))
+                    elif response.output_tensors():
+                        sender.send(
+                            pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+                        )
+                    if first:
+                        self._settled(request)
+                        first = False
+                if other is None:
+                    break
+                target = other
         except Exception as exc:
+            self._settled(request)
             sender.send(_error(target, str(exc)), flags=final)
             return
+        self._settled(request)
         sender.send(flags=final)
+
+    def _next_guess(self, target: tuple[str, int], request: Any, message: str) -> Any:
+        """The next target listed after ``target`` for a request of a sequence whose start
+        this router did not see, refused by ``target`` as unknown (``message``): the
+        sequence lives on another target (begun before the router was in the path, or
+        before it was reloaded). It is remembered there. None when that is not the case
+        or no target is left."""
+        if self._sequences is None or UNKNOWN_SEQUENCE not in message:
+            return None
+        cid = request.correlation_id()
+        with self._sequence_lock:
+            if cid not in self._unseen:
+                return None
+            targets = self._routes.targets
+            after = targets.index(target) + 1 if target in targets else len(targets)
+            if after >= len(targets):
+                self._unseen.discard(cid)
+                return None
+            if cid in self._sequences:
+                self._sequences[cid] = (targets[after], time.monotonic())
+            return targets[after]
+
+    def _settled(self, request: Any) -> None:
+        """A request whose sequence's target was a guess has its answer."""
+        if self._unseen:
+            with self._sequence_lock:
+                self._unseen.discard(request.correlation_id())
 
     def _forward_merged(self, target: tuple[str, int], requests: list[Any]) -> list[Any] | None:
         """Several requests to one target as one batch (their inputs concatenated along

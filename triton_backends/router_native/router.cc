@@ -38,9 +38,13 @@
 // flag) is routed as any other, and every later request of that sequence goes to the same
 // target until its END, whatever the weights are by then: the sequence's state lives in
 // the version that saw its start. A request of a sequence whose start this router did not
-// see (one that began before the router was put in the path) goes to the first target
-// listed: in a rollout, the version the endpoint was pinned to. A sequence idle for longer
-// than "tritonctl.sequence_idle_us" is forgotten (its target has dropped it by then too).
+// see (one that began before the router was put in the path, or before it was reloaded)
+// goes to the first target listed (in a rollout, the version the endpoint was pinned to);
+// a target whose sequence batcher does not know the sequence refuses it at once, before
+// anything runs ("must specify the START flag"), and the next target listed is tried, so
+// the request reaches the version that has the sequence, which is remembered. A sequence
+// idle for longer than "tritonctl.sequence_idle_us" is forgotten (its target has dropped
+// it by then too).
 //
 // Choice of target: with a sticky key (the request parameter named in the routes, else
 // "correlation:<id>" when use_correlation_id) the key's stable hash picks a point in
@@ -468,6 +472,7 @@ struct InstanceState {
       call->next->prev = call->prev;
     }
     call->prev = call->next = nullptr;
+    call->cancel_sent = false;  // a call handed on again is tracked anew
   }
   // After the caller of a begun call has been answered.
   void End()
@@ -945,11 +950,13 @@ Pick(
 }
 
 // The target of one request: Pick's, except that a request of a live sequence goes where
-// the sequence started (see "Sequences" at the top).
+// the sequence started (see "Sequences" at the top). For a request of a sequence this
+// router has not seen start, ``*unseen`` is set to its correlation id (else left empty):
+// the first target is a guess, to be corrected by Issue.
 const Target&
 Choose(
     ModelState* model, const std::shared_ptr<const Routes>& routes,
-    TRITONBACKEND_Request* request, uint64_t now_ns, bool idle)
+    TRITONBACKEND_Request* request, uint64_t now_ns, bool idle, std::string* unseen)
 {
   if (!model->sequences) {
     return Pick(model, routes, request, now_ns, idle);
@@ -970,6 +977,7 @@ Choose(
   if ((flags & TRITONSERVER_REQUEST_FLAG_SEQUENCE_START) == 0) {
     if (it == model->live.end()) {  // started before this router was in the path
       target = &routes->targets.front();
+      *unseen = key;
     } else {
       for (const Target& t : routes->targets) {  // gone from the routes: placed anew
         if (t.label == it->second.first) {
@@ -1002,6 +1010,26 @@ Choose(
     model->last_prune_ns = now_ns;
   }
   return *target;
+}
+
+// Sequence ``key`` lives on the target labelled ``label`` (found by trying them in turn).
+void
+Remember(ModelState* model, const std::string& key, const std::string& label, uint64_t now_ns)
+{
+  std::lock_guard<std::mutex> lock(model->sequence_mu);
+  auto it = model->live.find(key);
+  if (it != model->live.end()) {  // not ended meanwhile (an END request forgets it)
+    it->second = {label, now_ns};
+  }
+}
+
+// Whether ``err`` is a sequence batcher's refusal of a request of a sequence it does not
+// know: given at once, before anything ran, so the request may go to another target.
+bool
+UnknownSequence(TRITONSERVER_Error* err)
+{
+  return TRITONSERVER_ErrorCode(err) == TRITONSERVER_ERROR_INVALID_ARG &&
+         std::strstr(TRITONSERVER_ErrorMessage(err), "must specify the START flag") != nullptr;
 }
 
 // Copies everything the target must see from the caller's request onto ``inner``.
@@ -1135,47 +1163,65 @@ Issue(InstanceState* instance, std::shared_ptr<const Routes> routes,
     }
   }
   bool idle = model->in_flight.fetch_add(1, std::memory_order_relaxed) == 0;
-  call->target = &Choose(model, routes, request, start_ns, idle);
+  std::string unseen;  // the correlation id of a sequence whose target is a guess
+  call->target = &Choose(model, routes, request, start_ns, idle, &unseen);
   call->routes = std::move(routes);
+  size_t tried = 1;  // targets tried for an unseen sequence, in the order listed
 
-  TRITONSERVER_InferenceRequest* inner = nullptr;
-  TRITONSERVER_Error* err = TRITONSERVER_InferenceRequestNew(
-      &inner, instance->model->server, call->target->model.c_str(), call->target->version);
-  if (err == nullptr) {
-    err = Prepare(request, inner);
-  }
-  if (err == nullptr) {
-    err = TRITONSERVER_InferenceRequestSetReleaseCallback(inner, OnRelease, call);
-  }
-  if (err == nullptr) {
-    err = TRITONSERVER_InferenceRequestSetResponseCallback(
-        inner, g_allocator, nullptr, OnResponse, call);
-  }
-  bool begun = false;
-  if (err == nullptr) {
-    call->inner = inner;
-    instance->Begin(call);
-    begun = true;
-    err = TRITONSERVER_ServerInferAsync(instance->model->server, inner, nullptr);
+  for (;;) {
+    TRITONSERVER_InferenceRequest* inner = nullptr;
+    TRITONSERVER_Error* err = TRITONSERVER_InferenceRequestNew(
+        &inner, instance->model->server, call->target->model.c_str(), call->target->version);
     if (err == nullptr) {
-      return;  // OnResponse and OnRelease finish the call
+      err = Prepare(request, inner);
     }
-    instance->Untrack(call);
-  }
-  // not handed on: the inner request is still ours
-  if (inner != nullptr) {
-    TRITONSERVER_Error* del = TRITONSERVER_InferenceRequestDelete(inner);
-    if (del != nullptr) {
-      TRITONSERVER_ErrorDelete(del);
+    if (err == nullptr) {
+      err = TRITONSERVER_InferenceRequestSetReleaseCallback(inner, OnRelease, call);
     }
-  }
-  TRITONSERVER_Error_Code code = TRITONSERVER_ErrorCode(err);
-  std::string message = TargetPrefix(call) + Consume(err);
-  model->in_flight.fetch_sub(1, std::memory_order_relaxed);
-  FailRequest(call, code, message);
-  delete call;
-  if (begun) {
-    instance->End();
+    if (err == nullptr) {
+      err = TRITONSERVER_InferenceRequestSetResponseCallback(
+          inner, g_allocator, nullptr, OnResponse, call);
+    }
+    bool begun = false;
+    if (err == nullptr) {
+      call->inner = inner;
+      instance->Begin(call);
+      begun = true;
+      // (the call may be finished and deleted before ServerInferAsync returns)
+      const std::string label = tried > 1 ? call->target->label : std::string();
+      err = TRITONSERVER_ServerInferAsync(instance->model->server, inner, nullptr);
+      if (err == nullptr) {
+        if (!label.empty()) {
+          Remember(model, unseen, label, start_ns);
+        }
+        return;  // OnResponse and OnRelease finish the call
+      }
+      instance->Untrack(call);
+    }
+    // not handed on: the inner request is still ours
+    if (inner != nullptr) {
+      TRITONSERVER_Error* del = TRITONSERVER_InferenceRequestDelete(inner);
+      if (del != nullptr) {
+        TRITONSERVER_ErrorDelete(del);
+      }
+    }
+    if (!unseen.empty() && UnknownSequence(err) && tried < call->routes->targets.size()) {
+      TRITONSERVER_ErrorDelete(err);
+      if (begun) {
+        instance->End();
+      }
+      call->target = &call->routes->targets[tried++];
+      continue;
+    }
+    TRITONSERVER_Error_Code code = TRITONSERVER_ErrorCode(err);
+    std::string message = TargetPrefix(call) + Consume(err);
+    model->in_flight.fetch_sub(1, std::memory_order_relaxed);
+    FailRequest(call, code, message);
+    delete call;
+    if (begun) {
+      instance->End();
+    }
+    return;
   }
 }
 
