@@ -1255,8 +1255,15 @@ class Endpoints:
         endpoint, the targets that leave and their sequence idle time, or None when none
         leaves."""
         keys = {t.key for t in final}
-        leaving = [t for t in before.targets if t.key not in keys]
-        if not leaving:
+        index = self._index()
+        # a target that is not served (a server started afresh, say) has no sequences,
+        # and is not loaded again to drain it; nor has an endpoint that is not served
+        leaving = [
+            t
+            for t in before.targets
+            if t.key not in keys and t.version in self._ready_versions(t.model, index)
+        ]
+        if not leaving or not self._ready_versions(before.name, index):
             return None
         try:
             configs = [(t.label(), self._target_config(t.model)) for t in [*leaving, final[0]]]

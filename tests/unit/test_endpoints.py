@@ -1155,6 +1155,16 @@ def test_a_forced_switch_of_a_stateful_endpoint_to_other_inputs_does_not_drain(
     assert clock.now == 0.0
 
 
+def test_a_stateful_switch_does_not_load_a_target_that_is_not_served_to_drain_it(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, clock, loads = stateful_setup(setup, lambda now: int(now * 10))
+    triton.loaded.clear()  # the server restarted: nothing served, no sequence anywhere
+    endpoints.switch("ep", "m", 2)
+    assert [(name, s.mode) for name, s, _ in loads] == [("m", PINNED), ("ep", PINNED)]
+    assert 2 in triton.loaded["m"] and clock.now == 0.0
+
+
 def test_a_switch_without_drain_pins_a_stateful_endpoint_at_once(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
