@@ -81,7 +81,7 @@ from manager.repository import (
     write_text_atomic,
 )
 from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
-from manager.rollout import RolloutStore, wait_quiet
+from manager.rollout import Counters, RolloutStore, stats_reader, wait_quiet
 from manager.serving import entries_of, precompile_unloaded
 from manager.triton import IndexEntry, ModelStats
 from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
@@ -1297,15 +1297,12 @@ class Endpoints:
     def _drain_wait(self, name: str, leaving: Sequence[Target], idle: float) -> None:
         """Wait until the ``leaving`` targets have been quiet for ``idle`` seconds (at most
         five times that). A server whose statistics cannot be read is not waited for."""
-        wanted = {t.key for t in leaving}
+        stats = stats_reader(self.control)
+        models = sorted({t.model for t in leaving})
 
         def served() -> int:
-            return sum(
-                s.success_count + s.fail_count
-                for model in {key[0] for key in wanted}
-                for s in self.control.statistics(model)
-                if (s.name, s.version) in wanted
-            )
+            by_model = {model: stats(model) for model in models}
+            return sum(by_model[t.model].get(t.version, Counters()).requests for t in leaving)
 
         try:
             quiet = wait_quiet(
@@ -1316,7 +1313,7 @@ class Endpoints:
             return
         if not quiet:
             log.warning(
-                "endpoint %s: %s still had sequences under way after %.0f s; switched anyway",
+                "endpoint %s: %s still had sequences under way after %.0f s; changed anyway",
                 name,
                 ", ".join(t.label() for t in leaving),
                 5 * idle,

@@ -53,6 +53,7 @@ from manager.repository import (
     write_json_atomic,
     write_text_atomic,
 )
+from manager.triton import ModelStats
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,25 @@ class EndpointControl(Protocol):
 
 
 StatsReader = Callable[[str], dict[int, Counters]]  # model -> {version: counters}
+
+
+class _Statistics(Protocol):
+    def statistics(self, name: str | None = None) -> list[ModelStats]: ...
+
+
+def stats_reader(control: _Statistics) -> StatsReader:
+    """Per-version success/fail counters of a model, from Triton's statistics."""
+
+    def read(model: str) -> dict[int, Counters]:
+        return {
+            s.version: Counters(s.success_count, s.fail_count, s.success_ns)
+            for s in control.statistics(model)
+            if s.name == model and s.version is not None
+        }
+
+    return read
+
+
 VersionRetirer = Callable[[str, int], object]  # (model, version) to stop serving
 # model -> seconds its sequence batcher keeps an idle sequence (0: the model is stateless)
 SequenceIdle = Callable[[str], float]
@@ -795,8 +815,7 @@ class RolloutDriver:
         log.info("rollout %s: the sequences on %s:%d ended", state.endpoint, state.model, leaving)
 
     def _served(self, model: str, version: int) -> int:
-        counters = self.stats(model).get(version, Counters())
-        return counters.success + counters.fail
+        return self.stats(model).get(version, Counters()).requests
 
 
 def request_action(store: RolloutStore, endpoint: str, action: str) -> RolloutState:

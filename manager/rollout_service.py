@@ -39,7 +39,6 @@ from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
     FINAL,
-    Counters,
     RolloutDriver,
     RolloutPolicy,
     RolloutState,
@@ -47,6 +46,7 @@ from manager.rollout import (
     WarmupResult,
     WarmupRunner,
     request_action,
+    stats_reader,
 )
 from manager.triton import TritonControl
 
@@ -54,19 +54,6 @@ log = logging.getLogger(__name__)
 
 FINISH_WAIT_S = 120.0
 """How long a promote or abort waits for the rollout's driver to act on it."""
-
-
-def stats_reader(control: TritonControl) -> Callable[[str], dict[int, Counters]]:
-    """Per-version success/fail counters of a model, from Triton's statistics."""
-
-    def read(model: str) -> dict[int, Counters]:
-        return {
-            s.version: Counters(s.success_count, s.fail_count, s.success_ns)
-            for s in control.statistics(model)
-            if s.name == model and s.version is not None
-        }
-
-    return read
 
 
 def one_sequence() -> int:
