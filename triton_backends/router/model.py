@@ -370,22 +370,21 @@ class TritonPythonModel:
 
     def _forward(self, target: tuple[str, int], request: Any) -> Any:
         """One request to ``target``; its tensors are passed on as they are."""
-        while True:
-            try:
-                response = self._bls(target, request).exec()
-            except Exception as exc:
-                self._settled(request)
-                return _error(target, str(exc))
-            if response.has_error():
+        try:
+            while True:
+                try:
+                    response = self._bls(target, request).exec()
+                except Exception as exc:
+                    return _error(target, str(exc))
+                if not response.has_error():
+                    return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
                 message = response.error().message()
                 other = self._next_guess(target, request, message)
-                if other is not None:
-                    target = other
-                    continue
-                self._settled(request)
-                return _error(target, message)
+                if other is None:
+                    return _error(target, message)
+                target = other
+        finally:
             self._settled(request)
-            return pb_utils.InferenceResponse(output_tensors=response.output_tensors())
 
     def _stream(self, target: tuple[str, int], request: Any) -> None:
         """A streaming target's responses to ``request``, passed on as they come."""
@@ -407,17 +406,15 @@ class TritonPythonModel:
                         sender.send(
                             pb_utils.InferenceResponse(output_tensors=response.output_tensors())
                         )
-                    if first:
-                        self._settled(request)
-                        first = False
+                    first = False
                 if other is None:
                     break
                 target = other
         except Exception as exc:
-            self._settled(request)
             sender.send(_error(target, str(exc)), flags=final)
             return
-        self._settled(request)
+        finally:
+            self._settled(request)
         sender.send(flags=final)
 
     def _next_guess(self, target: tuple[str, int], request: Any, message: str) -> Any:
