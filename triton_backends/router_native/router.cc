@@ -664,6 +664,27 @@ Forward(Call* call, TRITONSERVER_InferenceResponse* answer, uint32_t flags)
   return "";
 }
 
+// Sends the caller ``answer``, the target's response, with ``flags``: its outputs, or its
+// error (or why its outputs could not be passed on) prefixed with the target. Returns
+// whether the outputs went.
+bool
+PassOn(Call* call, TRITONSERVER_InferenceResponse* answer, uint32_t flags)
+{
+  TRITONSERVER_Error* target_error = TRITONSERVER_InferenceResponseError(answer);
+  if (target_error != nullptr) {  // owned by the response
+    SendError(
+        call->request, TRITONSERVER_ErrorCode(target_error),
+        TargetPrefix(call) + TRITONSERVER_ErrorMessage(target_error), flags);
+    return false;
+  }
+  std::string problem = Forward(call, answer, flags);
+  if (!problem.empty()) {
+    SendError(call->request, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem, flags);
+    return false;
+  }
+  return true;
+}
+
 // Both events of a call are in: answer the caller.
 void
 Finish(Call* call)
@@ -689,19 +710,7 @@ Finish(Call* call)
   } else if (call->response == nullptr) {
     FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + "no response");
   } else {
-    TRITONSERVER_Error* target_error = TRITONSERVER_InferenceResponseError(call->response);
-    if (target_error != nullptr) {  // owned by the response
-      FailRequest(
-          call, TRITONSERVER_ErrorCode(target_error),
-          TargetPrefix(call) + TRITONSERVER_ErrorMessage(target_error));
-    } else {
-      std::string problem = Forward(call, call->response, TRITONSERVER_RESPONSE_COMPLETE_FINAL);
-      if (!problem.empty()) {
-        FailRequest(call, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem);
-      } else {
-        Conclude(call, true);
-      }
-    }
+    Conclude(call, PassOn(call, call->response, TRITONSERVER_RESPONSE_COMPLETE_FINAL));
     TRITONSERVER_Error* err = TRITONSERVER_InferenceResponseDelete(call->response);
     if (err != nullptr) {
       TRITONSERVER_ErrorDelete(err);
@@ -736,20 +745,8 @@ Stream(Call* call, TRITONSERVER_InferenceResponse* response, uint32_t flags)
     return;
   }
   if (response != nullptr) {
-    TRITONSERVER_Error* target_error = TRITONSERVER_InferenceResponseError(response);
-    if (target_error != nullptr) {  // owned by the response
-      SendError(
-          call->request, TRITONSERVER_ErrorCode(target_error),
-          TargetPrefix(call) + TRITONSERVER_ErrorMessage(target_error), send_flags);
+    if (!PassOn(call, response, send_flags)) {
       call->failed = true;
-    } else {
-      std::string problem = Forward(call, response, send_flags);
-      if (!problem.empty()) {
-        SendError(
-            call->request, TRITONSERVER_ERROR_INTERNAL, TargetPrefix(call) + problem,
-            send_flags);
-        call->failed = true;
-      }
     }
   } else if (final) {
     TRITONBACKEND_ResponseFactory* factory = nullptr;
