@@ -493,6 +493,34 @@ class TritonPythonModel:
 """
 
 
+def rollout_under_load(
+    repo: Repository,
+    control: TritonControl,
+    endpoint: str,
+    clients: list[Any],
+    *,
+    stage_seconds: float,
+) -> RolloutState:
+    """A rollout of ``endpoint`` to version 2 (stages 10, 50, 100) while ``clients``
+    (threads with a ``stop`` event) call it the whole time; the endpoint is deleted
+    after."""
+    for client in clients:
+        client.start()
+    try:
+        policy = RolloutPolicy(
+            stages=(10, 50, 100), stage_seconds=stage_seconds, min_requests=5, max_latency_ratio=20
+        )
+        state = run_rollout(repo, control, begin_rollout(repo, control, endpoint, 2, policy))
+        time.sleep(0.5)
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(30)
+    Endpoints(repo, control).delete(endpoint)
+    return state
+
+
 class StreamClient(threading.Thread):
     """Calls a streaming endpoint over one gRPC stream, a request at a time; records the
     versions of each request's responses, or its error."""
@@ -545,17 +573,7 @@ def test_a_streaming_model_is_rolled_out_with_every_stream_whole(
     ) as control:
         Endpoints(repo, control).switch("stream_ep", "streamer", 1)
         client = StreamClient(triton.grpc_url, "stream_ep")
-        client.start()
-        try:
-            policy = RolloutPolicy(
-                stages=(10, 50, 100), stage_seconds=1.0, min_requests=5, max_latency_ratio=20
-            )
-            state = run_rollout(repo, control, begin_rollout(repo, control, "stream_ep", 2, policy))
-            time.sleep(0.5)
-        finally:
-            client.stop.set()
-            client.join(30)
-        Endpoints(repo, control).delete("stream_ep")
+        state = rollout_under_load(repo, control, "stream_ep", [client], stage_seconds=1.0)
     assert state.status == "promoted", state.reason
     assert state.warmup == "10/10 warm-up request(s) answered"  # over a stream too
     assert client.errors == []
@@ -652,20 +670,7 @@ def test_a_stateful_model_is_rolled_out_without_breaking_a_sequence(
     with TritonControl(triton.grpc_url, metrics_url=triton.metrics_url) as control:
         Endpoints(repo, control).switch("count", "counter", 1)
         clients = [SequenceClient(triton.grpc_url, "count", first) for first in (0, 10**6)]
-        for client in clients:
-            client.start()
-        try:
-            policy = RolloutPolicy(
-                stages=(10, 50, 100), stage_seconds=1.5, min_requests=5, max_latency_ratio=20
-            )
-            state = run_rollout(repo, control, begin_rollout(repo, control, "count", 2, policy))
-            time.sleep(0.5)
-        finally:
-            for client in clients:
-                client.stop.set()
-            for client in clients:
-                client.join(30)
-        Endpoints(repo, control).delete("count")
+        state = rollout_under_load(repo, control, "count", clients, stage_seconds=1.5)
     assert state.status == "promoted", state.reason
     assert state.warmup == "10/10 warm-up request(s) answered"  # each a sequence of its own
     assert [c.errors for c in clients] == [[], []]
