@@ -679,6 +679,7 @@ def unload_version(
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     if not any(e.version == version and e.state in ("READY", "LOADING") for e in entries):
+        check_version(repo, name, version)  # a version that never was is a mistake
         return UnloadResult(name, 0.0, was_loaded=False, version=version)
     users = [endpoint for endpoint, v in endpoint_routes(control, repo, name) if v == version]
     if users:

@@ -506,3 +506,14 @@ def test_load_serves_the_owners_newest_version_beside_what_endpoints_route_to(
     assert policy_versions(read_config(path)) == {1, 3}
     assert owner_policy(tmp_path, "m", read_config(path)).WhichOneof("policy_choice") is None
     assert serving.load(fake, "m", repo=tmp_path).cache_hit
+
+
+def test_unload_of_a_version_the_model_never_had_is_model_not_found(tmp_path: Path) -> None:
+    # a typo (--version 12 for 2) must not look as if it worked while version 2 serves on
+    _write_model(tmp_path, "m", [1, 2])
+    fake = FakeTriton({"m": [1, 2]})
+    serving.load(fake, "m", version=2, repo=tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"no version 12 .*\(it has: 1, 2\)"):
+        serving.unload(fake, "m", repo=tmp_path, version=12)
+    # a version on disk that is not served is simply not loaded
+    assert not serving.unload(fake, "m", repo=tmp_path, version=1).was_loaded
