@@ -998,10 +998,16 @@ class Controller:
                     target = fallback
                     break
                 if not victims:
+                    over = (
+                        f"used {format_size(used)} is above the high watermark {format_size(high)}"
+                        if need_bytes > 0
+                        else f"{len(view.states)} models are loaded, more than max_models "
+                        f"{self.budget.max_models}"
+                    )
+                    under = "under it" + (" or under the limit" if used > limit else "")
                     message = (
-                        f"used {format_size(used)} is above the high watermark "
-                        f"{format_size(high)} and evicting all that may go is not enough to "
-                        f"get under it{' or under the limit' if used > limit else ''}: {exc}"
+                        f"{over} and evicting all that may go is not enough to get "
+                        f"{under if need_bytes > 0 else 'down to it'}: {exc}"
                     )
                     if not self._alerting:  # once, until it is over (not every poll)
                         self._record(

@@ -681,6 +681,21 @@ def test_over_budget_with_nothing_evictable_is_an_alert_not_an_eviction(
     assert sum("evicting all that may go" in r.message for r in caplog.records) == 1
 
 
+def test_too_many_models_with_nothing_evictable_alerts_about_the_count_not_memory(
+    tmp_path: Path,
+) -> None:
+    # far under any memory limit: the alert must speak of max_models only
+    sizes = {"a": MIB, "b": MIB, "c": MIB}
+    ctl, fake = make(tmp_path, sizes, max_models=2, pinned=frozenset(sizes))
+    for name in sizes:  # loaded behind the controller's back
+        fake.load_model(name)
+    assert ctl.run_once() == []
+    [alert] = audit(tmp_path, "alert")
+    assert alert["reason"].startswith("3 models are loaded, more than max_models 2")
+    assert "watermark" not in alert["reason"]
+    assert fake.loaded() == set(sizes)
+
+
 def test_plan_changes_nothing_and_ranks_every_evictable_model(tmp_path: Path) -> None:
     sizes = {"a": 100 * MIB, "b": 300 * MIB}
     ctl, fake = make(tmp_path, sizes, limit=BASE + 1000 * MIB, policy="memory_pressure")
