@@ -372,6 +372,26 @@ class Controller:
 
     # ---------------------------------------------------------------- what is loaded
 
+    def _coming(
+        self,
+        name: str,
+        version: int | None,
+        wanted: frozenset[int] | None,
+        ready: Sequence[int],
+    ) -> tuple[list[int], int]:
+        """The versions of ``name`` a load (of ``version``, or of those its version policy
+        ``wanted``) brings up that are not ``ready`` yet, and how many ready versions it
+        takes down: those the policy no longer selects, or, for one version, every other
+        but those endpoints route to (their slots are freed by the load itself)."""
+        coming = (
+            sorted(wanted) if wanted is not None else predicted_versions(self.repo, name, version)
+        )
+        staying = set(coming)
+        if version is not None:
+            staying |= serving.endpoint_versions(self.control, self.repo, name)
+        leaving = len(set(ready) - staying) if wanted is not None or version is not None else 0
+        return [v for v in coming if v not in ready], leaving
+
     def _memoryless(self, name: str) -> bool:
         """Endpoint ensembles, their routers and ensembles: never candidates."""
         repo = Repository(self.repo)
@@ -639,20 +659,7 @@ class Controller:
             if serving.up_to_date(entries, version, wanted, refresh=refresh):
                 self.stats.cache_hits += 1
                 return EnsureResult(name, ready_before, 0.0, cache_hit=True)
-            coming = (
-                sorted(wanted)
-                if wanted is not None
-                else predicted_versions(self.repo, name, version)
-            )
-            versions = [v for v in coming if v not in ready_before]
-            # a reload takes down the versions it no longer serves: those the policy no
-            # longer selects, or, for one version, every other but those endpoints route to
-            staying = set(coming)
-            if version is not None:
-                staying |= serving.endpoint_versions(self.control, self.repo, name)
-            leaving = (
-                len(set(ready_before) - staying) if wanted is not None or version is not None else 0
-            )
+            versions, leaving = self._coming(name, version, wanted, ready_before)
             memoryless = self._memoryless(name)
             needed = [] if memoryless else [self.footprints.footprint(name, v) for v in versions]
             evicted = self._make_room(name, version, needed, index, leaving=leaving)
@@ -1091,13 +1098,12 @@ class Controller:
                     if version is None
                     else None
                 )
-                coming = (
-                    sorted(wanted)
-                    if wanted is not None
-                    else predicted_versions(self.repo, for_model, version)
+                versions, leaving = self._coming(for_model, version, wanted, ready)
+                needed = (
+                    []
+                    if self._memoryless(for_model)
+                    else [self.footprints.footprint(for_model, v) for v in versions]
                 )
-                versions = [v for v in coming if v not in ready]
-                needed = [self.footprints.footprint(for_model, v) for v in versions]
                 if needed:
                     footprint = needed[0] if len(needed) == 1 else None
                 already = serving.up_to_date(entries, version, wanted)
@@ -1109,7 +1115,11 @@ class Controller:
                 need_slots = 0
                 if self.budget.max_models is not None and not already:
                     need_slots = (
-                        len(view.states) + coming_count + len(needed) - self.budget.max_models
+                        len(view.states)
+                        + coming_count
+                        + len(needed)
+                        - leaving
+                        - self.budget.max_models
                     )
             else:
                 need_bytes = used - low if used > high else 0

@@ -464,6 +464,16 @@ def test_cli_load_of_another_version_at_max_models_evicts_nothing(triton: Triton
         assert code == 0, out
         assert json.loads(out)["evicted"] == [], out
         assert http_answer(triton, "cli_swap") == 1.0
+        # back to the policy's version 2, which takes version 1 down: the plan for that
+        # load, too, knows it frees the slot it needs
+        full = ("--max-models", str(loaded))
+        code, out = run(triton, *full, "evict", "--dry-run", "--for", "cli_swap", "--json")
+        assert code == 0, out
+        plan = json.loads(out)
+        assert (plan["victims"], plan["need_slots"]) == ([], 0), out
+        code, out = run(triton, *full, "load", "cli_swap", "--json")
+        assert code == 0 and json.loads(out)["evicted"] == [], out
+        assert http_answer(triton, "cli_swap") == 2.0
     finally:
         run(triton, "unload", "cli_swap")
 
