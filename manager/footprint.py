@@ -17,7 +17,7 @@ how long the load took, when, and how it was measured (``method``):
 - ``estimate``: never measured (see :meth:`FootprintStore.estimate`).
 
 Used memory (:class:`Usage`) is read the same way: the GPU metric, the server's process
-tree, or the host metric.
+tree (its processes' PSS summed, each shared page counted once), or the host metric.
 """
 
 from __future__ import annotations

@@ -11,8 +11,14 @@ manager reads its processes instead:
   memory a model holds is the resident memory of its stubs, and it is freed when they exit;
 - the server process itself holds what native backends load.
 
-Resident memory is read as USS (the pages only that process maps, what its exit frees)
-where the kernel lets us, else RSS.
+Each process is read twice over, where the kernel lets us (else both are its RSS):
+
+- its USS (the pages only that process maps): what its exit frees, the memory a model's
+  stubs hold;
+- its PSS (each page divided among the processes that map it): the sum over the tree is
+  its physical memory, each page counted once. This is the tree's used memory. A sum of
+  USS would leave out the pages two stubs share (the libraries of the same runtime), and
+  those would then appear in it when one of the two exits, as if an unload freed nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class StubProcess:
     version: int | None
     instance: str
     resident_bytes: int
+    proportional_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,12 @@ class ProcessMemory:
     server_bytes: int
     stubs: tuple[StubProcess, ...]
     taken_at: float
+    server_proportional_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.server_bytes + sum(s.resident_bytes for s in self.stubs)
+        """The tree's physical memory: PSS summed (see the module's docstring)."""
+        return self.server_proportional_bytes + sum(s.proportional_bytes for s in self.stubs)
 
     def model_bytes(self, model: str, version: int | None = None) -> int:
         """Bytes of the stubs of ``model`` (of ``version`` only, if given)."""
@@ -74,12 +83,14 @@ class ProcessMemory:
         return out
 
 
-def resident_bytes(proc: psutil.Process) -> int:
-    """USS of ``proc`` if readable, else RSS."""
+def resident_bytes(proc: psutil.Process) -> tuple[int, int]:
+    """(USS, PSS) of ``proc`` if readable, else its RSS twice."""
     try:
-        return int(proc.memory_full_info().uss)
+        full = proc.memory_full_info()
+        return int(full.uss), int(full.pss)
     except (psutil.AccessDenied, AttributeError):
-        return int(proc.memory_info().rss)
+        rss = int(proc.memory_info().rss)
+        return rss, rss
 
 
 def parse_stub_cmdline(cmdline: list[str]) -> tuple[str, int | None, str] | None:
@@ -108,7 +119,7 @@ def read_process_memory(server_pid: int) -> ProcessMemory:
     Raises ``psutil.NoSuchProcess`` if the server is gone.
     """
     server = psutil.Process(server_pid)
-    server_bytes = resident_bytes(server)
+    server_bytes, server_pss = resident_bytes(server)
     stubs = []
     for child in server.children(recursive=True):
         try:
@@ -116,12 +127,12 @@ def read_process_memory(server_pid: int) -> ProcessMemory:
             if parsed is None:
                 continue
             model, version, instance = parsed
-            stubs.append(StubProcess(child.pid, model, version, instance, resident_bytes(child)))
+            stubs.append(StubProcess(child.pid, model, version, instance, *resident_bytes(child)))
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
         except psutil.AccessDenied:
             log.debug("cannot read process %d below tritonserver %d", child.pid, server_pid)
-    return ProcessMemory(server_bytes, tuple(stubs), time.time())
+    return ProcessMemory(server_bytes, tuple(stubs), time.time(), server_pss)
 
 
 def wait_stubs_gone(

@@ -247,6 +247,51 @@ def test_process_memory_attributes_a_stub_to_its_model_version(
     assert wait_stubs_gone(os.getpid(), ["mem"], timeout=5)
 
 
+SHARING_STUB_SCRIPT = textwrap.dedent(
+    """
+    import mmap, sys, time
+    with open(sys.argv[-1], "r+b") as f:  # a file every such stub maps and reads
+        shared = mmap.mmap(f.fileno(), 0)
+    total = sum(shared[i] for i in range(0, len(shared), 4096))
+    own = bytearray(b"x" * (16 * 2**20))
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_used_memory_falls_by_what_a_stub_held_alone_when_it_exits(tmp_path: Path) -> None:
+    """Two stubs share 64 MiB of mapped pages: the tree's used memory counts them once,
+    and one stub's exit lowers it by that stub's own memory (its USS), not by nothing."""
+    link = tmp_path / STUB_NAME
+    link.symlink_to(sys.executable)
+    data = tmp_path / "shared.bin"
+    data.write_bytes(b"\x01" * (64 * MIB))
+    procs = []
+    try:
+        for model in ("sa", "sb"):
+            script = version_dir(tmp_path, model, 1) / "model.py"
+            script.write_text(SHARING_STUB_SCRIPT)
+            args = [str(link), str(script), "shm", "1", "1", "1", "d", "1", f"{model}_0_0"]
+            proc = subprocess.Popen([*args, str(data)], stdout=subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        before = read_process_memory(os.getpid())
+        (first,) = [s for s in before.stubs if s.pid == procs[0].pid]
+        # each holds its 16 MiB alone; the 64 MiB shared are neither one's
+        assert 16 * MIB < first.resident_bytes < 64 * MIB
+        assert first.proportional_bytes > first.resident_bytes + 24 * MIB
+        procs[0].kill()
+        procs[0].wait()
+        after = read_process_memory(os.getpid())
+        freed = before.total_bytes - after.total_bytes
+        assert abs(freed - first.resident_bytes) < 8 * MIB, (freed, first)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def test_waiting_for_one_version_ignores_the_stubs_of_the_others(
     fake_stub: subprocess.Popen[bytes],
 ) -> None:
