@@ -47,10 +47,21 @@ def validate_model_name(name: str, *, what: str = "model name") -> str:
     return name
 
 
+# Triton reads version folder names as int64: a larger one throws out of its model
+# loader and takes the whole server down (every model with it), so none may exist.
+MAX_VERSION = 2**63 - 1
+
+
 def validate_version(version: int) -> int:
-    """Return ``version`` if it is a valid Triton version number (a positive integer)."""
+    """Return ``version`` if it is a valid Triton version number (a positive integer of at
+    most :data:`MAX_VERSION`)."""
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise InvalidNameError(f"version must be a positive integer, got {version!r}")
+    if version > MAX_VERSION:
+        raise InvalidNameError(
+            f"version {version} is above Triton's largest, {MAX_VERSION} (2^63 - 1): "
+            "tritonserver cannot read it"
+        )
     return version
 
 

@@ -27,13 +27,14 @@ from manager.artifacts.base import Artifact
 from manager.errors import (
     ArtifactError,
     ConfigError,
+    InvalidNameError,
     ManagerError,
     RepositoryError,
     VersionExistsError,
 )
 from manager.filecopy import Progress, place, precompile, sha256_of
 from manager.modelconfig import TensorSpec, config_to_text, read_config, write_config
-from manager.names import validate_model_name, validate_version
+from manager.names import MAX_VERSION, validate_model_name, validate_version
 from manager.repository import (
     CONFIG_FILE,
     PROVENANCE_FILE,
@@ -228,6 +229,11 @@ def publish(
         else:
             versions = []
         version = opts.version if opts.version is not None else (max(versions, default=0) + 1)
+        if version > MAX_VERSION:
+            raise InvalidNameError(
+                f"model {name!r} has version {max(versions)}, Triton's largest: give a free "
+                "lower one with --version"
+            )
         if version in versions or (model_dir / str(version)).exists():
             raise VersionExistsError(f"model {name!r} already has version {version}")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from manager.errors import ManagerError
 from manager.filecopy import sha256_of
 from manager.modelconfig import read_config
-from manager.names import validate_model_name
+from manager.names import MAX_VERSION, validate_model_name
 from manager.repository import CONFIG_FILE, PROVENANCE_FILE, Repository, is_version_name
 from manager.units import format_size
 
@@ -122,7 +122,15 @@ def _validate_model(repo: Repository, model: str, *, check_hashes: bool) -> list
     versions = []
     for child in sorted(mdir.iterdir()):
         if child.is_dir() and not child.name.startswith("."):
-            if is_version_name(child.name):
+            if is_version_name(child.name) and int(child.name) > MAX_VERSION:
+                problems.append(
+                    Problem(
+                        model,
+                        f"version folder {child.name} is above Triton's largest version, "
+                        f"{MAX_VERSION}: loading the model would take tritonserver down",
+                    )
+                )
+            elif is_version_name(child.name):
                 versions.append(int(child.name))
             else:
                 problems.append(

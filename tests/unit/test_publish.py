@@ -50,6 +50,22 @@ def test_next_version_is_highest_plus_one(repo, onnx_file):
     assert repo.versions("linear") == [1, 7, 8]
 
 
+def test_versions_past_tritons_int64_are_refused_and_flagged(repo, onnx_file):
+    # tritonserver reads version folders as int64: a larger one crashes the whole server
+    top = 2**63 - 1
+    with pytest.raises(InvalidNameError, match="above Triton's largest"):
+        publish(repo, "linear", onnx_file, PublishOptions(runtime="native", version=top + 1))
+    assert not repo.model_dir("linear").exists()
+    publish(repo, "linear", onnx_file, PublishOptions(runtime="native", version=top))
+    with pytest.raises(InvalidNameError, match="give a free lower one with --version"):
+        publish(repo, "linear", onnx_file, NATIVE)
+    assert repo.versions("linear") == [top]
+    # a folder made by hand is a problem for validate, not a version
+    (repo.model_dir("linear") / str(top + 1)).mkdir()
+    problems = [p.message for p in validate_repository(repo) if p.model == "linear"]
+    assert any("would take tritonserver down" in p for p in problems), problems
+
+
 def test_existing_version_is_never_overwritten(repo, onnx_file, tmp_path):
     publish(repo, "linear", onnx_file, NATIVE)
     before = (repo.version_dir("linear", 1) / "tritonctl.json").read_text()
