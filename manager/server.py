@@ -432,6 +432,7 @@ class EmbeddedServer:
         self._binary_option = binary
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = False
+        self._tied = False
 
     @property
     def meta_dir(self) -> Path:
@@ -496,6 +497,7 @@ class EmbeddedServer:
         extra_args: Sequence[str] = (),
         wait_timeout: float = 60,
         on_ready: Callable[[ServerInfo], None] | None = None,
+        tied: bool = False,
     ) -> ServerInfo:
         """Start the server and wait until it is live.
 
@@ -503,8 +505,11 @@ class EmbeddedServer:
         ``foreground=True`` it runs until the server exits or this process receives
         SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live.
         ``exit_timeout_s`` bounds how long the server, asked to stop, waits for in-flight
-        requests and open HTTP connections (Triton's own default is 30 s).
+        requests and open HTTP connections (Triton's own default is 30 s). ``tied``: the
+        kernel kills the server when the thread that started it exits, however it ends
+        (SIGKILL included), for a server that must not outlive its caller (Linux).
         """
+        self._tied = tied
         if foreground:
             # Handlers go in before the server is spawned: a SIGTERM that arrives while it
             # starts must stop it too, not kill this process and orphan the server.
@@ -605,9 +610,10 @@ class EmbeddedServer:
     ) -> ServerInfo:
         log.info("starting %s", " ".join(cmd))
         env = binary.environment()
+        preexec = _die_with_parent() if self._tied else None
         try:
             if foreground:
-                proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+                proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=preexec)
             else:
                 with open(self.log_file, "wb") as out:
                     proc = subprocess.Popen(
@@ -618,6 +624,7 @@ class EmbeddedServer:
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
                         cwd=self.meta_dir,
+                        preexec_fn=preexec,
                     )
         except OSError as exc:
             raise ServerError(f"cannot start {binary.path}: {exc.strerror or exc}") from exc
@@ -743,6 +750,26 @@ class EmbeddedServer:
                 _SPAWNED.remove(proc)
         if self._proc is not None and self._proc.pid == pid and self._proc.returncode is not None:
             self._proc = None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks the kernel to SIGKILL the child when the thread that
+    spawned it exits (``prctl(PR_SET_PDEATHSIG)``); None where there is no such call.
+    libc's function is looked up here, so the child only makes the system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+    return preexec
 
 
 @contextlib.contextmanager

@@ -48,7 +48,8 @@ def throwaway_server(*, use_grpc: bool = False) -> Iterator[str]:
     server = EmbeddedServer(root)
     try:
         http, grpc, metrics = free_ports(3)
-        info = server.start(http, grpc, metrics, wait_timeout=120)
+        # tied: a publish killed mid-test (a cancelled CI job) takes its server with it
+        info = server.start(http, grpc, metrics, wait_timeout=120, tied=True)
         yield info.grpc_url if use_grpc else info.http_url
     finally:
         try:

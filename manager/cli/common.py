@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -69,14 +75,51 @@ class Context:
 
 
 class ManagerGroup(click.Group):
-    """A click group that turns ``ManagerError`` into a clean message and exit code."""
+    """A click group that turns ``ManagerError`` into a clean message and exit code, an
+    ``OSError`` of the file system (a read-only repository, a full disk) into one line
+    with exit status 1, and SIGTERM into an orderly exit (status 143) that runs every
+    clean-up on the way out: no staging folder, lock or throwaway server is left behind
+    by a CI job that is cancelled."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ManagerError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+        with _exit_on_sigterm():
+            try:
+                return super().invoke(ctx)
+            except ManagerError as exc:
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(exc.exit_code)
+            except BrokenPipeError:
+                # the reader went away (`| head`): nothing more can be said, quietly
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                sys.exit(1)
+            except OSError as exc:
+                click.echo(f"error: {_os_error(exc)}", err=True)
+                sys.exit(1)
+
+
+def _os_error(exc: OSError) -> str:
+    """``[Errno 30] Read-only file system: 'x'`` as ``x: read-only file system``."""
+    reason = exc.strerror or str(exc)
+    where = exc.filename if exc.filename is not None else None
+    return f"{where}: {reason[:1].lower()}{reason[1:]}" if where else str(exc)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) while the command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_json(data: Any) -> None:

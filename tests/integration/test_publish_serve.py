@@ -511,3 +511,52 @@ def test_a_new_python_version_is_loaded_once_by_an_endpoint_switch(
     finally:
         endpoints.delete(f"{name}_ep")
         serving.unload(control, name)
+
+
+def test_a_publish_stopped_during_its_smoke_test_leaves_nothing_running_or_staged(
+    net: TinyNet, tmp_path: Path
+) -> None:
+    """SIGTERM (a cancelled CI job) in the middle of the smoke test: the publish exits
+    143 after stopping its throwaway server and removing its folders; no version."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tritonctl = Path(sys.executable).parent / "tritonctl"
+    cmd = [str(tritonctl), "--repo", str(repo), "publish", "tiny", str(artifact), "--smoke-test"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        servers: list[psutil.Process] = []
+        while not servers:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no smoke-test server started"
+            servers = [
+                p
+                for p in psutil.Process(proc.pid).children(recursive=True)
+                if p.name() == "tritonserver"
+            ]
+            time.sleep(0.05)
+        (server,) = servers
+        (served,) = [a.split("=", 1)[1] for a in server.cmdline() if "--model-repository" in a]
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+        deadline = time.monotonic() + 15
+        while server.is_running() and server.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the smoke-test server outlived the publish"
+            time.sleep(0.1)
+        assert not Path(served).exists()
+        assert not (repo / "tiny").exists()
+        staging = repo / ".tritonctl" / "staging"
+        assert not staging.exists() or list(staging.iterdir()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -156,3 +156,37 @@ def test_foreground_server_records_itself_and_stops_on_sigterm(repo: Path) -> No
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+TIED_SERVER = """
+import sys, time
+from pathlib import Path
+from manager.server import EmbeddedServer, free_ports
+info = EmbeddedServer(Path(sys.argv[1])).start(*free_ports(3), tied=True)
+print(info.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_tied_server_dies_with_the_process_that_started_it(repo: Path) -> None:
+    """A throwaway server (a publish's smoke test) must not outlive a caller killed
+    outright, as a cancelled CI job is."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TIED_SERVER, str(repo)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        server_pid = int(proc.stdout.readline())
+        assert psutil.pid_exists(server_pid)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while psutil.pid_exists(server_pid):
+            if psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:
+                break
+            assert time.monotonic() < deadline, "the server outlived its caller"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -246,3 +246,20 @@ def test_server_start_asks_for_strict_readiness_only_when_told(
     assert code == 1 and "not started in this test" in err
     [args] = seen
     assert [a.split("=", 1)[1] for a in args if a.startswith("--strict-readiness")] == expected
+
+
+def test_a_file_system_error_is_one_line_and_exit_one_with_nothing_staged(
+    tmp_path, onnx_file, monkeypatch
+):
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr("manager.publish.place", full_disk)
+    repo = tmp_path / "repo"
+    code, _, err = run("--repo", str(repo), "publish", "lin", str(onnx_file))
+    assert code == 1
+    assert err.strip() == f"error: {tmp_path / 'x'}: no space left on device"
+    assert not (repo / "lin").exists()
+    assert list((repo / ".tritonctl" / "staging").iterdir()) == []
