@@ -242,9 +242,11 @@ def _load_override(
     entries: Sequence[IndexEntry],
     wanted: frozenset[int] | None,
     config: Any | None,
-) -> str | None:
+) -> tuple[str | None, PolicyEdit | None]:
     """The config override a load of ``name`` sends (None: Triton reads config.pbtxt):
-    for ``version``, ``config`` pinned to it; else the versions ``wanted``."""
+    for ``version``, ``config`` pinned to it; else the versions ``wanted``. With it, the
+    edit of config.pbtxt made for it, if one was (see :func:`_lasting`), to be undone if
+    the load fails."""
     override = _policy_override(repo, name, wanted)
     if version is not None:
         # Triton serves only the versions of the override: those an endpoint routes to
@@ -253,13 +255,41 @@ def _load_override(
         if kept:
             log.info("keeping %s versions %s served: endpoints route to them", name, sorted(kept))
         override = override_for_version(config, version, kept)
-    override = _lasting(control, repo, name, override)
+    override, edit = _lasting(control, repo, name, override)
     if version is None:
         override = _repository_override(repo, name, entries, override)
-    return override
+    return override, edit
 
 
-def _lasting(control: Any, repo: Path | None, name: str, override: str | None) -> str | None:
+@dataclass(frozen=True)
+class PolicyEdit:
+    """config.pbtxt of a model as it was before a load wrote its versions into it, and
+    as the load wrote it."""
+
+    path: Path
+    before: str
+    after: str
+
+    def undo(self) -> None:
+        """Put the file back, unless something else changed it since (a failed load
+        must not leave the versions it could not serve in the policy: every later load
+        and restore would try them again)."""
+        from manager.repository import Repository, write_text_atomic
+
+        with Repository(self.path.parent.parent).lock(self.path.parent.name):
+            try:
+                if self.path.read_text() != self.after:
+                    return
+                write_text_atomic(self.path, self.before)
+            except OSError as exc:
+                log.warning("could not restore %s after a failed load: %s", self.path, exc)
+                return
+        log.info("restored the version policy of %s after a failed load", self.path)
+
+
+def _lasting(
+    control: Any, repo: Path | None, name: str, override: str | None
+) -> tuple[str | None, PolicyEdit | None]:
     """The override to load ``name`` with; None when its versions went into config.pbtxt.
 
     Triton reloads a model that was loaded with an override from its files the next time
@@ -269,7 +299,7 @@ def _lasting(control: Any, repo: Path | None, name: str, override: str | None) -
     policy kept aside, see :mod:`manager.versionpolicy`), so it lasts.
     """
     if override is None or repo is None or not endpoint_versions(control, repo, name):
-        return override
+        return override, None
     from manager.endpoints import with_versions
     from manager.repository import Repository
     from manager.versionpolicy import keep_owner_policy
@@ -277,11 +307,13 @@ def _lasting(control: Any, repo: Path | None, name: str, override: str | None) -
     versions = json.loads(override)["version_policy"]["specific"]["versions"]
     path = Path(repo) / name / "config.pbtxt"
     with Repository(repo).lock(name):
+        before = path.read_text()
         config = read_config(path)
         keep_owner_policy(repo, name, config)
         write_config(path, with_versions(config, versions))
+        after = path.read_text()
     log.info("serving %s versions %s (written into %s)", name, sorted(versions), path)
-    return None
+    return None, PolicyEdit(path, before, after)
 
 
 def override_for_version(config: Any, version: int, keep: Iterable[int] = ()) -> str:
@@ -493,7 +525,7 @@ def load(
     config = _pin_config(repo, name, version, entries)
     if version is not None and config is None:
         config = control.model_config(name)
-    override = _load_override(control, repo, name, version, entries, wanted, config)
+    override, edit = _load_override(control, repo, name, version, entries, wanted, config)
     precompile_unloaded(repo, name, entries)
     log.info(
         "loading model %s%s on %s", name, f" version {version}" if version else "", control.url
@@ -504,6 +536,8 @@ def load(
     except LoadError as exc:
         if isinstance(exc, StillLoadingError):
             raise
+        if edit is not None:
+            edit.undo()
         raise _load_error(name, exc, _safe_entries(control, name)) from exc
     while True:
         done = _load_done(name, entries_of(control.repository_index(), name), version, wanted)
@@ -742,7 +776,7 @@ async def aload(
     config = _pin_config(repo, name, version, entries)
     if version is not None and config is None:
         config = await control.model_config(name)
-    override = _load_override(control, repo, name, version, entries, wanted, config)
+    override, edit = _load_override(control, repo, name, version, entries, wanted, config)
     deadline = started + wait_timeout
     try:
         await asyncio.wait_for(
@@ -753,6 +787,8 @@ async def aload(
         # the request is given up; Triton goes on loading the model
         raise _still_loading(name, control.url, wait_timeout) from exc
     except LoadError as exc:
+        if edit is not None:
+            edit.undo()
         try:
             after = entries_of(await control.repository_index(), name)
         except ManagerError:

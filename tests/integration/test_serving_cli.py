@@ -196,6 +196,29 @@ def test_cli_unload_of_one_version_keeps_the_others_and_the_endpoint_serving(
         run(triton, "unload", "cli_versions")
 
 
+def test_cli_failed_load_of_a_routed_model_leaves_its_version_policy_as_it_was(
+    triton: TritonHandle,
+) -> None:
+    """An endpoint keeps its model's versions in config.pbtxt: a load of a new version
+    that fails must not leave that version there (every later load, and a restore,
+    would try it again), and the endpoint keeps answering."""
+    folder = write_add_model(triton.repo, "cli_policy", {1: 1.0})
+    code, out = run(triton, "endpoint", "switch", "cli_policy_front", "--to", "cli_policy:1")
+    assert code == 0, out
+    try:
+        before = (folder / "config.pbtxt").read_text()
+        (folder / "2").mkdir()
+        (folder / "2" / "model.py").write_text(FAILING_MODEL_PY)
+        code, out = run(triton, "load", "cli_policy", "--version", "2")
+        assert code == 1 and "refused on purpose" in out, out
+        assert (folder / "config.pbtxt").read_text() == before
+        assert http_answer(triton, "cli_policy_front") == 1.0
+        assert rows(triton, "cli_policy")[1]["state"] == "READY"
+    finally:
+        run(triton, "endpoint", "delete", "cli_policy_front")
+        run(triton, "unload", "cli_policy")
+
+
 def rows_ready(triton: TritonHandle) -> dict[str, bool]:
     code, out = run(triton, "ls", "--json")
     assert code == 0, out
