@@ -46,7 +46,13 @@ from filelock import FileLock, Timeout
 from manager import serving
 from manager.audit import AuditLog, AuditRecord
 from manager.budget import MemoryBudget, ServingConfig
-from manager.endpoints import Endpoints, is_endpoint_folder
+from manager.endpoints import (
+    ENDPOINT_KIND,
+    KIND_PARAMETER,
+    ROUTER_KIND,
+    Endpoints,
+    is_endpoint_folder,
+)
 from manager.errors import (
     ControllerRunningError,
     ManagerError,
@@ -392,14 +398,17 @@ class Controller:
         leaving = len(set(ready) - staying) if wanted is not None or version is not None else 0
         return [v for v in coming if v not in ready], leaving
 
-    def _memoryless(self, name: str) -> bool:
-        """Endpoint ensembles, their routers and ensembles: never candidates."""
+    def _memoryless(self, name: str, served: Mapping[str, Any] | None = None) -> bool:
+        """Endpoint ensembles, their routers and ensembles: never candidates. ``served``:
+        Triton's config of a model the repository holds no copy of."""
         repo = Repository(self.repo)
         if is_endpoint_folder(repo, name):
             return True
         path = self.repo / name / "config.pbtxt"
         if not path.is_file():
-            return False
+            return served is not None and (
+                served.get("platform") == "ensemble" or _served_kind(served) in ENDPOINT_KINDS
+            )
         try:
             return read_config(path).platform == "ensemble"
         except ManagerError:
@@ -410,13 +419,27 @@ class Controller:
         names, whose ensembles protect their steps)."""
         return _as_a_whole(*self._protections(ready))
 
+    def _served_configs(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Triton's own configs of the loaded ``names`` that the repository holds no copy
+        of (a server whose repository is elsewhere): what tells its ensembles and endpoints,
+        and so the models they call, apart there."""
+        served: dict[str, dict[str, Any]] = {}
+        for name in names:
+            if not (self.repo / name / "config.pbtxt").is_file():
+                try:
+                    served[name] = self.control.model_config(name)
+                except ManagerError as exc:
+                    log.debug("no config of %s from %s: %s", name, self.control.url, exc)
+        return served
+
     def _protections(
-        self, ready: Sequence[str] = ()
+        self, ready: Sequence[str] = (), served: Mapping[str, Mapping[str, Any]] | None = None
     ) -> tuple[dict[str, str], dict[str, dict[int, str]]]:
         """Why models may not be evicted: model name -> reason for those protected as a
         whole (pinned, in a rollout, a step of a loaded ensemble), and model -> version ->
         reason for the versions endpoints route to, the model's other versions being free
-        to go."""
+        to go. ``served``: Triton's configs of loaded models the repository does not hold
+        (their ensembles' steps are protected as well)."""
         reasons: dict[str, str] = {}
         routed: dict[str, dict[int, str]] = {}
         where = f" in {self.config.source}" if self.config.source else ""
@@ -439,6 +462,16 @@ class Controller:
                 )
         for name in ready:
             path = self.repo / name / "config.pbtxt"
+            config_there = (served or {}).get(name)
+            if not path.is_file() and config_there is not None:
+                what = (
+                    "endpoint"
+                    if _served_kind(config_there) in ENDPOINT_KINDS
+                    else "loaded ensemble"
+                )
+                for step_name in _served_steps(config_there):
+                    reasons.setdefault(step_name, f"step of the {what} {name}")
+                continue
             if not path.is_file() or is_endpoint_folder(repo, name):
                 continue  # an endpoint's steps are its targets (or its router)
             try:
@@ -456,7 +489,8 @@ class Controller:
         usage = self.meter.usage()
         ready = sorted({(e.name, e.version) for e in index if e.ready and e.version is not None})
         ready_names = sorted({name for name, _ in ready})
-        whole, routed = self._protections(ready_names)
+        served = self._served_configs(ready_names)
+        whole, routed = self._protections(ready_names, served)
         protected = _as_a_whole(whole, routed)
         routed = {name: versions for name, versions in routed.items() if name not in whole}
         stats: dict[tuple[str, int | None], ModelStats] = {}
@@ -474,7 +508,7 @@ class Controller:
         states = []
         for name, version in ready:
             assert version is not None
-            if self._memoryless(name):
+            if self._memoryless(name, served.get(name)):
                 continue
             key = (name, version)
             stat = stats.get(key)
@@ -1331,3 +1365,20 @@ def _loop_owner(path: Path) -> str:
         return f" (pid {data['pid']} on {data['host']}, since {data['started_at']})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
+
+
+ENDPOINT_KINDS = (ENDPOINT_KIND, ROUTER_KIND)
+
+
+def _served_kind(config: Mapping[str, Any]) -> str:
+    """The ``tritonctl.kind`` parameter of a config as Triton serves it ('' if none)."""
+    parameter = (config.get("parameters") or {}).get(KIND_PARAMETER) or {}
+    return str(parameter.get("string_value", ""))
+
+
+def _served_steps(config: Mapping[str, Any]) -> list[str]:
+    """The models an ensemble's config, as Triton serves it, calls."""
+    if config.get("platform") != "ensemble":
+        return []
+    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
+    return [str(step["model_name"]) for step in steps if step.get("model_name")]

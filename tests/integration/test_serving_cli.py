@@ -352,6 +352,32 @@ def test_cli_load_picks_up_a_newly_published_version(triton: TritonHandle) -> No
         assert folder.is_dir()
 
 
+def test_cli_budget_of_a_server_whose_repository_is_elsewhere_keeps_its_endpoints(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    """With no copy of the server's repository here, its endpoints and the models they
+    call are known from Triton's own configs: never eviction candidates."""
+    write_add_model(triton.repo, "cli_far_target", {1: 1.0})
+    code, out = run(triton, "endpoint", "switch", "cli_far_front", "--to", "cli_far_target:1")
+    assert code == 0, out
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    try:
+        argv = ["--repo", str(here), "--url", triton.http_url]
+        argv += ["--metrics-url", triton.metrics_url, "--max-models", "1"]
+        result = CliRunner().invoke(main, [*argv, "evict", "--dry-run", "--json"])
+        assert result.exit_code == 0, result.output
+        plan = json.loads(result.stdout)
+        ranked = {r["model"] for r in plan["ranking"]} | {v["model"] for v in plan["victims"]}
+        assert not ranked & {"cli_far_target", "cli_far_front"}, plan
+        protected = {p["model"]: p["reason"] for p in plan["protected"]}
+        assert "endpoint cli_far_front" in protected["cli_far_target"], protected
+        assert http_answer(triton, "cli_far_front") == 1.0
+    finally:
+        run(triton, "endpoint", "delete", "cli_far_front")
+        run(triton, "unload", "cli_far_target")
+
+
 def test_cli_load_of_a_model_only_the_server_holds_picks_up_its_new_version(
     triton: TritonHandle, tmp_path: Path
 ) -> None:
