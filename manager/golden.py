@@ -187,6 +187,47 @@ def synthetic_case(config: ModelConfig) -> GoldenCase:
     return GoldenCase("synthetic", inputs, {})
 
 
+def check_inputs_match_config(config: ModelConfig, cases: list[GoldenCase]) -> None:
+    """Refuse golden cases whose inputs the model cannot take (ConfigError naming the case
+    and the tensor), before anything is loaded: an input the config does not declare, a
+    required one missing, another data type or a shape that does not fit its dims."""
+    from manager.modelconfig import triton_dtype_name
+
+    batched = config.max_batch_size > 0
+    specs = {spec.name: spec for spec in config.input}
+    for case in cases:
+        where = f"golden case {case.name!r}"
+        for name in case.inputs:
+            if name not in specs:
+                raise ConfigError(
+                    f"{where}: input {name!r} is not an input of {config.name!r} "
+                    f"(it takes: {', '.join(specs) or 'none'})"
+                )
+        for name, spec in specs.items():
+            if name not in case.inputs:
+                if spec.optional:
+                    continue
+                raise ConfigError(f"{where}: input {name!r} is missing")
+            array = np.asarray(case.inputs[name])
+            dtype = triton_dtype_name(spec.data_type)
+            if dtype in ("STRING", "BYTES"):
+                fits = array.dtype.kind in "OSU"
+            else:
+                fits = array.dtype == np.dtype(_NP_FROM_TRITON[dtype])
+            if not fits:
+                raise ConfigError(
+                    f"{where}: input {name!r} is {array.dtype}, the model takes {dtype}"
+                )
+            declared = ([-1] if batched else []) + [int(d) for d in spec.dims]
+            if len(array.shape) != len(declared) or any(
+                d not in (-1, n) for d, n in zip(declared, array.shape, strict=True)
+            ):
+                raise ConfigError(
+                    f"{where}: input {name!r} has shape {list(array.shape)}, the model takes "
+                    f"{declared} (-1: any size)"
+                )
+
+
 def check_outputs_match_config(
     config: ModelConfig, outputs: Mapping[str, np.ndarray], *, model: str
 ) -> None:

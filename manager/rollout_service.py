@@ -32,7 +32,13 @@ from manager.errors import (
     RolloutNotFoundError,
     TritonUnreachableError,
 )
-from manager.golden import GoldenCase, check, load_cases, synthetic_case
+from manager.golden import (
+    GoldenCase,
+    check,
+    check_inputs_match_config,
+    load_cases,
+    synthetic_case,
+)
 from manager.infer import infer
 from manager.modelconfig import is_decoupled, read_config, sequence_idle_seconds
 from manager.repository import CONFIG_FILE, Repository
@@ -137,6 +143,7 @@ def make_driver(
 
         def golden(model: str, version: int) -> None:
             config = read_config(repo.path / model / CONFIG_FILE)
+            check_inputs_match_config(config, cases)
             check(
                 cases, version_caller(control, model, version, config), model=f"{model}:{version}"
             )

@@ -20,7 +20,13 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.errors import LoadError, ManagerError, TritonUnreachableError
-from manager.golden import GoldenCase, check, check_outputs_match_config, synthetic_case
+from manager.golden import (
+    GoldenCase,
+    check,
+    check_inputs_match_config,
+    check_outputs_match_config,
+    synthetic_case,
+)
 from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
@@ -84,6 +90,7 @@ def smoke_test(
     ``url``: a staging server; None starts a throwaway embedded server.
     Raises ``GoldenMismatch`` naming the tensor, or ``LoadError`` with Triton's reason.
     """
+    check_inputs_match_config(config, cases)  # before any server is asked
     if url is None:
         # a decoupled model answers over a gRPC stream only
         with throwaway_server(use_grpc=is_decoupled(config)) as local_url:
