@@ -166,6 +166,10 @@ class StageRecord:
     verdict: str = ""
 
 
+# what a rollback that could not switch the endpoint back adds to the rollout's reason
+NOT_ROLLED_BACK = "; not rolled back yet: "
+
+
 @dataclass
 class RolloutState:
     endpoint: str
@@ -179,6 +183,9 @@ class RolloutState:
     driver_pid: int = 0
     driver_create_time: float = 0.0
     requested: str = ""  # "promote" or "abort", set by another process for the driver
+    # "promote" or "rollback" once the driver has decided and begun to carry it out: a
+    # driver that dies on the way leaves it to the next one to finish, not to undo
+    ending: str = ""
     baseline_new: dict[str, int] = field(default_factory=dict)
     baseline_old: dict[str, int] = field(default_factory=dict)
     history: list[StageRecord] = field(default_factory=list)
@@ -478,6 +485,16 @@ class RolloutDriver:
     def _run(self, state: RolloutState) -> RolloutState:
         self._claim(state)
         try:
+            if state.ending:  # a driver died ending the rollout: finish that, not undo it
+                request = self._requested(state)
+                if request == "abort":
+                    return self.rollback(state, "aborted by request")
+                if request == "promote":
+                    return self.promote(state, "promoted by request")
+                reason = state.reason.split(NOT_ROLLED_BACK)[0]
+                if state.ending == "promote":
+                    return self.promote(state, reason or "promoted")
+                return self.rollback(state, reason or "rolled back")
             if state.status == "starting":
                 self._prepare(state)
             elif state.history and not state.history[-1].verdict:
@@ -729,6 +746,7 @@ class RolloutDriver:
         state.stage_index = len(state.policy.stages) - 1
         state.reason = reason
         state.requested = ""
+        state.ending = "promote"
         self.store.save(state)
         self._drain(state, keep_new=True)
         self.endpoints.switch(state.endpoint, state.model, state.new_version, drain=False)
@@ -754,12 +772,13 @@ class RolloutDriver:
         again."""
         state.reason = reason
         state.requested = ""
+        state.ending = "rollback"
         self.store.save(state)
         self._drain(state, keep_new=False)
         try:
             self.endpoints.switch(state.endpoint, state.model, state.old_version, drain=False)
         except ManagerError as exc:
-            state.reason = f"{reason}; not rolled back yet: {exc}"
+            state.reason = f"{reason}{NOT_ROLLED_BACK}{exc}"
             self.store.save(state)
             raise RollbackIncompleteError(
                 f"the rollout of {state.endpoint!r} is not rolled back: {exc}; it stays at "

@@ -461,6 +461,11 @@ class RolloutAnswer(Answer):
     stage_index: int
     reason: str
     requested: str
+    ending: str = Field(
+        default="",
+        description="promote or rollback once the driver is carrying it out (a driver "
+        "that dies on the way leaves it for the next one to finish)",
+    )
     driver_pid: int
     driver_alive: bool
     warmup: str

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from manager.errors import RolloutError, TritonUnreachableError
+from manager.errors import EndpointError, RolloutError, TritonUnreachableError
 from manager.repository import Repository
 from manager.rollout import (
     Counters,
@@ -36,6 +36,8 @@ class FakeEndpoints:
         self.calls.append(f"split {self.weights}")
 
     def set_weights(self, name, targets):
+        if self.pinned is not None:  # as Endpoints.set_weights refuses
+            raise EndpointError(f"endpoint {name!r} is pinned to m:{self.pinned}")
         self.weights = {t.version: t.weight for t in targets}
         self.calls.append(f"weights {self.weights}")
 
@@ -355,6 +357,33 @@ def test_resume_continues_from_the_recorded_stage(tmp_path):
     assert [(r.weight, r.verdict) for r in state.history] == [
         (w, "healthy") for w in (5, 15, 30, 50, 75, 90)
     ]
+
+
+@pytest.mark.parametrize("ending", ["promote", "abort"])
+def test_a_driver_that_dies_ending_the_rollout_leaves_that_end_to_the_next_one(tmp_path, ending):
+    """Killed after the endpoint was pinned to the version that stays, before the other
+    was retired: the next driver finishes what was begun, it does not undo it."""
+    driver, endpoints, retired, store = make(tmp_path)
+    keep, drop = (2, 1) if ending == "promote" else (1, 2)
+    real_retire = driver.retire
+
+    def dies(model, version):
+        raise KeyboardInterrupt  # the driver process dies here
+
+    def on_stage(state):
+        if state.weight == 30:
+            request_action(store, "ep", ending)
+
+    driver.retire, driver.on_stage = dies, on_stage
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    recorded = store.load("ep")
+    assert recorded.status == "running" and endpoints.pinned == keep
+    driver.retire, driver.on_stage = real_retire, None
+    state = driver.run(recorded)
+    assert state.status == ("promoted" if ending == "promote" else "rolled_back")
+    assert state.reason == f"{'promoted' if ending == 'promote' else 'aborted'} by request"
+    assert endpoints.pinned == keep and retired == [("m", drop)]
 
 
 def test_state_round_trips_through_json(tmp_path):
@@ -780,6 +809,25 @@ def test_promote_and_abort_exit_4_unless_the_rollout_ends_as_asked(
     assert result.exit_code == code, result.output
     assert json.loads(result.output)["status"] == status
     assert waits == [120.0, 7.0]
+
+
+@pytest.mark.parametrize(("status", "code"), [("rolled_back", 4), ("promoted", 0)])
+def test_resume_wait_exits_4_unless_the_rollout_is_promoted(tmp_path, monkeypatch, status, code):
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from manager.cli import endpoint_cmds, main
+
+    state = RolloutState("ep", "m", 1, 2, POLICY, status=status, reason="latency")
+    monkeypatch.setattr(endpoint_cmds, "resumable", lambda repo, name: state)
+    monkeypatch.setattr(endpoint_cmds, "require_server", lambda control, why: None)
+    monkeypatch.setattr(endpoint_cmds, "run_rollout", lambda repo, control, state: state)
+    monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: contextlib.nullcontext())
+    argv = ["--repo", str(tmp_path), "--url", "http://triton:8000", "rollout", "resume", "ep"]
+    result = CliRunner().invoke(main, [*argv, "--wait"])
+    assert result.exit_code == code, result.output
+    assert f"ep: m:1 -> 2 {status}" in result.output
 
 
 @pytest.mark.parametrize(
