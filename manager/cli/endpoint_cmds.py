@@ -536,6 +536,8 @@ def rollout_resume(obj: Context, name: str, wait: bool) -> None:
             require_server(control, f"the rollout of {name!r} was not resumed")
             state = run_rollout(repo, control, state)
             _say(_rollout_line(state))
+            if state.status != "promoted":  # as `rollout start --wait`
+                raise SystemExit(4)
             return
         state, pid = resume_in_background(repo, control, name)
     _say(f"rollout of {name} resumed at {state.weight} % (worker pid {pid})")
