@@ -295,13 +295,19 @@ def _rollout_line(state: RolloutState) -> str:
     return line
 
 
+def _ms(counts: dict[str, Any]) -> float:
+    """A version's time a request over a stage: its compute time (what the latency gate
+    compares), or its end-to-end time for a record that has none."""
+    per = counts.get("compute_ns") or counts.get("success_ns", 0)
+    return float(per) / max(counts.get("success", 0), 1) / 1e6
+
+
 def _stage_summary(state: RolloutState, record: StageRecord) -> str:
-    """One line on a finished stage: both versions' requests and mean latency."""
+    """One line on a finished stage: both versions' requests and compute time."""
     parts = []
     for version, counts in ((state.new_version, record.new), (state.old_version, record.old)):
         ok, fail = counts.get("success", 0), counts.get("fail", 0)
-        ms = counts.get("success_ns", 0) / max(ok, 1) / 1e6
-        parts.append(f"v{version} {ok} ok / {fail} failed, {ms:.2f} ms")
+        parts.append(f"v{version} {ok} ok / {fail} failed, {_ms(counts):.2f} ms")
     verdict = record.verdict if record.verdict in ("", "healthy") else "failed its gate"
     return f"stage {record.weight} %: {'; '.join(parts)}: {verdict or '-'}"
 
@@ -354,7 +360,7 @@ def rollout() -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=1.5,
     show_default=True,
-    help="New/old mean request latency above this rolls back.",
+    help="New/old mean compute time a request above this rolls back.",
 )
 @click.option(
     "--latency-tolerance-ms",
@@ -569,7 +575,7 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
 
 
 def _stage_table(state: RolloutState) -> None:
-    table = Table()
+    table = Table(caption="ms: compute time a request, what the latency gate compares")
     for col in ("stage", "new ok/fail", "new ms", "old ok/fail", "old ms", "verdict"):
         table.add_column(col)
     for i, h in enumerate(state.history):
@@ -578,9 +584,9 @@ def _stage_table(state: RolloutState) -> None:
         table.add_row(
             f"{h.weight} %",
             f"{n.get('success', 0)}/{n.get('fail', 0)}",
-            f"{n.get('success_ns', 0) / max(n.get('success', 0), 1) / 1e6:.2f}",
+            f"{_ms(n):.2f}",
             f"{o.get('success', 0)}/{o.get('fail', 0)}",
-            f"{o.get('success_ns', 0) / max(o.get('success', 0), 1) / 1e6:.2f}",
+            f"{_ms(o):.2f}",
             h.verdict or ("in progress" if running else ""),
         )
     console.print(table)

@@ -63,8 +63,12 @@ class FakeTraffic:
         old_ms=1.0,
         cold_requests=0,
         cold_ms=1.0,
+        queue_ms: dict[int, float] | None = None,
     ):
         self.endpoints = endpoints
+        # with queue_ms: Triton's compute time is read too, and each version's requests
+        # also wait that long in its queue (counted in their end-to-end time only)
+        self.queue_ms = queue_ms
         self.totals: dict[int, Counters] = {}
         self.new_fail_rate, self.new_ms, self.old_ms = new_fail_rate, new_ms, old_ms
         # the first cold_requests requests v2 ever gets take cold_ms each (lazy init)
@@ -78,8 +82,12 @@ class FakeTraffic:
             self.cold_left -= cold
             ns += cold * (self.cold_ms - ms) * 1e6
         c = self.totals.get(version, Counters())
+        queued = (n - fails) * self.queue_ms.get(version, 0.0) * 1e6 if self.queue_ms else 0
         self.totals[version] = Counters(
-            c.success + n - fails, c.fail + fails, c.success_ns + int(ns)
+            c.success + n - fails,
+            c.fail + fails,
+            c.success_ns + int(ns + queued),
+            c.compute_ns + int(ns) if self.queue_ms is not None else 0,
         )
 
     def tick(self, _seconds: float) -> None:
@@ -234,6 +242,19 @@ def test_slow_new_version_rolls_back_on_latency_ratio(tmp_path):
     assert state.status == "rolled_back"
     assert "latency" in state.reason and "3.00x" in state.reason
     assert endpoints.pinned == 1
+
+
+def test_the_latency_gate_compares_compute_time_not_time_in_the_queue(tmp_path):
+    # the same model in both versions; the busier one (here the new, as its share grows)
+    # queues: its end-to-end time is 40x the other's, its compute time is not
+    driver, *_ = make(tmp_path, queue_ms={2: 40.0, 1: 0.0})
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted", state.reason
+    # a version whose own work is slower is still rolled back, on its compute time
+    driver, *_ = make(tmp_path / "slow", new_ms=3.0, queue_ms={})
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "rolled_back"
+    assert state.reason.startswith("compute time of m:2 is 3.00 ms a request, 3.00x"), state.reason
 
 
 def test_failed_golden_check_rolls_back_before_any_traffic(tmp_path):
