@@ -178,6 +178,19 @@ class Target:
         return cls(model, version, weight)
 
 
+def check_total_weight(targets: Sequence[Target]) -> None:
+    """Refuse weights that add up to 0 (nothing to route to) or past what a float holds
+    (every share would read as 0, and the traffic would not be split as given)."""
+    total = sum(t.weight for t in targets)
+    if total <= 0:
+        raise EndpointError("the weights of the targets add up to 0")
+    if not math.isfinite(total):
+        raise EndpointError(
+            "the weights of the targets add up to more than a number can hold: weights are "
+            "relative, give smaller ones (1 and 1 is 50/50)"
+        )
+
+
 @dataclass
 class EndpointState:
     """An endpoint's routes, as stored in ``<repo>/.tritonctl/endpoints/NAME.json``."""
@@ -835,8 +848,7 @@ class Endpoints:
                 raise EndpointError(f"target {t.label()} is listed twice")
             seen.add(t.key)
             self._resolve_version(t.model, t.version)
-        if sum(t.weight for t in checked) <= 0:
-            raise EndpointError("the weights of the targets add up to 0")
+        check_total_weight(checked)
         configs = {m: self._target_config(m) for m in {t.model for t in checked}}
         check_same_io([(t.label(), configs[t.model]) for t in checked])
         return checked, configs
@@ -1513,8 +1525,7 @@ class Endpoints:
                     f"{', '.join(t.label() for t in state.targets)}; set_weights takes the same "
                     "targets (use split to change them)"
                 )
-            if sum(t.weight for t in checked) <= 0:
-                raise EndpointError("the weights of the targets add up to 0")
+            check_total_weight(checked)
             new = EndpointState(
                 name=name,
                 mode=ROUTED,

@@ -836,6 +836,13 @@ def test_set_weights_refuses_a_pinned_endpoint_and_other_targets(
         endpoints.set_weights("ep", [Target("m", 1, 100)])
     with pytest.raises(EndpointError, match="add up to 0"):
         endpoints.set_weights("ep", [Target("m", 1, 0), Target("m", 2, 0)])
+    # each finite, their sum not: every share would read 0 and the traffic go one way
+    huge = [Target("m", 1, 1e308), Target("m", 2, 1e308)]
+    with pytest.raises(EndpointError, match="more than a number can hold"):
+        endpoints.set_weights("ep", huge)
+    with pytest.raises(EndpointError, match="more than a number can hold"):
+        endpoints.split("ep", huge)
+    assert endpoints.get("ep").shares() == {("m", 1): 0.5, ("m", 2): 0.5}
 
 
 def test_switch_back_to_pinned_replaces_the_router_by_the_ensemble(
