@@ -39,6 +39,16 @@ def versions_in_use(
             index = control.repository_index()
         except TritonUnreachableError as exc:
             if explicit or running_server(repo.path) is not None:
+                if offline:
+                    named = (
+                        "a server is named (--url or TRITONCTL_URL)"
+                        if explicit
+                        else "the repository's embedded server is running"
+                    )
+                    raise TritonUnreachableError(
+                        f"{exc}; --offline counts for nothing here: {named}, and it may "
+                        "serve any version (start it, or name one that answers)"
+                    ) from exc
                 raise
             if not offline:
                 raise TritonUnreachableError(

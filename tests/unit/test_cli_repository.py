@@ -143,6 +143,13 @@ def test_prune_refuses_when_the_named_server_does_not_answer(tmp_path, onnx_file
     assert code != 0
     assert "127.0.0.1:9" in err
     assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["1", "2"]
+    # --offline does not stand for a server named: it says so rather than be ignored
+    code, _, err = run(
+        "--repo", str(repo), "--url", "http://127.0.0.1:9", "prune", "lin", "--keep", "1",
+        "--offline",
+    )  # fmt: skip
+    assert code != 0 and "--offline counts for nothing here: a server is named" in err
+    assert sorted(p.name for p in (repo / "lin").iterdir() if p.is_dir()) == ["1", "2"]
 
 
 def test_publish_copies_by_default_links_with_link_and_still_takes_copy(tmp_path, onnx_file):
