@@ -33,7 +33,13 @@ from manager.errors import (
     VersionExistsError,
 )
 from manager.filecopy import Progress, place, precompile, sha256_of
-from manager.modelconfig import TensorSpec, config_to_text, read_config, write_config
+from manager.modelconfig import (
+    TensorSpec,
+    config_to_text,
+    read_config,
+    tensors_from_config,
+    write_config,
+)
 from manager.names import MAX_VERSION, validate_model_name, validate_version
 from manager.repository import (
     CONFIG_FILE,
@@ -126,8 +132,11 @@ def _with_model_defaults(
     repository: Repository, name: str, opts: PublishOptions, art: Artifact
 ) -> PublishOptions:
     """A later version shares the model's config.pbtxt: without --max-batch-size (or a
-    config of its own) it takes the model's max_batch_size, as it takes its instances."""
-    if opts.max_batch_size is not None or opts.config_path is not None or art.config is not None:
+    config of its own) it takes the model's max_batch_size, as it takes its instances;
+    an artifact that does not declare its tensors (TorchScript, a Python model) takes the
+    model's inputs and outputs when neither --input nor --output is given (they must be
+    those anyway: the new version is checked against them)."""
+    if opts.config_path is not None or art.config is not None:
         return opts
     path = repository.model_dir(name) / CONFIG_FILE
     if not path.is_file():
@@ -136,7 +145,16 @@ def _with_model_defaults(
         existing = read_config(path)
     except ManagerError:
         return opts  # checked, and reported, when the version is placed
-    return replace(opts, max_batch_size=int(existing.max_batch_size))
+    if opts.max_batch_size is None:
+        opts = replace(opts, max_batch_size=int(existing.max_batch_size))
+    undeclared = art.inputs is None or art.outputs is None
+    if undeclared and not opts.inputs and not opts.outputs:
+        opts = replace(
+            opts,
+            inputs=tuple(tensors_from_config(existing.input)),
+            outputs=tuple(tensors_from_config(existing.output)),
+        )
+    return opts
 
 
 def publish(

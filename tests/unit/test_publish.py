@@ -163,6 +163,16 @@ def test_torchscript_needs_tensors_and_gets_libtorch_platform(repo, tmp_path):
     config = read_config(repo.config_path("ts"))
     assert config.platform == "pytorch_libtorch"
     assert (repo.version_dir("ts", 1) / "model.pt").is_file()
+    # a later version takes the model's tensors; given ones must still agree with them
+    assert publish(repo, "ts", pt, NATIVE).version == 2
+    other = PublishOptions(
+        runtime="native",
+        inputs=[TensorSpec("x", "FP32", (-1, 5))],
+        outputs=[TensorSpec("y", "FP32", (-1, 2))],
+    )
+    with pytest.raises(ConfigError):
+        publish(repo, "ts", pt, other)
+    assert repo.versions("ts") == [1, 2]
 
 
 def test_python_model_folder_without_name_gets_the_published_name(repo, tmp_path):
