@@ -47,8 +47,8 @@ from manager.repository import (
     Repository,
     write_json_atomic,
 )
-from manager.runtime import resolve_runtime
-from manager.versionconfig import check_new_version, make_config
+from manager.runtime import RUNTIME_ENV, resolve_runtime
+from manager.versionconfig import check_new_version, make_config, read_user_config
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,21 @@ def _with_model_defaults(
     return opts
 
 
+def _native_asked(name: str, art: Artifact, opts: PublishOptions) -> str:
+    """The native backend or platform the user's config names for a model tritonctl can
+    also serve through a Python runner ("" if none)."""
+    if art.format == "python":
+        return ""
+    user, _ = read_user_config(name, art, opts)
+    if user is None:
+        return ""
+    for field_name in ("platform", "backend"):
+        value = getattr(user, field_name)
+        if value and value != "python":
+            return f"{field_name} {value!r}"
+    return ""
+
+
 def publish(
     repo: Repository | str | os.PathLike[str],
     name: str,
@@ -219,6 +234,13 @@ def publish(
         )
     opts = _with_model_defaults(repository, name, opts, art)
     config = make_config(name, art, opts, runtime)
+    asked = _native_asked(name, art, opts)
+    if asked and opts.runtime == "auto" and runtime == "python":
+        notices.append(
+            f"the config asks for {asked}, which this host's tritonserver does not have: "
+            "served by tritonctl's Python-backend runner instead (--runtime native, or "
+            f"{RUNTIME_ENV}=native, keeps {asked} for a server that has it)"
+        )
     digest = sha256_of(src)
 
     repository.ensure()

@@ -130,6 +130,21 @@ def test_user_config_naming_the_native_backend_is_accepted(repo, onnx_file, tmp_
     assert config.backend == "onnxruntime" and not config.platform
 
 
+def test_a_native_backend_asked_for_on_a_host_without_it_is_served_by_a_runner_with_a_notice(
+    repo, onnx_file, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("TRITONCTL_RUNTIME", raising=False)
+    monkeypatch.setattr("manager.runtime.native_backends_available", lambda: False)
+    cfg = tmp_path / "ort.pbtxt"
+    cfg.write_text('backend: "onnxruntime"\n' + FULL_CONFIG)
+    result = publish(repo, "lin", onnx_file, PublishOptions(config_path=cfg))
+    assert read_config(repo.config_path("lin")).backend == "python"
+    assert any("asks for backend 'onnxruntime'" in n for n in result.notices), result.notices
+    # without a backend named, the runner is no news
+    plain = publish(repo, "lin2", onnx_file, PublishOptions())
+    assert not any("asks for" in n for n in plain.notices)
+
+
 @pytest.mark.parametrize(
     ("inputs", "outputs", "match"),
     [
