@@ -6,6 +6,7 @@ from pathlib import Path
 
 from manager.artifacts.base import Artifact, tree_size
 from manager.errors import ArtifactError
+from manager.filecopy import iter_files
 from manager.modelconfig import read_config, tensors_from_config
 
 
@@ -36,11 +37,8 @@ def inspect_python(path: Path) -> Artifact:
         outputs = [
             s.__class__(s.name, s.dtype, batch + s.dims) for s in tensors_from_config(config.output)
         ]
-    files = {
-        p.relative_to(path).as_posix(): p
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != "config.pbtxt" and "__pycache__" not in p.parts
-    }
+    # the folder's files as publish places them: a symlinked file's bytes, wherever it is
+    files = {rel: p for rel, p in iter_files(path) if Path(rel).name != "config.pbtxt"}
     return Artifact(
         format="python",
         source=path,
