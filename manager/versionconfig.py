@@ -105,6 +105,23 @@ def _with_batch(specs: Sequence[TensorSpec], max_batch_size: int) -> list[Tensor
     return [TensorSpec(s.name, s.dtype, (-1, *s.dims)) for s in specs]
 
 
+def check_config_tensors(
+    config: mc.ModelConfig,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    source: str,
+) -> None:
+    """Refuse a config whose tensors do not match those an artifact declares (``inputs``
+    and ``outputs``, full dims): the check publish makes of a user's config."""
+    max_batch = int(config.max_batch_size)
+    check_tensors(
+        inputs, _with_batch(tensors_from_config(config.input), max_batch), "input", source
+    )
+    check_tensors(
+        outputs, _with_batch(tensors_from_config(config.output), max_batch), "output", source
+    )
+
+
 def _check_flags_agree(
     flags: Sequence[TensorSpec], config: Sequence[TensorSpec], what: str, source: str
 ) -> None:

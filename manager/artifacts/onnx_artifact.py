@@ -46,7 +46,8 @@ def _value_info_to_spec(value_info: object) -> TensorSpec:
     return TensorSpec(vi.name, dtype, tuple(dims))
 
 
-def inspect_onnx(path: Path) -> Artifact:
+def _load_graph(path: Path) -> object:
+    """The model at ``path`` without its external data (the graph and tensors' locations)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -60,6 +61,30 @@ def inspect_onnx(path: Path) -> Artifact:
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise ArtifactError(f"{path} holds no ONNX graph (corrupt or truncated?)")
+    return model
+
+
+def _graph_tensors(model: object) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    import onnx
+
+    proto: onnx.ModelProto = model  # type: ignore[assignment]
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [_value_info_to_spec(v) for v in proto.graph.input if v.name not in initializers]
+    outputs = [_value_info_to_spec(v) for v in proto.graph.output]
+    return inputs, outputs
+
+
+def graph_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs the ONNX graph at ``path`` declares (full dims, ``-1`` for
+    dynamic), read without the external data or any check of the model: cheap enough
+    for ``validate`` to run on every version."""
+    return _graph_tensors(_load_graph(path))
+
+
+def inspect_onnx(path: Path) -> Artifact:
+    import onnx
+
+    model = _load_graph(path)
     external = _external_data_files(model, path)
     try:
         if external:
@@ -68,9 +93,7 @@ def inspect_onnx(path: Path) -> Artifact:
             onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, OSError) as exc:
         raise ArtifactError(f"{path} is not a valid ONNX model: {exc}") from exc
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [_value_info_to_spec(v) for v in model.graph.input if v.name not in initializers]
-    outputs = [_value_info_to_spec(v) for v in model.graph.output]
+    inputs, outputs = _graph_tensors(model)
     if not inputs or not outputs:
         raise ArtifactError(f"{path}: the ONNX graph declares no inputs or no outputs")
     log.debug("onnx %s: inputs %s outputs %s", path, inputs, outputs)
