@@ -208,8 +208,10 @@ def make_config(name: str, art: Artifact, opts: PublishOptions, runtime: str) ->
         source = "the given tensors"
 
     if art.inputs is not None and art.outputs is not None:
-        if given_in or given_out:
+        # tensors given on one side only: the other side's come from the artifact
+        if given_in:
             check_tensors(art.inputs, given_in, "input", source)
+        if given_out:
             check_tensors(art.outputs, given_out, "output", source)
         inputs = given_in or list(art.inputs)
         outputs = given_out or list(art.outputs)

@@ -162,6 +162,22 @@ def test_tensor_flags_that_agree_with_the_config_are_accepted(repo, onnx_file, f
     assert publish(repo, "lin", onnx_file, opts).version == 1
 
 
+@pytest.mark.parametrize(("flag", "spec"), [("inputs", "x:FP32:-1,4"), ("outputs", "y:FP32:-1,2")])
+def test_tensors_given_on_one_side_only_take_the_other_side_from_the_graph(
+    repo, onnx_file, flag, spec
+):
+    opts = PublishOptions(runtime="native", **{flag: [TensorSpec.parse(spec)]})
+    config = publish(repo, "lin", onnx_file, opts).config
+    assert [(t.name, list(t.dims)) for t in config.input] == [("x", [-1, 4])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("y", [-1, 2])]
+
+
+def test_an_output_flag_alone_is_still_checked_against_the_graph(repo, onnx_file):
+    opts = PublishOptions(runtime="native", outputs=[TensorSpec.parse("y:FP32:-1,3")])
+    with pytest.raises(ConfigError, match=r"output 'y' has dims \[-1, 3\], the artifact has"):
+        publish(repo, "lin", onnx_file, opts)
+
+
 @pytest.mark.parametrize(
     ("count", "kind", "ok"),
     [
