@@ -321,7 +321,9 @@ def test_empty_dims_in_a_config_are_refused(repo, pt_file, tmp_path):
         publish(repo, "ts", pt_file, PublishOptions(runtime="native", config_path=cfg))
 
 
-def test_batching_a_one_dimensional_tensor_leaves_no_dims_and_is_refused(repo, tmp_path):
+def test_batching_a_one_dimensional_tensor_gives_a_scalar_per_item_as_dims_1_reshaped(
+    repo, tmp_path
+):
     import onnx
     from onnx import TensorProto, helper
 
@@ -333,9 +335,16 @@ def test_batching_a_one_dimensional_tensor_leaves_no_dims_and_is_refused(repo, t
     )
     path = tmp_path / "vec.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    with pytest.raises(ConfigError, match="nothing is left past the batch dimension"):
-        publish(repo, "vec", path, PublishOptions(runtime="native", max_batch_size=4))
-    publish(repo, "vec", path, PublishOptions(runtime="native"))  # unbatched: dims [-1]
+    result = publish(repo, "vec", path, PublishOptions(runtime="native", max_batch_size=4))
+    # Triton needs a dim past the batch dim: a scalar per item is dims [1], reshaped to []
+    for tensor in (*result.config.input, *result.config.output):
+        assert list(tensor.dims) == [1]
+        assert tensor.HasField("reshape") and list(tensor.reshape.shape) == []
+    published = read_config(repo.config_path("vec"))
+    assert published.input[0].HasField("reshape")  # an empty reshape survives the file
+    result = publish(repo, "vec1", path, PublishOptions(runtime="native"))
+    assert list(result.config.input[0].dims) == [-1]  # unbatched: dims [-1]
+    assert not result.config.input[0].HasField("reshape")
 
 
 # -- a later version shares the model's config --------------------------------------------

@@ -452,6 +452,54 @@ def test_runner_finalize_releases_the_session(pb: ModuleType, onnx_model_dir: Pa
     assert model.session is None
 
 
+def test_onnx_runner_serves_unbatched_graph_scalars_as_dims_1(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    from tests.modelfactory import make_onnx_with_scalars
+
+    (tmp_path / "1").mkdir()
+    make_onnx_with_scalars(tmp_path / "1" / "model.onnx")
+    # what publish writes: dims [1] without reshape (Triton refuses an empty one unbatched)
+    config = runner_config(
+        "onnx",
+        [TensorSpec("x", "FP32", (4,)), TensorSpec("s", "FP32", (1,))],
+        [TensorSpec("r", "FP32", (1,)), TensorSpec("y", "FP32", (4,))],
+        max_batch_size=0,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    x = np.array([1, 2, 3, 4], dtype=np.float32)
+    # clients send and receive dims [1]; the model takes and gives a scalar
+    [response] = model.execute([request(x=x, s=np.array([2], dtype=np.float32))])
+    np.testing.assert_allclose(output(response, "r"), np.array([20.0], dtype=np.float32))
+    np.testing.assert_allclose(output(response, "y"), x * 2)
+
+
+def test_onnx_runner_serves_batched_scalars_as_dims_1_reshaped_and_joins_requests(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    from tests.modelfactory import make_onnx_with_scalars
+
+    (tmp_path / "1").mkdir()
+    make_onnx_with_scalars(tmp_path / "1" / "model.onnx", batched=True)
+    config = runner_config(
+        "onnx",
+        [TensorSpec("x", "FP32", (4,)), TensorSpec("s", "FP32", (1,), reshape=())],
+        [TensorSpec("r", "FP32", (1,), reshape=())],
+        max_batch_size=8,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    rng = np.random.default_rng(0)
+    xs = [batch(rng, n) for n in (1, 3)]
+    ss = [rng.standard_normal((n, 1)).astype(np.float32) for n in (1, 3)]
+    responses = model.execute([request(x=x, s=s) for x, s in zip(xs, ss, strict=True)])
+    for response, x, s in zip(responses, xs, ss, strict=True):
+        got = output(response, "r")
+        assert got.shape == (len(x), 1)
+        np.testing.assert_allclose(got, (x * s).sum(axis=1, keepdims=True), rtol=1e-5)
+
+
 # --- torchscript ----------------------------------------------------------------------------
 
 
