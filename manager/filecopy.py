@@ -28,42 +28,70 @@ Progress = Callable[[int], None]  # called with the number of bytes just placed
 def iter_files(root: Path) -> list[tuple[str, Path]]:
     """Files under ``root`` as (relative posix path, path), sorted.
 
-    Symlinks are followed only when they point inside ``root``; one pointing outside
-    is refused, since the repository would then serve a file it does not hold.
+    A symlink to a regular file is followed wherever the file is (a Hugging Face cache
+    snapshot links every file to ``../../blobs/``): the version gets the file's bytes,
+    copied (or hard-linked with ``--link``), never the link. A symlink to a folder is
+    followed only when the folder is inside ``root``: one outside would pull a tree the
+    artifact does not hold into the version. A dangling link, a link loop and a link to
+    anything but a regular file or folder are refused.
     """
     if root.is_file():
         return [(root.name, root)]
     real_root = root.resolve()
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    _walk(root, root, real_root, (real_root,), found)
+    return sorted(found)
+
+
+def _walk(
+    folder: Path,
+    root: Path,
+    real_root: Path,
+    through: tuple[Path, ...],
+    found: list[tuple[str, Path]],
+) -> None:
+    """Add the files under ``folder`` (``root`` or a folder link inside it) to ``found``;
+    ``through`` holds the real folders the walk entered by links (and the root)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
         for d in list(dirnames):
             p = here / d
             if p.is_symlink():
-                check_link_inside(p, real_root)
-                found.extend(
-                    ((p.relative_to(root) / rel).as_posix(), sub) for rel, sub in iter_files(p)
-                )
                 dirnames.remove(d)
+                target = link_target(p)
+                if target != real_root and real_root not in target.parents:
+                    raise ArtifactError(
+                        f"{p} is a symlink to the folder {target}, outside the artifact "
+                        f"{real_root}: refusing to publish a folder from out of the artifact "
+                        "(copy the folder in, or link its files one by one)"
+                    )
+                real_here = here.resolve()
+                if target in through or target == real_here or target in real_here.parents:
+                    raise ArtifactError(
+                        f"{p} is a symlink to {target}, a folder it is itself reached "
+                        "through: the artifact would never end"
+                    )
+                _walk(p, root, real_root, (*through, target), found)
             elif d == "__pycache__":
                 dirnames.remove(d)
         for f in filenames:
             p = here / f
             if p.is_symlink():
-                check_link_inside(p, real_root)
+                link_target(p)
             if not p.is_file():
                 raise ArtifactError(f"{p} is not a regular file")
             found.append((p.relative_to(root).as_posix(), p))
-    return sorted(found)
 
 
-def check_link_inside(link: Path, real_root: Path) -> None:
-    target = link.resolve()
-    if target != real_root and real_root not in target.parents:
+def link_target(link: Path) -> Path:
+    """Where the symlink ``link`` leads in the end; a dangling link or a loop is refused."""
+    try:
+        return link.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
         raise ArtifactError(
-            f"{link} is a symlink to {target}, outside the artifact {real_root}: refusing to "
-            "publish a link out of the repository"
-        )
+            f"{link} is a symlink to {os.readlink(link)!r}, which does not exist "
+            f"(a dangling link, or a loop): {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
 
 
 def sha256_of(path: Path) -> str:

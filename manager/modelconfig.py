@@ -49,12 +49,15 @@ class TensorSpec:
     """One input or output: its name, Triton dtype (``FP32``...) and dims.
 
     ``dims`` never includes the batch dimension; ``-1`` is a dynamic dimension.
-    ``STRING`` is Triton's ``BYTES``.
+    ``STRING`` is Triton's ``BYTES``. ``reshape`` is the shape the model itself takes or
+    gives when it differs from ``dims`` (config.pbtxt's ``reshape``): a scalar is
+    ``dims [1]`` with ``reshape []``, since Triton needs at least one dim.
     """
 
     name: str
     dtype: str
     dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -69,6 +72,17 @@ class TensorSpec:
                 raise ConfigError(
                     f"tensor {self.name!r}: dims must be positive integers or -1, got {self.dims}"
                 )
+        for d in self.reshape or ():
+            if isinstance(d, bool) or not isinstance(d, int) or (d < 1 and d != -1):
+                raise ConfigError(
+                    f"tensor {self.name!r}: reshape must be positive integers or -1, got "
+                    f"{self.reshape}"
+                )
+
+    @property
+    def model_dims(self) -> tuple[int, ...]:
+        """The dims the model itself has: ``reshape`` where given, else ``dims``."""
+        return self.dims if self.reshape is None else self.reshape
 
     @classmethod
     def parse(cls, text: str) -> TensorSpec:
@@ -96,7 +110,8 @@ class TensorSpec:
         return cls(name=name, dtype=dtype, dims=dims)
 
     def describe(self) -> str:
-        return f"{self.name} {self.dtype}{list(self.dims)}"
+        reshape = "" if self.reshape is None else f" reshape {list(self.reshape)}"
+        return f"{self.name} {self.dtype}{list(self.dims)}{reshape}"
 
 
 def numpy_to_triton_dtype(dtype: np.dtype | type | str) -> str:
@@ -176,6 +191,9 @@ def tensor_to_proto(spec: TensorSpec, cls: type) -> object:
     t.name = spec.name
     t.data_type = triton_dtype_enum(spec.dtype)
     t.dims.extend(spec.dims)
+    if spec.reshape is not None:
+        t.reshape.SetInParent()  # an empty shape (a scalar) is a reshape too
+        t.reshape.shape.extend(spec.reshape)
     return t
 
 
@@ -185,7 +203,8 @@ def tensors_from_config(
     specs = []
     for e in entries:
         dims = tuple(int(d) for d in e.dims)
-        specs.append(TensorSpec(e.name, triton_dtype_name(e.data_type), dims))
+        reshape = tuple(int(d) for d in e.reshape.shape) if e.HasField("reshape") else None
+        specs.append(TensorSpec(e.name, triton_dtype_name(e.data_type), dims, reshape))
     return specs
 
 

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2 as mc
+
 from manager.errors import ManagerError
 from manager.filecopy import sha256_of
 from manager.modelconfig import read_config
@@ -100,6 +102,7 @@ def _validate_model(repo: Repository, model: str, *, check_hashes: bool) -> list
     cfg_path = mdir / CONFIG_FILE
     params: dict[str, str] = {}
     backend = platform = ""
+    config: mc.ModelConfig | None = None
     if not cfg_path.is_file():
         problems.append(Problem(model, "config.pbtxt is missing"))
     else:
@@ -144,6 +147,8 @@ def _validate_model(repo: Repository, model: str, *, check_hashes: bool) -> list
                 repo, model, v, mdir / str(v), backend, platform, params, check_hashes
             )
         )
+        if config is not None:
+            problems.extend(_tensor_problems(model, v, mdir / str(v), config, params))
     return problems
 
 
@@ -211,3 +216,36 @@ def _artifact_in_version(
     if params.get("tritonctl.artifact"):
         return vdir / params["tritonctl.artifact"]
     return {"onnx": vdir / "model.onnx", "torchscript": vdir / "model.pt"}.get(str(fmt))
+
+
+def _tensor_problems(
+    model: str, version: int, vdir: Path, config: mc.ModelConfig, params: dict[str, str]
+) -> list[Problem]:
+    """The config's tensors against the artifact's, as publish checks them, for the formats
+    whose tensors are cheap to read (ONNX: the graph without its external data). Others
+    are left alone: TorchScript declares none without loading the module."""
+    onnx_path = _onnx_in_version(vdir, config, params)
+    if onnx_path is None or not onnx_path.is_file():
+        return []  # not ONNX, or its missing file is reported already
+    from manager.artifacts.onnx_artifact import graph_tensors
+    from manager.versionconfig import check_config_tensors
+
+    where = f"version {version}"
+    try:
+        inputs, outputs = graph_tensors(onnx_path)
+        check_config_tensors(config, inputs, outputs, "config.pbtxt")
+    except ManagerError as exc:
+        return [Problem(model, f"{where}: {exc}")]
+    return []
+
+
+def _onnx_in_version(vdir: Path, config: mc.ModelConfig, params: dict[str, str]) -> Path | None:
+    """The ONNX file a version is served from, or None when it is not an ONNX version."""
+    if config.backend == "python":
+        if params.get("tritonctl.runner") != "onnx":
+            return None
+        return vdir / (params.get("tritonctl.artifact") or "model.onnx")
+    if config.platform != "onnxruntime_onnx" and config.backend != "onnxruntime":
+        return None
+    path = vdir / (config.default_model_filename or "model.onnx")
+    return path / "model.onnx" if path.is_dir() else path

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -45,28 +46,84 @@ def check_unique(specs: Sequence[TensorSpec], what: str, source: str) -> None:
         if not s.dims:
             raise ConfigError(
                 f"{source}: {what} {s.name!r} has no dims; Triton needs at least one "
-                "(a scalar per batch item is dims [1])"
+                "(a scalar is dims [1] with reshape { shape: [] })"
             )
 
 
 def _strip_batch(specs: Sequence[TensorSpec], max_batch_size: int, what: str) -> list[TensorSpec]:
+    """Dims past the batch dimension. Triton needs at least one dim: a scalar per batch
+    item becomes ``dims [1]`` with ``reshape []`` (Triton's way); a scalar of an unbatched
+    model becomes ``dims [1]`` (Triton refuses an empty reshape without batching, so the
+    runner, which sees the graph's shape, takes the scalar out of it)."""
     if max_batch_size == 0:
-        return list(specs)
+        return [replace(s, dims=(1,)) if not s.dims and s.reshape is None else s for s in specs]
     out = []
     for s in specs:
-        if not s.dims or s.dims[0] != -1:
+        if not s.dims or s.dims[0] != -1 or (s.reshape is not None and s.reshape[:1] != (-1,)):
             raise ConfigError(
-                f"{what} {s.name!r} has dims {list(s.dims)}: batching (max_batch_size "
+                f"{what} {s.name!r} has dims {list(s.model_dims)}: batching (max_batch_size "
                 f"{max_batch_size}) needs a dynamic leading dimension"
             )
-        if len(s.dims) == 1:
-            raise ConfigError(
-                f"{what} {s.name!r} has dims {list(s.dims)}: with batching (max_batch_size "
-                f"{max_batch_size}) nothing is left past the batch dimension, and Triton "
-                "needs at least one dim; publish with --max-batch-size 0"
-            )
-        out.append(TensorSpec(s.name, s.dtype, s.dims[1:]))
+        spec = TensorSpec(
+            s.name, s.dtype, s.dims[1:], s.reshape[1:] if s.reshape is not None else None
+        )
+        if not spec.dims and spec.reshape is None:
+            spec = replace(spec, dims=(1,), reshape=())
+        out.append(spec)
     return out
+
+
+def _scalar_reshapes(
+    declared: Sequence[TensorSpec], given: Sequence[TensorSpec], max_batch_size: int
+) -> list[TensorSpec]:
+    """``given`` tensors (full dims) with the reshape the artifact implies: a scalar per
+    batch item given as dims [1] is Triton's ``dims [1]`` with ``reshape []``."""
+    if max_batch_size == 0:
+        return list(given)  # an unbatched scalar is dims [1] without reshape: see check_tensors
+    by_name = {s.name: s for s in declared}
+    out = []
+    for s in given:
+        d = by_name.get(s.name)
+        if d is not None and s.reshape is None and d.dims == (-1,) and s.dims == (-1, 1):
+            s = replace(s, reshape=(-1,))
+        out.append(s)
+    return out
+
+
+def _check_scalars_servable(
+    art: Artifact,
+    config_in: Sequence[TensorSpec],
+    config_out: Sequence[TensorSpec],
+    max_batch: int,
+    runtime: str,
+    source: str,
+) -> None:
+    """Refuse what Triton cannot load for a scalar tensor of an unbatched model: an empty
+    reshape (refused without batching), or dims [1] for the native backend, which compares
+    dims with the graph's shape []."""
+    if max_batch > 0:
+        return
+    for what, specs in (("input", config_in), ("output", config_out)):
+        for s in specs:
+            if s.reshape == ():
+                raise ConfigError(
+                    f"{source}: {what} {s.name!r} has an empty reshape, which Triton refuses "
+                    "in a model without batching (max_batch_size 0); give it dims [1] "
+                    "without reshape (tritonctl's runner passes the scalar to the model)"
+                )
+    if runtime != "native" or art.inputs is None or art.outputs is None:
+        return
+    scalars = [s.name for s in (*art.inputs, *art.outputs) if not s.dims]
+    served = {s.name for s in (*config_in, *config_out)}
+    for name in scalars:
+        if name in served:
+            raise ConfigError(
+                f"tensor {name!r} of {art.source} is a scalar (shape []): Triton's native "
+                "backends cannot serve a scalar of a model without batching (an empty "
+                "reshape needs max_batch_size > 0). Publish with --runtime python (its runner "
+                "takes dims [1] for it), or export the model with a batch dimension and "
+                "publish it with --max-batch-size"
+            )
 
 
 def check_tensors(
@@ -86,12 +143,17 @@ def check_tensors(
             raise ConfigError(
                 f"{source}: {what} {s.name!r} has data type {s.dtype}, the artifact has {d.dtype}"
             )
-        if len(d.dims) != len(s.dims) or any(
-            a != b and a != -1 for a, b in zip(d.dims, s.dims, strict=False)
+        dims = s.model_dims
+        if not d.dims and dims == (1,) and s.reshape is None:
+            continue  # an unbatched scalar: Triton needs a dim, the runner takes it out
+        if len(d.dims) != len(dims) or any(
+            a != b and a != -1 for a, b in zip(d.dims, dims, strict=False)
         ):
+            shown = f"dims {list(s.dims)}" + (
+                f" reshaped to {list(s.reshape)}" if s.reshape is not None else ""
+            )
             raise ConfigError(
-                f"{source}: {what} {s.name!r} has dims {list(s.dims)}, the artifact has "
-                f"{list(d.dims)}"
+                f"{source}: {what} {s.name!r} has {shown}, the artifact has {list(d.dims)}"
             )
     missing = [n for n in by_name if n not in given_names]
     if missing and what == "input":
@@ -102,7 +164,27 @@ def _with_batch(specs: Sequence[TensorSpec], max_batch_size: int) -> list[Tensor
     """Full dims (the batch dim included when batching) of dims as config.pbtxt gives them."""
     if max_batch_size == 0:
         return list(specs)
-    return [TensorSpec(s.name, s.dtype, (-1, *s.dims)) for s in specs]
+    return [
+        TensorSpec(s.name, s.dtype, (-1, *s.dims), None if s.reshape is None else (-1, *s.reshape))
+        for s in specs
+    ]
+
+
+def check_config_tensors(
+    config: mc.ModelConfig,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    source: str,
+) -> None:
+    """Refuse a config whose tensors do not match those an artifact declares (``inputs``
+    and ``outputs``, full dims): the check publish makes of a user's config."""
+    max_batch = int(config.max_batch_size)
+    check_tensors(
+        inputs, _with_batch(tensors_from_config(config.input), max_batch), "input", source
+    )
+    check_tensors(
+        outputs, _with_batch(tensors_from_config(config.output), max_batch), "output", source
+    )
 
 
 def _check_flags_agree(
@@ -114,7 +196,11 @@ def _check_flags_agree(
     by_name = {s.name: s for s in config}
     for s in flags:
         c = by_name.get(s.name)
-        if c is None or c != s:
+        # a flag gives no reshape: it agrees with a config of its dims, reshaped or not
+        agrees = c is not None and (
+            c == s or (s.reshape is None and (c.dtype, c.dims) == (s.dtype, s.dims))
+        )
+        if not agrees:
             raise ConfigError(
                 f"--{what} {s.describe()} disagrees with {source} "
                 f"({c.describe() if c else 'no such ' + what}); give the tensors in one place"
@@ -191,8 +277,12 @@ def make_config(name: str, art: Artifact, opts: PublishOptions, runtime: str) ->
         source = "the given tensors"
 
     if art.inputs is not None and art.outputs is not None:
-        if given_in or given_out:
+        given_in = _scalar_reshapes(art.inputs, given_in, max_batch)
+        given_out = _scalar_reshapes(art.outputs, given_out, max_batch)
+        # tensors given on one side only: the other side's come from the artifact
+        if given_in:
             check_tensors(art.inputs, given_in, "input", source)
+        if given_out:
             check_tensors(art.outputs, given_out, "output", source)
         inputs = given_in or list(art.inputs)
         outputs = given_out or list(art.outputs)
@@ -213,6 +303,7 @@ def make_config(name: str, art: Artifact, opts: PublishOptions, runtime: str) ->
 
     inputs = _strip_batch(inputs, max_batch, "input")
     outputs = _strip_batch(outputs, max_batch, "output")
+    _check_scalars_servable(art, inputs, outputs, max_batch, runtime, source)
     check_unique(inputs, "input", source)
     check_unique(outputs, "output", source)
 

@@ -147,3 +147,43 @@ def make_onnx_with_external_data(
         size_threshold=0,
     )
     return path, w, b
+
+
+def make_onnx_with_scalars(path: Path, *, batched: bool = False) -> None:
+    """``y = x * s`` and ``r = sum(y)`` with a scalar input ``s`` and a scalar output
+    ``r``: unbatched, x [4], s [] -> y [4], r []; batched, x [batch, 4], s [batch] ->
+    y [batch, 4], r [batch] (a scalar per batch item)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    lead: list[int | str] = ["batch"] if batched else []
+    axis = 1 if batched else 0
+    nodes = []
+    scale = "s"
+    if batched:
+        nodes.append(helper.make_node("Unsqueeze", ["s", "one"], ["s_col"]))
+        scale = "s_col"
+    nodes += [
+        helper.make_node("Mul", ["x", scale], ["y"]),
+        helper.make_node("ReduceSum", ["y", "axis"], ["r"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scalars",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [*lead, 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, lead),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [*lead, 4]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, lead),
+        ],
+        initializer=[
+            numpy_helper.from_array(np.array([axis], dtype=np.int64), "axis"),
+            *([numpy_helper.from_array(np.array([1], dtype=np.int64), "one")] if batched else []),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

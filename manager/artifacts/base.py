@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from manager.filecopy import total_bytes
 from manager.modelconfig import TensorSpec
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "transformers", "python")
@@ -56,6 +57,7 @@ class Artifact:
 
 
 def tree_size(path: Path) -> int:
+    """Bytes of the files a version gets from ``path`` (links followed as publish does)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total_bytes(path)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from manager.artifacts.base import Artifact, tree_size
 from manager.errors import ArtifactError
-from manager.modelconfig import read_config, tensors_from_config
+from manager.filecopy import iter_files
+from manager.modelconfig import TensorSpec, read_config, tensors_from_config
 
 
 def inspect_python(path: Path) -> Artifact:
@@ -30,17 +31,17 @@ def inspect_python(path: Path) -> Artifact:
         if config.backend and config.backend != "python":
             raise ArtifactError(f"{cfg_path} names backend {config.backend!r}, expected python")
         batch = (-1,) if config.max_batch_size > 0 else ()
+        # what the model takes and gives: a reshape in its config is its own shape
         inputs = [
-            s.__class__(s.name, s.dtype, batch + s.dims) for s in tensors_from_config(config.input)
+            TensorSpec(s.name, s.dtype, batch + s.model_dims)
+            for s in tensors_from_config(config.input)
         ]
         outputs = [
-            s.__class__(s.name, s.dtype, batch + s.dims) for s in tensors_from_config(config.output)
+            TensorSpec(s.name, s.dtype, batch + s.model_dims)
+            for s in tensors_from_config(config.output)
         ]
-    files = {
-        p.relative_to(path).as_posix(): p
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != "config.pbtxt" and "__pycache__" not in p.parts
-    }
+    # the folder's files as publish places them: a symlinked file's bytes, wherever it is
+    files = {rel: p for rel, p in iter_files(path) if Path(rel).name != "config.pbtxt"}
     return Artifact(
         format="python",
         source=path,

@@ -1,7 +1,10 @@
 """Hugging Face transformers folders, served as text-embedding models by a runner.
 
-The runner mean-pools the base model's last hidden state (and normalises it for
-sentence-transformers folders that say so). A folder must hold its tokenizer: without one
+The runner pools the base model's last hidden state (mean pooling, or the CLS-token or max
+pooling a sentence-transformers folder's Pooling module names) and normalises it for
+sentence-transformers folders that say so. A sentence-transformers pipeline the runner
+would not reproduce (another module, another pooling) is refused here by the runner's own
+check, not first when Triton loads the version. A folder must hold its tokenizer: without one
 the tokenizer the runner would fall back to maps every word to ``[UNK]``. A folder whose
 ``architectures`` name a task head (sequence or token classification, question answering)
 is refused unless the user asks for its base model's embeddings; one with a language-model
@@ -74,6 +77,7 @@ def inspect_transformers(path: Path) -> Artifact:
     hidden = cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("dim")
     if not isinstance(hidden, int):
         raise ArtifactError(f"{cfg_path} does not give hidden_size: cannot size the embedding")
+    _check_runner_reproduces(path)
     task = "feature-extraction"
     modules = path / "modules.json"
     if modules.is_file():
@@ -105,6 +109,18 @@ def inspect_transformers(path: Path) -> Artifact:
         task_head=task_head,
         notices=notices,
     )
+
+
+def _check_runner_reproduces(path: Path) -> None:
+    """Refuse a sentence-transformers folder the runner would refuse to load, with its reason."""
+    from triton_backends.transformers_runner.model import sentence_transformers_pooling
+
+    try:
+        sentence_transformers_pooling(str(path))
+    except (ValueError, OSError) as exc:
+        raise ArtifactError(
+            f"{path} cannot be served by tritonctl's transformers runner: {exc}"
+        ) from exc
 
 
 def _heads(cfg: dict[str, object], *, sentence_transformers: bool) -> tuple[str, list[str]]:

@@ -560,3 +560,41 @@ def test_a_publish_stopped_during_its_smoke_test_leaves_nothing_running_or_stage
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 4])
+def test_onnx_scalars_are_served_as_dims_1(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path, max_batch_size: int
+) -> None:
+    from tests.modelfactory import make_onnx_with_scalars
+
+    batched = max_batch_size > 0
+    artifact = tmp_path / "scalars.onnx"
+    make_onnx_with_scalars(artifact, batched=batched)
+    name = f"scalars_{max_batch_size}"
+    result = publish(
+        Repository(triton.repo), name, artifact, PublishOptions(max_batch_size=max_batch_size)
+    )
+    (r_config,) = [t for t in result.config.output if t.name == "r"]
+    # with batching Triton's reshape [] (a scalar per item); without, the runner's dims [1]
+    assert list(r_config.dims) == [1] and r_config.HasField("reshape") == batched
+    serving.load(control, name)
+    rng = np.random.default_rng(4)
+    lead = (3,) if batched else ()
+    x = rng.standard_normal((*lead, 4)).astype(np.float32)
+    s = rng.standard_normal((*lead, 1)).astype(np.float32)
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        inputs = []
+        for tensor_name, array in (("x", x), ("s", s)):
+            t = httpclient.InferInput(tensor_name, list(array.shape), "FP32")
+            t.set_data_from_numpy(array)
+            inputs.append(t)
+        answer = client.infer(name, inputs)
+    finally:
+        client.close()
+    r, y = answer.as_numpy("r"), answer.as_numpy("y")
+    assert r.shape == (*lead, 1)  # clients see dims [1]; the model gave a scalar
+    np.testing.assert_allclose(y, x * s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r, (x * s).sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-5)
+    serving.unload(control, name)

@@ -177,6 +177,22 @@ def test_tensor_flags_that_agree_with_the_config_are_accepted(repo, onnx_file, f
     assert publish(repo, "lin", onnx_file, opts).version == 1
 
 
+@pytest.mark.parametrize(("flag", "spec"), [("inputs", "x:FP32:-1,4"), ("outputs", "y:FP32:-1,2")])
+def test_tensors_given_on_one_side_only_take_the_other_side_from_the_graph(
+    repo, onnx_file, flag, spec
+):
+    opts = PublishOptions(runtime="native", **{flag: [TensorSpec.parse(spec)]})
+    config = publish(repo, "lin", onnx_file, opts).config
+    assert [(t.name, list(t.dims)) for t in config.input] == [("x", [-1, 4])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("y", [-1, 2])]
+
+
+def test_an_output_flag_alone_is_still_checked_against_the_graph(repo, onnx_file):
+    opts = PublishOptions(runtime="native", outputs=[TensorSpec.parse("y:FP32:-1,3")])
+    with pytest.raises(ConfigError, match=r"output 'y' has dims \[-1, 3\], the artifact has"):
+        publish(repo, "lin", onnx_file, opts)
+
+
 @pytest.mark.parametrize(
     ("count", "kind", "ok"),
     [
@@ -320,7 +336,9 @@ def test_empty_dims_in_a_config_are_refused(repo, pt_file, tmp_path):
         publish(repo, "ts", pt_file, PublishOptions(runtime="native", config_path=cfg))
 
 
-def test_batching_a_one_dimensional_tensor_leaves_no_dims_and_is_refused(repo, tmp_path):
+def test_batching_a_one_dimensional_tensor_gives_a_scalar_per_item_as_dims_1_reshaped(
+    repo, tmp_path
+):
     import onnx
     from onnx import TensorProto, helper
 
@@ -332,9 +350,16 @@ def test_batching_a_one_dimensional_tensor_leaves_no_dims_and_is_refused(repo, t
     )
     path = tmp_path / "vec.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
-    with pytest.raises(ConfigError, match="nothing is left past the batch dimension"):
-        publish(repo, "vec", path, PublishOptions(runtime="native", max_batch_size=4))
-    publish(repo, "vec", path, PublishOptions(runtime="native"))  # unbatched: dims [-1]
+    result = publish(repo, "vec", path, PublishOptions(runtime="native", max_batch_size=4))
+    # Triton needs a dim past the batch dim: a scalar per item is dims [1], reshaped to []
+    for tensor in (*result.config.input, *result.config.output):
+        assert list(tensor.dims) == [1]
+        assert tensor.HasField("reshape") and list(tensor.reshape.shape) == []
+    published = read_config(repo.config_path("vec"))
+    assert published.input[0].HasField("reshape")  # an empty reshape survives the file
+    result = publish(repo, "vec1", path, PublishOptions(runtime="native"))
+    assert list(result.config.input[0].dims) == [-1]  # unbatched: dims [-1]
+    assert not result.config.input[0].HasField("reshape")
 
 
 # -- a later version shares the model's config --------------------------------------------

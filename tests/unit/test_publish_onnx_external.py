@@ -74,3 +74,42 @@ def test_external_data_outside_the_models_folder_is_refused(repo, tmp_path):
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ArtifactError, match="must be a relative path inside the model's folder"):
         publish(repo, "ext", path, PublishOptions(runtime="native"))
+
+
+@pytest.mark.parametrize("link", [True, False])
+def test_a_model_published_with_link_can_be_published_again(repo, tmp_path, link):
+    # --link leaves the source's data file with two hard links; that is no attack
+    path, _, _ = make_onnx_with_external_data(tmp_path / "ext")
+    first = publish(repo, "ext", path, PublishOptions(runtime="native", link=True))
+    assert (path.parent / "weights.bin").stat().st_nlink == 2
+    again = publish(repo, "ext", path, PublishOptions(runtime="native", link=link))
+    assert again.version == first.version + 1
+    assert again.sha256 == first.sha256
+    assert validate_repository(repo, "ext") == []
+
+
+def test_external_data_hard_linked_by_the_user_is_accepted(repo, tmp_path):
+    path, _, _ = make_onnx_with_external_data(tmp_path / "ext")
+    os.link(path.parent / "weights.bin", tmp_path / "backup.bin")
+    result = publish(repo, "ext", path, PublishOptions(runtime="native"))
+    assert (result.path / "model.onnx" / "weights.bin").stat().st_nlink == 1
+
+
+def test_external_data_shorter_than_its_tensors_is_refused_naming_the_tensor(repo, tmp_path):
+    path, w, _ = make_onnx_with_external_data(tmp_path / "ext")
+    data = path.parent / "weights.bin"
+    data.write_bytes(data.read_bytes()[: w.nbytes])  # B's bytes are cut off
+    with pytest.raises(ArtifactError, match=r"tensor 'B' .* weights.bin is 32 bytes"):
+        publish(repo, "ext", path, PublishOptions(runtime="native"))
+    assert repo.models() == []
+
+
+def test_an_invalid_graph_with_external_data_is_still_refused(repo, tmp_path):
+    import onnx
+
+    path, _, _ = make_onnx_with_external_data(tmp_path / "ext")
+    model = onnx.load(str(path), load_external_data=False)
+    model.graph.node[0].input[1] = "nowhere"  # MatMul reads a tensor nothing defines
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ArtifactError, match="is not a valid ONNX model"):
+        publish(repo, "ext", path, PublishOptions(runtime="native"))

@@ -84,3 +84,58 @@ def test_cli_prints_the_notice_and_refuses_a_classifier_in_one_line(tmp_path):
     assert "note BertForSequenceClassification is served as a text embedder" in ok.stderr
     as_json = CliRunner().invoke(main, [*args, "--as-embedder", "--json"])
     assert json.loads(as_json.stdout)["notices"][0].startswith("BertForSequenceClassification")
+
+
+def sentence_transformers_folder(path: Path, **pooling: bool) -> Path:
+    folder = hf_folder(path)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    config = {
+        "pooling_mode_mean_tokens": False,
+        **{f"pooling_mode_{k}": v for k, v in pooling.items()},
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["mean_tokens", "cls_token", "max_tokens"])
+def test_a_sentence_transformers_pooling_the_runner_reproduces_is_published(repo, tmp_path, mode):
+    result = publish(repo, "st", sentence_transformers_folder(tmp_path / "hf", **{mode: True}))
+    assert (result.path / "hf" / "1_Pooling" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "pooling",
+    [{"weightedmean_tokens": True}, {"lasttoken": True}, {"cls_token": True, "max_tokens": True}],
+)
+def test_a_sentence_transformers_pooling_the_runner_cannot_serve_is_refused_at_publish(
+    repo, tmp_path, pooling
+):
+    folder = sentence_transformers_folder(tmp_path / "hf", **pooling)
+    with pytest.raises(
+        ArtifactError,
+        match=r"cannot be served by tritonctl's transformers runner: .*1_Pooling.config.json: "
+        r"pooling \[.*\] is not supported",
+    ):
+        publish(repo, "st", folder)
+    assert repo.models() == []
+
+
+def test_a_sentence_transformers_module_the_runner_cannot_serve_is_refused_at_publish(
+    repo, tmp_path
+):
+    folder = sentence_transformers_folder(tmp_path / "hf", mean_tokens=True)
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    modules = json.loads((folder / "modules.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([*modules, dense]))
+    with pytest.raises(ArtifactError, match="module 'Dense' is not supported"):
+        publish(repo, "st", folder)

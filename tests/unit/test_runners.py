@@ -452,6 +452,54 @@ def test_runner_finalize_releases_the_session(pb: ModuleType, onnx_model_dir: Pa
     assert model.session is None
 
 
+def test_onnx_runner_serves_unbatched_graph_scalars_as_dims_1(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    from tests.modelfactory import make_onnx_with_scalars
+
+    (tmp_path / "1").mkdir()
+    make_onnx_with_scalars(tmp_path / "1" / "model.onnx")
+    # what publish writes: dims [1] without reshape (Triton refuses an empty one unbatched)
+    config = runner_config(
+        "onnx",
+        [TensorSpec("x", "FP32", (4,)), TensorSpec("s", "FP32", (1,))],
+        [TensorSpec("r", "FP32", (1,)), TensorSpec("y", "FP32", (4,))],
+        max_batch_size=0,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    x = np.array([1, 2, 3, 4], dtype=np.float32)
+    # clients send and receive dims [1]; the model takes and gives a scalar
+    [response] = model.execute([request(x=x, s=np.array([2], dtype=np.float32))])
+    np.testing.assert_allclose(output(response, "r"), np.array([20.0], dtype=np.float32))
+    np.testing.assert_allclose(output(response, "y"), x * 2)
+
+
+def test_onnx_runner_serves_batched_scalars_as_dims_1_reshaped_and_joins_requests(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    from tests.modelfactory import make_onnx_with_scalars
+
+    (tmp_path / "1").mkdir()
+    make_onnx_with_scalars(tmp_path / "1" / "model.onnx", batched=True)
+    config = runner_config(
+        "onnx",
+        [TensorSpec("x", "FP32", (4,)), TensorSpec("s", "FP32", (1,), reshape=())],
+        [TensorSpec("r", "FP32", (1,), reshape=())],
+        max_batch_size=8,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    rng = np.random.default_rng(0)
+    xs = [batch(rng, n) for n in (1, 3)]
+    ss = [rng.standard_normal((n, 1)).astype(np.float32) for n in (1, 3)]
+    responses = model.execute([request(x=x, s=s) for x, s in zip(xs, ss, strict=True)])
+    for response, x, s in zip(responses, xs, ss, strict=True):
+        got = output(response, "r")
+        assert got.shape == (len(x), 1)
+        np.testing.assert_allclose(got, (x * s).sum(axis=1, keepdims=True), rtol=1e-5)
+
+
 # --- torchscript ----------------------------------------------------------------------------
 
 
@@ -746,25 +794,69 @@ def test_transformers_runner_truncates_to_max_length(pb: ModuleType, tiny_bert_d
     np.testing.assert_allclose(got[0], got[1], rtol=1e-5, atol=1e-6)
 
 
-def test_transformers_runner_refuses_a_pipeline_it_would_not_reproduce(
-    pb: ModuleType, tmp_path: Path
-) -> None:
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    write_tiny_bert(tmp_path / "1" / "hf", modules)
-    pooling = tmp_path / "1" / "hf" / "1_Pooling"
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+]
+
+
+def write_pooling(folder: Path, **modes: bool) -> None:
+    """The Pooling module's config.json of a sentence-transformers folder."""
+    pooling = folder / "1_Pooling"
     pooling.mkdir()
-    (pooling / "config.json").write_text(
-        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    config: dict[str, Any] = {"word_embedding_dimension": 16, "pooling_mode_mean_tokens": False}
+    config.update({f"pooling_mode_{k}": v for k, v in modes.items()})
+    (pooling / "config.json").write_text(json.dumps(config))
+
+
+def pooled_alone(folder: Path, sentences: list[str], pool: Callable[[Any], Any]) -> np.ndarray:
+    """``pool`` of each sentence's token embeddings, one sentence at a time (no padding)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return np.stack(
+            [
+                pool(model(**tokenizer(s, return_tensors="pt")).last_hidden_state[0]).numpy()
+                for s in sentences
+            ]
+        )
+
+
+@pytest.mark.parametrize(
+    ("mode", "pool"),
+    [
+        ("cls_token", lambda tokens: tokens[0]),
+        ("max_tokens", lambda tokens: tokens.max(dim=0).values),
+        ("mean_tokens", lambda tokens: tokens.mean(dim=0)),
+    ],
+)
+def test_transformers_runner_pools_as_the_sentence_transformers_folder_says(
+    pb: ModuleType, tmp_path: Path, mode: str, pool: Callable[[Any], Any]
+) -> None:
+    folder = tmp_path / "1" / "hf"
+    write_tiny_bert(folder, ST_MODULES)
+    write_pooling(folder, **{mode: True})
+    model = start_runner(
+        pb, "transformers", tmp_path, transformers_config("feature-extraction", 16)
     )
-    with pytest.raises(ValueError, match="mean pooling only"):
+    # sentences of different lengths in one request: padding must not change a pooled value
+    [response] = model.execute([text_request(*SENTENCES)])
+    expected = pooled_alone(folder, SENTENCES, pool)
+    np.testing.assert_allclose(output(response, "EMBEDDING"), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [{"weightedmean_tokens": True}, {"lasttoken": True}, {"mean_tokens": True, "max_tokens": True}],
+)
+def test_transformers_runner_refuses_a_pooling_it_would_not_reproduce(
+    pb: ModuleType, tmp_path: Path, modes: dict[str, bool]
+) -> None:
+    write_tiny_bert(tmp_path / "1" / "hf", ST_MODULES)
+    write_pooling(tmp_path / "1" / "hf", **modes)
+    with pytest.raises(ValueError, match=r"pooling \[.*\] is not supported"):
         start_runner(pb, "transformers", tmp_path, transformers_config("sentence-embedding", 16))
 
 

@@ -84,3 +84,53 @@ def test_prune_dry_run_removes_nothing(repo):
 def test_prune_refuses_keep_below_one(repo):
     with pytest.raises(ConfigError):
         prune(repo, "linear", keep=0)
+
+
+def edit_config(repo: Repository, name: str, old: str, new: str) -> None:
+    path = repo.config_path(name)
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_config_tensors_that_no_longer_match_the_onnx_graph_are_reported_per_version(repo):
+    # config.pbtxt: input x dims [-1, 4]; the graph takes x [batch, 4]
+    edit_config(repo, "linear", "dims: 4", "dims: 5")
+    assert errors(repo, "linear") == [
+        f"version {v}: config.pbtxt: input 'x' has dims [-1, 5], the artifact has [-1, 4]"
+        for v in (1, 2, 3, 4)
+    ]
+
+
+def test_an_output_data_type_the_onnx_graph_does_not_give_is_reported(repo):
+    path = repo.config_path("linear")
+    head, sep, tail = path.read_text().partition("output")
+    path.write_text(head + sep + tail.replace("TYPE_FP32", "TYPE_FP16", 1))
+    assert errors(repo, "linear")[0] == (
+        "version 1: config.pbtxt: output 'y' has data type FP16, the artifact has FP32"
+    )
+
+
+@pytest.mark.parametrize("runtime", ["native", "python"])
+def test_an_onnx_model_with_external_data_is_checked_from_its_graph(tmp_path, runtime):
+    from tests.modelfactory import make_onnx_with_external_data
+
+    path, _, _ = make_onnx_with_external_data(tmp_path / "ext")
+    repo = Repository(tmp_path / "repo")
+    publish(repo, "ext", path, PublishOptions(runtime=runtime, max_batch_size=8))
+    assert errors(repo) == []
+    edit_config(repo, "ext", 'name: "y"', 'name: "z"')
+    assert errors(repo) == [
+        "version 1: config.pbtxt: output 'z' is not in the artifact (it has: y)"
+    ]
+
+
+def test_a_python_runner_serving_onnx_is_checked_too(tmp_path):
+    artifact = tmp_path / "m.onnx"
+    make_onnx(artifact)
+    repo = Repository(tmp_path / "repo")
+    publish(repo, "lin", artifact, PublishOptions(runtime="python"))
+    edit_config(repo, "lin", 'name: "x"', 'name: "x2"')
+    assert errors(repo) == [
+        "version 1: config.pbtxt: input 'x2' is not in the artifact (it has: x)"
+    ]

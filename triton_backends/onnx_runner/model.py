@@ -11,7 +11,9 @@ config.pbtxt parameters read here:
 
 Inputs are fed to the session by name and outputs are taken by name; every config input
 and output must be a graph input/output, and each output must have the shape and data type
-the config declares (or one numpy converts to without changing a value). With ``max_batch_size > 0`` the requests of one
+the config declares (or one numpy converts to without changing a value). A ``reshape`` in
+the config is the shape the model takes or gives; with ``max_batch_size 0`` a graph scalar
+is served as dims ``[1]`` (Triton refuses an empty reshape without batching). With ``max_batch_size > 0`` the requests of one
 ``execute`` call whose tensors agree past the batch dimension run as one batch and the
 outputs are split back; a failure in such a batch is retried request by request, so one
 bad request gets its own error and the others their answers.
@@ -76,6 +78,12 @@ class _Tensor:
         self.dtype = np.dtype(_TRITON_TO_NUMPY[data_type])
         self.dims = tuple(int(d) for d in entry.get("dims", []))
         self.optional = bool(entry.get("optional", False))
+        # config.pbtxt's reshape: the shape the model itself takes or gives, when it differs
+        # from dims (a scalar is dims [1], reshape []: an empty reshape is still a reshape)
+        reshape = entry.get("reshape")
+        self.reshape = (
+            None if reshape is None else tuple(int(d) for d in (reshape or {}).get("shape", []))
+        )
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -104,7 +112,19 @@ def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
     return value
 
 
-def _read_inputs(request: Any, inputs: list[_Tensor]) -> Feeds:
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool, what: str) -> np.ndarray:
+    """``array`` in ``shape``, past the batch dim when batching: config.pbtxt's reshape,
+    between what clients send and receive (dims) and what the model takes and gives."""
+    target = ((array.shape[0],) if batched and array.ndim else ()) + shape
+    try:
+        return array.reshape(target)
+    except ValueError:
+        raise ValueError(
+            f"{what} has shape {list(array.shape)}, which cannot be reshaped to {list(target)}"
+        ) from None
+
+
+def _read_inputs(request: Any, inputs: list[_Tensor], batched: bool) -> Feeds:
     feeds: Feeds = {}
     for spec in inputs:
         tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
@@ -112,7 +132,10 @@ def _read_inputs(request: Any, inputs: list[_Tensor]) -> Feeds:
             if spec.optional:
                 continue
             raise ValueError(f"request has no input {spec.name!r}")
-        feeds[spec.name] = tensor.as_numpy()
+        array = tensor.as_numpy()
+        if spec.reshape is not None:
+            array = _reshaped(array, spec.reshape, batched, f"input {spec.name!r}")
+        feeds[spec.name] = array
     return feeds
 
 
@@ -120,6 +143,8 @@ def _cast(array: Any, spec: _Tensor, batched: bool) -> np.ndarray:
     """``array`` as output ``spec``; a shape the config does not declare, or a data type
     that cannot be converted without changing values, is refused (never truncated)."""
     array = np.asarray(array)
+    if spec.reshape is not None:  # the model gives the reshape; clients get the dims
+        array = _reshaped(array, spec.dims, batched, f"output {spec.name!r}")
     declared = ((-1,) if batched else ()) + spec.dims
     if len(array.shape) != len(declared) or any(
         d not in (-1, n) for d, n in zip(declared, array.shape, strict=False)
@@ -214,7 +239,7 @@ def _execute(
     ready: list[tuple[int, Feeds]] = []
     for index, request in enumerate(requests):
         try:
-            ready.append((index, _read_inputs(request, inputs)))
+            ready.append((index, _read_inputs(request, inputs, batched)))
         except Exception as exc:
             responses[index] = _error_response(exc)
     for group in _groups(ready, batched):
@@ -307,6 +332,14 @@ class TritonPythonModel:
                     f"config output {spec.name!r} is not an output of {path} "
                     f"(graph outputs: {sorted(graph_outputs)})"
                 )
+        if not self.batched:
+            # Triton has no scalar tensor without batching (it refuses an empty reshape
+            # there): dims [1] carries a scalar of the graph, which the model gets as one
+            shapes = {i.name: i.shape for i in self.session.get_inputs()}
+            shapes.update({o.name: o.shape for o in self.session.get_outputs()})
+            for spec in (*self.inputs, *self.outputs):
+                if spec.reshape is None and spec.dims == (1,) and shapes.get(spec.name) == []:
+                    spec.reshape = ()
         self.feed_dtypes = {
             name: np.dtype(_ORT_TO_NUMPY[i.type])
             for name, i in graph_inputs.items()

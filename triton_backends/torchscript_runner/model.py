@@ -81,6 +81,12 @@ class _Tensor:
         self.dtype = np.dtype(_TRITON_TO_NUMPY[data_type])
         self.dims = tuple(int(d) for d in entry.get("dims", []))
         self.optional = bool(entry.get("optional", False))
+        # config.pbtxt's reshape: the shape the model itself takes or gives, when it differs
+        # from dims (a scalar is dims [1], reshape []: an empty reshape is still a reshape)
+        reshape = entry.get("reshape")
+        self.reshape = (
+            None if reshape is None else tuple(int(d) for d in (reshape or {}).get("shape", []))
+        )
 
 
 def _parameters(config: dict[str, Any]) -> dict[str, str]:
@@ -109,7 +115,19 @@ def _int_parameter(params: dict[str, str], key: str, default: int) -> int:
     return value
 
 
-def _read_inputs(request: Any, inputs: list[_Tensor]) -> Feeds:
+def _reshaped(array: np.ndarray, shape: tuple[int, ...], batched: bool, what: str) -> np.ndarray:
+    """``array`` in ``shape``, past the batch dim when batching: config.pbtxt's reshape,
+    between what clients send and receive (dims) and what the model takes and gives."""
+    target = ((array.shape[0],) if batched and array.ndim else ()) + shape
+    try:
+        return array.reshape(target)
+    except ValueError:
+        raise ValueError(
+            f"{what} has shape {list(array.shape)}, which cannot be reshaped to {list(target)}"
+        ) from None
+
+
+def _read_inputs(request: Any, inputs: list[_Tensor], batched: bool) -> Feeds:
     feeds: Feeds = {}
     for spec in inputs:
         tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
@@ -117,7 +135,10 @@ def _read_inputs(request: Any, inputs: list[_Tensor]) -> Feeds:
             if spec.optional:
                 continue
             raise ValueError(f"request has no input {spec.name!r}")
-        feeds[spec.name] = tensor.as_numpy()
+        array = tensor.as_numpy()
+        if spec.reshape is not None:
+            array = _reshaped(array, spec.reshape, batched, f"input {spec.name!r}")
+        feeds[spec.name] = array
     return feeds
 
 
@@ -125,6 +146,8 @@ def _cast(array: Any, spec: _Tensor, batched: bool) -> np.ndarray:
     """``array`` as output ``spec``; a shape the config does not declare, or a data type
     that cannot be converted without changing values, is refused (never truncated)."""
     array = np.asarray(array)
+    if spec.reshape is not None:  # the model gives the reshape; clients get the dims
+        array = _reshaped(array, spec.dims, batched, f"output {spec.name!r}")
     declared = ((-1,) if batched else ()) + spec.dims
     if len(array.shape) != len(declared) or any(
         d not in (-1, n) for d, n in zip(declared, array.shape, strict=False)
@@ -219,7 +242,7 @@ def _execute(
     ready: list[tuple[int, Feeds]] = []
     for index, request in enumerate(requests):
         try:
-            ready.append((index, _read_inputs(request, inputs)))
+            ready.append((index, _read_inputs(request, inputs, batched)))
         except Exception as exc:
             responses[index] = _error_response(exc)
     for group in _groups(ready, batched):

@@ -12,14 +12,19 @@ FP32) that receives one embedding per sentence, shape ``[number of sentences, hi
 config.pbtxt parameters read here:
 
 - ``tritonctl.artifact``: the model folder, relative to the version folder (``hf``).
-- ``tritonctl.task``: ``sentence-embedding`` (mean pooling over the attention mask, then
-  L2 normalisation: what sentence-transformers does for all-MiniLM-L6-v2) or
-  ``feature-extraction`` (mean pooling, no normalisation). Default: feature-extraction.
+- ``tritonctl.task``: ``sentence-embedding`` (pooling, then L2 normalisation: what
+  sentence-transformers does for all-MiniLM-L6-v2) or ``feature-extraction`` (pooling, no
+  normalisation). Default: feature-extraction.
 - ``tritonctl.max_length``: tokens per sentence before truncation. Default: the folder's
   ``sentence_bert_config.json`` ``max_seq_length``, else 256 (or the tokenizer's limit
   when that is lower).
 - ``tritonctl.threads``: torch CPU threads (default 1).
 - ``tritonctl.batch_size``: sentences per forward pass (default 32).
+
+The pooling is mean pooling over the attention mask, or what a sentence-transformers
+folder's Pooling module names: the CLS token's embedding, or the maximum over the tokens
+(:data:`POOLING_MODES`). tritonctl's publisher runs :func:`sentence_transformers_pooling`
+on the folder too, so a folder this runner would refuse is refused at publish.
 
 All sentences of all requests in one ``execute`` call are encoded together (sorted by
 length, in chunks of ``tritonctl.batch_size``) and split back per request. A request that
@@ -35,14 +40,25 @@ import os
 from typing import Any
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # outside Triton: tritonctl imports this file for its folder check
+    pb_utils = None
 
 RUNNER = "transformers"
 DEFAULT_ARTIFACT = "hf"
 TASKS = ("sentence-embedding", "feature-extraction")
 DEFAULT_MAX_LENGTH = 256
-# sentence-transformers modules this runner reproduces exactly (with mean pooling).
+# sentence-transformers modules this runner reproduces exactly.
 _ST_MODULES = ("Transformer", "Pooling", "Normalize")
+# The sentence-transformers pooling modes this runner reproduces (one at a time): the key in
+# the Pooling module's config.json and this runner's name for it.
+POOLING_MODES = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+}
 
 _TRITON_TO_NUMPY: dict[str, Any] = {
     "TYPE_FP16": np.float16,
@@ -107,27 +123,33 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def _check_sentence_transformers_layout(folder: str) -> None:
-    """Refuse a sentence-transformers folder whose pipeline this runner would not reproduce."""
+def sentence_transformers_pooling(folder: str) -> str:
+    """The pooling of the model folder ``folder`` (a value of :data:`POOLING_MODES`): its
+    sentence-transformers Pooling module's, else mean. A sentence-transformers folder whose
+    pipeline this runner would not reproduce raises ValueError saying why."""
     modules_path = os.path.join(folder, "modules.json")
     if not os.path.isfile(modules_path):
-        return
+        return "mean"
+    pooling_mode = "mean"
     for module in _read_json(modules_path):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind not in _ST_MODULES:
             raise ValueError(
                 f"{modules_path}: module {kind!r} is not supported (only Transformer, "
-                "mean Pooling and Normalize are reproduced by this runner)"
+                "Pooling and Normalize are reproduced by this runner)"
             )
         if kind == "Pooling":
             pooling_config = os.path.join(folder, str(module.get("path", "")), "config.json")
             if os.path.isfile(pooling_config):
                 pooling = _read_json(pooling_config)
                 modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
-                if modes != ["pooling_mode_mean_tokens"]:
+                if len(modes) != 1 or modes[0] not in POOLING_MODES:
                     raise ValueError(
-                        f"{pooling_config}: pooling {modes} is not supported (mean pooling only)"
+                        f"{pooling_config}: pooling {modes} is not supported (one of "
+                        f"{', '.join(POOLING_MODES)} only)"
                     )
+                pooling_mode = POOLING_MODES[modes[0]]
+    return pooling_mode
 
 
 def _sentences(array: np.ndarray) -> list[str]:
@@ -168,7 +190,7 @@ class TritonPythonModel:
         if self.task not in TASKS:
             raise ValueError(f"tritonctl.task {self.task!r} is not one of {', '.join(TASKS)}")
         path = _artifact_path(args, params, DEFAULT_ARTIFACT)
-        _check_sentence_transformers_layout(path)
+        self.pooling = sentence_transformers_pooling(path)
         threads = _int_parameter(params, "tritonctl.threads", 1)
         self.batch_size = _int_parameter(params, "tritonctl.batch_size", 32)
         st_config_path = os.path.join(path, "sentence_bert_config.json")
@@ -217,7 +239,8 @@ class TritonPythonModel:
             )
         _log(
             "info",
-            f"loaded {path} on {self.device} (task {self.task}, max_length {self.max_length}, "
+            f"loaded {path} on {self.device} (task {self.task}, {self.pooling} pooling, "
+            f"max_length {self.max_length}, "
             f"hidden {self.hidden}, {torch.get_num_threads()} thread(s))",
         )
 
@@ -242,14 +265,22 @@ class TritonPythonModel:
             with torch.inference_mode():
                 output = self.model(**batch)
                 tokens = output[0] if isinstance(output, tuple) else output.last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-                summed = (tokens * mask).sum(dim=1)
-                counts = mask.sum(dim=1).clamp(min=1e-9)
-                pooled = summed / counts
+                pooled = self._pool(tokens, batch["attention_mask"])
                 if self.task == "sentence-embedding":
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             result[chunk] = pooled.float().cpu().numpy()
         return result
+
+    def _pool(self, tokens: Any, attention_mask: Any) -> Any:
+        """One embedding per sentence from its tokens' (as sentence-transformers pools)."""
+        if self.pooling == "cls":
+            return tokens[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        if self.pooling == "max":
+            # padding can never be the maximum
+            return tokens.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+        summed = (tokens * mask).sum(dim=1)
+        return summed / mask.sum(dim=1).clamp(min=1e-9)
 
     def _respond(self, embeddings: np.ndarray) -> Any:
         array = np.ascontiguousarray(embeddings.astype(self.output_dtype, copy=False))
