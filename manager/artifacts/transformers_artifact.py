@@ -91,7 +91,13 @@ def inspect_transformers(path: Path) -> Artifact:
     params = {"tritonctl.task": task}
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.is_file():
-        max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
+        try:
+            st_settings = json.loads(st_cfg.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{st_cfg} is not valid JSON: {exc}") from exc
+        if not isinstance(st_settings, dict):
+            raise ArtifactError(f"{st_cfg}: expected an object of settings")
+        max_len = st_settings.get("max_seq_length")
         if isinstance(max_len, int):
             params["tritonctl.max_length"] = str(max_len)
     return Artifact(

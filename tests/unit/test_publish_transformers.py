@@ -139,3 +139,24 @@ def test_a_sentence_transformers_module_the_runner_cannot_serve_is_refused_at_pu
     (folder / "modules.json").write_text(json.dumps([*modules, dense]))
     with pytest.raises(ArtifactError, match="module 'Dense' is not supported"):
         publish(repo, "st", folder)
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "match"),
+    [
+        ("modules.json", "{not json", "not valid JSON|Expecting"),
+        ("modules.json", '{"0": "Pooling"}', "expected a list of modules"),
+        ("sentence_bert_config.json", "{not json", "not valid JSON"),
+        ("sentence_bert_config.json", "[1]", "expected an object of settings"),
+    ],
+)
+def test_malformed_sentence_transformers_metadata_is_an_artifact_error(
+    repo, tmp_path, file, text, match
+):
+    folder = hf_folder(tmp_path / "hf")
+    if file != "modules.json":
+        (folder / "modules.json").write_text("[]")
+    (folder / file).write_text(text)
+    with pytest.raises(ArtifactError, match=match):
+        publish(repo, "emb", folder)
+    assert repo.models() == []

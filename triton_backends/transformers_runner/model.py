@@ -131,7 +131,10 @@ def sentence_transformers_pooling(folder: str) -> str:
     if not os.path.isfile(modules_path):
         return "mean"
     pooling_mode = "mean"
-    for module in _read_json(modules_path):
+    modules = _read_json(modules_path)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ValueError(f"{modules_path}: expected a list of modules (objects)")
+    for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind not in _ST_MODULES:
             raise ValueError(
@@ -142,6 +145,8 @@ def sentence_transformers_pooling(folder: str) -> str:
             pooling_config = os.path.join(folder, str(module.get("path", "")), "config.json")
             if os.path.isfile(pooling_config):
                 pooling = _read_json(pooling_config)
+                if not isinstance(pooling, dict):
+                    raise ValueError(f"{pooling_config}: expected an object of pooling modes")
                 modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
                 if len(modes) != 1 or modes[0] not in POOLING_MODES:
                     raise ValueError(
