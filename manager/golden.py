@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -187,12 +187,30 @@ def synthetic_case(config: ModelConfig) -> GoldenCase:
     return GoldenCase("synthetic", inputs, {})
 
 
+def _declared(spec: Any, batched: bool) -> tuple[str, list[int]]:
+    """A config tensor's Triton data type and full shape (-1 for the batch dim)."""
+    from manager.modelconfig import triton_dtype_name
+
+    dims = ([-1] if batched else []) + [int(d) for d in spec.dims]
+    return triton_dtype_name(spec.data_type), dims
+
+
+def _dtype_fits(array: np.ndarray, dtype: str) -> bool:
+    if dtype in ("STRING", "BYTES"):
+        return array.dtype.kind in "OSU"
+    return bool(array.dtype == np.dtype(_NP_FROM_TRITON[dtype]))
+
+
+def _shape_fits(array: np.ndarray, declared: list[int]) -> bool:
+    return len(array.shape) == len(declared) and all(
+        d in (-1, n) for d, n in zip(declared, array.shape, strict=True)
+    )
+
+
 def check_inputs_match_config(config: ModelConfig, cases: list[GoldenCase]) -> None:
     """Refuse golden cases whose inputs the model cannot take (ConfigError naming the case
     and the tensor), before anything is loaded: an input the config does not declare, a
     required one missing, another data type or a shape that does not fit its dims."""
-    from manager.modelconfig import triton_dtype_name
-
     batched = config.max_batch_size > 0
     specs = {spec.name: spec for spec in config.input}
     for case in cases:
@@ -209,19 +227,12 @@ def check_inputs_match_config(config: ModelConfig, cases: list[GoldenCase]) -> N
                     continue
                 raise ConfigError(f"{where}: input {name!r} is missing")
             array = np.asarray(case.inputs[name])
-            dtype = triton_dtype_name(spec.data_type)
-            if dtype in ("STRING", "BYTES"):
-                fits = array.dtype.kind in "OSU"
-            else:
-                fits = array.dtype == np.dtype(_NP_FROM_TRITON[dtype])
-            if not fits:
+            dtype, declared = _declared(spec, batched)
+            if not _dtype_fits(array, dtype):
                 raise ConfigError(
                     f"{where}: input {name!r} is {array.dtype}, the model takes {dtype}"
                 )
-            declared = ([-1] if batched else []) + [int(d) for d in spec.dims]
-            if len(array.shape) != len(declared) or any(
-                d not in (-1, n) for d, n in zip(declared, array.shape, strict=True)
-            ):
+            if not _shape_fits(array, declared):
                 raise ConfigError(
                     f"{where}: input {name!r} has shape {list(array.shape)}, the model takes "
                     f"{declared} (-1: any size)"
@@ -233,27 +244,18 @@ def check_outputs_match_config(
 ) -> None:
     """Refuse answers whose tensors have another data type or shape than ``config`` declares
     (a runner or backend that converted or reshaped them would hide a wrong signature)."""
-    from manager.modelconfig import triton_dtype_name
-
     batched = config.max_batch_size > 0
     for spec in config.output:
         if spec.name not in outputs:
             continue
         array = np.asarray(outputs[spec.name])
-        dtype = triton_dtype_name(spec.data_type)
-        declared = ([-1] if batched else []) + [int(d) for d in spec.dims]
-        if dtype == "STRING":
-            ok_dtype = array.dtype.kind in "OSU"
-        else:
-            ok_dtype = array.dtype == np.dtype(_NP_FROM_TRITON[dtype])
-        if not ok_dtype:
+        dtype, declared = _declared(spec, batched)
+        if not _dtype_fits(array, dtype):
             raise GoldenMismatch(
                 f"{model}: output {spec.name!r} came back as {array.dtype}, the config "
                 f"declares {dtype}"
             )
-        if len(array.shape) != len(declared) or any(
-            d not in (-1, n) for d, n in zip(declared, array.shape, strict=False)
-        ):
+        if not _shape_fits(array, declared):
             raise GoldenMismatch(
                 f"{model}: output {spec.name!r} came back with shape {list(array.shape)}, the "
                 f"config declares {declared}"
