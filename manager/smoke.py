@@ -45,9 +45,9 @@ def model_files(staged_model: Path) -> dict[str, bytes]:
 
 
 @contextmanager
-def throwaway_server(*, use_grpc: bool = False) -> Iterator[str]:
-    """An embedded tritonserver on free ports over an empty repository; yields its HTTP
-    URL (its gRPC URL with ``use_grpc``)."""
+def throwaway_server(*, use_grpc: bool = False) -> Iterator[tuple[str, Path]]:
+    """An embedded tritonserver on free ports over an empty repository of its own; yields
+    its HTTP URL (its gRPC URL with ``use_grpc``) and that repository, removed after."""
     from manager.server import EmbeddedServer, free_ports
 
     root = Path(tempfile.mkdtemp(prefix="tritonctl-smoke-"))
@@ -56,7 +56,7 @@ def throwaway_server(*, use_grpc: bool = False) -> Iterator[str]:
         http, grpc, metrics = free_ports(3)
         # tied: a publish killed mid-test (a cancelled CI job) takes its server with it
         info = server.start(http, grpc, metrics, wait_timeout=120, tied=True)
-        yield info.grpc_url if use_grpc else info.http_url
+        yield (info.grpc_url if use_grpc else info.http_url), root
     finally:
         try:
             server.stop(timeout=30)
@@ -93,14 +93,24 @@ def smoke_test(
     check_inputs_match_config(config, cases)  # before any server is asked
     if url is None:
         # a decoupled model answers over a gRPC stream only
-        with throwaway_server(use_grpc=is_decoupled(config)) as local_url:
-            return _run(local_url, staged_model, config, version, cases)
+        with throwaway_server(use_grpc=is_decoupled(config)) as (local_url, local_repo):
+            return _run(local_url, staged_model, config, version, cases, local_repo=local_repo)
     return _run(url, staged_model, config, version, cases)
 
 
 def _run(
-    url: str, staged_model: Path, config: mc.ModelConfig, version: int, cases: list[GoldenCase]
+    url: str,
+    staged_model: Path,
+    config: mc.ModelConfig,
+    version: int,
+    cases: list[GoldenCase],
+    *,
+    local_repo: Path | None = None,
 ) -> int:
+    """``local_repo``: the repository of a server on this machine that is ours alone:
+    the staged version is linked into it, rather than sent with the load request (which
+    Triton would copy into a temporary folder of its own, left behind if the server is
+    stopped while it loads)."""
     from tritonclient.utils import InferenceServerException
 
     temp_name = f"{config.name}__smoke_{uuid.uuid4().hex[:8]}"
@@ -109,7 +119,14 @@ def _run(
     cfg.name = temp_name
     cfg.version_policy.specific.versions[:] = [version]
     config_json = json_format.MessageToJson(cfg, preserving_proto_field_name=True)
-    files = model_files(staged_model)
+    files: dict[str, bytes] | None = None
+    if local_repo is not None:
+        (local_repo / temp_name).mkdir()
+        for entry in staged_model.iterdir():
+            if entry.name != CONFIG_FILE:  # the config goes with the load request
+                (local_repo / temp_name / entry.name).symlink_to(entry)
+    else:
+        files = model_files(staged_model)
     client = _client(url)
     answered = True  # whether the server answered the load, so there may be a model to unload
     try:
