@@ -31,7 +31,7 @@ publish_once minilm "$minilm"
 tritonctl load linear
 tritonctl load minilm
 tritonctl endpoint switch embed --to minilm
-tritonctl endpoint switch linear-live --to linear
+tritonctl endpoint switch linear-live --to linear:1
 tritonctl ls
 
 cat <<MSG
