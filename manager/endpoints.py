@@ -40,7 +40,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import resources
@@ -1331,6 +1331,17 @@ class Endpoints:
                 5 * idle,
             )
 
+    @contextmanager
+    def _models_locked(self, models: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of ``models`` (in name order) while their versions are served and
+        the routes to them written: a load of one of them (which takes its lock) sees
+        either the routes before or the routes after, never versions loaded for routes
+        not written yet, which it would take down again."""
+        with ExitStack() as stack:
+            for model in sorted(set(models)):
+                stack.enter_context(self.repo.lock(model))
+            yield
+
     def _admitted(self, wanted: Mapping[str, Iterable[int]]) -> AbstractContextManager[object]:
         return self.admission(wanted) if self.admission is not None else nullcontext()
 
@@ -1340,7 +1351,7 @@ class Endpoints:
         self._check_endpoint_name(name)
         config = self._target_config(model)
         version = self._resolve_version(model, version)
-        with self._lock(name):
+        with self._lock(name), self._models_locked([model]):
             self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
             previous = self._read(name)
             added = self._serve_targets({model: {version}})
@@ -1446,7 +1457,7 @@ class Endpoints:
         by_model: dict[str, set[int]] = {}
         for t in checked:
             by_model.setdefault(t.model, set()).add(t.version)
-        with self._lock(name):
+        with self._lock(name), self._models_locked(by_model):
             self._check_clients_io(
                 name, [(checked[0].label(), configs[checked[0].model])], force=force
             )

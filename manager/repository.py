@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "tritonctl.json"
 CONFIG_FILE = "config.pbtxt"
 LOCK_TIMEOUT_S = 600.0
+# the model locks each thread holds (path -> depth): Repository.lock is reentrant per thread
+_HELD = threading.local()
 
 
 @dataclass
@@ -151,14 +154,29 @@ class Repository:
     # -- locking and staging -----------------------------------------------------------
     @contextmanager
     def lock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-        """Hold the per-model write lock (publishers and pruners of ``name`` take turns)."""
+        """Hold the per-model write lock (publishers, pruners, loads of ``name`` and the
+        endpoint changes that serve it take turns). A thread that holds it already takes
+        it again at once (an endpoint change that loads the model holds it throughout)."""
         self.ensure()
         lock_dir = self.meta_dir / "locks"
         lock_dir.mkdir(exist_ok=True)
-        lock = FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))
+        path = str((lock_dir / f"{validate_model_name(name)}.lock").resolve())
+        held: dict[str, int] = _HELD.__dict__.setdefault("counts", {})
+        if held.get(path):
+            held[path] += 1
+            try:
+                yield
+            finally:
+                held[path] -= 1
+            return
+        lock = FileLock(path)
         try:
             with lock.acquire(timeout=timeout):
-                yield
+                held[path] = 1
+                try:
+                    yield
+                finally:
+                    held[path] = 0
         except Timeout as exc:
             raise RepositoryError(
                 f"model {name!r} is locked by another tritonctl process (waited {timeout:.0f} s)"

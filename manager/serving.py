@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -513,9 +514,34 @@ def load(
     ``<repo>/<name>/config.pbtxt`` when ``repo`` holds it, else from Triton if the model
     is loaded. Raises ModelNotFoundError for a model the server's repository does not
     hold, LoadError with Triton's reason if it fails.
+
+    With ``repo`` holding the model, the load holds the model's lock (as an endpoint change
+    that serves it does): the versions it must keep serving are read and loaded as one
+    step, so a split that has just loaded a version for its routes is not undone.
     """
     validate_model_name(name)
     check_version(repo, name, version)
+    with _model_lock(repo, name):
+        return _load(control, name, version, repo, wait_timeout, refresh)
+
+
+def _model_lock(repo: Path | None, name: str) -> AbstractContextManager[object]:
+    """The model's repository lock where ``repo`` holds the model, else nothing."""
+    if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
+        return nullcontext()
+    from manager.repository import Repository
+
+    return Repository(repo).lock(name)
+
+
+def _load(
+    control: ModelControl,
+    name: str,
+    version: int | None,
+    repo: Path | None,
+    wait_timeout: float,
+    refresh: bool,
+) -> LoadResult:
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     wanted = versions_to_serve(control, repo, name) if version is None else None

@@ -1624,3 +1624,66 @@ def test_deleting_an_endpoint_forgets_its_last_rollout(
     endpoints.delete("ep")
     assert store.load("ep") is None
     assert not (store.root / "ep.log").exists()
+
+
+def test_a_load_of_one_version_during_a_split_does_not_take_down_what_the_split_loaded(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """`load n --version 1` while a split onto n:1 and n:2 has loaded both but not yet
+    written its routes: the load waits for the split (the model's lock), then keeps n:2."""
+    import threading
+
+    from manager import serving
+
+    endpoints, triton, repo = setup
+    publish_model(repo, "n")
+    endpoints.switch("ep", "m", 1)
+    loaded_both, go_on = threading.Event(), threading.Event()
+    original = triton.load_model
+
+    def load_model(name: str, config: str | None = None) -> None:
+        if config is not None:  # an override: Triton serves its versions only
+            versions = json.loads(config)["version_policy"]["specific"]["versions"]
+            triton.loaded[name] = set(versions)
+            return
+        original(name, config)
+        if name == "n" and not loaded_both.is_set():  # the split's load of n:1 and n:2,
+            loading.add(name)  # still under way when the other load arrives
+            loaded_both.set()
+            go_on.wait(10)
+            loading.discard(name)
+
+    loading: set[str] = set()
+    index = triton.repository_index
+
+    def repository_index() -> list[IndexEntry]:
+        return [
+            IndexEntry(e.name, e.version, "LOADING" if e.name in loading else e.state, "")
+            for e in index()
+        ]
+
+    triton.load_model = load_model  # type: ignore[method-assign]
+    triton.repository_index = repository_index  # type: ignore[method-assign]
+    split = threading.Thread(
+        target=endpoints.split, args=("ep", [Target("n", 1, 50), Target("n", 2, 50)])
+    )
+    split.start()
+    assert loaded_both.wait(10)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            serving.load(triton, "n", version=1, repo=repo)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    triton.url = "http://fake:8000"  # type: ignore[attr-defined]
+    loader = threading.Thread(target=load)
+    loader.start()
+    loader.join(0.5)
+    go_on.set()
+    split.join(10)
+    loader.join(10)
+    assert not split.is_alive() and not loader.is_alive() and errors == []
+    assert endpoints.get("ep").mode == "routed"
+    assert triton.loaded["n"] == {1, 2}
