@@ -29,7 +29,7 @@ from manager.errors import (
     TritonUnreachableError,
     UnloadError,
 )
-from manager.server import ServerInfo, running_server
+from manager.server import ServerInfo, read_record, running_server
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,19 @@ def parse_url(
 
 def resolve_url(explicit: str | None = None, repo: Path | None = None) -> str:
     """The Triton URL to use: ``explicit`` (or ``TRITONCTL_URL``), else the embedded
-    server recorded for ``repo`` if its process is alive, else ``http://localhost:8000``."""
+    server recorded for ``repo``, else ``http://localhost:8000``.
+
+    A recorded server whose process is gone (it crashed; ``server status`` or the next
+    ``server start`` clears its record) is still the one named: what answers on the
+    default port may be another repository's server, which the commands of this one (a
+    controller's evictions) must not act on."""
     if explicit:
         return explicit
     from_env = os.environ.get(URL_ENV)
     if from_env:
         return from_env
     if repo is not None:
-        info = running_server(repo)
+        info = running_server(repo) or read_record(repo)
         if info is not None:
             return info.http_url
     return DEFAULT_URL
@@ -168,7 +173,7 @@ def resolve_endpoint(
     url = resolve_url(explicit, repo)
     embedded = None
     if repo is not None:
-        info = running_server(repo)
+        info = running_server(repo) or read_record(repo)  # a dead one's too (see above)
         if info is not None and parse_url(url).url in (
             parse_url(info.http_url).url,
             parse_url(info.grpc_url).url,

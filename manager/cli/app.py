@@ -52,7 +52,8 @@ class AppContext(ServingOptions, Context):
     envvar=settings.URL_ENV,
     default=None,
     help="Triton server: http://HOST:PORT or grpc://HOST:PORT (env TRITONCTL_URL). "
-    "Default: the embedded server of --repo if one runs, else http://localhost:8000.",
+    "Default: the embedded server recorded for --repo (even while it is down), else "
+    "http://localhost:8000.",
 )
 @click.option(
     "--metrics-url",

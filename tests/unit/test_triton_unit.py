@@ -78,11 +78,15 @@ def test_running_embedded_server_of_the_repo_is_used(tmp_path: Path) -> None:
     assert ep.metrics_url == info.metrics_url
 
 
-def test_dead_embedded_server_falls_back_to_localhost(tmp_path: Path) -> None:
+def test_a_dead_embedded_server_is_still_the_one_named_not_localhost(tmp_path: Path) -> None:
+    # what answers on the default port may be another repository's server: a controller
+    # of this repository must not evict there while its own server is down
     me = psutil.Process()
-    _record(tmp_path, me.pid, me.create_time() - 100)
-    assert resolve_url(None, tmp_path) == DEFAULT_URL
+    info = _record(tmp_path, me.pid, me.create_time() - 100)
+    assert resolve_url(None, tmp_path) == info.http_url
     assert resolve_url(None, None) == DEFAULT_URL
+    (tmp_path / ".tritonctl" / "server.json").unlink()  # `server status` clears it
+    assert resolve_url(None, tmp_path) == DEFAULT_URL
 
 
 def test_metrics_url_of_embedded_server_applies_to_its_grpc_url_too(tmp_path: Path) -> None:
