@@ -84,7 +84,12 @@ from manager.rollout import ACTIVE as ROLLOUT_ACTIVE
 from manager.rollout import Counters, RolloutStore, stats_reader, wait_quiet
 from manager.serving import entries_of, precompile_unloaded
 from manager.triton import IndexEntry, ModelStats
-from manager.versionpolicy import has_owner_policy, keep_owner_policy, with_owner_policy
+from manager.versionpolicy import (
+    has_owner_policy,
+    keep_owner_policy,
+    kept_models,
+    with_owner_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1616,14 +1621,17 @@ class Endpoints:
     def _release_policies(self, before: EndpointState | None) -> None:
         """The models ``before``'s targets were on that no endpoint routes to any more get
         their owner's version policy back in config.pbtxt (Triton keeps serving what it
-        serves until the model is loaded again)."""
-        if before is None:
-            return
-        routed = {model for model, _ in self.all_target_versions()}
-        for model in sorted({t.model for t in before.targets} - routed):
-            if not has_owner_policy(self.repo.path, model):
+        serves until the model is loaded again); so do those an endpoint change that died
+        half-way left with a policy of its own. Each is decided under the model's lock,
+        which a change in progress holds until its routes are written."""
+        candidates = {t.model for t in before.targets} if before is not None else set()
+        candidates |= kept_models(self.repo.path)
+        for model in sorted(candidates):
+            if not has_owner_policy(self.repo.path, model) or not self.repo.has_model(model):
                 continue
             with self.repo.lock(model):
+                if any(m == model for m, _ in self.all_target_versions()):
+                    continue
                 path = self.repo.config_path(model)
                 config = read_config(path)
                 restored = with_owner_policy(self.repo.path, model, config)

@@ -45,6 +45,11 @@ def owner_policy(repo: Path, model: str, config: mc.ModelConfig) -> mc.ModelVers
     return policy
 
 
+def kept_models(repo: Path) -> set[str]:
+    """The models whose owner's policy is kept aside (endpoints manage theirs)."""
+    return set(read_json_entries(_path(repo), _KEY, "version policies"))
+
+
 def has_owner_policy(repo: Path, model: str) -> bool:
     """Whether ``model``'s owner policy is kept aside (endpoints manage config.pbtxt's)."""
     return model in read_json_entries(_path(repo), _KEY, "version policies")
