@@ -672,6 +672,21 @@ def unload(
     validate_model_name(name)
     if version is not None:
         return unload_version(control, name, version, repo=repo, wait_timeout=wait_timeout)
+    # under the model's lock: an endpoint change onto it (which holds the lock until its
+    # routes are written) is either seen, and refused, or done before, not loading the
+    # model again while this waits for it to go
+    with _model_lock(repo, name):
+        return _unload(control, name, unload_dependents, wait_timeout, repo, force)
+
+
+def _unload(
+    control: ModelControl,
+    name: str,
+    unload_dependents: bool,
+    wait_timeout: float,
+    repo: Path | None,
+    force: bool,
+) -> UnloadResult:
     started = time.monotonic()
     entries = _require_known(control.repository_index(), name, control.url)
     if _unload_done(entries):

@@ -42,6 +42,7 @@ from manager.errors import (
     LoadError,
     ModelNotFoundError,
     RolloutError,
+    UnloadError,
 )
 from manager.modelconfig import (
     ModelConfig,
@@ -1708,3 +1709,49 @@ def test_a_load_of_one_version_during_a_split_does_not_take_down_what_the_split_
     assert not split.is_alive() and not loader.is_alive() and errors == []
     assert endpoints.get("ep").mode == "routed"
     assert triton.loaded["n"] == {1, 2}
+
+
+def test_an_unload_during_a_switch_onto_the_model_is_refused_not_raced(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """`unload n` while a switch onto n has loaded it but not yet written its routes: the
+    unload waits for the switch (the model's lock) and is then refused, naming the
+    endpoint, instead of unloading what the switch is about to route to."""
+    import threading
+
+    from manager import serving
+
+    endpoints, triton, repo = setup
+    publish_model(repo, "n")
+    endpoints.switch("ep", "m", 1)
+    loaded, go_on = threading.Event(), threading.Event()
+    original = triton.load_model
+
+    def load_model(name: str, config: str | None = None) -> None:
+        original(name, config)
+        if name == "n" and not loaded.is_set():
+            loaded.set()
+            go_on.wait(10)
+
+    triton.load_model = load_model  # type: ignore[method-assign]
+    triton.url = "http://fake:8000"  # type: ignore[attr-defined]
+    switch = threading.Thread(target=endpoints.switch, args=("ep", "n", 1))
+    switch.start()
+    assert loaded.wait(10)
+    outcome: list[object] = []
+
+    def unload() -> None:
+        try:
+            outcome.append(serving.unload(triton, "n", repo=repo))
+        except UnloadError as exc:
+            outcome.append(exc)
+
+    unloader = threading.Thread(target=unload)
+    unloader.start()
+    unloader.join(0.5)
+    go_on.set()
+    switch.join(10)
+    unloader.join(10)
+    assert endpoints.get("ep").targets[0].model == "n" and triton.loaded.get("n") == {1}
+    (result,) = outcome
+    assert isinstance(result, UnloadError) and "ep" in str(result), result
