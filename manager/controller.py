@@ -1211,7 +1211,8 @@ class Controller:
         """Unload ``name`` by hand (audited). A protected model is refused unless ``force``.
         Returns what was evicted (empty if it was not loaded)."""
         validate_model_name(name)
-        with self.locked():
+        # the model's lock too: an endpoint change onto it is seen (and refused) or done
+        with self.locked(), serving.model_lock(self.repo, name):
             view = self._view()
             self._observe(view)
             if not any(e.name == name for e in view.index):

@@ -521,11 +521,11 @@ def load(
     """
     validate_model_name(name)
     check_version(repo, name, version)
-    with _model_lock(repo, name):
+    with model_lock(repo, name):
         return _load(control, name, version, repo, wait_timeout, refresh)
 
 
-def _model_lock(repo: Path | None, name: str) -> AbstractContextManager[object]:
+def model_lock(repo: Path | None, name: str) -> AbstractContextManager[object]:
     """The model's repository lock where ``repo`` holds the model, else nothing."""
     if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
         return nullcontext()
@@ -675,7 +675,7 @@ def unload(
     # under the model's lock: an endpoint change onto it (which holds the lock until its
     # routes are written) is either seen, and refused, or done before, not loading the
     # model again while this waits for it to go
-    with _model_lock(repo, name):
+    with model_lock(repo, name):
         return _unload(control, name, unload_dependents, wait_timeout, repo, force)
 
 
