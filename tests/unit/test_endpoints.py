@@ -1648,35 +1648,29 @@ def test_deleting_an_endpoint_forgets_its_last_rollout(
     assert not (store.root / "ep.log").exists()
 
 
-def test_a_load_of_one_version_during_a_split_does_not_take_down_what_the_split_loaded(
-    setup: tuple[Endpoints, FakeTriton, Path],
-) -> None:
-    """`load n --version 1` while a split onto n:1 and n:2 has loaded both but not yet
-    written its routes: the load waits for the split (the model's lock), then keeps n:2."""
+def _race(
+    triton: FakeTriton, change: Callable[[], object], other: Callable[[], object]
+) -> list[object]:
+    """Run endpoint ``change`` in a thread until its first load of model n is done (n
+    still LOADING in the index, its routes not written), then ``other`` in a second thread
+    given half a second; then let the change finish. Returns what ``other`` returned or
+    raised."""
     import threading
 
-    from manager import serving
-
-    endpoints, triton, repo = setup
-    publish_model(repo, "n")
-    endpoints.switch("ep", "m", 1)
-    loaded_both, go_on = threading.Event(), threading.Event()
-    original = triton.load_model
+    held, go_on = threading.Event(), threading.Event()
+    loading: set[str] = set()
+    original, index = triton.load_model, triton.repository_index
 
     def load_model(name: str, config: str | None = None) -> None:
         if config is not None:  # an override: Triton serves its versions only
-            versions = json.loads(config)["version_policy"]["specific"]["versions"]
-            triton.loaded[name] = set(versions)
+            triton.loaded[name] = set(json.loads(config)["version_policy"]["specific"]["versions"])
             return
         original(name, config)
-        if name == "n" and not loaded_both.is_set():  # the split's load of n:1 and n:2,
-            loading.add(name)  # still under way when the other load arrives
-            loaded_both.set()
+        if name == "n" and not held.is_set():
+            loading.add(name)
+            held.set()
             go_on.wait(10)
             loading.discard(name)
-
-    loading: set[str] = set()
-    index = triton.repository_index
 
     def repository_index() -> list[IndexEntry]:
         return [
@@ -1686,27 +1680,44 @@ def test_a_load_of_one_version_during_a_split_does_not_take_down_what_the_split_
 
     triton.load_model = load_model  # type: ignore[method-assign]
     triton.repository_index = repository_index  # type: ignore[method-assign]
-    split = threading.Thread(
-        target=endpoints.split, args=("ep", [Target("n", 1, 50), Target("n", 2, 50)])
-    )
-    split.start()
-    assert loaded_both.wait(10)
-    errors: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            serving.load(triton, "n", version=1, repo=repo)
-        except BaseException as exc:  # reported below, not lost in the thread
-            errors.append(exc)
-
     triton.url = "http://fake:8000"  # type: ignore[attr-defined]
-    loader = threading.Thread(target=load)
-    loader.start()
-    loader.join(0.5)
+    outcome: list[object] = []
+
+    def run_other() -> None:
+        try:
+            outcome.append(other())
+        except Exception as exc:  # kept for the test, not lost in the thread
+            outcome.append(exc)
+
+    first = threading.Thread(target=change)
+    first.start()
+    assert held.wait(10)
+    second = threading.Thread(target=run_other)
+    second.start()
+    second.join(0.5)
     go_on.set()
-    split.join(10)
-    loader.join(10)
-    assert not split.is_alive() and not loader.is_alive() and errors == []
+    first.join(10)
+    second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    return outcome
+
+
+def test_a_load_of_one_version_during_a_split_does_not_take_down_what_the_split_loaded(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """`load n --version 1` while a split onto n:1 and n:2 has loaded both but not yet
+    written its routes: the load waits for the split (the model's lock), then keeps n:2."""
+    from manager import serving
+
+    endpoints, triton, repo = setup
+    publish_model(repo, "n")
+    endpoints.switch("ep", "m", 1)
+    (loaded,) = _race(
+        triton,
+        lambda: endpoints.split("ep", [Target("n", 1, 50), Target("n", 2, 50)]),
+        lambda: serving.load(triton, "n", version=1, repo=repo),
+    )
+    assert not isinstance(loaded, Exception), loaded
     assert endpoints.get("ep").mode == "routed"
     assert triton.loaded["n"] == {1, 2}
 
@@ -1717,41 +1728,15 @@ def test_an_unload_during_a_switch_onto_the_model_is_refused_not_raced(
     """`unload n` while a switch onto n has loaded it but not yet written its routes: the
     unload waits for the switch (the model's lock) and is then refused, naming the
     endpoint, instead of unloading what the switch is about to route to."""
-    import threading
-
     from manager import serving
 
     endpoints, triton, repo = setup
     publish_model(repo, "n")
     endpoints.switch("ep", "m", 1)
-    loaded, go_on = threading.Event(), threading.Event()
-    original = triton.load_model
-
-    def load_model(name: str, config: str | None = None) -> None:
-        original(name, config)
-        if name == "n" and not loaded.is_set():
-            loaded.set()
-            go_on.wait(10)
-
-    triton.load_model = load_model  # type: ignore[method-assign]
-    triton.url = "http://fake:8000"  # type: ignore[attr-defined]
-    switch = threading.Thread(target=endpoints.switch, args=("ep", "n", 1))
-    switch.start()
-    assert loaded.wait(10)
-    outcome: list[object] = []
-
-    def unload() -> None:
-        try:
-            outcome.append(serving.unload(triton, "n", repo=repo))
-        except UnloadError as exc:
-            outcome.append(exc)
-
-    unloader = threading.Thread(target=unload)
-    unloader.start()
-    unloader.join(0.5)
-    go_on.set()
-    switch.join(10)
-    unloader.join(10)
+    (result,) = _race(
+        triton,
+        lambda: endpoints.switch("ep", "n", 1),
+        lambda: serving.unload(triton, "n", repo=repo),
+    )
     assert endpoints.get("ep").targets[0].model == "n" and triton.loaded.get("n") == {1}
-    (result,) = outcome
     assert isinstance(result, UnloadError) and "ep" in str(result), result
