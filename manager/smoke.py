@@ -124,7 +124,7 @@ def _run(
         (local_repo / temp_name).mkdir()
         for entry in staged_model.iterdir():
             if entry.name != CONFIG_FILE:  # the config goes with the load request
-                (local_repo / temp_name / entry.name).symlink_to(entry)
+                (local_repo / temp_name / entry.name).symlink_to(entry.absolute())
     else:
         files = model_files(staged_model)
     client = _client(url)

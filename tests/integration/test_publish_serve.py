@@ -598,3 +598,17 @@ def test_onnx_scalars_are_served_as_dims_1(
     np.testing.assert_allclose(y, x * s, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r, (x * s).sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-5)
     serving.unload(control, name)
+
+
+def test_a_smoke_test_of_a_repository_given_by_a_relative_path(
+    net: TinyNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--repo model_repository`, as the README's demo runs it: the throwaway server
+    finds the staged version (it links it into its own repository)."""
+    artifact = net.onnx(tmp_path / "tiny.onnx")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["--repo", "relative_repo", "publish", "tiny", str(artifact), "--smoke-test"]
+    )
+    assert result.exit_code == 0, result.output
+    assert Repository(tmp_path / "relative_repo").versions("tiny") == [1]
