@@ -29,7 +29,7 @@ from manager.errors import (
     TritonUnreachableError,
     UnloadError,
 )
-from manager.server import ServerInfo, read_record, running_server
+from manager.server import ServerInfo, read_record
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def resolve_url(explicit: str | None = None, repo: Path | None = None) -> str:
     if from_env:
         return from_env
     if repo is not None:
-        info = running_server(repo) or read_record(repo)
+        info = read_record(repo)  # alive or not (see above)
         if info is not None:
             return info.http_url
     return DEFAULT_URL
@@ -173,7 +173,7 @@ def resolve_endpoint(
     url = resolve_url(explicit, repo)
     embedded = None
     if repo is not None:
-        info = running_server(repo) or read_record(repo)  # a dead one's too (see above)
+        info = read_record(repo)  # alive or not, as resolve_url names it
         if info is not None and parse_url(url).url in (
             parse_url(info.http_url).url,
             parse_url(info.grpc_url).url,
