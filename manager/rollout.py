@@ -502,11 +502,9 @@ class RolloutDriver:
         self._claim(state)
         try:
             if state.ending:  # a driver died ending the rollout: finish that, not undo it
-                request = self._requested(state)
-                if request == "abort":
-                    return self.rollback(state, "aborted by request")
-                if request == "promote":
-                    return self.promote(state, "promoted by request")
+                asked = self._honour_request(state)
+                if asked is not None:
+                    return asked
                 reason = state.reason.split(NOT_ROLLED_BACK)[0]
                 if state.ending == "promote":
                     return self.promote(state, reason or "promoted")
@@ -520,11 +518,9 @@ class RolloutDriver:
                 if verdict:
                     return self.rollback(state, verdict)
             while state.status == "running":
-                request = self._requested(state)
-                if request == "abort":
-                    return self.rollback(state, "aborted by request")
-                if request == "promote":
-                    return self.promote(state, "promoted by request")
+                asked = self._honour_request(state)
+                if asked is not None:
+                    return asked
                 nxt = state.stage_index + 1
                 if nxt >= len(state.policy.stages) or state.policy.stages[nxt] == 100:
                     return self.promote(state, "all stages healthy")
@@ -547,6 +543,15 @@ class RolloutDriver:
 
     def _requested(self, state: RolloutState) -> str:
         return self.store.requested(state.endpoint)
+
+    def _honour_request(self, state: RolloutState) -> RolloutState | None:
+        """Roll back or promote as another process asked; None when none asked."""
+        request = self._requested(state)
+        if request == "abort":
+            return self.rollback(state, "aborted by request")
+        if request == "promote":
+            return self.promote(state, "promoted by request")
+        return None
 
     def _targets(self, state: RolloutState, weight: int) -> list[Any]:
         from manager.endpoints import Target
