@@ -101,7 +101,7 @@ class ManagerGroup(click.Group):
 def _os_error(exc: OSError) -> str:
     """``[Errno 30] Read-only file system: 'x'`` as ``x: read-only file system``."""
     reason = exc.strerror or str(exc)
-    where = exc.filename if exc.filename is not None else None
+    where = exc.filename
     return f"{where}: {reason[:1].lower()}{reason[1:]}" if where else str(exc)
 
 
