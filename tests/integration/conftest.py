@@ -54,6 +54,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonHandle]:
         metrics_interval_ms=200,
         exit_timeout_s=5,
         wait_timeout=120,
+        tied=True,  # a run ended by a timeout (os._exit) takes its server with it
     )
     try:
         yield TritonHandle(repo=repo, server=server, info=info)

@@ -36,7 +36,7 @@ def test_server_start_restore_serves_endpoints_again(tmp_path: Path) -> None:
     publish(repo, "addone", write_python_model(tmp_path / "addone"))
     ports = [str(p) for p in free_ports(3)]
     server = EmbeddedServer(repo.path)
-    info = server.start(*map(int, ports))
+    info = server.start(*map(int, ports), tied=True)
     try:
         with TritonControl.for_server(info) as control:
             Endpoints(repo, control).switch("plus", "addone", 1)
@@ -77,7 +77,7 @@ def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: P
     publish(repo, "fragile", write_python_model(tmp_path / "fragile"))
     server = EmbeddedServer(repo.path)
     ports = free_ports(3)
-    info = server.start(*ports)
+    info = server.start(*ports, tied=True)
     try:
         with TritonControl.for_server(info) as control:
             Endpoints(repo, control).switch("plus", "addone", 1)

@@ -701,7 +701,7 @@ def test_a_rollout_outlives_a_server_crash_and_restart(tmp_path: Path) -> None:
     publish(repo, "scorer", good)
     server = EmbeddedServer(repo.path)
     ports = free_ports(3)
-    info = server.start(*ports, exit_timeout_s=5, wait_timeout=120)
+    info = server.start(*ports, exit_timeout_s=5, wait_timeout=120, tied=True)
     client = Client(info.grpc_url, "score")
     try:
         with TritonControl(info.grpc_url) as control:
@@ -724,7 +724,7 @@ def test_a_rollout_outlives_a_server_crash_and_restart(tmp_path: Path) -> None:
             os.kill(dead, signal.SIGKILL)
             psutil.Process(dead).wait(30)
             # starting again stops what the dead server left (a stub can outlive it)
-            info = server.start(*ports, exit_timeout_s=5, wait_timeout=120)
+            info = server.start(*ports, exit_timeout_s=5, wait_timeout=120, tied=True)
             assert leftover_stubs(repo.path, dead) == []
             with TritonControl(info.grpc_url) as fresh:
                 Endpoints(repo, fresh).restore_all()  # what `server start --restore` does

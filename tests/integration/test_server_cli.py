@@ -117,7 +117,7 @@ def test_a_stale_record_does_not_block_a_new_start(repo: Path) -> None:
         )
     )  # fmt: skip
     server = EmbeddedServer(repo)
-    info = server.start(*free_ports(3))
+    info = server.start(*free_ports(3), tied=True)
     assert info.pid != dead.pid
     assert server.status() == info
     assert server.stop() == info
