@@ -667,6 +667,34 @@ def startup_models(repo: Repository) -> list[str]:
     return sorted(names)
 
 
+def read_endpoint(repo: Repository, name: str) -> EndpointState | None:
+    """Endpoint ``name``'s recorded routes; None where it has none."""
+    path = repo.meta_dir / ROUTES_DIR / f"{validate_model_name(name, what='endpoint name')}.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EndpointError(f"cannot read endpoint routes {path}: {exc}") from exc
+    try:
+        return EndpointState.from_dict(json.loads(text))
+    except (ValueError, EndpointError) as exc:
+        raise EndpointError(f"endpoint routes {path} are malformed: {exc}") from exc
+
+
+def endpoint_states(repo: Repository) -> list[EndpointState]:
+    """Every endpoint of ``repo`` with its routes, by name; no server needed."""
+    folder = repo.meta_dir / ROUTES_DIR
+    if not folder.is_dir():
+        return []
+    states = []
+    for path in sorted(folder.glob("*.json")):
+        state = read_endpoint(repo, path.stem)
+        if state is not None:
+            states.append(state)
+    return states
+
+
 def is_endpoint_folder(repo: Repository, name: str) -> bool:
     """True if ``<repo>/name`` is an endpoint's ensemble or router made by this module."""
     if name.startswith("."):
@@ -721,17 +749,7 @@ class Endpoints:
         return self.routes_path(name).with_suffix(NATIVE_ROUTES_SUFFIX)
 
     def _read(self, name: str) -> EndpointState | None:
-        path = self.routes_path(name)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise EndpointError(f"cannot read endpoint routes {path}: {exc}") from exc
-        try:
-            return EndpointState.from_dict(json.loads(text))
-        except (ValueError, EndpointError) as exc:
-            raise EndpointError(f"endpoint routes {path} are malformed: {exc}") from exc
+        return read_endpoint(self.repo, name)
 
     def _write(self, state: EndpointState) -> None:
         self.routes_dir.mkdir(parents=True, exist_ok=True)
@@ -786,14 +804,7 @@ class Endpoints:
         return state
 
     def list(self) -> list[EndpointState]:
-        if not self.routes_dir.is_dir():
-            return []
-        states = []
-        for path in sorted(self.routes_dir.glob("*.json")):
-            state = self._read(path.stem)
-            if state is not None:
-                states.append(state)
-        return states
+        return endpoint_states(self.repo)
 
     def target_versions(self, name: str) -> set[tuple[str, int]]:
         """The (model, version) pairs endpoint ``name`` sends traffic to (or may, at 0 %)."""
@@ -1581,7 +1592,8 @@ class Endpoints:
     def restore_all(self) -> Sequence[EndpointState]:
         """:meth:`ensure` every endpoint of the repository (a server started in explicit
         mode serves nothing until told). Each is tried; if any fails, EndpointError names
-        each failure and the endpoints that serve again."""
+        each failure and the endpoints that serve again. Models no endpoint routes to get
+        their own version policy back (where an endpoint change stopped half-way)."""
         restored: builtins.list[EndpointState] = []
         failed: builtins.list[str] = []
         for state in self.list():
@@ -1590,6 +1602,7 @@ class Endpoints:
             except ManagerError as exc:
                 log.error("endpoint %s not restored: %s", state.name, exc)
                 failed.append(f"{state.name}: {exc}")
+        self._release_policies(None)  # what a change that stopped half-way left
         if failed:
             serving = ", ".join(s.name for s in restored) or "none"
             raise EndpointError(

@@ -14,6 +14,7 @@ from manager.modelconfig import read_config
 from manager.names import MAX_VERSION, validate_model_name
 from manager.repository import CONFIG_FILE, PROVENANCE_FILE, Repository, is_version_name
 from manager.units import format_size
+from manager.versionpolicy import kept_models
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,50 @@ def validate_repository(
     for model in names:
         problems.extend(_validate_model(repo, model, check_hashes=check_hashes))
     problems.extend(_staging_problems(repo, name))
+    problems.extend(_endpoint_problems(repo, name))
+    return problems
+
+
+def _endpoint_problems(repo: Repository, name: str | None) -> list[Problem]:
+    """Endpoints routing to a version the repository does not hold (the endpoint could not
+    be served again after a restart), and version policies an endpoint change left in a
+    model's config.pbtxt with no endpoint routing to the model (one stopped half-way)."""
+    from manager.endpoints import endpoint_states
+
+    try:
+        states = endpoint_states(repo)
+    except ManagerError as exc:
+        return [Problem(name or "endpoints", str(exc))]
+    problems = []
+    for state in states:
+        for t in state.targets:
+            held = repo.has_model(t.model) and t.version in repo.versions(t.model)
+            if name not in (None, state.name, t.model) or held:
+                continue
+            problems.append(
+                Problem(
+                    state.name,
+                    f"endpoint routes to {t.label()}, which {repo.path} does not hold: "
+                    f"it cannot be served again (point it elsewhere: tritonctl endpoint "
+                    f"switch|split {state.name} ...)",
+                )
+            )
+    routed = {t.model for state in states for t in state.targets}
+    for model in sorted(kept_models(repo.path) - routed):
+        if name not in (None, model) or not repo.has_model(model):
+            continue
+        with repo.try_lock(model) as free:
+            if not free:
+                continue  # an endpoint change serving it holds the lock until it is done
+        problems.append(
+            Problem(
+                model,
+                "config.pbtxt keeps the versions an endpoint change set, and no endpoint "
+                "routes to the model (a change stopped half-way): `tritonctl endpoint "
+                "restore` puts the model's own version policy back",
+                "warning",
+            )
+        )
     return problems
 
 

@@ -1635,6 +1635,59 @@ def test_a_policy_left_by_a_change_that_died_half_way_is_put_back_by_the_next_ch
     assert policy_versions(read_config(repo / "m" / "config.pbtxt")) is not None  # routed
 
 
+def test_validate_reports_a_policy_left_half_way_and_restore_puts_it_back(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    from manager.endpoints import with_versions
+    from manager.validate import validate_repository
+    from manager.versionpolicy import keep_owner_policy
+
+    endpoints, _, repo = setup
+    publish_model(repo, "n")
+    endpoints.switch("ep", "m", 1)
+    path = repo / "n" / "config.pbtxt"
+    config = read_config(path)
+    keep_owner_policy(repo, "n", config)
+    write_config(path, with_versions(config, [2]))  # what a switch onto n killed early left
+
+    def warnings() -> list[tuple[str, str]]:
+        return [
+            (p.model, p.message)
+            for p in validate_repository(Repository(repo), check_hashes=False)
+            if p.severity == "warning" and "provenance" not in p.message  # fakes have none
+        ]
+
+    [(model, message)] = warnings()
+    assert model == "n" and "no endpoint routes to the model" in message
+    assert "endpoint restore" in message
+    with Repository(repo).lock("n"):  # a change in progress: not reported meanwhile
+        assert warnings() == []
+    endpoints.restore_all()
+    assert policy_versions(read_config(path)) is None and warnings() == []
+    assert policy_versions(read_config(repo / "m" / "config.pbtxt")) == {1}  # still routed
+
+
+def test_validate_reports_an_endpoint_routing_to_a_removed_version(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    import shutil
+
+    from manager.validate import Problem, validate_repository
+
+    endpoints, _, repo = setup
+
+    def errors(name: str | None = None) -> list[Problem]:
+        found = validate_repository(Repository(repo), name, check_hashes=False)
+        return [p for p in found if p.severity == "error"]
+
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert errors() == []
+    shutil.rmtree(repo / "m" / "2")  # by hand: prune refuses a version in use
+    [problem] = errors("m")
+    assert problem.model == "ep" and "routes to m:2, which" in problem.message
+    assert errors("ep") == [problem]
+
+
 def test_deleting_an_endpoint_forgets_its_last_rollout(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
