@@ -7,7 +7,8 @@
 
 plus, where they apply, ``used_bytes``, ``limit_bytes`` and ``policy``. Actions: ``load``,
 ``evict``, ``refuse``, ``unload``, ``pin``, ``unpin``, ``alert`` (over the budget with
-nothing left to evict).
+nothing left to evict). A log grown past :data:`MAX_BYTES` becomes ``audit.log.1`` (the one
+before it is dropped), so it stays within twice that size.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from manager.settings import META_DIR
 
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
+ROTATED_SUFFIX = ".1"
+MAX_BYTES = 8 * 2**20  # about 50,000 decisions
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,13 @@ class AuditRecord:
 
 
 class AuditLog:
-    """Appends JSON lines to ``<repo>/.tritonctl/audit.log`` (one ``write`` per line)."""
+    """Appends JSON lines to ``<repo>/.tritonctl/audit.log`` (one ``write`` per line), the
+    processes of one repository (CLI, controller, REST control plane) side by side."""
 
-    def __init__(self, repo: Path) -> None:
+    def __init__(self, repo: Path, max_bytes: int = MAX_BYTES) -> None:
         self.path = Path(repo) / META_DIR / AUDIT_FILE
+        self.rotated = self.path.with_name(AUDIT_FILE + ROTATED_SUFFIX)
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
 
     def write(self, record: AuditRecord) -> dict[str, Any]:
@@ -67,8 +75,11 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
+                size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
+            if size > self.max_bytes:
+                self._rotate()
         log.info(
             "%s %s%s: %s",
             record.action,
@@ -78,18 +89,32 @@ class AuditLog:
         )
         return data
 
-    def read(self) -> list[dict[str, Any]]:
-        """Every record, oldest first (unparsable lines are skipped)."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in text.splitlines():
+    def _rotate(self) -> None:
+        """Move the full log aside. Under a lock, and only while it is still over the size:
+        another process may have moved it already. A writer that opened the old file just
+        before appends its line there, in ``audit.log.1``: nothing is lost."""
+        with FileLock(str(self.path.with_name(AUDIT_FILE + ".lock")), timeout=30):
             try:
-                data = json.loads(line)
-            except ValueError:
+                if self.path.stat().st_size <= self.max_bytes:
+                    return
+                os.replace(self.path, self.rotated)
+            except FileNotFoundError:
+                return
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every record kept (the rotated file's, then the current one's), oldest first;
+        unparsable lines are skipped."""
+        out = []
+        for path in (self.rotated, self.path):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
                 continue
-            if isinstance(data, dict):
-                out.append(data)
+            for line in text.splitlines():
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(data, dict):
+                    out.append(data)
         return out
