@@ -29,6 +29,7 @@ from manager.settings import META_DIR
 log = logging.getLogger(__name__)
 
 AUDIT_FILE = "audit.log"
+ACTIONS = ("load", "evict", "refuse", "unload", "pin", "unpin", "alert")
 ROTATED_SUFFIX = ".1"
 MAX_BYTES = 8 * 2**20  # about 50,000 decisions
 
@@ -118,3 +119,16 @@ class AuditLog:
                 if isinstance(data, dict):
                     out.append(data)
         return out
+
+    def query(
+        self, model: str | None = None, action: str | None = None, last: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The records of ``model`` (of every model without it) and ``action``, oldest
+        first, the ``last`` newest of them only if given."""
+        out = [
+            r
+            for r in self.read()
+            if (model is None or r.get("model") == model)
+            and (action is None or r.get("action") == action)
+        ]
+        return out[-last:] if last is not None else out

@@ -1,5 +1,6 @@
-"""``/v1/models`` and ``/v1/memory``: what ``tritonctl ls``, ``versions``, ``publish``,
-``load``, ``unload``, ``evict``, ``pin`` and ``unpin`` do, over HTTP."""
+"""``/v1/models``, ``/v1/memory`` and ``/v1/audit``: what ``tritonctl ls``, ``versions``,
+``publish``, ``load``, ``unload``, ``evict``, ``pin``, ``unpin`` and ``audit`` do, over
+HTTP."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from fastapi import APIRouter, Query
 from manager import serving
 from manager.api import schemas
 from manager.api.deps import NoFields, Plane, host_path
+from manager.audit import ACTIONS, AuditLog
 from manager.budget import CONFIG_FILENAME
 from manager.controller import Controller, budget_configured, load_model, set_pin
-from manager.errors import ModelNotFoundError
+from manager.errors import ConfigError, ModelNotFoundError
 from manager.listing import live_memory, model_rows, version_rows
 from manager.modelconfig import TensorSpec
 from manager.names import validate_model_name
@@ -183,3 +185,19 @@ def memory(
     return schemas.MemoryPlan.model_validate(
         {"configured": budget_configured(config), **plan.to_json()}
     )
+
+
+@router.get("/audit", response_model=schemas.AuditList, tags=["memory"])
+def audit(
+    plane: Plane,
+    model: Annotated[str | None, Query(description="Only this model's records.")] = None,
+    action: Annotated[
+        str | None, Query(description=f"Only this kind: {', '.join(ACTIONS)}.")
+    ] = None,
+    last: Annotated[int | None, Query(ge=1, description="The newest N records only.")] = None,
+) -> schemas.AuditList:
+    """What tritonctl decided about memory, and why, oldest first (``tritonctl audit``)."""
+    if action is not None and action not in ACTIONS:
+        raise ConfigError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    records = AuditLog(plane.repo).query(model, action, last)
+    return schemas.AuditList.model_validate({"records": records})

@@ -199,6 +199,21 @@ class PinAnswer(Answer):
     )
 
 
+class AuditRecord(Answer):
+    model_config = ConfigDict(extra="allow")  # used_bytes, limit_bytes, policy, ... as written
+
+    time: str
+    action: str = Field(description="load, evict, refuse, unload, pin, unpin or alert.")
+    model: str
+    version: int | None = None
+    reason: str = ""
+    bytes: int | None = None
+
+
+class AuditList(Answer):
+    records: list[AuditRecord] = Field(description="Oldest first.")
+
+
 class Usage(Answer):
     used_bytes: int
     total_bytes: int

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from manager.audit import ACTIONS, AuditLog
 from manager.budget import CONFIG_FILENAME, ServingConfig, find_config_file
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import console, err_console, print_json
@@ -190,6 +191,53 @@ def _pin(obj: AppContext, name: str, pinned: bool, as_json: bool) -> None:
         say(f"unpinned {name}" if changed else f"{name} was not pinned")
     if held:
         raise click.exceptions.Exit(1)
+
+
+@main.command("audit")
+@click.argument("name", required=False)
+@click.option("--action", type=click.Choice(ACTIONS), help="Only this kind of decision.")
+@click.option(
+    "--last",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="The newest N records.",
+)
+@click.option("--all", "everything", is_flag=True, help="Every record kept (overrides --last).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@pass_app
+def audit_cmd(
+    obj: AppContext,
+    name: str | None,
+    action: str | None,
+    last: int,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """What tritonctl decided about memory, and why: loads, evictions, refusals, unloads,
+    pins and alerts (of model NAME only, if given), oldest first, from the repository's
+    audit log."""
+    records = AuditLog(obj.repo).query(name, action, None if everything else last)
+    if as_json:
+        print_json(records)
+        return
+    if not records:
+        say("no audit records" + (f" for {name}" if name else ""))
+        return
+    table = Table()
+    for column in ("time (UTC)", "action", "model", "memory", "reason"):
+        table.add_column(column, no_wrap=column != "reason")
+    for r in records:
+        version = r.get("version")
+        size = r.get("bytes")
+        table.add_row(
+            str(r.get("time", ""))[:23].replace("T", " "),
+            str(r.get("action", "")),
+            f"{r.get('model', '')}" + (f":{version}" if version is not None else ""),
+            format_size(size) if isinstance(size, int) else "-",
+            str(r.get("reason", "")),
+        )
+    _print_table(table)
 
 
 @main.command("pin")

@@ -395,6 +395,14 @@ def test_load_with_a_budget_evicts_through_the_controller(repo: Path, fake: Fake
     assert set(fake.loaded) == {"m"}
     actions = [(r["action"], r["model"]) for r in AuditLog(repo).read()]
     assert ("evict", "other") in actions and ("load", "m") in actions
+    with make_client(repo, fake) as c:
+        [evicted] = c.get("/v1/audit", params={"action": "evict"}).json()["records"]
+        assert (evicted["model"], evicted["version"]) == ("other", 1)
+        assert evicted["reason"] and evicted["policy"] == "lru"  # fields of the record kept
+        [last] = c.get("/v1/audit", params={"model": "m", "last": 1}).json()["records"]
+        assert (last["action"], last["model"]) == ("load", "m")
+        assert "unknown action" in error_of(c.get("/v1/audit?action=drop"), 400)
+        error_of(c.get("/v1/audit?last=0"), 400)
 
 
 def test_a_load_the_budget_cannot_fit_is_409_and_loads_nothing(

@@ -50,3 +50,31 @@ def test_writers_of_several_processes_rotate_once_and_tear_no_line(tmp_path: Pat
         mine = [r["version"] for r in kept if r["model"] == f"model_{n}"]
         assert mine == sorted(mine)
     assert kept[-1]["version"] == 149
+
+
+def test_the_audit_command_shows_the_newest_records_of_a_model(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    audit = AuditLog(tmp_path)
+    for i in range(30):
+        audit.write(record(i, writer="a" if i % 2 else "b"))
+    audit.write(AuditRecord("pin", "model_a", None, "pinned by hand"))
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, ["--repo", str(tmp_path), "audit", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    shown = run("model_a", "--last", "3")
+    assert "pinned by hand" in shown and "lru: decision 29" in shown
+    assert "lru: decision 27" in shown and "decision 25" not in shown
+    assert "model_b" not in shown and "1.0 GiB" in shown
+    records = json.loads(run("--action", "evict", "--all", "--json"))
+    assert [r["version"] for r in records] == list(range(30))
+    assert json.loads(run("model_c", "--json")) == []
+    assert "no audit records for model_c" in run("model_c")
+    refused = runner.invoke(main, ["--repo", str(tmp_path), "audit", "--action", "drop"])
+    assert refused.exit_code == 2 and "drop" in refused.output
