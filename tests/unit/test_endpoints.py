@@ -1614,22 +1614,31 @@ def test_a_model_no_endpoint_routes_to_any_more_gets_its_owners_policy_back(
     assert not has_owner_policy(repo, "n")
 
 
-def test_a_policy_left_by_a_change_that_died_half_way_is_put_back_by_the_next_change(
-    setup: tuple[Endpoints, FakeTriton, Path],
-) -> None:
-    """A switch onto n killed after it served n:2 (n's policy written, n's owner policy
-    kept aside) but before its routes were written: no endpoint routes to n, and the next
-    endpoint change gives n its own policy back."""
+def _policy_left_half_way(endpoints: Endpoints, repo: Path) -> Path:
+    """What a switch onto model n leaves when killed after it served n:2 (n's policy
+    written, n's owner policy kept aside) but before its routes were written, while
+    endpoint ep routes to m:1. Returns n's config path."""
     from manager.endpoints import with_versions
-    from manager.versionpolicy import has_owner_policy, keep_owner_policy
+    from manager.versionpolicy import keep_owner_policy
 
-    endpoints, _, repo = setup
     publish_model(repo, "n")
     endpoints.switch("ep", "m", 1)
     path = repo / "n" / "config.pbtxt"
     config = read_config(path)
     keep_owner_policy(repo, "n", config)
-    write_config(path, with_versions(config, [2]))  # what the dead switch left
+    write_config(path, with_versions(config, [2]))
+    return path
+
+
+def test_a_policy_left_by_a_change_that_died_half_way_is_put_back_by_the_next_change(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """No endpoint routes to n, yet its config keeps a policy of an endpoint change: the
+    next endpoint change gives n its own policy back."""
+    from manager.versionpolicy import has_owner_policy
+
+    endpoints, _, repo = setup
+    path = _policy_left_half_way(endpoints, repo)
     endpoints.switch("ep", "m", 2)
     assert policy_versions(read_config(path)) is None and not has_owner_policy(repo, "n")
     assert policy_versions(read_config(repo / "m" / "config.pbtxt")) is not None  # routed
@@ -1638,17 +1647,10 @@ def test_a_policy_left_by_a_change_that_died_half_way_is_put_back_by_the_next_ch
 def test_validate_reports_a_policy_left_half_way_and_restore_puts_it_back(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
-    from manager.endpoints import with_versions
     from manager.validate import validate_repository
-    from manager.versionpolicy import keep_owner_policy
 
     endpoints, _, repo = setup
-    publish_model(repo, "n")
-    endpoints.switch("ep", "m", 1)
-    path = repo / "n" / "config.pbtxt"
-    config = read_config(path)
-    keep_owner_policy(repo, "n", config)
-    write_config(path, with_versions(config, [2]))  # what a switch onto n killed early left
+    path = _policy_left_half_way(endpoints, repo)
 
     def warnings() -> list[tuple[str, str]]:
         return [
