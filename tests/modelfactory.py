@@ -239,8 +239,10 @@ def write_tiny_classifier(
     folder.mkdir(parents=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(TEXT_VOCAB) + "\n")
-    tokenizer = BertTokenizerFast(
-        vocab=str(vocab), do_lower_case=True, model_max_length=model_max_length
+    # from the folder's vocab.txt: transformers 5 ignores a vocab_file argument (every word
+    # would be [UNK]), and 4.x a vocab one
+    tokenizer = BertTokenizerFast.from_pretrained(
+        folder, do_lower_case=True, model_max_length=model_max_length
     )
     tokenizer.save_pretrained(folder)
     torch.manual_seed(seed)

@@ -663,7 +663,9 @@ def write_tiny_bert(folder: Path, modules: list[dict[str, Any]] | None = None) -
     folder.mkdir(parents=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(folder)
+    # from the folder's vocab.txt: transformers 5 ignores a vocab_file argument (every word
+    # would be [UNK]), and 4.x a vocab one
+    BertTokenizerFast.from_pretrained(folder, do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(VOCAB),
