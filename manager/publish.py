@@ -70,8 +70,9 @@ class PublishOptions:
     # Hard-link artifact files instead of copying them (where the filesystem allows). The
     # version then shares the source's inode: the source must never be modified in place.
     link: bool = False
-    # Serve a transformers folder with a task head (a classifier) as a text embedder of
-    # its base model; without this such a folder is refused.
+    # Serve a transformers folder with a task head as a text embedder of its base model:
+    # without this a sequence classifier is served as a text classifier, and a folder with
+    # another task head (token classification, question answering) is refused.
     as_embedder: bool = False
 
 
@@ -201,7 +202,7 @@ def publish(
     if opts.version is not None:
         validate_version(opts.version)
     src = Path(artifact)
-    art = inspect_artifact(src, opts.format)
+    art = inspect_artifact(src, opts.format, as_embedder=opts.as_embedder)
     notices = list(art.notices)
     if art.config is not None and art.config.name not in ("", name) and opts.config_path is None:
         notices.append(
@@ -212,9 +213,11 @@ def publish(
         if not opts.as_embedder:
             raise ArtifactError(
                 f"{src} is a {art.task_head}: tritonctl serves transformers folders as text "
-                "embedders only, which would drop the trained head and answer embeddings "
-                "instead of its predictions. Export it to ONNX (or a Python model) to serve "
-                "its predictions, or pass --as-embedder to serve its base model's embeddings"
+                "embedders, and sequence classifiers (*ForSequenceClassification) as text "
+                "classifiers; as an embedder this one would drop its trained head and answer "
+                "embeddings instead of its predictions. Export it to ONNX (or a Python model) "
+                "to serve its predictions, or pass --as-embedder to serve its base model's "
+                "embeddings"
             )
         notices.append(
             f"{art.task_head} is served as a text embedder of its base model "

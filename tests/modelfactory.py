@@ -187,3 +187,95 @@ def make_onnx_with_scalars(path: Path, *, batched: bool = False) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+# A word list for the tiny Hugging Face models: every word is in the vocabulary.
+TEXT_WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "mat",
+    "far",
+    "away",
+    "sky",
+    "is",
+    "blue",
+    "red",
+    "good",
+    "bad",
+    "movie",
+    "film",
+    "was",
+    "great",
+    "awful",
+    "not",
+    "very",
+]
+TEXT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TEXT_WORDS]
+
+
+def write_tiny_classifier(
+    folder: Path,
+    *,
+    labels: tuple[str, ...] = ("negative", "neutral", "positive"),
+    problem_type: str | None = None,
+    model_max_length: int = 12,
+    seed: int = 0,
+) -> Path:
+    """A tiny ``BertForSequenceClassification`` folder with its tokenizer (built here, nothing
+    downloaded): ``id2label`` from ``labels``, the tokenizer truncating at ``model_max_length``
+    tokens by itself (as a hub tokenizer does at 512)."""
+    import torch
+    from transformers import (  # type: ignore[attr-defined]
+        BertConfig,
+        BertForSequenceClassification,
+        BertTokenizerFast,
+    )
+
+    folder.mkdir(parents=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(TEXT_VOCAB) + "\n")
+    # from the folder's vocab.txt: transformers 5 ignores a vocab_file argument (every word
+    # would be [UNK]), and 4.x a vocab one
+    tokenizer = BertTokenizerFast.from_pretrained(
+        folder, do_lower_case=True, model_max_length=model_max_length
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(TEXT_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type=problem_type,
+        initializer_range=0.5,  # wide weights: sentences differ in their logits and labels
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
+def classify_with_torch(folder: Path, sentences: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The logits and the ``id2label`` name of the highest logit of each sentence, from
+    ``AutoModelForSequenceClassification`` run directly, one sentence at a time (no padding;
+    truncated as the folder's tokenizer truncates by itself)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for sentence in sentences:
+            batch = tokenizer(sentence, truncation=True, return_tensors="pt")
+            rows.append(model(**batch).logits[0].numpy())
+    logits = np.stack(rows)
+    return logits, [model.config.id2label[int(i)] for i in logits.argmax(axis=1)]

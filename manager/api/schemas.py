@@ -282,7 +282,9 @@ class PublishRequest(Body):
     )
     as_embedder: bool = Field(
         default=False,
-        description="Serve a transformers folder with a task head as an embedder of its base model.",
+        description="Serve a transformers folder with a task head as an embedder of its base "
+        "model (without it a sequence classifier is served as a text classifier, and another "
+        "task head is refused).",
     )
     smoke_test: bool = False
     golden: str | None = Field(

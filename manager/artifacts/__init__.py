@@ -40,8 +40,10 @@ def detect_format(path: Path) -> str:
     )
 
 
-def inspect_artifact(path: Path, fmt: str = "auto") -> Artifact:
-    """Inspect ``path`` as format ``fmt`` (``auto`` detects it)."""
+def inspect_artifact(path: Path, fmt: str = "auto", *, as_embedder: bool = False) -> Artifact:
+    """Inspect ``path`` as format ``fmt`` (``auto`` detects it). ``as_embedder``: a
+    transformers folder with a task head is described as a text embedder of its base model
+    (a sequence classifier is otherwise described as a text classifier)."""
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in FORMATS:
@@ -59,7 +61,7 @@ def inspect_artifact(path: Path, fmt: str = "auto") -> Artifact:
     if fmt == "transformers":
         from manager.artifacts.transformers_artifact import inspect_transformers
 
-        return inspect_transformers(path)
+        return inspect_transformers(path, as_embedder=as_embedder)
     from manager.artifacts.python_artifact import inspect_python
 
     return inspect_python(path)

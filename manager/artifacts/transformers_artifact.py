@@ -1,14 +1,22 @@
-"""Hugging Face transformers folders, served as text-embedding models by a runner.
+"""Hugging Face transformers folders, served as text embedders or text classifiers by a
+runner.
 
-The runner pools the base model's last hidden state (mean pooling, or the CLS-token or max
-pooling a sentence-transformers folder's Pooling module names) and normalises it for
-sentence-transformers folders that say so. A sentence-transformers pipeline the runner
-would not reproduce (another module, another pooling) is refused here by the runner's own
-check, not first when Triton loads the version. A folder must hold its tokenizer: without one
-the tokenizer the runner would fall back to maps every word to ``[UNK]``. A folder whose
-``architectures`` name a task head (sequence or token classification, question answering)
-is refused unless the user asks for its base model's embeddings; one with a language-model
-head (masked or causal LM) is served with a notice that the head is not used.
+As an embedder, the runner pools the base model's last hidden state (mean pooling, or the
+CLS-token or max pooling a sentence-transformers folder's Pooling module names) and
+normalises it for sentence-transformers folders that say so. A sentence-transformers
+pipeline the runner would not reproduce (another module, another pooling) is refused here by
+the runner's own check, not first when Triton loads the version. A folder must hold its
+tokenizer: without one the tokenizer the runner would fall back to maps every word to
+``[UNK]``.
+
+A folder whose ``architectures`` name a sequence-classification head
+(``BertForSequenceClassification``) is served as a text classifier: its logits (``LOGITS``)
+and, for a single-label classifier, the ``id2label`` name of the highest logit (``LABEL``);
+a multi-label or regression head serves its logits only. Asked for (``as_embedder``), it is
+served as an embedder of its base model instead. A folder with another task head (token
+classification, question answering, multiple choice) is refused unless the user asks for
+its base model's embeddings; one with a language-model head (masked or causal LM) is served
+as an embedder with a notice that the head is not used.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "tokenizer.model",
 )
+# The head served as a text classifier.
+CLASSIFIER_HEAD = "ForSequenceClassification"
 # Heads whose trained outputs the user wants, and which an embedder would drop.
 TASK_HEADS = (
     "ForSequenceClassification",
@@ -54,7 +64,10 @@ _WEIGHTS = (
 )
 
 
-def inspect_transformers(path: Path) -> Artifact:
+def inspect_transformers(path: Path, *, as_embedder: bool = False) -> Artifact:
+    """The folder ``path`` as a text classifier when its head is a sequence classifier (and
+    ``as_embedder`` is false), else as a text embedder (``task_head`` names a head that the
+    embedder drops, for the publisher to refuse unless the user asked for that)."""
     if not path.is_dir():
         raise ArtifactError(f"transformers artifact {path} must be a folder")
     cfg_path = path / "config.json"
@@ -74,12 +87,15 @@ def inspect_transformers(path: Path) -> Artifact:
             "every word would be [UNK] and the embeddings meaningless. Save it beside the "
             "model with tokenizer.save_pretrained(folder)"
         )
+    _check_runner_reproduces(path)
+    modules = path / "modules.json"
+    task_head, notices = _heads(cfg, sentence_transformers=modules.is_file())
+    if task_head.endswith(CLASSIFIER_HEAD) and not as_embedder:
+        return _classifier(path, cfg, task_head)
     hidden = cfg.get("hidden_size") or cfg.get("d_model") or cfg.get("dim")
     if not isinstance(hidden, int):
         raise ArtifactError(f"{cfg_path} does not give hidden_size: cannot size the embedding")
-    _check_runner_reproduces(path)
     task = "feature-extraction"
-    modules = path / "modules.json"
     if modules.is_file():
         try:
             mods = json.loads(modules.read_text())
@@ -87,7 +103,6 @@ def inspect_transformers(path: Path) -> Artifact:
             raise ArtifactError(f"{modules} is not valid JSON: {exc}") from exc
         if any(str(m.get("type", "")).endswith("Normalize") for m in mods):
             task = "sentence-embedding"
-    task_head, notices = _heads(cfg, sentence_transformers=modules.is_file())
     params = {"tritonctl.task": task}
     st_cfg = path / "sentence_bert_config.json"
     if st_cfg.is_file():
@@ -114,6 +129,51 @@ def inspect_transformers(path: Path) -> Artifact:
         size_bytes=tree_size(path),
         task_head=task_head,
         notices=notices,
+    )
+
+
+def _classifier(path: Path, cfg: dict[str, object], head: str) -> Artifact:
+    """The folder as a text classifier: TEXT -> LOGITS [num_labels] (+ LABEL [1])."""
+    from triton_backends.transformers_runner.model import (
+        CLASSIFICATION_TASK,
+        classifier_outputs,
+    )
+
+    try:
+        num_labels, single_label = classifier_outputs(cfg)
+    except ValueError as exc:
+        raise ArtifactError(f"{path / 'config.json'}: {exc}") from exc
+    outputs = [TensorSpec("LOGITS", "FP32", (-1, num_labels))]
+    if single_label:
+        outputs.append(TensorSpec("LABEL", "STRING", (-1, 1)))
+        notice = (
+            f"{head} is served as a text classifier: LOGITS ({num_labels} per sentence) and "
+            "LABEL (the id2label name of the highest logit); --as-embedder serves its base "
+            "model's embeddings instead"
+        )
+    else:
+        why = (
+            "a multi-label classifier (apply a sigmoid to each logit)"
+            if cfg.get("problem_type") == "multi_label_classification"
+            else "a regression head"
+        )
+        notice = (
+            f"{head} is {why}: served with LOGITS ({num_labels} per sentence) only, no "
+            "LABEL, as it has no single predicted label"
+        )
+    return Artifact(
+        format="transformers",
+        source=path,
+        inputs=[TensorSpec("TEXT", "STRING", (-1, 1))],
+        outputs=outputs,
+        files={"hf": path},
+        native=None,
+        runner="transformers",
+        runner_artifact="hf",
+        runner_parameters={"tritonctl.task": CLASSIFICATION_TASK},
+        default_max_batch_size=64,
+        size_bytes=tree_size(path),
+        notices=[notice],
     )
 
 

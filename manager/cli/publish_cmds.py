@@ -154,9 +154,11 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
 @click.option(
     "--as-embedder",
     is_flag=True,
-    help="Serve a transformers folder whose config names a task head (e.g. "
-    "BertForSequenceClassification) as a text embedder of its base model; the head is "
-    "not used. Without it such a folder is refused.",
+    help="Serve a transformers folder whose config names a task head as a text embedder of "
+    "its base model; the head is not used. Without it a sequence classifier (e.g. "
+    "BertForSequenceClassification) is served as a text classifier (TEXT in; LOGITS, and "
+    "LABEL for a single-label one, out), and a folder with another task head (token "
+    "classification, question answering) is refused.",
 )
 @click.option(
     "--smoke-test",

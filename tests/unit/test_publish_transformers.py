@@ -1,4 +1,5 @@
-"""Transformers folders: a tokenizer is required, and a task head is not silently dropped."""
+"""Transformers folders: a tokenizer is required, a sequence classifier is served as a text
+classifier, and another task head is not silently dropped."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from click.testing import CliRunner
 
 from manager.cli import main
 from manager.errors import ArtifactError
+from manager.modelconfig import config_parameters, read_config, tensors_from_config
 from manager.publish import PublishOptions, publish
 
 
 def hf_folder(
-    path: Path, *, tokenizer: str | None = "vocab.txt", architectures: list[str] | None = None
+    path: Path,
+    *,
+    tokenizer: str | None = "vocab.txt",
+    architectures: list[str] | None = None,
+    **settings: object,
 ) -> Path:
-    """A folder that inspects as transformers (its weights are not loaded at publish)."""
+    """A folder that inspects as transformers (its weights are not loaded at publish);
+    ``settings`` go into its config.json."""
     path.mkdir(parents=True)
-    config: dict[str, object] = {"model_type": "bert", "hidden_size": 8}
+    config: dict[str, object] = {"model_type": "bert", "hidden_size": 8, **settings}
     if architectures is not None:
         config["architectures"] = architectures
     (path / "config.json").write_text(json.dumps(config))
@@ -44,17 +51,111 @@ def test_any_tokenizer_vocabulary_is_enough(repo, tmp_path, tokenizer):
 
 @pytest.mark.parametrize(
     "arch",
-    ["BertForSequenceClassification", "RobertaForTokenClassification", "BertForQuestionAnswering"],
+    ["RobertaForTokenClassification", "BertForQuestionAnswering", "BertForMultipleChoice"],
 )
-def test_a_task_head_is_refused_unless_asked_to_serve_embeddings(repo, tmp_path, arch):
+def test_a_task_head_other_than_a_classifier_is_refused_unless_asked_to_serve_embeddings(
+    repo, tmp_path, arch
+):
     folder = hf_folder(tmp_path / "hf", architectures=[arch])
-    with pytest.raises(ArtifactError, match=f"is a {arch}: .* --as-embedder"):
+    with pytest.raises(
+        ArtifactError,
+        match=f"is a {arch}: .*sequence classifiers .* as text classifiers.* --as-embedder",
+    ):
         publish(repo, "clf", folder)
     assert repo.models() == []
     result = publish(repo, "clf", folder, PublishOptions(as_embedder=True))
     assert result.notices == [
         f"{arch} is served as a text embedder of its base model (--as-embedder): the head is "
         "not used"
+    ]
+
+
+def signature(result) -> tuple[list[str], list[str]]:
+    """The published config's inputs and outputs as NAME:DTYPE:DIMS, read back from disk."""
+    config = read_config(result.path.parent / "config.pbtxt")
+    return (
+        [f"{t.name}:{t.dtype}:{list(t.dims)}" for t in tensors_from_config(config.input)],
+        [f"{t.name}:{t.dtype}:{list(t.dims)}" for t in tensors_from_config(config.output)],
+    )
+
+
+def test_a_sequence_classifier_is_published_as_a_text_classifier(repo, tmp_path):
+    folder = hf_folder(
+        tmp_path / "hf",
+        architectures=["BertForSequenceClassification"],
+        id2label={"0": "negative", "1": "neutral", "2": "positive"},
+    )
+    result = publish(repo, "sentiment", folder)
+    assert signature(result) == (["TEXT:STRING:[1]"], ["LOGITS:FP32:[3]", "LABEL:STRING:[1]"])
+    config = read_config(result.path.parent / "config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == 64
+    params = config_parameters(config)
+    assert params["tritonctl.task"] == "text-classification"
+    assert params["tritonctl.runner"] == "transformers"
+    assert (result.path / "model.py").is_file() and (result.path / "hf" / "config.json").is_file()
+    assert result.notices == [
+        "BertForSequenceClassification is served as a text classifier: LOGITS (3 per sentence) "
+        "and LABEL (the id2label name of the highest logit); --as-embedder serves its base "
+        "model's embeddings instead"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "labels"),
+    [({}, 2), ({"num_labels": 4}, 4), ({"problem_type": "single_label_classification"}, 2)],
+)
+def test_a_classifier_has_as_many_logits_as_transformers_gives_it_labels(
+    repo, tmp_path, settings, labels
+):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"], **settings)
+    _, outputs = signature(publish(repo, "clf", folder))
+    assert outputs == [f"LOGITS:FP32:[{labels}]", "LABEL:STRING:[1]"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "why"),
+    [
+        (
+            {"problem_type": "multi_label_classification", "id2label": {"0": "a", "1": "b"}},
+            "a multi-label classifier (apply a sigmoid to each logit)",
+        ),
+        ({"problem_type": "regression", "num_labels": 1}, "a regression head"),
+        ({"num_labels": 1}, "a regression head"),
+    ],
+)
+def test_a_classifier_without_a_single_predicted_label_is_served_with_its_logits_only(
+    repo, tmp_path, settings, why
+):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"], **settings)
+    result = publish(repo, "clf", folder)
+    labels = len(settings.get("id2label", {})) or settings["num_labels"]
+    assert signature(result)[1] == [f"LOGITS:FP32:[{labels}]"]
+    assert result.notices == [
+        f"BertForSequenceClassification is {why}: served with LOGITS ({labels} per sentence) "
+        "only, no LABEL, as it has no single predicted label"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [({"id2label": ["a", "b"]}, "id2label must be an object"), ({"num_labels": 0}, "0 labels")],
+)
+def test_a_classifier_whose_labels_cannot_be_counted_is_refused(repo, tmp_path, settings, match):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"], **settings)
+    with pytest.raises(ArtifactError, match=f"config.json: .*{match}"):
+        publish(repo, "clf", folder)
+    assert repo.models() == []
+
+
+def test_a_classifier_asked_to_serve_embeddings_is_published_as_an_embedder(repo, tmp_path):
+    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"])
+    result = publish(repo, "emb", folder, PublishOptions(as_embedder=True))
+    assert signature(result) == (["TEXT:STRING:[1]"], ["EMBEDDING:FP32:[8]"])
+    config = read_config(result.path.parent / "config.pbtxt")
+    assert config_parameters(config)["tritonctl.task"] == "feature-extraction"
+    assert result.notices == [
+        "BertForSequenceClassification is served as a text embedder of its base model "
+        "(--as-embedder): the head is not used"
     ]
 
 
@@ -73,17 +174,27 @@ def test_a_sentence_transformers_folder_is_an_embedder_whatever_its_architecture
     assert publish(repo, "st", folder).notices == []
 
 
-def test_cli_prints_the_notice_and_refuses_a_classifier_in_one_line(tmp_path):
-    folder = hf_folder(tmp_path / "hf", architectures=["BertForSequenceClassification"])
-    args = ["--repo", str(tmp_path / "repo"), "publish", "clf", str(folder)]
-    refused = CliRunner().invoke(main, args)
+def test_cli_publishes_a_classifier_with_a_note_and_refuses_a_token_classifier_in_one_line(
+    tmp_path,
+):
+    repo_args = ["--repo", str(tmp_path / "repo"), "publish"]
+    tagger = hf_folder(tmp_path / "tagger", architectures=["BertForTokenClassification"])
+    refused = CliRunner().invoke(main, [*repo_args, "tagger", str(tagger)])
     assert refused.exit_code != 0 and "--as-embedder" in refused.stderr
     assert "Traceback" not in refused.output
-    ok = CliRunner().invoke(main, [*args, "--as-embedder"])
+    classifier = hf_folder(tmp_path / "clf", architectures=["BertForSequenceClassification"])
+    ok = CliRunner().invoke(main, [*repo_args, "clf", str(classifier)])
     assert ok.exit_code == 0, ok.output
-    assert "note BertForSequenceClassification is served as a text embedder" in ok.stderr
-    as_json = CliRunner().invoke(main, [*args, "--as-embedder", "--json"])
-    assert json.loads(as_json.stdout)["notices"][0].startswith("BertForSequenceClassification")
+    assert "note BertForSequenceClassification is served as a text classifier" in ok.stderr
+    embedder = CliRunner().invoke(
+        main, [*repo_args, "emb", str(classifier), "--as-embedder", "--json"]
+    )
+    notice = json.loads(embedder.stdout)["notices"][0]
+    assert notice.startswith("BertForSequenceClassification is served as a text embedder")
+    help_text = " ".join(CliRunner().invoke(main, ["publish", "--help"]).output.split())
+    assert "sequence classifier (e.g. BertForSequenceClassification) is served as a text" in (
+        help_text
+    )
 
 
 def sentence_transformers_folder(path: Path, **pooling: bool) -> Path:

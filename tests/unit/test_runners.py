@@ -21,6 +21,7 @@ import pytest
 from google.protobuf import json_format
 
 from manager.modelconfig import ModelConfig, TensorSpec, build_config
+from tests.modelfactory import classify_with_torch, write_tiny_classifier
 from tests.unit.fakes import triton_python_backend_utils as fake_pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -662,7 +663,9 @@ def write_tiny_bert(folder: Path, modules: list[dict[str, Any]] | None = None) -
     folder.mkdir(parents=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(folder)
+    # from the folder's vocab.txt: transformers 5 ignores a vocab_file argument (every word
+    # would be [UNK]), and 4.x a vocab one
+    BertTokenizerFast.from_pretrained(folder, do_lower_case=True).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(VOCAB),
@@ -897,3 +900,104 @@ def test_transformers_runner_matches_sentence_transformers_on_all_minilm_l6_v2(
         np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
     )
     assert cosine.min() >= 0.999, cosine
+
+
+# --- transformers: text classification -------------------------------------------------------
+
+# Of different lengths (3 to 16 tokens), so a joined batch pads; the last is cut at the
+# tokenizer's limit of 12 tokens.
+CLASSIFIED = [
+    "the cat sat on the mat",
+    "a dog ran far away",
+    "the sky is blue",
+    "red",
+    "the movie was very good",
+    "the film was awful not great",
+    "bad",
+    " ".join(["good"] * 14),
+]
+
+
+def classifier_config(labels: int = 3, *, with_label: bool = True, **params: str) -> ModelConfig:
+    outputs = [TensorSpec("LOGITS", "FP32", (labels,))]
+    if with_label:
+        outputs.append(TensorSpec("LABEL", "STRING", (1,)))
+    return runner_config(
+        "transformers",
+        [TensorSpec("TEXT", "STRING", (1,))],
+        outputs,
+        max_batch_size=16,
+        artifact="hf",
+        task="text-classification",
+        **params,
+    )
+
+
+@pytest.fixture
+def tiny_classifier_dir(tmp_path: Path) -> Path:
+    write_tiny_classifier(tmp_path / "1" / "hf")
+    return tmp_path
+
+
+def test_transformers_runner_classifies_like_auto_model_for_sequence_classification(
+    pb: ModuleType, tiny_classifier_dir: Path
+) -> None:
+    folder = tiny_classifier_dir / "1" / "hf"
+    # chunks of 3 sentences: each chunk pads its shorter sentences, and the two requests
+    # joined in one execute() are encoded together, longest first
+    model = start_runner(pb, "transformers", tiny_classifier_dir, classifier_config(batch_size="3"))
+    responses = model.execute([text_request(*CLASSIFIED[:5]), text_request(*CLASSIFIED[5:])])
+    logits = [output(r, "LOGITS") for r in responses]
+    labels = [output(r, "LABEL") for r in responses]
+    assert [x.shape for x in logits] == [(5, 3), (3, 3)]
+    assert [x.shape for x in labels] == [(5, 1), (3, 1)]
+    assert logits[0].dtype == np.float32 and labels[0].dtype == np.object_
+    expected_logits, expected_labels = classify_with_torch(folder, CLASSIFIED)
+    np.testing.assert_allclose(np.concatenate(logits), expected_logits, rtol=1e-4, atol=1e-5)
+    got_labels = [bytes(b).decode() for b in np.concatenate(labels).reshape(-1)]
+    assert got_labels == expected_labels
+    assert len(set(expected_labels)) > 1  # the labels follow the logits, not a constant
+
+
+def test_transformers_runner_classifier_truncates_at_the_tokenizers_limit(
+    pb: ModuleType, tiny_classifier_dir: Path
+) -> None:
+    model = start_runner(pb, "transformers", tiny_classifier_dir, classifier_config())
+    # [CLS] + 10 words + [SEP] is the folder's tokenizer limit of 12 tokens
+    long_text, its_start = " ".join(["good"] * 14 + ["bad"]), " ".join(["good"] * 10)
+    [response] = model.execute([text_request(long_text, its_start, "bad")])
+    got = output(response, "LOGITS")
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got[1], got[2], rtol=1e-3)
+
+
+def test_transformers_runner_serves_a_multi_label_classifiers_logits_without_a_label(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    folder = write_tiny_classifier(
+        tmp_path / "1" / "hf", labels=("toxic", "insult"), problem_type="multi_label_classification"
+    )
+    model = start_runner(pb, "transformers", tmp_path, classifier_config(2, with_label=False))
+    [response] = model.execute([text_request(*CLASSIFIED)])
+    assert [t.name() for t in response.output_tensors()] == ["LOGITS"]
+    expected, _ = classify_with_torch(folder, CLASSIFIED)
+    np.testing.assert_allclose(output(response, "LOGITS"), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="'LABEL': this classifier has no single predicted label"):
+        start_runner(pb, "transformers", tmp_path, classifier_config(2))
+
+
+def test_transformers_runner_refuses_logits_of_another_width_than_the_labels(
+    pb: ModuleType, tiny_classifier_dir: Path
+) -> None:
+    with pytest.raises(ValueError, match="'LOGITS' has dims \\[5\\]; the model's number of labels"):
+        start_runner(pb, "transformers", tiny_classifier_dir, classifier_config(5))
+
+
+def test_transformers_runner_refuses_a_classifier_config_without_one_float_output(
+    pb: ModuleType, tiny_classifier_dir: Path
+) -> None:
+    config = classifier_config()
+    config.output.add().CopyFrom(config.output[0])
+    config.output[2].name = "MORE"
+    with pytest.raises(ValueError, match="one FP16, FP32 or FP64 output \\(the logits\\)"):
+        start_runner(pb, "transformers", tiny_classifier_dir, config)
