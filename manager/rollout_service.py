@@ -24,7 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.budget import resolve_serving_config
 from manager.controller import admission
-from manager.endpoints import PINNED, Endpoints
+from manager.endpoints import PINNED, Endpoints, EndpointState
 from manager.errors import (
     ManagerError,
     ModelNotFoundError,
@@ -384,16 +384,19 @@ def list_rollouts(repo: Repository, *, active: bool = False) -> list[RolloutStat
 
 async def astart_rollout(
     repo: Repository | str | Path,
-    url: str,
+    url: str | None,
     endpoint: str,
     to_version: int,
     policy: RolloutPolicy | None = None,
 ) -> RolloutState:
-    """Start a rollout and await its end (promoted or rolled back)."""
+    """Start a rollout and await its end (promoted or rolled back), as ``tritonctl rollout
+    start --wait`` does. ``url`` None resolves as the CLI does without ``--url``
+    (``TRITONCTL_URL``, else the embedded server of ``repo``, else
+    ``http://localhost:8000``); the embedded server's metrics URL comes with it."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
     def work() -> RolloutState:
-        with TritonControl(url) as control:
+        with TritonControl.connect(url, repository.path) as control:
             state = begin_rollout(
                 repository, control, endpoint, to_version, policy or RolloutPolicy()
             )
@@ -404,23 +407,28 @@ async def astart_rollout(
 
 async def aswitch(
     repo: Repository | str | Path,
-    url: str,
+    url: str | None,
     endpoint: str,
     model: str,
     version: int | None = None,
     *,
     force: bool = False,
     drain: bool = True,
-) -> object:
-    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it; a model
-    with other inputs or outputs than the endpoint's is refused unless ``force``. The
-    sequences under way on a stateful endpoint end first unless not ``drain``."""
+) -> EndpointState:
+    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it, as
+    ``tritonctl endpoint switch`` does: within the memory budget of the repository's
+    ``tritonctl.yaml`` (room is made by its eviction policy, or the switch is refused
+    before anything is loaded). A model with other inputs or outputs than the endpoint's
+    is refused unless ``force``. The sequences under way on a stateful endpoint end first
+    unless not ``drain``. ``url`` None resolves as for :func:`astart_rollout`."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
-    def work() -> object:
-        with TritonControl(url) as control:
-            return Endpoints(repository, control).switch(
-                endpoint, model, version, force=force, drain=drain
+    def work() -> EndpointState:
+        config = resolve_serving_config(repository.path)
+        with TritonControl.connect(url, repository.path) as control:
+            endpoints = Endpoints(
+                repository, control, admission=admission(control, repository.path, config)
             )
+            return endpoints.switch(endpoint, model, version, force=force, drain=drain)
 
     return await asyncio.to_thread(work)
