@@ -29,7 +29,7 @@ from manager.loadtimes import forget_loads, record_load
 from manager.metrics import MemoryReading, parse_memory
 from manager.modelconfig import read_config, write_config
 from manager.names import validate_model_name
-from manager.triton import IndexEntry, ModelStats, one_line
+from manager.triton import IndexEntry, ModelStats, one_line, release_thread_hub
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +626,8 @@ def _load_within(
         except BaseException as exc:  # handed to the waiting thread
             outcome.append(exc)
         finally:
+            # a load over HTTP made this thread a gevent hub, which would outlive it
+            release_thread_hub()
             finished.set()
 
     worker = threading.Thread(target=call, name=f"tritonctl-load-{name}", daemon=True)
