@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,6 +131,7 @@ def make_driver(
     policy: RolloutPolicy | None = None,
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutDriver:
     # the new version is loaded within the repository's memory budget, if it has one
     config = resolve_serving_config(repo.path)
@@ -157,6 +159,7 @@ def make_driver(
         golden=golden,
         warmup=warmup_runner(repo, control, cases),
         on_stage=on_stage,
+        sleep=sleep,
         sequence_idle=lambda model: sequence_idle_seconds(
             read_config(repo.path / model / CONFIG_FILE)
         ),
@@ -229,8 +232,11 @@ def run_rollout(
     state: RolloutState,
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutState:
-    return make_driver(repo, control, state.policy, on_stage=on_stage).run(state)
+    """Drive ``state`` to its end here. ``sleep`` is what the driver waits with between
+    polls (a stop: one that raises there, leaving the rollout at its recorded stage)."""
+    return make_driver(repo, control, state.policy, on_stage=on_stage, sleep=sleep).run(state)
 
 
 WORKER_START_WAIT_S = 15.0
@@ -392,17 +398,62 @@ async def astart_rollout(
     """Start a rollout and await its end (promoted or rolled back), as ``tritonctl rollout
     start --wait`` does. ``url`` None resolves as the CLI does without ``--url``
     (``TRITONCTL_URL``, else the embedded server of ``repo``, else
-    ``http://localhost:8000``); the embedded server's metrics URL comes with it."""
-    repository = repo if isinstance(repo, Repository) else Repository(repo)
+    ``http://localhost:8000``); the embedded server's metrics URL comes with it.
 
-    def work() -> RolloutState:
+    The rollout is driven in a worker thread. Cancelled (``asyncio.timeout``, a cancelled
+    task), it stops being driven at the driver's next poll, as ``rollout start --wait``
+    interrupted: the endpoint keeps serving at the recorded weights, and ``rollout resume``
+    goes on or ``rollout abort`` rolls back. The cancellation is raised once the worker
+    has stopped (a load under way is finished first)."""
+    repository = repo if isinstance(repo, Repository) else Repository(repo)
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise _DriverStopped
+
+    def work() -> RolloutState | None:
         with TritonControl.connect(url, repository.path) as control:
             state = begin_rollout(
                 repository, control, endpoint, to_version, policy or RolloutPolicy()
             )
-            return run_rollout(repository, control, state)
+            if stop.is_set():
+                return None
+            try:
+                return run_rollout(repository, control, state, sleep=sleep)
+            except _DriverStopped:
+                _release_driver(repository, endpoint)
+                return None
 
-    return await asyncio.to_thread(work)
+    worker = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        result = await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        stop.set()
+        try:
+            await worker  # the thread stops at its next poll; the rollout stays recorded
+        except Exception as exc:  # the cancellation is what the caller hears of
+            log.warning("the rollout of %s ended as it was cancelled: %s", endpoint, exc)
+        raise
+    assert result is not None  # only a stop returns None
+    return result
+
+
+class _DriverStopped(BaseException):
+    """Raised in a rollout driver's wait when the caller stopped it (not an Exception:
+    nothing in the driver takes it for a failure to roll back on)."""
+
+
+def _release_driver(repo: Repository, endpoint: str) -> None:
+    """After a driver in this process stopped: record the rollout as driven by no one, so
+    that ``rollout resume`` takes it up (the process itself goes on living)."""
+    store = RolloutStore(repo)
+    with store.driving(endpoint) as mine:
+        state = store.load(endpoint) if mine else None
+        if state is not None and state.status in ACTIVE and state.driver_pid == os.getpid():
+            state.driver_pid, state.driver_create_time = 0, 0.0
+            store.save(state)
+    log.info("the rollout of %s was stopped; resume or abort it", endpoint)
 
 
 async def aswitch(
