@@ -15,6 +15,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.budget import resolve_serving_config
 from manager.controller import admission
-from manager.endpoints import PINNED, Endpoints
+from manager.endpoints import PINNED, Endpoints, EndpointState
 from manager.errors import (
     ManagerError,
     ModelNotFoundError,
@@ -130,6 +131,7 @@ def make_driver(
     policy: RolloutPolicy | None = None,
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutDriver:
     # the new version is loaded within the repository's memory budget, if it has one
     config = resolve_serving_config(repo.path)
@@ -157,6 +159,7 @@ def make_driver(
         golden=golden,
         warmup=warmup_runner(repo, control, cases),
         on_stage=on_stage,
+        sleep=sleep,
         sequence_idle=lambda model: sequence_idle_seconds(
             read_config(repo.path / model / CONFIG_FILE)
         ),
@@ -229,8 +232,11 @@ def run_rollout(
     state: RolloutState,
     *,
     on_stage: Callable[[RolloutState], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutState:
-    return make_driver(repo, control, state.policy, on_stage=on_stage).run(state)
+    """Drive ``state`` to its end here. ``sleep`` is what the driver waits with between
+    polls (a stop: one that raises there, leaving the rollout at its recorded stage)."""
+    return make_driver(repo, control, state.policy, on_stage=on_stage, sleep=sleep).run(state)
 
 
 WORKER_START_WAIT_S = 15.0
@@ -384,43 +390,96 @@ def list_rollouts(repo: Repository, *, active: bool = False) -> list[RolloutStat
 
 async def astart_rollout(
     repo: Repository | str | Path,
-    url: str,
+    url: str | None,
     endpoint: str,
     to_version: int,
     policy: RolloutPolicy | None = None,
 ) -> RolloutState:
-    """Start a rollout and await its end (promoted or rolled back)."""
-    repository = repo if isinstance(repo, Repository) else Repository(repo)
+    """Start a rollout and await its end (promoted or rolled back), as ``tritonctl rollout
+    start --wait`` does. ``url`` None resolves as the CLI does without ``--url``
+    (``TRITONCTL_URL``, else the embedded server of ``repo``, else
+    ``http://localhost:8000``); the embedded server's metrics URL comes with it.
 
-    def work() -> RolloutState:
-        with TritonControl(url) as control:
+    The rollout is driven in a worker thread. Cancelled (``asyncio.timeout``, a cancelled
+    task), it stops being driven at the driver's next poll, as ``rollout start --wait``
+    interrupted: the endpoint keeps serving at the recorded weights, and ``rollout resume``
+    goes on or ``rollout abort`` rolls back. The cancellation is raised once the worker
+    has stopped (a load under way is finished first)."""
+    repository = repo if isinstance(repo, Repository) else Repository(repo)
+    stop = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise _DriverStopped
+
+    def work() -> RolloutState | None:
+        with TritonControl.connect(url, repository.path) as control:
             state = begin_rollout(
                 repository, control, endpoint, to_version, policy or RolloutPolicy()
             )
-            return run_rollout(repository, control, state)
+            if stop.is_set():
+                return None
+            try:
+                return run_rollout(repository, control, state, sleep=sleep)
+            except _DriverStopped:
+                _release_driver(repository, endpoint)
+                return None
 
-    return await asyncio.to_thread(work)
+    worker = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        result = await asyncio.shield(worker)
+    except asyncio.CancelledError:
+        stop.set()
+        try:
+            await worker  # the thread stops at its next poll; the rollout stays recorded
+        except Exception as exc:  # the cancellation is what the caller hears of
+            log.warning("the rollout of %s ended as it was cancelled: %s", endpoint, exc)
+        raise
+    assert result is not None  # only a stop returns None
+    return result
+
+
+class _DriverStopped(BaseException):
+    """Raised in a rollout driver's wait when the caller stopped it (not an Exception:
+    nothing in the driver takes it for a failure to roll back on)."""
+
+
+def _release_driver(repo: Repository, endpoint: str) -> None:
+    """After a driver in this process stopped: record the rollout as driven by no one, so
+    that ``rollout resume`` takes it up (the process itself goes on living)."""
+    store = RolloutStore(repo)
+    with store.driving(endpoint) as mine:
+        state = store.load(endpoint) if mine else None
+        if state is not None and state.status in ACTIVE and state.driver_pid == os.getpid():
+            state.driver_pid, state.driver_create_time = 0, 0.0
+            store.save(state)
+    log.info("the rollout of %s was stopped; resume or abort it", endpoint)
 
 
 async def aswitch(
     repo: Repository | str | Path,
-    url: str,
+    url: str | None,
     endpoint: str,
     model: str,
     version: int | None = None,
     *,
     force: bool = False,
     drain: bool = True,
-) -> object:
-    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it; a model
-    with other inputs or outputs than the endpoint's is refused unless ``force``. The
-    sequences under way on a stateful endpoint end first unless not ``drain``."""
+) -> EndpointState:
+    """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it, as
+    ``tritonctl endpoint switch`` does: within the memory budget of the repository's
+    ``tritonctl.yaml`` (room is made by its eviction policy, or the switch is refused
+    before anything is loaded). A model with other inputs or outputs than the endpoint's
+    is refused unless ``force``. The sequences under way on a stateful endpoint end first
+    unless not ``drain``. ``url`` None resolves as for :func:`astart_rollout`."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
-    def work() -> object:
-        with TritonControl(url) as control:
-            return Endpoints(repository, control).switch(
-                endpoint, model, version, force=force, drain=drain
+    def work() -> EndpointState:
+        config = resolve_serving_config(repository.path)
+        with TritonControl.connect(url, repository.path) as control:
+            endpoints = Endpoints(
+                repository, control, admission=admission(control, repository.path, config)
             )
+            return endpoints.switch(endpoint, model, version, force=force, drain=drain)
 
     return await asyncio.to_thread(work)

@@ -29,7 +29,7 @@ from manager.loadtimes import forget_loads, record_load
 from manager.metrics import MemoryReading, parse_memory
 from manager.modelconfig import read_config, write_config
 from manager.names import validate_model_name
-from manager.triton import IndexEntry, ModelStats, one_line
+from manager.triton import IndexEntry, ModelStats, one_line, release_thread_hub
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +626,8 @@ def _load_within(
         except BaseException as exc:  # handed to the waiting thread
             outcome.append(exc)
         finally:
+            # a load over HTTP made this thread a gevent hub, which would outlive it
+            release_thread_hub()
             finished.set()
 
     worker = threading.Thread(target=call, name=f"tritonctl-load-{name}", daemon=True)
@@ -691,6 +693,26 @@ def _unload(
     entries = _require_known(control.repository_index(), name, control.url)
     if _unload_done(entries):
         return UnloadResult(name, 0.0, was_loaded=False)
+    routes = _check_unload_allowed(control, repo, name, force)
+    log.info("unloading model %s on %s", name, control.url)
+    control.unload_model(name, unload_dependents=unload_dependents)
+    deadline = started + wait_timeout
+    while not _unload_done(entries_of(control.repository_index(), name)):
+        if time.monotonic() > deadline:
+            raise UnloadError(f"model {name!r} is still not unloaded after {wait_timeout:g} s")
+        time.sleep(POLL_INTERVAL_S)
+    seconds = time.monotonic() - started
+    log.info("model %s unloaded in %.2f s", name, seconds)
+    forget_loads(repo, name)
+    _audit_unload(repo, name, None, forced=force and bool(routes))
+    return UnloadResult(name, seconds, was_loaded=True)
+
+
+def _check_unload_allowed(
+    control: Any, repo: Path | None, name: str, force: bool
+) -> list[tuple[str, int]]:
+    """Refuse (UnloadError) to unload a model that endpoints of ``repo`` route to, or an
+    endpoint itself, unless ``force``; returns the routes to the model."""
     routes = endpoint_routes(control, repo, name)
     if routes and not force:
         users = ", ".join(f"{endpoint} ({name}:{version})" for endpoint, version in routes)
@@ -704,18 +726,7 @@ def _unload(
             f"`tritonctl endpoint delete {name}` removes it (or force the unload: --force, "
             f"and `tritonctl endpoint restore {name}` serves it again)"
         )
-    log.info("unloading model %s on %s", name, control.url)
-    control.unload_model(name, unload_dependents=unload_dependents)
-    deadline = started + wait_timeout
-    while not _unload_done(entries_of(control.repository_index(), name)):
-        if time.monotonic() > deadline:
-            raise UnloadError(f"model {name!r} is still not unloaded after {wait_timeout:g} s")
-        time.sleep(POLL_INTERVAL_S)
-    seconds = time.monotonic() - started
-    log.info("model %s unloaded in %.2f s", name, seconds)
-    forget_loads(repo, name)
-    _audit_unload(repo, name, None, forced=force and bool(routes))
-    return UnloadResult(name, seconds, was_loaded=True)
+    return routes
 
 
 def _audit_unload(repo: Path | None, name: str, version: int | None, *, forced: bool) -> None:
@@ -851,19 +862,26 @@ async def aunload(
     *,
     unload_dependents: bool = False,
     wait_timeout: float = DEFAULT_UNLOAD_TIMEOUT_S,
+    repo: Path | None = None,
+    force: bool = False,
 ) -> UnloadResult:
-    """The asyncio form of :func:`unload`."""
+    """The asyncio form of :func:`unload` (of a whole model: one version is unloaded with
+    :func:`unload`). With ``repo``, a model that endpoints of ``repo`` route to, or an
+    endpoint itself, is refused unless ``force``, and the unload is audited."""
     validate_model_name(name)
     started = time.monotonic()
     entries = _require_known(await control.repository_index(), name, control.url)
     if _unload_done(entries):
         return UnloadResult(name, 0.0, was_loaded=False)
+    routes = _check_unload_allowed(control, repo, name, force)
     await control.unload_model(name, unload_dependents=unload_dependents)
     deadline = started + wait_timeout
     while not _unload_done(entries_of(await control.repository_index(), name)):
         if time.monotonic() > deadline:
             raise UnloadError(f"model {name!r} is still not unloaded after {wait_timeout:g} s")
         await asyncio.sleep(POLL_INTERVAL_S)
+    forget_loads(repo, name)
+    _audit_unload(repo, name, None, forced=force and bool(routes))
     return UnloadResult(name, time.monotonic() - started, was_loaded=True)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -361,6 +362,23 @@ def _fetch_text(url: str, timeout: float) -> str:
         raise TritonUnreachableError(
             f"no Triton metrics endpoint answers at {url} ({exc})"
         ) from exc
+
+
+def release_thread_hub() -> None:
+    """Destroy the calling thread's gevent hub, if it has one, for a thread that is about
+    to end after its HTTP calls (its clients closed). tritonclient's HTTP client runs on
+    gevent, which makes a hub per thread (an epoll and an eventfd): gevent leaves it to
+    its user to destroy, and a hub left behind keeps its two descriptors open after the
+    thread is gone."""
+    if "gevent" not in sys.modules:
+        return
+    try:
+        from gevent._hub_local import get_hub_if_exists  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - a gevent without it
+        return
+    hub = get_hub_if_exists()
+    if hub is not None:
+        hub.destroy(destroy_loop=True)
 
 
 # --------------------------------------------------------------------------- sync

@@ -7,6 +7,7 @@ process tree and a model's footprint the resident memory of its stub process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import textwrap
@@ -26,10 +27,11 @@ from manager.audit import AuditLog
 from manager.budget import MemoryBudget, MemoryLimit, ServingConfig
 from manager.cli import main
 from manager.controller import Controller, set_pin
-from manager.endpoints import Endpoints
+from manager.endpoints import Endpoints, EndpointState, Target
 from manager.errors import MemoryBudgetError, UnloadError
 from manager.footprint import CPU_STUB_RSS, GPU_METRIC, FootprintStore
 from manager.repository import Repository, write_json_atomic
+from manager.rollout_service import aswitch
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import write_python_model
@@ -317,6 +319,39 @@ def test_cli_endpoint_switch_makes_room_within_the_budget(
             pass
     finally:
         run_cli(triton, "endpoint", "delete", "mem_front")
+
+
+def test_async_switch_makes_room_within_the_repository_budget(
+    triton: TritonHandle, fresh: TritonControl
+) -> None:
+    """``aswitch`` keeps to the budget of the repository's tritonctl.yaml as `endpoint
+    switch` does (it reads no other settings: the file is the repository's own here)."""
+    _, limit = controller(triton, fresh)
+    settings = triton.repo / "tritonctl.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "memory_limit": limit,
+                "high_watermark": 1.0,
+                "eviction_policy": "lru",
+                "pinned": sorted(others_loaded(fresh)),
+            }
+        )
+    )
+    try:
+        for name in (A, B):
+            code, out = run_cli(triton, "load", name)
+            assert code == 0, out
+            infer(triton.http_url, name)
+            time.sleep(0.05)
+        state = asyncio.run(aswitch(triton.repo, triton.http_url, "mem_afront", C))
+        assert isinstance(state, EndpointState) and state.targets == [Target(C, 1, 100.0)]
+        assert states(fresh)[A] == "UNAVAILABLE" and states(fresh)[C] == "READY"
+        evictions = [r for r in AuditLog(triton.repo).read() if r["action"] == "evict"]
+        assert evictions[-1]["model"] == A and f"make room for {C}" in evictions[-1]["reason"]
+    finally:
+        settings.unlink()
+        run_cli(triton, "endpoint", "delete", "mem_afront")
 
 
 def test_a_version_no_endpoint_routes_to_is_evicted_alone_and_the_routed_one_serves_on(

@@ -3,6 +3,7 @@ calling the endpoint the whole time."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -23,7 +24,7 @@ from manager.modelconfig import read_config
 from manager.publish import publish
 from manager.repository import Repository
 from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
-from manager.rollout_service import begin_rollout, run_rollout
+from manager.rollout_service import astart_rollout, begin_rollout, run_rollout
 from manager.server import free_port
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
@@ -238,6 +239,30 @@ def test_a_version_that_fails_every_warm_up_request_never_gets_client_traffic(
     assert client.errors == []
     assert {v for _, v in client.answers} == {1.0}
     assert Endpoints(repo, control).get("score").targets[0].version == 1
+
+
+def test_a_cancelled_async_rollout_stops_at_its_stage_and_is_resumed_later(
+    triton: TritonHandle, setup: tuple[Repository, TritonControl]
+) -> None:
+    repo, control = setup
+    policy = RolloutPolicy(stages=(30, 60), stage_seconds=3.0, min_requests=0, warmup_requests=0)
+
+    async def cancelled() -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(astart_rollout(repo, triton.grpc_url, "score", 2, policy), 1.5)
+
+    started = time.monotonic()
+    asyncio.run(cancelled())
+    # the worker thread stopped with the cancellation: nothing drives the rollout on
+    assert time.monotonic() - started < 5
+    time.sleep(policy.stage_seconds + 0.5)  # a driver still at work would be past 30 % now
+    state = RolloutStore(repo).load("score")
+    assert state is not None and state.status == "running" and state.weight == 30
+    assert not state.driver_alive()
+    assert Endpoints(repo, control).get("score").mode == "routed"
+    resumed = run_rollout(repo, control, begin_rollout(repo, control, "score", 2, policy))
+    assert resumed.status == "promoted"
+    assert Endpoints(repo, control).get("score").targets[0].version == 2
 
 
 def test_golden_check_fails_before_any_traffic_reaches_the_new_version(

@@ -258,6 +258,32 @@ def test_unload_of_a_model_an_endpoint_routes_to_is_refused_unless_forced(
     assert fake.unloads == ["m"]
 
 
+def test_async_unload_of_a_model_an_endpoint_routes_to_is_refused_unless_forced(
+    tmp_path: Path,
+) -> None:
+    _write_model(tmp_path, "m", [1, 2])
+    Endpoints(Repository(tmp_path), FakeTriton({}))._write(
+        EndpointState("front", "pinned", [Target("m", 2)])
+    )
+    ensemble = tmp_path / "front" / "1"
+    ensemble.mkdir(parents=True)
+    (ensemble / "tritonctl.json").write_text(json.dumps({"kind": "endpoint"}))
+    fake = FakeTriton({"m": [1, 2], "front": [1]})
+    serving.load(fake, "m", version=2, repo=tmp_path)
+    serving.load(fake, "front")
+    control = AsyncFake(fake)
+    with pytest.raises(UnloadError, match=r"'m' serves endpoint\(s\) front \(m:2\)"):
+        asyncio.run(serving.aunload(control, "m", repo=tmp_path))
+    with pytest.raises(UnloadError, match="'front' is an endpoint"):
+        asyncio.run(serving.aunload(control, "front", repo=tmp_path))
+    assert fake.unloads == []
+    # forced: the user accepts that the endpoint stops answering; the unload is audited
+    assert asyncio.run(serving.aunload(control, "m", repo=tmp_path, force=True)).was_loaded
+    assert fake.unloads == ["m"]
+    audit = (tmp_path / ".tritonctl" / "audit.log").read_text()
+    assert "forced past endpoints" in audit
+
+
 def test_unload_of_a_model_that_is_not_loaded_does_nothing() -> None:
     fake = FakeTriton({"m": [1]})
     assert not serving.unload(fake, "m").was_loaded

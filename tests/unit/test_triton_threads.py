@@ -8,8 +8,11 @@ thread") or hangs. The control gives each thread a client of its own.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import gc
 import http.server
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from manager import serving
 from manager.triton import TritonControl
 
 CALL_TIMEOUT_S = 20.0
@@ -150,3 +154,26 @@ def test_clients_of_threads_that_ended_are_closed(url: str) -> None:
         control.repository_index()  # a new client (this thread's) prunes the ended one
         assert ended._closed
         assert len(control._http_clients) == 1
+
+
+def _event_descriptors() -> int:
+    """Open epoll and eventfd descriptors of this process (a gevent hub holds one each)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own one)
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("anon_inode:")
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
+def test_loads_over_http_leave_no_descriptors_behind(url: str) -> None:
+    """Each load runs in a thread of its own; over HTTP that thread gets a gevent hub,
+    whose descriptors must not outlive it (a control plane loads for months)."""
+    with TritonControl(url) as control:
+        serving.load(control, "a", refresh=True)
+        gc.collect()
+        before = _event_descriptors()
+        for _ in range(5):
+            assert not serving.load(control, "a", refresh=True).cache_hit
+        gc.collect()
+        assert _event_descriptors() <= before
