@@ -382,10 +382,10 @@ def endpoint_routes(control: Any, repo: Path | None, name: str) -> list[tuple[st
     async) is not called."""
     if repo is None:
         return []
-    from manager.endpoints import Endpoints
+    from manager.endpoints import endpoint_states
     from manager.repository import Repository
 
-    states = Endpoints(Repository(repo), control).list()
+    states = endpoint_states(Repository(repo))
     return sorted(
         (state.name, t.version) for state in states for t in state.targets if t.model == name
     )
