@@ -13,14 +13,16 @@ names starting with ``.`` are never models.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import shutil
 import threading
+import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "tritonctl.json"
 CONFIG_FILE = "config.pbtxt"
 LOCK_TIMEOUT_S = 600.0
+ASYNC_LOCK_POLL_S = 0.05
 # the model locks each thread holds (path -> depth): Repository.lock is reentrant per thread
 _HELD = threading.local()
 
@@ -181,6 +184,31 @@ class Repository:
             raise RepositoryError(
                 f"model {name!r} is locked by another tritonctl process (waited {timeout:.0f} s)"
             ) from exc
+
+    @asynccontextmanager
+    async def alock(self, name: str, timeout: float = LOCK_TIMEOUT_S) -> AsyncIterator[None]:
+        """The asyncio form of :meth:`lock`: the event loop runs on while it waits (each
+        try is a non-blocking one), and a cancelled wait holds nothing."""
+        self.ensure()
+        lock_dir = self.meta_dir / "locks"
+        lock_dir.mkdir(exist_ok=True)
+        lock = FileLock(str((lock_dir / f"{validate_model_name(name)}.lock").resolve()))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                if time.monotonic() >= deadline:
+                    raise RepositoryError(
+                        f"model {name!r} is locked by another tritonctl process "
+                        f"(waited {timeout:.0f} s)"
+                    ) from None
+                await asyncio.sleep(ASYNC_LOCK_POLL_S)
+        try:
+            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -816,19 +816,42 @@ async def aload(
     version: int | None = None,
     repo: Path | None = None,
     wait_timeout: float = DEFAULT_LOAD_TIMEOUT_S,
+    refresh: bool = False,
 ) -> LoadResult:
-    """The asyncio form of :func:`load`."""
+    """The asyncio form of :func:`load`, holding the model's lock the same way (waited
+    for without blocking the event loop)."""
     validate_model_name(name)
     check_version(repo, name, version)
+    async with _model_alock(repo, name):
+        return await _aload(control, name, version, repo, wait_timeout, refresh)
+
+
+def _model_alock(repo: Path | None, name: str) -> AbstractAsyncContextManager[object]:
+    if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
+        return nullcontext()
+    from manager.repository import Repository
+
+    return Repository(repo).alock(name)
+
+
+async def _aload(
+    control: AsyncModelControl,
+    name: str,
+    version: int | None,
+    repo: Path | None,
+    wait_timeout: float,
+    refresh: bool,
+) -> LoadResult:
     started = time.monotonic()
     entries = _require_known(await control.repository_index(), name, control.url)
     wanted = versions_to_serve(control, repo, name) if version is None else None
-    if up_to_date(entries, version, wanted):
+    if up_to_date(entries, version, wanted, refresh=refresh):
         return LoadResult(name, ready_versions(entries), 0.0, cache_hit=True)
     config = _pin_config(repo, name, version, entries)
     if version is not None and config is None:
         config = await control.model_config(name)
     override, edit = _load_override(control, repo, name, version, entries, wanted, config)
+    await asyncio.to_thread(precompile_unloaded, repo, name, entries)
     deadline = started + wait_timeout
     try:
         await asyncio.wait_for(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,84 @@ def test_unload_of_a_version_the_model_never_had_is_model_not_found(tmp_path: Pa
         serving.unload(fake, "m", repo=tmp_path, version=12)
     # a version on disk that is not served is simply not loaded
     assert not serving.unload(fake, "m", repo=tmp_path, version=1).was_loaded
+
+
+def test_async_load_waits_for_the_models_lock_with_the_event_loop_running(
+    tmp_path: Path,
+) -> None:
+    """A load of m while another holds m's lock (an endpoint change loading its versions)
+    waits for it as the synchronous load does, and other coroutines run meanwhile."""
+    from manager.repository import Repository
+
+    _write_model(tmp_path, "m", [1])
+    fake = FakeTriton({"m": [1]})
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with Repository(tmp_path).lock("m"):
+            held.set()
+            release.wait(10)
+
+    async def main() -> tuple[list[str], int]:
+        thread = threading.Thread(target=holder)
+        thread.start()
+        held.wait(10)
+        events: list[str] = []
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not release.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async def let_go() -> None:
+            await asyncio.sleep(0.4)
+            events.append(f"released, loads so far: {len(fake.loads)}")
+            release.set()
+
+        result, _, _ = await asyncio.gather(
+            serving.aload(AsyncFake(fake), "m", repo=tmp_path), ticker(), let_go()
+        )
+        events.append(f"loaded {result.versions}")
+        thread.join()
+        return events, ticks
+
+    events, ticks = asyncio.run(main())
+    assert events == ["released, loads so far: 0", "loaded (1,)"]
+    assert ticks >= 10  # the loop ran while the load waited for the lock
+
+
+def test_a_cancelled_wait_for_the_lock_holds_nothing(tmp_path: Path) -> None:
+    from manager.errors import RepositoryError
+    from manager.repository import Repository
+
+    repo = Repository(tmp_path / "repo")
+    release = threading.Event()
+    held = threading.Event()
+
+    def holder() -> None:
+        with repo.lock("m"):
+            held.set()
+            release.wait(10)
+
+    async def wait_then_cancel() -> None:
+        async def take() -> None:
+            async with repo.alock("m"):
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(take(), 0.2)
+        with pytest.raises(RepositoryError, match="'m' is locked by another"):
+            async with repo.alock("m", timeout=0.1):
+                pass
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait(10)
+    asyncio.run(wait_then_cancel())
+    release.set()
+    thread.join()
+    with repo.lock("m", timeout=0.5):  # nothing left holding it
+        pass
