@@ -109,7 +109,8 @@ ROUTER_ENV = "TRITONCTL_ROUTER"
 # on at once on a busy server (bench/endpoint.py: 0.84x -> 0.90x of direct throughput at
 # concurrency 8 with a batching target, 0.78x -> 0.83x without batching).
 NATIVE_ROUTER_INSTANCES = 2
-STICKY_PARAMETER_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+STICKY_PARAMETER_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+"""Used with ``fullmatch`` (``$`` would let a trailing newline through)."""
 KIND_PARAMETER = "tritonctl.kind"
 ROUTES_PARAMETER = "tritonctl.routes"
 ENDPOINT_PARAMETER = "tritonctl.endpoint"
@@ -211,7 +212,7 @@ class EndpointState:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EndpointError(f"endpoint {self.name!r}: unknown mode {self.mode!r}")
-        if self.sticky_parameter is not None and not STICKY_PARAMETER_RE.match(
+        if self.sticky_parameter is not None and not STICKY_PARAMETER_RE.fullmatch(
             self.sticky_parameter
         ):
             raise EndpointError(

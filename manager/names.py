@@ -17,7 +17,8 @@ MAX_NAME_LENGTH = 128
 # (names starting with "." are refused anyway). Compared case-insensitively, for
 # case-insensitive filesystems.
 RESERVED_NAMES = frozenset({SETTINGS_FILE, "tritonctl.yml"})
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 def validate_model_name(name: str, *, what: str = "model name") -> str:
@@ -35,7 +36,7 @@ def validate_model_name(name: str, *, what: str = "model name") -> str:
         raise InvalidNameError(f"{what} {name!r} must not contain '..'")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidNameError(f"{what} {name!r} is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"{what} {name!r} is not a valid Triton model name: use letters, digits, "
             "'_', '-' and '.', starting with a letter, digit or '_'"

@@ -145,7 +145,7 @@ class RolloutPolicy:
         if self.sticky_parameter is not None:
             from manager.endpoints import STICKY_PARAMETER_RE
 
-            if not STICKY_PARAMETER_RE.match(self.sticky_parameter):
+            if not STICKY_PARAMETER_RE.fullmatch(self.sticky_parameter):
                 raise RolloutError(
                     f"sticky parameter {self.sticky_parameter!r}: use 1-128 letters, digits, "
                     "'_', '.', ':' or '-'"

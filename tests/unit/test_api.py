@@ -529,6 +529,15 @@ def test_publish_refuses_bad_artifacts_and_options_with_400(
     error_of(client.get("/v1/models/x/versions"), 404)
 
 
+def test_a_name_with_a_trailing_newline_is_refused_and_makes_no_folder(
+    client: TestClient, tmp_path: Path, repo: Path
+) -> None:
+    source = python_model_folder(tmp_path / "src")
+    response = client.post("/v1/models/evil%0A/versions", json={"artifact": str(source)})
+    assert "not a valid" in error_of(response, 400)
+    assert not any("\n" in p.name for p in repo.iterdir())
+
+
 # --------------------------------------------------------------------------- endpoints
 
 

@@ -231,6 +231,8 @@ def test_target_parse_reads_model_version_and_weight() -> None:
 
 
 def test_malformed_routes_are_refused() -> None:
+    with pytest.raises(EndpointError, match="sticky parameter"):
+        EndpointState(name="ep", mode="routed", targets=[], sticky_parameter="user\n")
     with pytest.raises(EndpointError):
         EndpointState.from_dict({"name": "ep", "mode": "sideways", "targets": []})
     with pytest.raises(EndpointError):

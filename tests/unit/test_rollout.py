@@ -768,6 +768,8 @@ def test_a_policy_checks_its_sticky_key_and_keeps_its_golden_folder_absolute(tmp
     # refused when the rollout is started, not later in its background worker
     with pytest.raises(RolloutError, match="sticky parameter 'a b'"):
         RolloutPolicy(sticky_parameter="a b")
+    with pytest.raises(RolloutError, match="sticky parameter"):
+        RolloutPolicy(sticky_parameter="user\n")
     with pytest.raises(RolloutError, match="not both"):
         RolloutPolicy(sticky_parameter="user", use_correlation_id=True)
     monkeypatch.chdir(tmp_path)
