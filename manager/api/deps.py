@@ -55,10 +55,13 @@ NoFields = Depends(no_fields)
 
 
 def host_path(value: str | None, what: str) -> Path | None:
-    """A path on the control plane's host, which must be absolute: a relative one would be
-    read from wherever the server happens to run."""
+    """A path on the control plane's host, which must be absolute (a relative one would be
+    read from wherever the server happens to run) and hold no NUL character."""
     if value is None:
         return None
+    if "\x00" in value:
+        # no file name holds one: the OS calls would fail with a ValueError (a 500)
+        raise HTTPException(400, f"{what} must not contain a NUL character")
     path = Path(value)
     if not path.is_absolute():
         raise HTTPException(400, f"{what} must be an absolute path on the control plane's host")

@@ -513,6 +513,9 @@ def test_publish_refuses_bad_artifacts_and_options_with_400(
     error_of(missing, 400)
     relative = client.post("/v1/models/x/versions", json={"artifact": "model.onnx"})
     assert "absolute" in error_of(relative, 400)
+    for field in ("artifact", "config", "golden"):
+        body = {"artifact": str(source), "smoke_test": True, field: "/tmp/a\x00b"}
+        assert "NUL" in error_of(client.post("/v1/models/x/versions", json=body), 400)
     golden_alone = client.post(
         "/v1/models/x/versions", json={"artifact": str(source), "golden": str(tmp_path)}
     )
@@ -749,6 +752,8 @@ def test_rollout_errors_are_404_unknown_409_conflict_400_bad_policy(
     error_of(client.post("/v1/rollouts/ep/start", json={}), 400)
     assert "no version 9" in error_of(client.post("/v1/rollouts/ep/start", json={"to": 9}), 404)
     error_of(client.post("/v1/rollouts/ep/start", json={"to": 2, "sticky_parameter": "a b"}), 400)
+    nul = {"to": 2, "golden": "/tmp/a\x00b"}
+    assert "NUL" in error_of(client.post("/v1/rollouts/ep/start", json=nul), 400)
     for action in ("promote", "abort"):
         assert "no rollout recorded" in error_of(
             client.post(f"/v1/rollouts/ghost/{action}", json={}), 404
