@@ -632,7 +632,9 @@ def _load_within(
 
     worker = threading.Thread(target=call, name=f"tritonctl-load-{name}", daemon=True)
     worker.start()
-    if not finished.wait(max(seconds, 0.0)):
+    # threading cannot wait longer than TIMEOUT_MAX (about 292 years): a longer or infinite
+    # wait_timeout would raise OverflowError instead of waiting
+    if not finished.wait(min(max(seconds, 0.0), threading.TIMEOUT_MAX)):
         raise _still_loading(name, control.url, wait_timeout)
     if outcome[0] is not None:
         raise outcome[0]

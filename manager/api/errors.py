@@ -11,6 +11,7 @@ answers. A request body that does not validate is a 400 naming the field.
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -95,9 +96,13 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
         where = ".".join(str(part) for part in err.get("loc", ()))
         problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
     message = "invalid request: " + "; ".join(problems)
-    return JSONResponse(
-        {"error": message, "detail": jsonable_encoder(exc.errors())}, status_code=400
-    )
+    # a refused NaN or Infinity is named as text: JSON has no such number
+    detail = jsonable_encoder(exc.errors(), custom_encoder={float: _finite_or_text})
+    return JSONResponse({"error": message, "detail": detail}, status_code=400)
+
+
+def _finite_or_text(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

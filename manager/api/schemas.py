@@ -23,9 +23,11 @@ _POLICY = RolloutPolicy()
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused (a misspelt option is not ignored)."""
+    """A request body: unknown fields are refused (a misspelt option is not ignored), and so
+    are NaN and Infinity (JSON has neither; a rollout state holding one cannot be read back
+    as JSON, and an infinite wait cannot be waited)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Answer(BaseModel):

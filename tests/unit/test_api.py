@@ -384,6 +384,33 @@ def test_a_post_must_say_it_sends_json_so_that_no_web_page_can_make_one(
     assert client.get("/v1/models").status_code == 200
 
 
+def test_a_very_long_wait_is_waited_and_nan_or_infinity_is_a_400(
+    client: TestClient, workers: list[tuple[str, str]]
+) -> None:
+    # longer than threading can wait at once
+    response = client.post("/v1/models/m/load", json={"version": 2, "wait_timeout": 1e10})
+    assert response.status_code == 200, response.text
+    json_body = {"Content-Type": "application/json"}
+    client.post("/v1/endpoints/ep/switch", json={"to": "m:1"})
+    for route, field in [
+        ("/v1/models/m/load", "wait_timeout"),
+        ("/v1/models/m/unload", "wait_timeout"),
+        ("/v1/rollouts/ep/abort", "wait_timeout"),
+        ("/v1/rollouts/ep/start", "stage_seconds"),
+        ("/v1/rollouts/ep/start", "max_latency_ratio"),
+    ]:
+        for number in ("NaN", "Infinity"):
+            body = (
+                f'{{"to": 2, "{field}": {number}}}'
+                if "start" in route
+                else f'{{"{field}": {number}}}'
+            )
+            answer = client.post(route, content=body, headers=json_body)
+            assert field in error_of(answer, 400)
+            assert answer.json()["detail"][0]["input"] in ("nan", "inf")
+    assert workers == []
+
+
 def test_load_with_a_budget_evicts_through_the_controller(repo: Path, fake: FakeTriton) -> None:
     with make_client(repo, fake, max_models=1, policy="lru") as c:
         assert c.post("/v1/models/other/load", json={}).status_code == 200
