@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ health = APIRouter(prefix="/v1/health", tags=["health"])
 ROUTERS = (routes_models.router, routes_endpoints.router, routes_rollouts.router)
 
 
+@functools.cache
 def _own_version() -> str:
     try:
         return version("tritonctl")
@@ -50,8 +52,12 @@ def _own_version() -> str:
 
 
 @health.get("/live", response_model=Liveness)
-def live() -> Liveness:
-    """The control plane answers (Triton is not asked)."""
+async def live() -> Liveness:
+    """The control plane answers (Triton is not asked).
+
+    On the event loop, not in a worker thread: while every worker thread waits for a long
+    load or publish, the control plane is still alive and must say so (a liveness probe
+    that timed out would have it restarted, abandoning those requests)."""
     return Liveness(version=_own_version())
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from fastapi import FastAPI
@@ -229,6 +232,35 @@ def test_live_answers_without_asking_triton(client: TestClient, fake: FakeTriton
     response = client.get("/v1/health/live")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+def test_live_answers_while_every_worker_thread_waits_for_a_load(
+    client: TestClient, fake: FakeTriton, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    load = fake.load_model
+
+    def slow_load(name: str, config: str | None = None) -> None:
+        release.wait(10)
+        load(name, config)
+
+    monkeypatch.setattr(fake, "load_model", slow_load)
+
+    def one_worker_thread() -> None:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+
+    assert client.portal is not None
+    client.portal.call(one_worker_thread)
+    loading = threading.Thread(target=client.post, args=("/v1/models/m/load",), kwargs={"json": {}})
+    loading.start()
+    try:
+        time.sleep(0.3)  # the load holds the only worker thread
+        started = time.monotonic()
+        assert client.get("/v1/health/live").status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        loading.join()
 
 
 def test_ready_is_200_while_triton_answers_and_503_with_the_reason_when_it_does_not(
