@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.routing import Route
 
 from manager.api import routes_endpoints, routes_models, routes_rollouts
-from manager.api.auth import BearerAuth
+from manager.api.auth import BearerAuth, LocalHostsOnly
 from manager.api.deps import Plane, json_posts
 from manager.api.errors import install_error_handlers
 from manager.api.metrics import (
@@ -107,6 +107,7 @@ def create_app(
     max_models: int | None = None,
     policy: str | None = None,
     token: str | None = None,
+    local_hosts_only: bool = False,
     control_factory: ControlFactory | None = None,
 ) -> FastAPI:
     """The control plane of repository ``repo`` and the Triton server at ``triton_url``.
@@ -115,7 +116,9 @@ def create_app(
     embedded server of ``repo``, ``http://localhost:8000``); ``metrics_url``, ``config_file``,
     ``memory_limit``, ``max_models`` and ``policy`` are the CLI's serving options. With
     ``token`` every route but health and ``/metrics`` needs ``Authorization: Bearer
-    <token>``. ``control_factory`` replaces the Triton connection made per request (tests
+    <token>``. ``local_hosts_only`` refuses requests whose ``Host`` is a name other than
+    ``localhost`` (but for health and ``/metrics``), against DNS rebinding: for a control
+    plane on loopback without a token. ``control_factory`` replaces the Triton connection made per request (tests
     pass a fake). Raises ``ManagerError`` for a malformed URL or bad serving settings.
     """
     plane = ControlPlane(
@@ -159,6 +162,8 @@ def create_app(
 
     if token:
         app.add_middleware(BearerAuth, token=token, open_paths=OPEN_PATHS)
+    if local_hosts_only:
+        app.add_middleware(LocalHostsOnly, open_paths=OPEN_PATHS)
     templates = [(r.path, r.methods or ()) for r in app.routes if isinstance(r, Route)]
     templates += [
         (r.path, r.methods or ())

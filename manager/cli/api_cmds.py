@@ -71,6 +71,9 @@ def serve(
         max_models=obj.max_models,
         policy=obj.policy,
         token=token or None,
+        # without a token, a control plane on loopback answers by address or localhost
+        # only: a web page that rebinds its own name to 127.0.0.1 must not drive it
+        local_hosts_only=not token and host in LOOPBACK,
     )
     if not token and host not in LOOPBACK:
         err_console.print(

@@ -1097,6 +1097,39 @@ def test_api_serve_runs_uvicorn_with_the_global_options(
         }
 
 
+def test_api_serve_on_loopback_without_a_token_answers_localhost_and_addresses_only(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a page whose name was rebound to 127.0.0.1 sends its own name as Host
+    import uvicorn
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app))
+    monkeypatch.delenv("TRITONCTL_API_TOKEN", raising=False)
+
+    def app_of(*args: str) -> FastAPI:
+        result = CliRunner().invoke(main, ["--repo", str(repo), "api", "serve", *args])
+        assert result.exit_code == 0, result.output
+        return served["app"]
+
+    json_body = {"Content-Type": "application/json"}
+    local = app_of()
+    for base in ("http://localhost:8003", "http://127.0.0.1:8003", "http://[::1]:8003"):
+        with TestClient(local, base_url=base) as c:
+            assert c.get("/v1/rollouts").status_code == 200
+    with TestClient(local, base_url="http://rebound.example:8003") as c:
+        assert "not accepted" in error_of(c.post("/v1/endpoints/restore", headers=json_body), 400)
+        assert "not accepted" in error_of(c.get("/v1/rollouts"), 400)
+        assert c.get("/v1/health/live").status_code == 200
+        assert c.get("/metrics").status_code == 200
+    # with a token, or on another address (warned about), any name is answered
+    with TestClient(app_of("--token", TOKEN), base_url="http://triton-box:8003") as c:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        assert c.get("/v1/rollouts", headers=headers).status_code == 200
+    with TestClient(app_of("--host", "0.0.0.0"), base_url="http://triton-box:8003") as c:
+        assert c.get("/v1/rollouts").status_code == 200
+
+
 def test_api_serve_refuses_bad_settings_before_listening(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
