@@ -18,7 +18,7 @@ from starlette.routing import Route
 from manager.api import routes_endpoints, routes_models, routes_rollouts
 from manager.api.auth import BearerAuth, LocalHostsOnly
 from manager.api.deps import Plane, json_posts
-from manager.api.errors import install_error_handlers
+from manager.api.errors import BodyLimit, install_error_handlers
 from manager.api.metrics import (
     RequestMetrics,
     RequestMetricsMiddleware,
@@ -30,6 +30,9 @@ from manager.api.schemas import ErrorAnswer, Liveness, Readiness, TritonHealth
 from manager.errors import ManagerError
 
 HEALTH_TIMEOUT_S = 5.0
+MAX_BODY_BYTES = 2**20
+"""Largest request body (1 MiB): every body is a few options, labels and paths; a larger
+one would only fill the version's provenance, read back by every listing."""
 OPEN_PATHS = ("/v1/health/live", "/v1/health/ready", "/metrics")
 """Answered without the bearer token: probes and scrapers carry none."""
 
@@ -160,6 +163,7 @@ def create_app(
         "/metrics", metrics, methods=["GET"], tags=["metrics"], response_class=PlainTextResponse
     )
 
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if token:
         app.add_middleware(BearerAuth, token=token, open_paths=OPEN_PATHS)
     if local_hosts_only:

@@ -600,6 +600,26 @@ def test_a_name_with_a_trailing_newline_is_refused_and_makes_no_folder(
     assert not any("\n" in p.name for p in repo.iterdir())
 
 
+def test_a_body_over_a_mib_is_a_413_whether_its_length_is_said_or_not(
+    client: TestClient, tmp_path: Path, repo: Path
+) -> None:
+    source = python_model_folder(tmp_path / "src")
+    labels = {f"k{i}": "v" * 100 for i in range(20000)}  # about 2 MiB of provenance
+    big = client.post("/v1/models/big/versions", json={"artifact": str(source), "labels": labels})
+    assert "larger than" in error_of(big, 413)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"artifact": "/x", "labels": {"a": "'
+        yield from (b"v" * 8192 for _ in range(200))
+        yield b'"}}'
+
+    chunked = client.post(
+        "/v1/models/big/versions", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert "larger than" in error_of(chunked, 413)
+    assert not (repo / "big").exists()
+
+
 # --------------------------------------------------------------------------- endpoints
 
 
