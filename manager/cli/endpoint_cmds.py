@@ -12,7 +12,14 @@ from rich.table import Table
 from manager import native_router
 from manager.budget import ServingConfig, ServingOptions
 from manager.cli.app import main
-from manager.cli.common import Context, console, err_console, pass_context, print_json
+from manager.cli.common import (
+    Context,
+    FiniteFloatRange,
+    console,
+    err_console,
+    pass_context,
+    print_json,
+)
 from manager.controller import admission
 from manager.endpoints import (
     ROUTER_BACKENDS,
@@ -335,7 +342,7 @@ def rollout() -> None:
 )
 @click.option(
     "--stage-seconds",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=60.0,
     show_default=True,
     help="How long each stage runs before its gate decides.",
@@ -349,7 +356,7 @@ def rollout() -> None:
 )
 @click.option(
     "--max-error-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.01,
     show_default=True,
     help="A stage whose failed/all requests on the new version exceed this rolls back "
@@ -357,14 +364,14 @@ def rollout() -> None:
 )
 @click.option(
     "--max-latency-ratio",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.5,
     show_default=True,
     help="New/old mean compute time a request above this rolls back.",
 )
 @click.option(
     "--latency-tolerance-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=RolloutPolicy().latency_tolerance_ms,
     show_default=True,
     help="A new version slower by no more than this (mean, ms) is not rolled back for "
@@ -624,7 +631,7 @@ def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
 _finish_options = [
     click.option(
         "--wait-timeout",
-        type=click.FloatRange(min=0),
+        type=FiniteFloatRange(min=0),
         default=FINISH_WAIT_S,
         show_default=True,
         help="Seconds to wait for the rollout to be over.",

@@ -15,7 +15,7 @@ from rich.table import Table
 from manager.audit import ACTIONS, AuditLog
 from manager.budget import CONFIG_FILENAME, ServingConfig, find_config_file
 from manager.cli.app import AppContext, main, pass_app
-from manager.cli.common import console, err_console, print_json
+from manager.cli.common import FiniteFloatRange, console, err_console, print_json
 from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin, sole_loop
 from manager.errors import ManagerError
 from manager.triton import TritonControl
@@ -270,7 +270,7 @@ def controller_group() -> None:
 @controller_group.command("run")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1),
     default=5.0,
     show_default=True,
     help="Seconds between polls.",

@@ -1,0 +1,61 @@
+"""Bad command lines: a usage error (exit 2) on stderr before anything is done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from manager.cli import main
+from manager.cli.common import FiniteFloatRange
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _float_ranges(
+    command: click.Command, path: str = "tritonctl"
+) -> list[tuple[str, click.Parameter]]:
+    found = [(path, p) for p in command.params if isinstance(p.type, click.FloatRange)]
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            found += _float_ranges(sub, f"{path} {name}")
+    return found
+
+
+def test_every_float_option_refuses_what_is_not_finite() -> None:
+    options = _float_ranges(main)
+    assert len(options) >= 10
+    for path, param in options:
+        assert isinstance(param.type, FiniteFloatRange), f"{path} {param.opts[0]}"
+
+
+@pytest.mark.parametrize("number", ["nan", "inf", "Infinity"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("rollout", "start", "ep", "--to", "2", "--stage-seconds"),
+        ("rollout", "start", "ep", "--to", "2", "--max-error-rate"),
+        ("rollout", "start", "ep", "--to", "2", "--max-latency-ratio"),
+        ("rollout", "start", "ep", "--to", "2", "--latency-tolerance-ms"),
+        ("rollout", "abort", "ep", "--wait-timeout"),
+        ("load", "m", "--wait-timeout"),
+        ("unload", "m", "--wait-timeout"),
+        ("controller", "run", "--interval"),
+        ("server", "start", "--wait-timeout"),
+        ("server", "stop", "--timeout"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_a_usage_error(
+    tmp_path: Path, args: tuple[str, ...], number: str
+) -> None:
+    repo = tmp_path / "repo"
+    code, out, err = run("--repo", str(repo), *args, number)
+    assert code == 2, err
+    assert out == ""
+    assert "is not a finite number" in err or "is not in the range" in err
+    assert not repo.exists()
