@@ -27,6 +27,8 @@ from manager.endpoints import (
     EndpointState,
     RouterOptions,
     Target,
+    check_sticky,
+    check_total_weight,
     native_refusal,
 )
 from manager.errors import ManagerError, RolloutError
@@ -83,7 +85,7 @@ def _parse_model_version(text: str) -> tuple[str, int | None]:
     try:
         return parse_model_ref(text)
     except ManagerError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.BadParameter(str(exc), param_hint="'--to'") from exc
 
 
 def _show_endpoint(
@@ -236,6 +238,20 @@ def endpoint_split(
             parsed.append(Target.parse(text))
         except ManagerError as exc:
             raise click.BadParameter(str(exc), param_hint="'--target'") from exc
+    # mistakes of the command line, refused as such before the server is asked anything
+    try:
+        check_sticky(sticky_parameter, sticky_correlation_id)
+    except ManagerError as exc:
+        raise click.UsageError(str(exc)) from exc
+    seen: set[tuple[str, int]] = set()
+    for t in parsed:
+        if t.key in seen:
+            raise click.BadParameter(f"target {t.label()} is listed twice", param_hint="'--target'")
+        seen.add(t.key)
+    try:
+        check_total_weight(parsed)
+    except ManagerError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from exc
     options = RouterOptions(backend=router_backend) if router_backend else RouterOptions()
     with _control(obj) as control:
         endpoints = _budgeted(obj, control, router=options)

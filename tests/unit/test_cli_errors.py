@@ -59,3 +59,26 @@ def test_a_number_that_is_not_finite_is_a_usage_error(
     assert out == ""
     assert "is not a finite number" in err or "is not in the range" in err
     assert not repo.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--target", "m:1=0", "--target", "m:2=0"), "add up to 0"),
+        (("--target", "m:1", "--target", "m:1=5"), "listed twice"),
+        (("--target", "m:1", "--sticky-parameter", "u", "--sticky-correlation-id"), "not both"),
+        (("--target", "m:1", "--sticky-parameter", "bad name"), "sticky parameter"),
+    ],
+)
+def test_split_option_mistakes_are_usage_errors_before_the_server_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], message: str
+) -> None:
+    from manager.cli import endpoint_cmds
+
+    def no_server(obj: object) -> None:
+        raise AssertionError("the server was asked")
+
+    monkeypatch.setattr(endpoint_cmds, "_control", no_server)
+    code, out, err = run("--repo", str(tmp_path), "endpoint", "split", "ep", *args)
+    assert code == 2, err
+    assert out == "" and message in err
