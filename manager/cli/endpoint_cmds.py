@@ -130,6 +130,7 @@ def endpoint() -> None:
 def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     """Targets and weights of endpoint NAME (all endpoints without NAME), and whether
     Triton serves the endpoint and its targets now."""
+    Repository(obj.repo).require()  # a misspelt --repo is not a repository without endpoints
     with _control(obj) as control:
         eps = Endpoints(Repository(obj.repo), control)
         states = [eps.get(name)] if name else eps.list()
@@ -621,7 +622,9 @@ def _stage_table(state: RolloutState) -> None:
 @pass_context
 def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     """The last rollout of every endpoint: versions, status, weight, driver."""
-    states = list_rollouts(Repository(obj.repo), active=active_only)
+    repo = Repository(obj.repo)
+    repo.require()  # a misspelt --repo is not a repository without rollouts
+    states = list_rollouts(repo, active=active_only)
     if as_json:
         print_json([s.to_dict() for s in states])
         return

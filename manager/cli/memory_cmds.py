@@ -18,6 +18,7 @@ from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import FiniteFloatRange, console, err_console, print_json
 from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin, sole_loop
 from manager.errors import ManagerError
+from manager.repository import Repository
 from manager.triton import TritonControl
 from manager.units import format_size
 
@@ -217,6 +218,7 @@ def audit_cmd(
     """What tritonctl decided about memory, and why: loads, evictions, refusals, unloads,
     pins and alerts (of model NAME only, if given), oldest first, from the repository's
     audit log."""
+    Repository(obj.repo).require()  # a misspelt --repo is not a repository without records
     records = AuditLog(obj.repo).query(name, action, None if everything else last)
     if as_json:
         print_json(records)

@@ -82,3 +82,25 @@ def test_split_option_mistakes_are_usage_errors_before_the_server_is_asked(
     code, out, err = run("--repo", str(tmp_path), "endpoint", "split", "ep", *args)
     assert code == 2, err
     assert out == "" and message in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("endpoint", "show"),
+        ("endpoint", "show", "--json"),
+        ("rollout", "list", "--json"),
+        ("rollout", "list", "--active"),
+        ("audit", "--json"),
+        ("audit", "m"),
+    ],
+)
+def test_listing_a_repository_that_does_not_exist_is_an_error(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    missing = tmp_path / "misspelt"
+    code, out, err = run("--repo", str(missing), *args)
+    assert code == 1
+    assert out == ""
+    assert err == f"error: model repository {missing} does not exist\n"
+    assert not missing.exists()
