@@ -167,8 +167,10 @@ def evict_cmd(
 
 
 def _pin(obj: AppContext, name: str, pinned: bool, as_json: bool) -> None:
-    changed = set_pin(obj.repo, name, pinned)
+    # the settings first: a broken tritonctl.yaml or --memory-limit fails the command
+    # before the pin changes, not after
     config = obj.serving_config()
+    changed = set_pin(obj.repo, name, pinned)
     # a pin in tritonctl.yaml (or --config) is the file's to keep: unpin cannot lift it
     held = not pinned and name in config.pinned
     where = str(config.source or CONFIG_FILENAME)

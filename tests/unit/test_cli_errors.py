@@ -104,3 +104,29 @@ def test_listing_a_repository_that_does_not_exist_is_an_error(
     assert out == ""
     assert err == f"error: model repository {missing} does not exist\n"
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("settings", [("--memory-limit", "12XB"), ()])
+def test_pin_and_unpin_that_fail_on_the_settings_change_no_pin(
+    tmp_path: Path, settings: tuple[str, ...]
+) -> None:
+    from manager.audit import AuditLog
+    from manager.controller import set_pin
+
+    repo = tmp_path / "repo"
+    for name in ("a", "b"):
+        (repo / name / "1").mkdir(parents=True)
+    set_pin(repo, "b", True)
+    if not settings:
+        (repo / "tritonctl.yaml").write_text("memory_limit: 12XB\n")
+    before = AuditLog(repo).query()
+    for command, name in (("pin", "a"), ("unpin", "b")):
+        code, out, err = run("--repo", str(repo), *settings, command, name, "--json")
+        assert code == 2, err
+        assert out == "" and "12XB" in err
+    assert AuditLog(repo).query() == before
+    (repo / "tritonctl.yaml").unlink(missing_ok=True)
+    code, out, _ = run("--repo", str(repo), "--memory-limit", "12GB", "pin", "a", "--json")
+    assert code == 0 and '"changed": true' in out
+    code, out, _ = run("--repo", str(repo), "--memory-limit", "12GB", "unpin", "b", "--json")
+    assert code == 0 and '"changed": true' in out
