@@ -130,3 +130,24 @@ def test_pin_and_unpin_that_fail_on_the_settings_change_no_pin(
     assert code == 0 and '"changed": true' in out
     code, out, _ = run("--repo", str(repo), "--memory-limit", "12GB", "unpin", "b", "--json")
     assert code == 0 and '"changed": true' in out
+
+
+def test_api_serve_on_a_port_in_use_is_one_error_line_before_anything_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import uvicorn
+
+    def not_started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the HTTP server was started")
+
+    monkeypatch.setattr(uvicorn, "run", not_started)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run("--repo", str(tmp_path), "api", "serve", "--port", str(port))
+    assert code == 1
+    assert out == ""
+    assert err == f"error: cannot listen on 127.0.0.1:{port}: address already in use\n"
