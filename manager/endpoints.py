@@ -197,6 +197,18 @@ def check_total_weight(targets: Sequence[Target]) -> None:
         )
 
 
+def check_sticky(sticky_parameter: str | None, use_correlation_id: bool) -> None:
+    """Refuse a sticky parameter name that a request parameter cannot have, or a split
+    asked to route by both a parameter and the correlation id."""
+    if sticky_parameter is not None and not STICKY_PARAMETER_RE.fullmatch(sticky_parameter):
+        raise EndpointError(
+            f"sticky parameter {sticky_parameter!r}: use 1-128 letters, digits, "
+            "'_', '.', ':' or '-'"
+        )
+    if sticky_parameter and use_correlation_id:
+        raise EndpointError("route by a sticky parameter or by the correlation id, not both")
+
+
 @dataclass
 class EndpointState:
     """An endpoint's routes, as stored in ``<repo>/.tritonctl/endpoints/NAME.json``."""
@@ -212,13 +224,8 @@ class EndpointState:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise EndpointError(f"endpoint {self.name!r}: unknown mode {self.mode!r}")
-        if self.sticky_parameter is not None and not STICKY_PARAMETER_RE.fullmatch(
-            self.sticky_parameter
-        ):
-            raise EndpointError(
-                f"sticky parameter {self.sticky_parameter!r}: use 1-128 letters, digits, "
-                "'_', '.', ':' or '-'"
-            )
+        if self.sticky_parameter is not None:
+            check_sticky(self.sticky_parameter, False)
 
     @property
     def total_weight(self) -> float:
@@ -1417,6 +1424,8 @@ class Endpoints:
         """
         self._refuse_during_rollout(name, "split")
         self._check_endpoint_name(name)
+        # before any target is loaded: a refused split changes nothing that serves
+        check_sticky(sticky_parameter, use_correlation_id)
         checked, configs = self._check_targets(targets)
         # checked before room is made for them
         self._check_clients_io(name, [(checked[0].label(), configs[checked[0].model])], force=force)
@@ -1457,8 +1466,7 @@ class Endpoints:
         use_correlation_id: bool,
         force: bool = False,
     ) -> EndpointState:
-        if sticky_parameter and use_correlation_id:
-            raise EndpointError("route by a sticky parameter or by the correlation id, not both")
+        check_sticky(sticky_parameter, use_correlation_id)
         self._check_endpoint_name(name)
         checked, configs = self._check_targets(targets)
         target = configs[checked[0].model]

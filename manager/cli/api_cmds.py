@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from manager.cli.app import AppContext, main, pass_app
 from manager.cli.common import PORT, console, err_console
+from manager.errors import ManagerError
 
 DEFAULT_PORT = 8003
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -62,6 +65,8 @@ def serve(
 
     from manager.api import create_app
 
+    _check_listen(host, port)  # before anything is said: a port taken is one error line
+
     app = create_app(
         obj.repo,
         obj.url,
@@ -91,3 +96,25 @@ def serve(
         soft_wrap=True,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Refuse (ManagerError, exit 1) an address this host cannot listen on: a port in use,
+    a host name that does not resolve or is not one of this host's addresses. Without it
+    the HTTP server logs its own error and exits 3 after the start was announced."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ManagerError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ManagerError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -59,6 +60,20 @@ class CliConsole(Console):
 
 PORT = click.IntRange(1, 65535)
 """A TCP port option's type."""
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf``: NaN passes every range
+    check, and neither can be recorded as JSON (a rollout's state) or waited for."""
+
+    name = "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
 
 console = CliConsole()
 err_console = CliConsole(stderr=True)

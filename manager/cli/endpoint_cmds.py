@@ -12,7 +12,14 @@ from rich.table import Table
 from manager import native_router
 from manager.budget import ServingConfig, ServingOptions
 from manager.cli.app import main
-from manager.cli.common import Context, console, err_console, pass_context, print_json
+from manager.cli.common import (
+    Context,
+    FiniteFloatRange,
+    console,
+    err_console,
+    pass_context,
+    print_json,
+)
 from manager.controller import admission
 from manager.endpoints import (
     ROUTER_BACKENDS,
@@ -20,6 +27,8 @@ from manager.endpoints import (
     EndpointState,
     RouterOptions,
     Target,
+    check_sticky,
+    check_total_weight,
     native_refusal,
 )
 from manager.errors import ManagerError, RolloutError
@@ -76,7 +85,7 @@ def _parse_model_version(text: str) -> tuple[str, int | None]:
     try:
         return parse_model_ref(text)
     except ManagerError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.BadParameter(str(exc), param_hint="'--to'") from exc
 
 
 def _show_endpoint(
@@ -121,6 +130,7 @@ def endpoint() -> None:
 def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
     """Targets and weights of endpoint NAME (all endpoints without NAME), and whether
     Triton serves the endpoint and its targets now."""
+    Repository(obj.repo).require()  # a misspelt --repo is not a repository without endpoints
     with _control(obj) as control:
         eps = Endpoints(Repository(obj.repo), control)
         states = [eps.get(name)] if name else eps.list()
@@ -229,6 +239,20 @@ def endpoint_split(
             parsed.append(Target.parse(text))
         except ManagerError as exc:
             raise click.BadParameter(str(exc), param_hint="'--target'") from exc
+    # mistakes of the command line, refused as such before the server is asked anything
+    try:
+        check_sticky(sticky_parameter, sticky_correlation_id)
+    except ManagerError as exc:
+        raise click.UsageError(str(exc)) from exc
+    seen: set[tuple[str, int]] = set()
+    for t in parsed:
+        if t.key in seen:
+            raise click.BadParameter(f"target {t.label()} is listed twice", param_hint="'--target'")
+        seen.add(t.key)
+    try:
+        check_total_weight(parsed)
+    except ManagerError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--target'") from exc
     options = RouterOptions(backend=router_backend) if router_backend else RouterOptions()
     with _control(obj) as control:
         endpoints = _budgeted(obj, control, router=options)
@@ -335,7 +359,7 @@ def rollout() -> None:
 )
 @click.option(
     "--stage-seconds",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=60.0,
     show_default=True,
     help="How long each stage runs before its gate decides.",
@@ -349,7 +373,7 @@ def rollout() -> None:
 )
 @click.option(
     "--max-error-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=0.01,
     show_default=True,
     help="A stage whose failed/all requests on the new version exceed this rolls back "
@@ -357,14 +381,14 @@ def rollout() -> None:
 )
 @click.option(
     "--max-latency-ratio",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.5,
     show_default=True,
     help="New/old mean compute time a request above this rolls back.",
 )
 @click.option(
     "--latency-tolerance-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=RolloutPolicy().latency_tolerance_ms,
     show_default=True,
     help="A new version slower by no more than this (mean, ms) is not rolled back for "
@@ -598,7 +622,9 @@ def _stage_table(state: RolloutState) -> None:
 @pass_context
 def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     """The last rollout of every endpoint: versions, status, weight, driver."""
-    states = list_rollouts(Repository(obj.repo), active=active_only)
+    repo = Repository(obj.repo)
+    repo.require()  # a misspelt --repo is not a repository without rollouts
+    states = list_rollouts(repo, active=active_only)
     if as_json:
         print_json([s.to_dict() for s in states])
         return
@@ -624,7 +650,7 @@ def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
 _finish_options = [
     click.option(
         "--wait-timeout",
-        type=click.FloatRange(min=0),
+        type=FiniteFloatRange(min=0),
         default=FINISH_WAIT_S,
         show_default=True,
         help="Seconds to wait for the rollout to be over.",

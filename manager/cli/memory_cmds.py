@@ -15,9 +15,10 @@ from rich.table import Table
 from manager.audit import ACTIONS, AuditLog
 from manager.budget import CONFIG_FILENAME, ServingConfig, find_config_file
 from manager.cli.app import AppContext, main, pass_app
-from manager.cli.common import console, err_console, print_json
+from manager.cli.common import FiniteFloatRange, console, err_console, print_json
 from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin, sole_loop
 from manager.errors import ManagerError
+from manager.repository import Repository
 from manager.triton import TritonControl
 from manager.units import format_size
 
@@ -166,8 +167,10 @@ def evict_cmd(
 
 
 def _pin(obj: AppContext, name: str, pinned: bool, as_json: bool) -> None:
-    changed = set_pin(obj.repo, name, pinned)
+    # the settings first: a broken tritonctl.yaml or --memory-limit fails the command
+    # before the pin changes, not after
     config = obj.serving_config()
+    changed = set_pin(obj.repo, name, pinned)
     # a pin in tritonctl.yaml (or --config) is the file's to keep: unpin cannot lift it
     held = not pinned and name in config.pinned
     where = str(config.source or CONFIG_FILENAME)
@@ -217,6 +220,7 @@ def audit_cmd(
     """What tritonctl decided about memory, and why: loads, evictions, refusals, unloads,
     pins and alerts (of model NAME only, if given), oldest first, from the repository's
     audit log."""
+    Repository(obj.repo).require()  # a misspelt --repo is not a repository without records
     records = AuditLog(obj.repo).query(name, action, None if everything else last)
     if as_json:
         print_json(records)
@@ -270,7 +274,7 @@ def controller_group() -> None:
 @controller_group.command("run")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1),
     default=5.0,
     show_default=True,
     help="Seconds between polls.",

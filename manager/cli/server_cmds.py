@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from manager.cli.app import main
-from manager.cli.common import PORT, Context, console, pass_context, print_json
+from manager.cli.common import PORT, Context, FiniteFloatRange, console, pass_context, print_json
 from manager.server import EmbeddedServer, ServerInfo, probe_live
 
 
@@ -74,7 +74,7 @@ def try_command(info: ServerInfo) -> str:
 )
 @click.option(
     "--wait-timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=60.0,
     show_default=True,
     help="Seconds to wait for the server to become live.",
@@ -191,7 +191,7 @@ def status(obj: Context, as_json: bool) -> None:
 @server.command()
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=30.0,
     show_default=True,
     help="Seconds to wait after SIGTERM before SIGKILL.",

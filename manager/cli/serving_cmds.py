@@ -9,7 +9,7 @@ from rich.table import Table
 
 from manager import serving
 from manager.cli.app import AppContext, main, pass_app
-from manager.cli.common import Context, console, pass_context, print_json
+from manager.cli.common import Context, FiniteFloatRange, console, pass_context, print_json
 from manager.controller import EnsureResult, budget_configured, load_model
 from manager.footprint import LIVE_BASIS, Footprint
 from manager.listing import live_memory, model_footprints, model_rows
@@ -39,7 +39,7 @@ def _control(obj: Context) -> TritonControl:
 )
 @click.option(
     "--wait-timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=serving.DEFAULT_LOAD_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait for the model to become READY; past them the command fails and "
@@ -99,7 +99,7 @@ def _print_ensured(result: EnsureResult, as_json: bool) -> None:
 @click.argument("name")
 @click.option(
     "--wait-timeout",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=serving.DEFAULT_UNLOAD_TIMEOUT_S,
     show_default=True,
     help="Seconds to wait until the model is UNAVAILABLE.",

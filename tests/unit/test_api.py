@@ -1089,6 +1089,7 @@ def test_api_serve_runs_uvicorn_with_the_global_options(
         served.update(options, app=app)
 
     monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr("manager.cli.api_cmds._check_listen", lambda host, port: None)
     monkeypatch.setenv("TRITONCTL_API_TOKEN", TOKEN)
     result = CliRunner().invoke(
         main,
@@ -1125,6 +1126,8 @@ def test_api_serve_on_loopback_without_a_token_answers_localhost_and_addresses_o
 
     served: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app))
+    # the ports are not listened on here: whether they are free does not matter
+    monkeypatch.setattr("manager.cli.api_cmds._check_listen", lambda host, port: None)
     monkeypatch.delenv("TRITONCTL_API_TOKEN", raising=False)
 
     def app_of(*args: str) -> FastAPI:

@@ -1536,6 +1536,22 @@ def test_a_split_routes_by_one_sticky_key_not_two(
         )
 
 
+@pytest.mark.parametrize(
+    "sticky",
+    [{"sticky_parameter": "bad name!"}, {"sticky_parameter": "u", "use_correlation_id": True}],
+)
+def test_a_split_refused_for_its_sticky_key_loads_nothing(
+    setup: tuple[Endpoints, FakeTriton, Path], sticky: dict[str, Any]
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 2)
+    calls, config = list(triton.calls), (repo / "m" / "config.pbtxt").read_text()
+    with pytest.raises(EndpointError, match="sticky parameter"):
+        endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)], **sticky)
+    assert triton.calls == calls and triton.loaded["m"] == {2}
+    assert (repo / "m" / "config.pbtxt").read_text() == config
+
+
 def test_versions_an_endpoint_loads_are_dated_for_eviction_and_forgotten_when_retired(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:
