@@ -101,18 +101,16 @@ def serve(
 def _check_listen(host: str, port: int) -> None:
     """Refuse (ManagerError, exit 1) an address this host cannot listen on: a port in use,
     a host name that does not resolve or is not one of this host's addresses. Without it
-    the HTTP server logs its own error and exits 3 after the start was announced."""
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise ManagerError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise ManagerError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
+    the HTTP server logs its own error and exits 3 after the start was announced. The probe
+    binds as uvicorn will (IPv6 for an address with a colon, else IPv4), so a name that
+    also resolves to an IPv6 address a host lacks is not refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ManagerError(f"cannot listen on {host}:{port}: {_reason(exc)}") from exc
 
 
 def _reason(exc: OSError) -> str:
