@@ -42,6 +42,7 @@ ADDER = "ep_adder"
 BROKEN = "ep_broken"
 PARAMS = "ep_params"
 STREAM = "ep_stream"
+UNENDING = "ep_unending"  # a streaming model that ends its stream only when cancelled
 SEQ = "ep_seq"
 SEQ_SHORT = "ep_seq_short"  # the same model, sequences idle for 1 s are ended
 
@@ -122,6 +123,34 @@ STREAM_PY = textwrap.dedent(
 )
 
 
+# A decoupled model that answers once and then leaves the stream open until the client
+# cancels it: a stream the server never ends.
+UNENDING_PY = textwrap.dedent(
+    """
+    import threading
+    import time
+
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            for request in requests:
+                sender = request.get_response_sender()
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", x)
+                sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                threading.Thread(target=self._end_when_cancelled, args=(sender,)).start()
+            return None
+
+        def _end_when_cancelled(self, sender):
+            while not sender.is_cancelled():
+                time.sleep(0.05)
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+    """
+)
+
+
 # A stateful model (sequence batching): answers 1000 * version + the running sum of the
 # inputs of its sequence.
 SEQ_PY = textwrap.dedent(
@@ -195,6 +224,7 @@ def models(triton: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> Tr
         return edit
 
     publish_edited(triton.repo, STREAM, STREAM_PY, tmp, streaming)
+    publish_edited(triton.repo, UNENDING, UNENDING_PY, tmp, streaming)
     publish_edited(triton.repo, SEQ, SEQ_PY, tmp, stateful(30_000_000))
     publish_edited(triton.repo, SEQ_SHORT, SEQ_PY, tmp, stateful(1_000_000))
     return triton
@@ -673,17 +703,26 @@ def test_the_python_example_of_the_docs_runs(models: TritonHandle, tmp_path: Pat
         assert call(client, "doc_ep") == 2
 
 
-def stream_call(client: grpcclient.InferenceServerClient, model: str, x: float) -> list[float]:
-    """One request of ``x`` over a gRPC stream; what each response added to ``x``."""
+def stream_call(
+    client: grpcclient.InferenceServerClient, model: str, x: float, *, timeout: float = 30.0
+) -> list[float]:
+    """One request of ``x`` over a gRPC stream; what each response added to ``x``.
+
+    Raises ``queue.Empty`` if the final response has not come within ``timeout`` seconds.
+    A stream the server has not ended is then cancelled: stopping it gracefully would wait
+    for the server to end it, for ever if it never does.
+    """
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    ended = False
     try:
         inp = grpcclient.InferInput("INPUT0", [4], "FP32")
         inp.set_data_from_numpy(np.full(4, x, dtype=np.float32))
         client.async_stream_infer(model, [inp], enable_empty_final_response=True)
         added: list[float] = []
+        deadline = time.monotonic() + timeout
         while True:
-            result, error = answers.get(timeout=30)
+            result, error = answers.get(timeout=max(0.0, deadline - time.monotonic()))
             if error is not None:
                 raise error
             response = result.get_response()
@@ -693,9 +732,33 @@ def stream_call(client: grpcclient.InferenceServerClient, model: str, x: float) 
                 added.append(float(out[0]) - x)
             final = response.parameters.get("triton_final_response")
             if final is not None and final.bool_param:
+                ended = True
                 return added
     finally:
-        client.stop_stream()
+        client.stop_stream(cancel_requests=not ended)
+
+
+def test_a_stream_the_server_does_not_end_fails_the_call_instead_of_hanging(
+    models: TritonHandle, control: TritonControl
+) -> None:
+    control.load_model(UNENDING)
+    # in a thread of its own: without the cancel, closing the client waits for the
+    # stream's end for ever, beyond the reach of pytest-timeout's signal
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            with grpc_client(models) as client:
+                stream_call(client, UNENDING, 1.0, timeout=2.0)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "the stream call hung on a stream the server did not end"
+    assert isinstance(outcome.get("error"), queue.Empty), outcome
+    control.unload_model(UNENDING)
 
 
 def test_a_streaming_model_streams_every_response_through_its_endpoint(
