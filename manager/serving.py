@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.json_format import MessageToJson
 
@@ -30,6 +30,9 @@ from manager.metrics import MemoryReading, parse_memory
 from manager.modelconfig import read_config, write_config
 from manager.names import validate_model_name
 from manager.triton import IndexEntry, ModelStats, one_line, release_thread_hub
+
+if TYPE_CHECKING:
+    from manager.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -527,11 +530,17 @@ def load(
 
 def model_lock(repo: Path | None, name: str) -> AbstractContextManager[object]:
     """The model's repository lock where ``repo`` holds the model, else nothing."""
+    holder = _holding_repository(repo, name)
+    return holder.lock(name) if holder is not None else nullcontext()
+
+
+def _holding_repository(repo: Path | None, name: str) -> Repository | None:
+    """``repo`` as a Repository where it holds model ``name``, else None."""
     if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
-        return nullcontext()
+        return None
     from manager.repository import Repository
 
-    return Repository(repo).lock(name)
+    return Repository(repo)
 
 
 def _load(
@@ -829,11 +838,9 @@ async def aload(
 
 
 def _model_alock(repo: Path | None, name: str) -> AbstractAsyncContextManager[object]:
-    if repo is None or not (Path(repo) / name / "config.pbtxt").is_file():
-        return nullcontext()
-    from manager.repository import Repository
-
-    return Repository(repo).alock(name)
+    """The asyncio form of :func:`model_lock`."""
+    holder = _holding_repository(repo, name)
+    return holder.alock(name) if holder is not None else nullcontext()
 
 
 async def _aload(
