@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
@@ -130,6 +131,13 @@ def _run(
     client = _client(url)
     answered = True  # whether the server answered the load, so there may be a model to unload
     try:
+        if not _answers_live(client):
+            # e.g. a staging URL of another service: its answer to a load would be an
+            # error page, not Triton's reason
+            answered = False
+            raise TritonUnreachableError(
+                f"smoke test: no Triton server answers at {url} (its /v2/health/live is not live)"
+            )
         log.info("smoke test: loading %s as %s on %s", config.name, temp_name, url)
         try:
             client.load_model(temp_name, config=config_json, files=files)  # type: ignore[attr-defined]
@@ -166,3 +174,13 @@ def _run(
         except (InferenceServerException, OSError, ManagerError) as exc:
             log.warning("smoke test: could not unload %s: %s", temp_name, exc)
         client.close()  # type: ignore[attr-defined]
+
+
+def _answers_live(client: Any) -> bool:
+    """Whether a Triton server answers ``client``'s liveness request with live."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return bool(client.is_server_live())
+    except (InferenceServerException, OSError):
+        return False

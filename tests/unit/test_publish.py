@@ -548,3 +548,49 @@ def test_a_staging_server_that_does_not_answer_is_named_with_no_stray_unload(
     ):
         smoke_test(folder, config, 1, [], url=f"{scheme}://127.0.0.1:9")
     assert "could not unload" not in caplog.text
+
+
+def test_a_staging_url_of_another_service_is_named_as_not_triton(tmp_path, caplog):
+    """A web server that is not Triton answers the load with an error page: the smoke
+    test says no Triton server answers there, in one line, and sends it nothing else."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from manager.errors import TritonUnreachableError
+    from manager.smoke import smoke_test
+
+    asked: list[str] = []
+
+    class NotTriton(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            asked.append(f"{self.command} {self.path}")
+            body = b"<!DOCTYPE HTML><html><body>Not Found</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTriton)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        folder = write_python_model(tmp_path / "addone", name="addone")
+        config = read_config(folder / "config.pbtxt")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with (
+            caplog.at_level("WARNING"),
+            pytest.raises(TritonUnreachableError, match="no Triton server answers") as raised,
+        ):
+            smoke_test(folder, config, 1, [], url=url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "\n" not in str(raised.value) and "html" not in str(raised.value).lower()
+    assert asked == ["GET /v2/health/live"]
+    assert "could not unload" not in caplog.text
