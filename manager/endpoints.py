@@ -675,9 +675,14 @@ def startup_models(repo: Repository) -> list[str]:
     return sorted(names)
 
 
+def routes_file(repo: Repository, name: str) -> Path:
+    """Where endpoint ``name``'s routes are recorded (JSON)."""
+    return repo.meta_dir / ROUTES_DIR / f"{validate_model_name(name, what='endpoint name')}.json"
+
+
 def read_endpoint(repo: Repository, name: str) -> EndpointState | None:
     """Endpoint ``name``'s recorded routes; None where it has none."""
-    path = repo.meta_dir / ROUTES_DIR / f"{validate_model_name(name, what='endpoint name')}.json"
+    path = routes_file(repo, name)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -751,7 +756,7 @@ class Endpoints:
         return self.repo.meta_dir / ROUTES_DIR
 
     def routes_path(self, name: str) -> Path:
-        return self.routes_dir / f"{validate_model_name(name, what='endpoint name')}.json"
+        return routes_file(self.repo, name)
 
     def native_routes_path(self, name: str) -> Path:
         return self.routes_path(name).with_suffix(NATIVE_ROUTES_SUFFIX)

@@ -161,9 +161,7 @@ class Repository:
         endpoint changes that serve it take turns). A thread that holds it already takes
         it again at once (an endpoint change that loads the model holds it throughout)."""
         self.ensure()
-        lock_dir = self.meta_dir / "locks"
-        lock_dir.mkdir(exist_ok=True)
-        path = str((lock_dir / f"{validate_model_name(name)}.lock").resolve())
+        path = self._lock_path(name)
         held: dict[str, int] = _HELD.__dict__.setdefault("counts", {})
         if held.get(path):
             held[path] += 1
@@ -190,9 +188,7 @@ class Repository:
         """The asyncio form of :meth:`lock`: the event loop runs on while it waits (each
         try is a non-blocking one), and a cancelled wait holds nothing."""
         self.ensure()
-        lock_dir = self.meta_dir / "locks"
-        lock_dir.mkdir(exist_ok=True)
-        lock = FileLock(str((lock_dir / f"{validate_model_name(name)}.lock").resolve()))
+        lock = FileLock(self._lock_path(name))
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -213,10 +209,14 @@ class Repository:
     @contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:
         """Hold ``name``'s write lock if no one else does; yields whether it is held."""
+        with held_if_free(FileLock(self._lock_path(name))) as held:
+            yield held
+
+    def _lock_path(self, name: str) -> str:
+        """The file of model ``name``'s write lock (its folder made if need be)."""
         lock_dir = self.meta_dir / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        with held_if_free(FileLock(str(lock_dir / f"{validate_model_name(name)}.lock"))) as held:
-            yield held
+        return str((lock_dir / f"{validate_model_name(name)}.lock").resolve())
 
     def staging_leftovers(self) -> list[tuple[str, Path]]:
         """(model name, folder) of everything in the staging folder, sorted. A folder whose
