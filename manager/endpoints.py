@@ -59,6 +59,7 @@ from manager.errors import (
     ModelNotFoundError,
     RepositoryError,
     RolloutError,
+    TritonUnreachableError,
 )
 from manager.filecopy import precompile
 from manager.loadtimes import forget_loads, record_load
@@ -1606,15 +1607,18 @@ class Endpoints:
     def restore_all(self) -> Sequence[EndpointState]:
         """:meth:`ensure` every endpoint of the repository (a server started in explicit
         mode serves nothing until told). Each is tried; if any fails, EndpointError names
-        each failure and the endpoints that serve again. Models no endpoint routes to get
+        each failure and the endpoints that serve again; TritonUnreachableError stops at
+        the first. Models no endpoint routes to get
         their own version policy back (where an endpoint change stopped half-way)."""
         restored: builtins.list[EndpointState] = []
         failed: builtins.list[str] = []
         for state in self.list():
             try:
                 restored.append(self.ensure(state.name))
+            except TritonUnreachableError:
+                raise  # no server: the next endpoints would fail the same way
             except ManagerError as exc:
-                log.error("endpoint %s not restored: %s", state.name, exc)
+                log.info("endpoint %s not restored: %s", state.name, exc)  # raised below
                 failed.append(f"{state.name}: {exc}")
         self._release_policies(None)  # what a change that stopped half-way left
         if failed:

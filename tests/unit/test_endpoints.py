@@ -1813,3 +1813,46 @@ def test_an_unload_during_a_switch_onto_the_model_is_refused_not_raced(
     )
     assert endpoints.get("ep").targets[0].model == "n" and triton.loaded.get("n") == {1}
     assert isinstance(result, UnloadError) and "ep" in str(result), result
+
+
+def test_restore_all_stops_at_the_first_endpoint_when_no_server_answers(
+    setup: tuple[Endpoints, FakeTriton, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """No server: one error that says so, not one failure (and log line) per endpoint."""
+    from manager.errors import TritonUnreachableError
+
+    endpoints, triton, _ = setup
+    endpoints.switch("a", "m", 1)
+    endpoints.switch("b", "m", 2)
+    asked: list[str] = []
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        asked.append("index")
+        raise TritonUnreachableError("no Triton server answers at http://localhost:1")
+
+    triton.repository_index = unreachable  # type: ignore[assignment,method-assign]
+    triton.load_model = unreachable  # type: ignore[assignment,method-assign]
+    with caplog.at_level("INFO"), pytest.raises(TritonUnreachableError, match="no Triton"):
+        endpoints.restore_all()
+    assert len(asked) == 1
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")] == []
+
+
+def test_restore_all_names_each_endpoint_it_could_not_restore_once(
+    setup: tuple[Endpoints, FakeTriton, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One endpoint fails to load: the error names it and those serving again; the
+    failure is not also logged as an error (the CLI would print it twice)."""
+    from manager.errors import EndpointError
+
+    endpoints, triton, _ = setup
+    endpoints.switch("a", "m", 1)
+    endpoints.switch("b", "m", 2)
+    triton.loaded.clear()
+    triton.fail_loads(lambda name: name == "a", "a refuses to load")
+    with caplog.at_level("INFO"), pytest.raises(EndpointError) as info:
+        endpoints.restore_all()
+    assert "a: " in str(info.value) and "a refuses to load" in str(info.value)
+    assert "serving again: b" in str(info.value)
+    errors = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+    assert not [m for m in errors if "not restored" in m]
