@@ -473,26 +473,35 @@ def rollout_start(
             return
         state = begin_rollout(repo, control, name, to_version, policy)
         _note_resumed(policy, state, _given_settings())
+        _drive_here(repo, control, state, as_json)
 
-        def show(s: RolloutState) -> None:
-            if as_json:
-                return
-            if len(s.history) > 1:
-                _say_err(f"  {_stage_summary(s, s.history[-2])}")
-            _say_err(f"stage {s.weight} %: {s.model}:{s.new_version}")
 
-        try:
-            state = run_rollout(repo, control, state, on_stage=show)
-        except KeyboardInterrupt:
-            now = status(repo, name)
-            _say_err(
-                f"interrupted: {name} keeps serving at {now.weight} % on "
-                f"{now.model}:{now.new_version}; `tritonctl rollout resume {name}` goes on, "
-                f"`tritonctl rollout abort {name}` rolls back"
-            )
-            raise SystemExit(130) from None
-        if not as_json and state.history:
-            _say_err(f"  {_stage_summary(state, state.history[-1])}")
+def _drive_here(
+    repo: Repository, control: TritonControl, state: RolloutState, as_json: bool
+) -> None:
+    """Run the rollout in this process (`--wait`), a line per stage on stderr; exit 4
+    unless promoted, 130 on Ctrl-C (the endpoint keeps serving at the recorded stage)."""
+    name = state.endpoint
+
+    def show(s: RolloutState) -> None:
+        if as_json:
+            return
+        if len(s.history) > 1:
+            _say_err(f"  {_stage_summary(s, s.history[-2])}")
+        _say_err(f"stage {s.weight} %: {s.model}:{s.new_version}")
+
+    try:
+        state = run_rollout(repo, control, state, on_stage=show)
+    except KeyboardInterrupt:
+        now = status(repo, name)
+        _say_err(
+            f"interrupted: {name} keeps serving at {now.weight} % on "
+            f"{now.model}:{now.new_version}; `tritonctl rollout resume {name}` goes on, "
+            f"`tritonctl rollout abort {name}` rolls back"
+        )
+        raise SystemExit(130) from None
+    if not as_json and state.history:
+        _say_err(f"  {_stage_summary(state, state.history[-1])}")
     if as_json:
         print_json(state.to_dict())
     else:
@@ -556,21 +565,22 @@ def rollout_run(obj: Context, name: str) -> None:
     is_flag=True,
     help="Run the rollout here until promoted or rolled back (default: a background worker).",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
-def rollout_resume(obj: Context, name: str, wait: bool) -> None:
+def rollout_resume(obj: Context, name: str, wait: bool, as_json: bool) -> None:
     """Continue a rollout whose driver died, from its recorded stage."""
     repo = Repository(obj.repo)
     with _control(obj) as control:
         if wait:
             state = resumable(repo, name)
             require_server(control, f"the rollout of {name!r} was not resumed")
-            state = run_rollout(repo, control, state)
-            _say(_rollout_line(state))
-            if state.status != "promoted":  # as `rollout start --wait`
-                raise SystemExit(4)
+            _drive_here(repo, control, state, as_json)
             return
         state, pid = resume_in_background(repo, control, name)
-    _say(f"rollout of {name} resumed at {state.weight} % (worker pid {pid})")
+    if as_json:
+        print_json({**state.to_dict(), "worker_pid": pid})
+    else:
+        _say(f"rollout of {name} resumed at {state.weight} % (worker pid {pid})")
 
 
 @rollout.command("status")

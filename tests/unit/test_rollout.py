@@ -845,12 +845,37 @@ def test_resume_wait_exits_4_unless_the_rollout_is_promoted(tmp_path, monkeypatc
     state = RolloutState("ep", "m", 1, 2, POLICY, status=status, reason="latency")
     monkeypatch.setattr(endpoint_cmds, "resumable", lambda repo, name: state)
     monkeypatch.setattr(endpoint_cmds, "require_server", lambda control, why: None)
-    monkeypatch.setattr(endpoint_cmds, "run_rollout", lambda repo, control, state: state)
+    monkeypatch.setattr(
+        endpoint_cmds, "run_rollout", lambda repo, control, state, on_stage=None: state
+    )
     monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: contextlib.nullcontext())
     argv = ["--repo", str(tmp_path), "--url", "http://triton:8000", "rollout", "resume", "ep"]
     result = CliRunner().invoke(main, [*argv, "--wait"])
     assert result.exit_code == code, result.output
     assert f"ep: m:1 -> 2 {status}" in result.output
+    result = CliRunner().invoke(main, [*argv, "--wait", "--json"])
+    assert result.exit_code == code, result.output
+    assert json.loads(result.output)["status"] == status
+
+
+def test_resume_in_the_background_prints_the_worker_pid_or_json(tmp_path, monkeypatch):
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from manager.cli import endpoint_cmds, main
+
+    state = RolloutState("ep", "m", 1, 2, POLICY, status="running", stage_index=2)
+    monkeypatch.setattr(endpoint_cmds, "resume_in_background", lambda r, c, n: (state, 4321))
+    monkeypatch.setattr(endpoint_cmds, "_control", lambda obj: contextlib.nullcontext())
+    argv = ["--repo", str(tmp_path), "--url", "http://triton:8000", "rollout", "resume", "ep"]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 0, result.output
+    assert "rollout of ep resumed at 30 % (worker pid 4321)" in result.output
+    result = CliRunner().invoke(main, [*argv, "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["worker_pid"] == 4321 and answer["weight"] == 30
 
 
 @pytest.mark.parametrize(
