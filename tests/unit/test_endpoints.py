@@ -3,11 +3,13 @@ choice of target, and the Endpoints operations against a fake Triton."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 import json
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -1856,3 +1858,108 @@ def test_restore_all_names_each_endpoint_it_could_not_restore_once(
     assert "serving again: b" in str(info.value)
     errors = [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
     assert not [m for m in errors if "not restored" in m]
+
+
+class StreamResponses:
+    """A BLS stream's response iterator: its responses, then the end."""
+
+    made: list[Any] = []
+
+    def __init__(self, responses: list[fake_pb.InferenceResponse]) -> None:
+        self._responses = responses
+        self.read = 0
+        StreamResponses.made.append(weakref.ref(self))
+
+    def __iter__(self) -> StreamResponses:
+        return self
+
+    def __next__(self) -> fake_pb.InferenceResponse:
+        if self.read == len(self._responses):
+            raise StopIteration
+        self.read += 1
+        return self._responses[self.read - 1]
+
+
+class StreamBls(BlsRequest):
+    """A BLS request to a streaming target: two responses of the target's answer."""
+
+    def exec(self, decoupled: bool = False) -> Any:  # type: ignore[override]
+        assert decoupled
+        out = add_version(self.model, self.version, self.inputs)["OUTPUT0"]
+        return StreamResponses([fake_pb.InferenceResponse([fake_pb.Tensor("OUTPUT0", out)])] * 2)
+
+
+class StreamRequest(ClientRequest):
+    """A client request of a streaming endpoint: its responses go to ``sent``."""
+
+    def __init__(self, x: np.ndarray, cancelled: bool = False, fail_sends: bool = False) -> None:
+        super().__init__(x)
+        self.sent: list[tuple[Any, int]] = []
+        self.asked = 0
+        self._cancelled = cancelled
+        self._fail_sends = fail_sends
+
+    def is_cancelled(self) -> bool:
+        self.asked += 1
+        return self._cancelled
+
+    def get_response_sender(self) -> StreamRequest:
+        return self
+
+    def send(self, response: Any = None, flags: int = 0) -> None:
+        if self._fail_sends and response is not None and not response.has_error():
+            raise RuntimeError("an answer that cannot be sent")
+        self.sent.append((response, flags))
+
+
+def test_router_keeps_finished_streams_until_the_stub_has_let_go_of_them(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    """Triton 2.51's stub frees a BLS stream's responses without the GIL when its own
+    reference is the last: the router keeps each finished stream's iterator until an
+    is_cancelled() round trip (answered after the stub let go) and drops it then."""
+    model = make_router(router, tmp_path, [("m", 2, 100)], max_batch_size=0)
+    router.pb_utils.InferenceRequest = StreamBls
+    StreamResponses.made = []
+    x = np.ones(4, np.float32)
+    batch = router.RELEASE_AFTER
+
+    def stream(request: StreamRequest) -> None:
+        model._stream(("m", 2), request)
+        [first, second, (end, flags)] = request.sent
+        for response, _ in (first, second):
+            np.testing.assert_array_equal(outputs_of(response), x + 2)
+        assert end is None and flags == router.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+    requests = [StreamRequest(x) for _ in range(batch)]
+    for request in requests:
+        stream(request)
+    gc.collect()
+    assert all(ref() is not None for ref in StreamResponses.made)  # all kept
+    assert sum(r.asked for r in requests) == 0
+    # a cancelled request may be answered from a cache, without the stub: kept still
+    stream(cancelled := StreamRequest(x, cancelled=True))
+    gc.collect()
+    assert cancelled.asked == 1 and all(ref() is not None for ref in StreamResponses.made)
+    # the next stream asks once, then drops every iterator finished before it asked
+    stream(last := StreamRequest(x))
+    gc.collect()
+    assert last.asked == 1
+    assert [ref() is None for ref in StreamResponses.made] == [True] * (batch + 1) + [False]
+
+
+def test_router_reads_a_stream_it_could_not_pass_on_to_its_end(
+    router: ModuleType, tmp_path: Path
+) -> None:
+    """Only a stream read to its end is let go by the stub: one the router could not pass
+    on is read to its end before it is kept, and the client's stream ends with the error."""
+    model = make_router(router, tmp_path, [("m", 2, 100)], max_batch_size=0)
+    router.pb_utils.InferenceRequest = StreamBls
+    StreamResponses.made = []
+    request = StreamRequest(np.ones(4, np.float32), fail_sends=True)
+    model._stream(("m", 2), request)
+    [responses] = [ref() for ref in StreamResponses.made]
+    assert responses is not None and responses.read == 2  # read to its end, kept
+    [(error, flags)] = request.sent
+    assert "an answer that cannot be sent" in error.error().message()
+    assert flags == router.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL

@@ -60,6 +60,15 @@ Streaming (decoupled) targets: tritonctl makes the router decoupled too; each re
 stream is read from its target (``exec(decoupled=True)``) on a thread of its own, up to
 ``STREAM_THREADS`` streams at once per router instance, and every response is passed on
 as it comes (a target's error response in its place), then the final flag.
+
+A finished stream's response iterator is kept until the stub has let go of its own
+reference to it. The python_backend of Triton 2.51 (r24.10) drops that reference on a
+thread of its own without holding the GIL; when it is the last one, the responses'
+numpy arrays are freed there, which corrupts the stub's Python heap (it crashes or hangs
+under load; r24.12 holds the GIL there). The stub queues that release before any later
+``request.is_cancelled()`` query, which waits for its answer, so once such a query has
+been answered every iterator finished before it was asked is the router's alone, and
+dropping it here, with the GIL, frees it safely (``_release_finished``).
 """
 
 from __future__ import annotations
@@ -88,6 +97,8 @@ UNKNOWN_SEQUENCE = "must specify the START flag"
 MERGE_MAX_BYTES = 1 << 20
 CHECK_INTERVAL_S = 0.1
 STREAM_THREADS = 64
+# finished response iterators kept before a new stream asks the stub to let go of them
+RELEASE_AFTER = 16
 _MASK64 = (1 << 64) - 1
 _UNIT53 = 1.0 / float(1 << 53)
 
@@ -242,6 +253,9 @@ class TritonPythonModel:
         self._decoupled = bool(policy.get("decoupled", False))
         self._pool: ThreadPoolExecutor | None = None
         self._streams: ThreadPoolExecutor | None = None
+        # finished BLS response iterators the stub may still hold (see the module doc)
+        self._finished: list[Any] = []
+        self._finished_lock = threading.Lock()
         self._stat: tuple[int, int, int] | None = None
         self._next_check = 0.0
         stat = os.stat(self._path)  # a missing routes file fails the load
@@ -390,23 +404,30 @@ class TritonPythonModel:
         """A streaming target's responses to ``request``, passed on as they come."""
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        self._release_finished(request)
         try:
             while True:
                 first, other = True, None
-                for response in self._bls(target, request).exec(decoupled=True):
-                    if other is not None:
-                        continue  # the rest of a refused stream (its final flag)
-                    if response.has_error():
-                        message = response.error().message()
-                        other = self._next_guess(target, request, message) if first else None
-                        if other is not None:  # refused before anything ran: the next one
-                            continue
-                        sender.send(_error(target, message))
-                    elif response.output_tensors():
-                        sender.send(
-                            pb_utils.InferenceResponse(output_tensors=response.output_tensors())
-                        )
-                    first = False
+                responses = self._bls(target, request).exec(decoupled=True)
+                read = False
+                try:
+                    for response in responses:
+                        if other is not None:
+                            continue  # the rest of a refused stream (its final flag)
+                        if response.has_error():
+                            message = response.error().message()
+                            other = self._next_guess(target, request, message) if first else None
+                            if other is not None:  # refused before anything ran: the next
+                                continue
+                            sender.send(_error(target, message))
+                        elif response.output_tensors():
+                            sender.send(
+                                pb_utils.InferenceResponse(output_tensors=response.output_tensors())
+                            )
+                        first = False
+                    read = True
+                finally:
+                    self._keep_finished(responses, read)
                 if other is None:
                     break
                 target = other
@@ -416,6 +437,36 @@ class TritonPythonModel:
         finally:
             self._settled(request)
         sender.send(flags=final)
+
+    def _keep_finished(self, responses: Any, read: bool) -> None:
+        """Keep a BLS stream's response iterator until the stub has let go of it; one
+        left before its end (``read`` false) is read to its end first: only then does
+        the stub let go."""
+        if not read:
+            try:
+                for _ in responses:
+                    pass
+            except Exception:  # what is left of it is not the caller's
+                pass
+        with self._finished_lock:
+            self._finished.append(responses)
+
+    def _release_finished(self, request: Any) -> None:
+        """Drop the finished iterators kept so far once ``request.is_cancelled()`` has
+        been answered: the stub let go of each of them before it answered. A request
+        found cancelled may be answered without asking the stub; they are kept then."""
+        with self._finished_lock:
+            if len(self._finished) < RELEASE_AFTER:
+                return
+            finished, self._finished = self._finished, []
+        try:
+            asked = not request.is_cancelled()
+        except Exception:  # keep them for the next stream
+            asked = False
+        if not asked:
+            with self._finished_lock:
+                self._finished.extend(finished)
+        # otherwise the last references go with ``finished``, here, with the GIL
 
     def _next_guess(self, target: tuple[str, int], request: Any, message: str) -> Any:
         """The next target listed after ``target`` for a request of a sequence whose start

@@ -207,6 +207,9 @@ def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[s
     return None
 
 
+# the flag of a decoupled model's last response (``ResponseSender.send(flags=...)``)
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
 TRITON_STRING_TO_NUMPY: dict[str, Any] = {
     "TYPE_BOOL": bool,
     "TYPE_UINT8": np.uint8,
