@@ -503,7 +503,8 @@ class EmbeddedServer:
 
         In the background (default) this returns once ``/v2/health/live`` answers. With
         ``foreground=True`` it runs until the server exits or this process receives
-        SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live.
+        SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live (a
+        foreground server is stopped if ``on_ready`` raises).
         ``exit_timeout_s`` bounds how long the server, asked to stop, waits for in-flight
         requests and open HTTP connections (Triton's own default is 30 s). ``tied``: the
         kernel kills the server when the thread that started it exits, however it ends
@@ -594,7 +595,15 @@ class EmbeddedServer:
         self._wait_live(info, wait_timeout, foreground)
         log.info("tritonserver pid %d is live at %s", info.pid, info.http_url)
         if on_ready is not None and not self._stopping:
-            on_ready(info)
+            try:
+                on_ready(info)
+            except BaseException:
+                if foreground:
+                    # Nothing would be left to wait on the server, forward signals to it
+                    # or remove its record: it must not run on without this process.
+                    self._terminate(info, timeout=30)
+                    _remove_record(self.repo, info.pid)
+                raise
         if foreground:
             self._run_foreground(info)
         return info
