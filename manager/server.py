@@ -744,6 +744,11 @@ class EmbeddedServer:
                 proc.wait(timeout=10)
         except psutil.NoSuchProcess:
             pass
+        except psutil.AccessDenied as exc:
+            raise ServerError(
+                f"not allowed to stop tritonserver pid {info.pid}{_owner(info.pid)}: "
+                "stop it as that user"
+            ) from exc
         except psutil.TimeoutExpired as exc:
             raise ServerError(f"tritonserver pid {info.pid} did not exit after SIGKILL") from exc
         finally:
@@ -759,6 +764,14 @@ class EmbeddedServer:
                 _SPAWNED.remove(proc)
         if self._proc is not None and self._proc.pid == pid and self._proc.returncode is not None:
             self._proc = None
+
+
+def _owner(pid: int) -> str:
+    """`` (run by USER)`` for ``pid``, or nothing where that cannot be read."""
+    try:
+        return f" (run by {psutil.Process(pid).username()})"
+    except (psutil.Error, KeyError):
+        return ""
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -471,3 +471,24 @@ def test_a_foreground_server_is_stopped_when_on_ready_fails(tmp_path: Path) -> N
         for info in started:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(info.pid, signal.SIGKILL)
+
+
+def test_stop_of_another_user_s_server_is_a_clear_error_and_keeps_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = _info(tmp_path, proc.pid, proc.create_time())
+        _write(tmp_path, info)
+
+        def denied(self: psutil.Process) -> None:  # as os.kill answers for another user's
+            raise psutil.AccessDenied(self.pid)
+
+        monkeypatch.setattr(psutil.Process, "terminate", denied)
+        with pytest.raises(ServerError, match=rf"not allowed to stop tritonserver pid {proc.pid}"):
+            EmbeddedServer(tmp_path).stop(timeout=1)
+        assert proc.is_running()
+        assert read_record(tmp_path) == info  # it still runs: still the repository's server
+    finally:
+        proc.kill()
+        proc.wait()
