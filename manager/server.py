@@ -503,7 +503,8 @@ class EmbeddedServer:
 
         In the background (default) this returns once ``/v2/health/live`` answers. With
         ``foreground=True`` it runs until the server exits or this process receives
-        SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live.
+        SIGINT/SIGTERM (forwarded to the server), calling ``on_ready`` once it is live (a
+        foreground server is stopped if ``on_ready`` raises).
         ``exit_timeout_s`` bounds how long the server, asked to stop, waits for in-flight
         requests and open HTTP connections (Triton's own default is 30 s). ``tied``: the
         kernel kills the server when the thread that started it exits, however it ends
@@ -594,7 +595,15 @@ class EmbeddedServer:
         self._wait_live(info, wait_timeout, foreground)
         log.info("tritonserver pid %d is live at %s", info.pid, info.http_url)
         if on_ready is not None and not self._stopping:
-            on_ready(info)
+            try:
+                on_ready(info)
+            except BaseException:
+                if foreground:
+                    # Nothing would be left to wait on the server, forward signals to it
+                    # or remove its record: it must not run on without this process.
+                    self._terminate(info, timeout=30)
+                    _remove_record(self.repo, info.pid)
+                raise
         if foreground:
             self._run_foreground(info)
         return info
@@ -735,6 +744,11 @@ class EmbeddedServer:
                 proc.wait(timeout=10)
         except psutil.NoSuchProcess:
             pass
+        except psutil.AccessDenied as exc:
+            raise ServerError(
+                f"not allowed to stop tritonserver pid {info.pid}{_owner(info.pid)}: "
+                "stop it as that user"
+            ) from exc
         except psutil.TimeoutExpired as exc:
             raise ServerError(f"tritonserver pid {info.pid} did not exit after SIGKILL") from exc
         finally:
@@ -750,6 +764,14 @@ class EmbeddedServer:
                 _SPAWNED.remove(proc)
         if self._proc is not None and self._proc.pid == pid and self._proc.returncode is not None:
             self._proc = None
+
+
+def _owner(pid: int) -> str:
+    """`` (run by USER)`` for ``pid``, or nothing where that cannot be read."""
+    try:
+        return f" (run by {psutil.Process(pid).username()})"
+    except (psutil.Error, KeyError):
+        return ""
 
 
 def _die_with_parent() -> Callable[[], None] | None:

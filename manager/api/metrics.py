@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -26,10 +26,11 @@ from manager.controller import budget_configured
 from manager.endpoints import MODES, Endpoints
 from manager.errors import ManagerError
 from manager.footprint import FootprintStore, MemoryMeter, Usage, loaded_footprint
+from manager.metrics import MetricsSource
 from manager.rollout import ACTIVE, FINAL
 from manager.rollout_service import list_rollouts
 from manager.serving import build_rows
-from manager.triton import TritonControl
+from manager.triton import IndexEntry, TritonControl
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,27 @@ def _version_label(version: int | None) -> str:
     return "" if version is None else str(version)
 
 
+class _MetricsOnce:
+    """Triton's metrics text, fetched at most once (a failure too): a memory reading
+    may ask for it more than once, and each request to a hung server costs the timeout."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
+        self._text: str | None = None
+        self._error: ManagerError | None = None
+
+    def metrics_text(self) -> str:
+        if self._error is not None:
+            raise self._error
+        if self._text is None:
+            try:
+                self._text = self._source.metrics_text()
+            except ManagerError as exc:
+                self._error = exc
+                raise
+        return self._text
+
+
 class StateCollector(Collector):
     """Reads the repository and Triton on every scrape (see the module docstring).
 
@@ -70,20 +92,18 @@ class StateCollector(Collector):
         started = time.monotonic()
         up = _gauge("triton_up", "1 if Triton answered this scrape, else 0.")
         with self.plane.control(timeout=SCRAPE_TIMEOUT_S) as control:
+            # Triton is asked for its index first, and nothing more when that fails: each
+            # call to a hung server costs the whole timeout, and a scrape that outlasts
+            # Prometheus's scrape timeout (10 s by default) reports nothing at all.
             try:
-                usage: Usage | None = MemoryMeter.for_control(
-                    control, control.url, self.plane.repo
-                ).usage()
-            except ManagerError as exc:
-                log.info("metrics: no memory reading: %s", exc)
-                usage = None
-            try:
-                yield from self._models(control, usage)
-                up.add_metric([], 1)
+                index = control.repository_index()
             except ManagerError as exc:
                 log.info("metrics: Triton at %s: %s", control.url, exc)
                 up.add_metric([], 0)
             else:
+                up.add_metric([], 1)
+                usage = self._usage(control)
+                yield from self._models(index, usage)
                 if usage is not None:
                     yield from self._memory(usage)
             yield up
@@ -93,8 +113,16 @@ class StateCollector(Collector):
         took.add_metric([], time.monotonic() - started)
         yield took
 
-    def _models(self, control: TritonControl, usage: Usage | None) -> list[GaugeMetricFamily]:
-        index = control.repository_index()
+    def _usage(self, control: TritonControl) -> Usage | None:
+        """Memory in use, from at most one request for Triton's metrics."""
+        source = _MetricsOnce(control)
+        try:
+            return MemoryMeter.for_control(source, control.url, self.plane.repo).usage()
+        except ManagerError as exc:
+            log.info("metrics: no memory reading: %s", exc)
+            return None
+
+    def _models(self, index: Sequence[IndexEntry], usage: Usage | None) -> list[GaugeMetricFamily]:
         rows = build_rows(index, [], self.plane.repo)
         ready = _gauge(
             "model_ready",

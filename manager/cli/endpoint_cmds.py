@@ -140,6 +140,11 @@ def endpoint_show(obj: Context, name: str | None, as_json: bool) -> None:
         return
     for s, data in zip(states, described, strict=True):
         _show_endpoint(s, data["serving"], data)
+    if any(data["serving"] is None for data in described):
+        _say_err(
+            f"Triton does not answer at {control.url}: whether it serves "
+            f"{'the endpoint' if name else 'the endpoints'} is not known"
+        )
 
 
 drain_option = click.option(

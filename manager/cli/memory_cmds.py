@@ -287,7 +287,8 @@ def controller_group() -> None:
 )
 @pass_app
 def controller_run(obj: AppContext, interval: float, iterations: int | None) -> None:
-    """Run the controller loop in the foreground (Ctrl-C or SIGTERM stops it).
+    """Run the controller loop in the foreground (Ctrl-C or SIGTERM stops it; after
+    SIGTERM a poll under way gets 10 s to end).
 
     Every poll feeds the eviction policy with Triton's request counts; when used memory
     is above the high watermark it evicts down to the low one. Decisions are printed and
@@ -301,15 +302,27 @@ def controller_run(obj: AppContext, interval: float, iterations: int | None) -> 
         _run_loop(obj, config, interval, iterations)
 
 
+STOP_GRACE_S = 10.0
+"""Seconds a poll under way may take to end after SIGTERM before the loop stops anyway."""
+
+
 def _run_loop(
     obj: AppContext, config: ServingConfig, interval: float, iterations: int | None
 ) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # The poll under way (an eviction) may end first, but within STOP_GRACE_S: one
+        # blocked on a server that does not answer would hold the stop for as long as a
+        # Triton call may take (minutes).
         stop.set()
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+
+    def on_grace_over(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    previous_alarm = signal.signal(signal.SIGALRM, on_grace_over)
     done = 0
     try:
         while not stop.is_set():
@@ -349,6 +362,8 @@ def _run_loop(
     except KeyboardInterrupt:
         pass
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_alarm)
         signal.signal(signal.SIGTERM, previous)
 
 

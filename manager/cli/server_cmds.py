@@ -9,6 +9,7 @@ import click
 
 from manager.cli.app import main
 from manager.cli.common import PORT, Context, FiniteFloatRange, console, pass_context, print_json
+from manager.errors import ManagerError
 from manager.server import EmbeddedServer, ServerInfo, probe_live
 
 
@@ -117,7 +118,11 @@ def start(
     def ready(i: ServerInfo) -> None:
         _describe(i, verb="running")
         if restore:
-            _restore_endpoints(obj.repo, i)
+            try:
+                _restore_endpoints(obj.repo, i)
+            except ManagerError as exc:
+                # The endpoints that did restore serve on: the server keeps running.
+                click.echo(f"error: {exc}", err=True)
 
     info = embedded.start(
         http_port,

@@ -3,6 +3,10 @@ repository's endpoints back."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ from manager.cli import main
 from manager.endpoints import Endpoints
 from manager.publish import publish
 from manager.repository import Repository
-from manager.server import EmbeddedServer, free_ports
+from manager.server import EmbeddedServer, free_ports, read_record
 from manager.triton import TritonControl
 from tests.modelfactory import write_python_model
 
@@ -97,3 +101,46 @@ def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: P
         np.testing.assert_allclose(call(f"http://127.0.0.1:{ports[0]}", "plus"), [2.0, 3.0])
     finally:
         runner.invoke(main, ["--repo", str(repo.path), "server", "stop"])
+
+
+def test_a_foreground_server_serves_on_when_an_endpoint_does_not_restore(tmp_path: Path) -> None:
+    """As a container's entrypoint: one broken endpoint must not take the others down."""
+    repo = Repository(tmp_path / "repo")
+    publish(repo, "addone", write_python_model(tmp_path / "addone"))
+    publish(repo, "fragile", write_python_model(tmp_path / "fragile"))
+    server = EmbeddedServer(repo.path)
+    ports = free_ports(3)
+    info = server.start(*ports, tied=True)
+    try:
+        with TritonControl.for_server(info) as control:
+            Endpoints(repo, control).switch("plus", "addone", 1)
+            Endpoints(repo, control).switch("breaks", "fragile", 1)
+    finally:
+        server.stop()
+    (repo.path / "fragile" / "1" / "model.py").write_text("raise RuntimeError('broken')\n")
+    tritonctl = Path(sys.executable).parent / "tritonctl"
+    cmd = [str(tritonctl), "--repo", str(repo.path), "server", "start", "--foreground"]
+    cmd += ["--restore", "--http-port", str(ports[0]), "--grpc-port", str(ports[1])]
+    cmd += ["--metrics-port", str(ports[2])]
+    err = tmp_path / "stderr"
+    with err.open("wb") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while "not restored: breaks" not in err.read_text():
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)
+        assert proc.poll() is None, err.read_text()[-3000:]
+        np.testing.assert_allclose(call(f"http://127.0.0.1:{ports[0]}", "plus"), [2.0, 3.0])
+        served = read_record(repo.path)
+        assert served is not None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert read_record(repo.path) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        EmbeddedServer(repo.path).stop(timeout=10)

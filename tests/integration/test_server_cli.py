@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -190,3 +191,27 @@ def test_a_tied_server_dies_with_the_process_that_started_it(repo: Path) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_endpoint_show_says_when_a_crashed_server_cannot_tell_what_it_serves(
+    repo: Path, tmp_path: Path
+) -> None:
+    from manager.endpoints import Endpoints
+    from manager.publish import publish
+    from manager.repository import Repository
+    from manager.triton import TritonControl
+    from tests.modelfactory import write_python_model
+
+    publish(Repository(repo), "addone", write_python_model(tmp_path / "addone"))
+    server = EmbeddedServer(repo)
+    info = server.start(*free_ports(3), tied=True)
+    with TritonControl.for_server(info) as control:
+        Endpoints(Repository(repo), control).switch("plus", "addone", 1)
+    os.kill(info.pid, signal.SIGKILL)  # a crash: its record stays
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(info.pid).wait(timeout=10)
+    result = CliRunner().invoke(main, ["--repo", str(repo), "endpoint", "show", "plus"])
+    assert result.exit_code == 0, result.output
+    assert "addone:1" in result.stdout
+    assert f"Triton does not answer at {info.http_url}" in result.stderr
+    assert "not known" in result.stderr

@@ -4,6 +4,7 @@ and ``tritonctl api serve``."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -1193,3 +1194,40 @@ def test_switch_and_split_pass_drain_on_default_true(
     for body in ({"targets": ["m:1=50", "m:2=50"]}, {"targets": ["m:1=50"], "drain": False}):
         assert client.post("/v1/endpoints/ep/split", json=body).status_code == 200
     assert splits == [True, False]
+
+
+class CountingTriton(FakeTriton):
+    """Counts the requests a scrape makes: each one to a hung server costs the timeout."""
+
+    def __init__(self, repo: Path) -> None:
+        super().__init__(repo)
+        self.requests = 0
+
+    def _answer(self) -> None:
+        self.requests += 1
+        super()._answer()
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["remote", "local-server"])
+def test_a_scrape_asks_a_server_that_does_not_answer_only_once(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, local: bool
+) -> None:
+    """A hung Triton costs SCRAPE_TIMEOUT_S per request: one, not one per reading, so that
+    the scrape ends within Prometheus's scrape timeout and says tritonctl_triton_up 0."""
+    if local:  # the server's processes are read: its metrics give the host's total only
+        monkeypatch.setattr(
+            MemoryMeter,
+            "for_control",
+            classmethod(lambda cls, control, url, repo: cls(control, server_pid=os.getpid())),
+        )
+    fake = CountingTriton(repo)
+    with make_client(repo, fake, memory_limit="1GiB") as c:
+        parsed = samples(c.get("/metrics").text)
+        assert value(parsed, "tritonctl_triton_up") == 1
+        assert value(parsed, "tritonctl_memory_total_bytes") == TOTAL
+        assert fake.requests == 2  # the index and the metrics, once each
+        fake.requests = 0
+        fake.down = True
+        parsed = samples(c.get("/metrics").text)
+    assert value(parsed, "tritonctl_triton_up") == 0
+    assert fake.requests == 1

@@ -1137,3 +1137,41 @@ def test_a_model_served_again_keeps_its_place_in_fifo_order(tmp_path: Path) -> N
     assert fake.loaded() == {"a", "b"}
     # still the first loaded: first to go next time, not last
     assert [r.model for r in ctl.plan().ranking] == ["a", "b"]
+
+
+def test_controller_run_stops_on_sigterm_while_a_poll_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll blocked on a server that does not answer (stopped, hung) holds a Triton call
+    for up to its timeout (minutes): SIGTERM must stop the loop within the grace."""
+    import contextlib
+    import os
+    import signal
+
+    from click.testing import CliRunner
+
+    from manager.cli import main, memory_cmds
+
+    polls = {"n": 0}
+
+    class Hanging:
+        control = FakeTriton({})
+
+        def run_once(self) -> list[Any]:
+            polls["n"] += 1
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            time.sleep(60)  # the call that never returns
+            return []
+
+    @contextlib.contextmanager
+    def opened(obj: Any, config: ServingConfig) -> Any:
+        yield Hanging()
+
+    monkeypatch.setattr(memory_cmds, "open_controller", opened)
+    monkeypatch.setattr(memory_cmds, "STOP_GRACE_S", 0.5)
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["--repo", str(tmp_path), "controller", "run"])
+    assert result.exit_code == 0, result.output
+    assert polls["n"] == 1
+    assert time.monotonic() - started < 10
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

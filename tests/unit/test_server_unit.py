@@ -426,3 +426,69 @@ def test_a_dead_server_s_leftover_stubs_are_stopped_and_their_shared_memory_remo
                 os.kill(pid, signal.SIGKILL)
         for path in (shm, other_shm):
             path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------- foreground
+
+FAKE_TRITONSERVER = f"""#!{sys.executable}
+import http.server, sys
+port = int([a for a in sys.argv if a.startswith("--http-port=")][0].split("=")[1])
+class Live(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Live).serve_forever()
+"""
+
+
+def test_a_foreground_server_is_stopped_when_on_ready_fails(tmp_path: Path) -> None:
+    """Nothing would wait on it, forward signals to it or remove its record."""
+    binary = tmp_path / "bin" / "tritonserver"
+    binary.parent.mkdir()
+    binary.write_text(FAKE_TRITONSERVER)
+    binary.chmod(0o755)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    started: list[ServerInfo] = []
+
+    def fail(info: ServerInfo) -> None:
+        started.append(info)
+        raise RuntimeError("on_ready failed")
+
+    try:
+        with pytest.raises(RuntimeError, match="on_ready failed"):
+            EmbeddedServer(repo, binary=binary).start(
+                *free_ports(3), foreground=True, on_ready=fail, wait_timeout=30
+            )
+        (info,) = started
+        assert not psutil.pid_exists(info.pid) or (
+            psutil.Process(info.pid).status() == psutil.STATUS_ZOMBIE
+        )
+        assert read_record(repo) is None
+    finally:
+        for info in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGKILL)
+
+
+def test_stop_of_another_user_s_server_is_a_clear_error_and_keeps_its_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = _info(tmp_path, proc.pid, proc.create_time())
+        _write(tmp_path, info)
+
+        def denied(self: psutil.Process) -> None:  # as os.kill answers for another user's
+            raise psutil.AccessDenied(self.pid)
+
+        monkeypatch.setattr(psutil.Process, "terminate", denied)
+        with pytest.raises(ServerError, match=rf"not allowed to stop tritonserver pid {proc.pid}"):
+            EmbeddedServer(tmp_path).stop(timeout=1)
+        assert proc.is_running()
+        assert read_record(tmp_path) == info  # it still runs: still the repository's server
+    finally:
+        proc.kill()
+        proc.wait()
