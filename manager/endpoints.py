@@ -1543,6 +1543,14 @@ class Endpoints:
                 name,
                 ", ".join(f"{t.label()}={t.weight:g}" for t in checked),
             )
+            if library is None and target.model_transaction_policy.decoupled:
+                log.warning(
+                    "endpoint %s streams through the Python router: Triton's python_backend "
+                    "can deadlock a stub whose threads read several BLS streams at once "
+                    "(the endpoint then stops answering); the native router does not "
+                    "(`tritonctl router build` needs a C++ compiler)",
+                    name,
+                )
             return state
 
     def set_weights(self, name: str, targets: Sequence[Target]) -> EndpointState:

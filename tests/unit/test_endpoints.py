@@ -1963,3 +1963,25 @@ def test_router_reads_a_stream_it_could_not_pass_on_to_its_end(
     [(error, flags)] = request.sent
     assert "an answer that cannot be sent" in error.error().message()
     assert flags == router.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def test_a_streaming_split_through_the_python_router_warns_of_its_deadlock(
+    setup: tuple[Endpoints, FakeTriton, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoints, _, repo = setup
+    folder = repo / "s"
+    folder.mkdir()
+    write_config(folder / "config.pbtxt", streaming(model_config("s")))
+    for v in (1, 2):
+        (folder / str(v)).mkdir()
+        (folder / str(v) / "model.py").write_text("# a model\n")
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    with caplog.at_level("INFO"):
+        endpoints.split("plain", [Target("m", 1, 50), Target("m", 2, 50)])
+        assert warned() == []
+        endpoints.split("streams", [Target("s", 1, 50), Target("s", 2, 50)])
+    [message] = warned()
+    assert "streams through the Python router" in message and "deadlock" in message
