@@ -501,6 +501,50 @@ def test_onnx_runner_serves_batched_scalars_as_dims_1_reshaped_and_joins_request
         np.testing.assert_allclose(got, (x * s).sum(axis=1, keepdims=True), rtol=1e-5)
 
 
+def write_string_onnx(path: Path) -> None:
+    """t: STRING [B, 2] -> u = t (Identity), an ONNX graph of strings."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["t"], ["u"])],
+        "strings",
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("u", TensorProto.STRING, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_onnx_runner_passes_bytes_tensors_to_the_graph_as_their_text(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "1").mkdir()
+    write_string_onnx(tmp_path / "1" / "model.onnx")
+    config = runner_config(
+        "onnx",
+        [TensorSpec("t", "STRING", (2,))],
+        [TensorSpec("u", "STRING", (2,))],
+        max_batch_size=4,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    # a BYTES tensor reaches a Python model as bytes objects (UTF-8 text)
+    first = np.array([[b"hello", "w\u00f6rld".encode()]], dtype=object)
+    second = np.array([[b"a", b""], [b"b c", b"d"]], dtype=object)
+    bad = np.array([[b"\xff", b"x"]], dtype=object)
+    responses = model.execute([request(t=first), request(t=second), request(t=bad)])
+    for response, sent in zip(responses, (first, second), strict=False):
+        got = output(response, "u")
+        assert got.shape == sent.shape
+        assert [
+            bytes(item) if isinstance(item, bytes) else item.encode() for item in got.ravel()
+        ] == list(sent.ravel())
+    assert "not UTF-8" in error_message(responses[2])
+
+
 # --- torchscript ----------------------------------------------------------------------------
 
 
