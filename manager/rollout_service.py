@@ -163,6 +163,7 @@ def make_driver(
         sequence_idle=lambda model: sequence_idle_seconds(
             read_config(repo.path / model / CONFIG_FILE)
         ),
+        streaming=lambda model: is_decoupled(read_config(repo.path / model / CONFIG_FILE)),
     )
 
 
