@@ -928,3 +928,31 @@ def test_bad_rollout_options_are_usage_errors_like_any_bad_option(tmp_path, opti
     result = CliRunner().invoke(main, [*argv, "--to", "2", *options])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_the_golden_check_refuses_answers_of_another_type_than_the_config_declares(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import manager.rollout_service as service
+    from manager.golden import GoldenCase, GoldenMismatch
+    from manager.modelconfig import TensorSpec, build_config, write_config
+
+    (tmp_path / "m").mkdir()
+    config = build_config(
+        "m", [TensorSpec("X", "FP32", (2,))], [TensorSpec("Y", "FP32", (2,))], max_batch_size=8
+    )
+    write_config(tmp_path / "m" / "config.pbtxt", config)
+    x = np.ones((1, 2), np.float32)
+    case = GoldenCase("c", {"X": x}, {"Y": x + 1})
+    answer = {"Y": (x + 1).astype(np.float64)}  # the values, as FP64: Triton passes it on
+    monkeypatch.setattr(service, "infer", lambda *args, **kwargs: answer)
+    control = SimpleNamespace(url="http://triton:8000", grpc_url="grpc://triton:8001")
+    golden = service.golden_runner(Repository(tmp_path), control, [case])
+    with pytest.raises(GoldenMismatch, match="output 'Y' came back as float64, the config"):
+        golden("m", 2)
+    answer["Y"] = (x + 1).astype(np.float32)
+    golden("m", 2)
