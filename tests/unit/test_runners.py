@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format
 
 from manager.modelconfig import ModelConfig, TensorSpec, build_config
-from tests.modelfactory import classify_with_torch, write_tiny_classifier
+from tests.modelfactory import classify_with_torch, make_onnx_strings, write_tiny_classifier
 from tests.unit.fakes import triton_python_backend_utils as fake_pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -501,28 +501,11 @@ def test_onnx_runner_serves_batched_scalars_as_dims_1_reshaped_and_joins_request
         np.testing.assert_allclose(got, (x * s).sum(axis=1, keepdims=True), rtol=1e-5)
 
 
-def write_string_onnx(path: Path) -> None:
-    """t: STRING [B, 2] -> u = t (Identity), an ONNX graph of strings."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["t"], ["u"])],
-        "strings",
-        [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", 2])],
-        [helper.make_tensor_value_info("u", TensorProto.STRING, ["batch", 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
 def test_onnx_runner_passes_bytes_tensors_to_the_graph_as_their_text(
     pb: ModuleType, tmp_path: Path
 ) -> None:
     (tmp_path / "1").mkdir()
-    write_string_onnx(tmp_path / "1" / "model.onnx")
+    make_onnx_strings(tmp_path / "1" / "model.onnx")
     config = runner_config(
         "onnx",
         [TensorSpec("t", "STRING", (2,))],
