@@ -86,6 +86,7 @@ from manager.rollout import Counters, RolloutStore, stats_reader, wait_quiet
 from manager.serving import entries_of, precompile_unloaded
 from manager.triton import IndexEntry, ModelStats
 from manager.versionpolicy import (
+    forget_owner_policy,
     has_owner_policy,
     keep_owner_policy,
     kept_models,
@@ -975,6 +976,7 @@ class Endpoints:
             if wanted <= ready and policy is not None and serve <= policy:
                 return ready
             original = path.read_bytes()
+            kept_before = has_owner_policy(self.repo.path, model)
             if policy != serve:
                 keep_owner_policy(self.repo.path, model, config)
                 write_config(path, with_versions(config, serve))
@@ -995,6 +997,8 @@ class Endpoints:
                 # it) tries that version again
                 if path.read_bytes() != original:
                     write_bytes_atomic(path, original)
+                if not kept_before:  # the config is the owner's own again
+                    forget_owner_policy(self.repo.path, model)
                 raise
             return ready
 

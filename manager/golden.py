@@ -6,7 +6,9 @@ A golden folder holds one file per case, either
 * ``<case>.json``: ``{"inputs": {"x": {"data": [...], "datatype": "FP32", "shape": [..]}},
   "outputs": {...same...}, "rtol": 1e-5, "atol": 1e-6}``.
 
-Optional ``tolerance.json`` in the folder sets the default ``rtol``/``atol``.
+Optional ``tolerance.json`` in the folder sets the default ``rtol``/``atol`` of
+floating-point outputs; integer and boolean outputs must be equal, text outputs (BYTES)
+are compared as UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -142,17 +144,48 @@ def compare(case: GoldenCase, actual: Mapping[str, np.ndarray], *, model: str) -
                 f"{model}: golden case {case.name!r}: output {tensor!r} has shape "
                 f"{list(got.shape)}, expected {list(expected.shape)}"
             )
-        if expected.dtype == np.object_ or got.dtype == np.object_:
-            equal = bool(np.array_equal(got.astype(object), expected.astype(object)))
-            worst = "values differ"
+        if _is_text(expected) or _is_text(got):
+            # BYTES answers come back as bytes; a golden file may hold them as str
+            differ = as_utf8(got) != as_utf8(expected)
+            equal = not bool(differ.any())
+            worst = _first_difference(differ, got, expected)
+        elif expected.dtype.kind in "biu" and got.dtype.kind in "biu":
+            # integers and booleans are exact: a tolerance (relative, through float64)
+            # would let an id or a count that is off by one pass
+            differ = got != expected
+            equal = not bool(differ.any())
+            worst = _first_difference(differ, got, expected)
         else:
             equal = bool(np.allclose(got, expected, rtol=case.rtol, atol=case.atol))
-            worst = f"max abs diff {float(np.max(np.abs(got.astype(np.float64) - expected))):.3g}"
+            diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+            worst = f"max abs diff {diff:.3g}; rtol {case.rtol}, atol {case.atol}"
         if not equal:
             raise GoldenMismatch(
-                f"{model}: golden case {case.name!r}: output {tensor!r} does not match "
-                f"({worst}; rtol {case.rtol}, atol {case.atol})"
+                f"{model}: golden case {case.name!r}: output {tensor!r} does not match ({worst})"
             )
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.dtype.kind in "OSU"
+
+
+def as_utf8(array: np.ndarray) -> np.ndarray:
+    """Text as bytes objects (str encoded as UTF-8), to compare BYTES tensors."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        flat[i] = item.encode() if isinstance(item, str) else item
+    return out
+
+
+def _first_difference(differ: np.ndarray, got: np.ndarray, expected: np.ndarray) -> str:
+    if not differ.any():
+        return "values differ"
+    at = tuple(int(i) for i in np.argwhere(differ)[0])
+    return (
+        f"{int(differ.sum())} of {differ.size} values differ; at {list(at)}: "
+        f"{got[at]!r}, expected {expected[at]!r}"
+    )
 
 
 def check(

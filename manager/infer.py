@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from manager.errors import ManagerError, TritonUnreachableError
+from manager.golden import as_utf8
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
 from manager.triton import one_line, parse_url
 
@@ -52,6 +53,8 @@ def infer(
 
     tensors = []
     for name, array in inputs.items():
+        if array.dtype.kind == "U":  # text (a golden file's str array): sent as UTF-8 BYTES
+            array = as_utf8(array)
         dtype = protocol_dtype(numpy_to_triton_dtype(array.dtype))
         t = client_mod.InferInput(name, list(array.shape), dtype)
         t.set_data_from_numpy(array)

@@ -9,7 +9,10 @@ driver reads Triton's per-version statistics of the two versions and gates:
   small share of the traffic answers a little slower per call than one kept busy, likely
   because its instance idles between calls; measured on the embedded server with two copies
   of one model: 0.35 vs 0.25 ms at 5 %, 0.21 vs 0.35 ms at 90 %),
-* a golden request answered wrongly by the new version (checked before any traffic) -> roll back.
+* a golden request answered wrongly by the new version (checked before any traffic) -> roll back,
+* for a streaming (decoupled) model, probe requests at the end of each stage answered with an
+  error by the new version and not by the old -> roll back (Triton's statistics count a
+  stream's error responses as successes).
 
 Before any traffic the new version is also warmed up: ``warmup_requests`` requests (the
 golden inputs, else synthetic ones) go straight to it, so that its first calls (lazy
@@ -58,6 +61,8 @@ from manager.triton import ModelStats
 log = logging.getLogger(__name__)
 
 DEFAULT_STAGES: tuple[int, ...] = (5, 15, 30, 50, 75, 90, 100)
+STREAM_PROBES = 3
+"""Probe requests a streaming model's new version gets at the end of each stage."""
 ACTIVE = ("starting", "running")
 FINAL = ("promoted", "rolled_back")
 
@@ -447,6 +452,7 @@ class RolloutDriver:
         on_stage: Callable[[RolloutState], None] | None = None,
         unreachable_grace_s: float = 120.0,
         sequence_idle: SequenceIdle | None = None,
+        streaming: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.endpoints = endpoints
@@ -463,6 +469,9 @@ class RolloutDriver:
         self.unreachable_grace_s = unreachable_grace_s
         # stateful models: the live sequences of a version leaving end there first
         self.sequence_idle = sequence_idle
+        # whether a model answers with a stream (decoupled): Triton's statistics do not
+        # count the error responses of a stream, so each stage probes the new version
+        self.streaming = streaming
 
     # -- entry points -------------------------------------------------------------
     def begin(
@@ -732,6 +741,8 @@ class RolloutDriver:
             enough = new.requests >= p.min_requests
             final = now >= deadline and enough
             verdict = self.gate(state, new, old, final=final)
+            if final and not verdict:
+                verdict = self._probe_stream(state)
             if not verdict and not final and now >= give_up:
                 verdict = (
                     f"stage {state.weight} % saw {new.requests} request(s) on the new version "
@@ -744,6 +755,28 @@ class RolloutDriver:
             if verdict or final:
                 return verdict
             self.sleep(self.poll_seconds)
+
+    def _probe_stream(self, state: RolloutState) -> str:
+        """The reason to roll back a streaming (decoupled) model whose new version answers
+        probe requests (the warm-up's: golden inputs, else synthetic ones) with an error
+        that the old version does not; "" otherwise. Triton counts a request of a stream
+        as a success however it was answered (the Python backend reports an error
+        response sent in the stream as a success), so the error-rate gate sees only the
+        requests Triton itself failed; the probes look at the answers."""
+        if self.warmup is None or self.streaming is None or not self.streaming(state.model):
+            return ""
+        new = self.warmup(state.model, state.new_version, STREAM_PROBES)
+        if not new.failed:
+            return ""
+        old = self.warmup(state.model, state.old_version, new.sent)
+        if old.failed:
+            return ""  # the probes do not suit the model: the old version fails them too
+        return (
+            f"{state.model}:{state.new_version} answered {new.failed} of {new.sent} probe "
+            f"request(s) with an error that {state.model}:{state.old_version} answered "
+            f"({new.first_error}); a stream's error responses are not in Triton's "
+            "statistics, so the error rate does not show them"
+        )
 
     def _serve_again(self, state: RolloutState) -> bool:
         """The server answers but does not serve the versions (restarted without

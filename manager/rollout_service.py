@@ -37,6 +37,7 @@ from manager.golden import (
     GoldenCase,
     check,
     check_inputs_match_config,
+    check_outputs_match_config,
     load_cases,
     synthetic_case,
 )
@@ -125,6 +126,33 @@ def warmup_runner(
     return run
 
 
+def golden_runner(
+    repo: Repository, control: TritonControl, cases: list[GoldenCase]
+) -> Callable[[str, int], None]:
+    """The golden check of a model version: ``cases`` sent straight to it, each answer
+    compared with its expected outputs, and (as the smoke test of a publish does) with
+    the data types and shapes the model's config declares: Triton passes a Python
+    model's outputs on as they are, so a version answering FP64 for an FP32 output
+    would reach clients in a type they do not expect."""
+
+    def golden(model: str, version: int) -> None:
+        config = read_config(repo.path / model / CONFIG_FILE)
+        check_inputs_match_config(config, cases)
+        call = version_caller(control, model, version, config)
+        label = f"{model}:{version}"
+        stream = is_decoupled(config)
+
+        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = call(inputs)
+            if not stream:  # a stream's outputs are its responses' joined together
+                check_outputs_match_config(config, outputs, model=label)
+            return outputs
+
+        check(cases, run, model=label)
+
+    return golden
+
+
 def make_driver(
     repo: Repository,
     control: TritonControl,
@@ -142,13 +170,7 @@ def make_driver(
     cases: list[GoldenCase] | None = None
     if policy is not None and policy.golden_dir:
         cases = load_cases(policy.golden_dir)
-
-        def golden(model: str, version: int) -> None:
-            config = read_config(repo.path / model / CONFIG_FILE)
-            check_inputs_match_config(config, cases)
-            check(
-                cases, version_caller(control, model, version, config), model=f"{model}:{version}"
-            )
+        golden = golden_runner(repo, control, cases)
 
     return RolloutDriver(
         RolloutStore(repo),
@@ -163,6 +185,7 @@ def make_driver(
         sequence_idle=lambda model: sequence_idle_seconds(
             read_config(repo.path / model / CONFIG_FILE)
         ),
+        streaming=lambda model: is_decoupled(read_config(repo.path / model / CONFIG_FILE)),
     )
 
 

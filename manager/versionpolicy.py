@@ -67,6 +67,15 @@ def keep_owner_policy(repo: Path, model: str, config: mc.ModelConfig) -> None:
         write_json_atomic(_path(repo), {_KEY: entries})
 
 
+def forget_owner_policy(repo: Path, model: str) -> None:
+    """Drop the kept record of ``model`` (the config it was taken from is back as it was:
+    an endpoint change that kept it failed before any endpoint routed to the model)."""
+    with _lock(repo):
+        entries = read_json_entries(_path(repo), _KEY, "version policies")
+        if entries.pop(model, None) is not None:
+            write_json_atomic(_path(repo), {_KEY: entries})
+
+
 def with_owner_policy(repo: Path, model: str, config: mc.ModelConfig) -> mc.ModelConfig:
     """``config`` with its owner's version policy back (none if none was kept); the kept
     record is dropped: endpoints no longer manage the model's policy."""

@@ -189,6 +189,23 @@ def make_onnx_with_scalars(path: Path, *, batched: bool = False) -> None:
     onnx.save(model, str(path))
 
 
+def make_onnx_strings(path: Path) -> None:
+    """``u = t`` (Identity) for a string tensor: t STRING [batch, 2] -> u STRING [batch, 2]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["t"], ["u"])],
+        "strings",
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", 2])],
+        [helper.make_tensor_value_info("u", TensorProto.STRING, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 # A word list for the tiny Hugging Face models: every word is in the vocabulary.
 TEXT_WORDS = [
     "the",

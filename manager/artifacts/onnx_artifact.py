@@ -21,10 +21,15 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from manager.artifacts.base import Artifact
-from manager.errors import ArtifactError
+from manager.errors import ArtifactError, ConfigError
 from manager.modelconfig import TensorSpec, numpy_to_triton_dtype
 
 log = logging.getLogger(__name__)
+
+
+SERVED_ONNX_TYPES = (
+    "BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64 or STRING"
+)
 
 
 def _value_info_to_spec(value_info: object) -> TensorSpec:
@@ -35,10 +40,18 @@ def _value_info_to_spec(value_info: object) -> TensorSpec:
     ttype = vi.type.tensor_type
     if not vi.type.HasField("tensor_type"):
         raise ArtifactError(f"ONNX value {vi.name!r} is not a tensor; only tensors can be served")
-    np_dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
-    dtype = (
-        "STRING" if ttype.elem_type == onnx.TensorProto.STRING else numpy_to_triton_dtype(np_dtype)
-    )
+    if ttype.elem_type == onnx.TensorProto.STRING:
+        dtype = "STRING"
+    else:
+        try:
+            dtype = numpy_to_triton_dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
+        except (ConfigError, KeyError, ValueError):
+            # BFLOAT16, FLOAT8*, INT4, COMPLEX*: no numpy type the runner and clients share
+            type_name = onnx.TensorProto.DataType.Name(ttype.elem_type)
+            raise ArtifactError(
+                f"ONNX tensor {vi.name!r} is {type_name}, which tritonctl does not serve; "
+                f"its tensors may be {SERVED_ONNX_TYPES} (cast it in the graph)"
+            ) from None
     dims: list[int] = []
     if ttype.HasField("shape"):
         for d in ttype.shape.dim:

@@ -737,6 +737,40 @@ def test_onnx_scalars_are_served_as_dims_1(
     serving.unload(control, name)
 
 
+def test_an_onnx_graph_of_strings_is_smoke_tested_and_answers_with_the_text_sent(
+    triton: TritonHandle, control: TritonControl, tmp_path: Path
+) -> None:
+    from tests.modelfactory import make_onnx_strings
+
+    artifact = tmp_path / "strings.onnx"
+    make_onnx_strings(artifact)
+    sent = np.array([[b"hello", "w\u00f6rld".encode()], [b"", b"a b"]], dtype=object)
+    # a golden file written by hand: text as numpy str, inputs and outputs
+    golden = tmp_path / "golden"
+    text = np.array([["hello", "w\u00f6rld"], ["", "a b"]])
+    save_case(golden, "text", {"t": text}, {"u": text})
+    published = CliRunner().invoke(
+        main,
+        [
+            *("--repo", str(triton.repo), "publish", "strings", str(artifact)),
+            *("--max-batch-size", "4", "--smoke-test", "--golden", str(golden)),
+            *("--staging-url", triton.http_url),
+        ],
+    )
+    assert published.exit_code == 0, published.output
+    serving.load(control, "strings")
+    for module, url in ((httpclient, triton.http_url), (grpcclient, triton.grpc_url)):
+        client = module.InferenceServerClient(url.split("://", 1)[1])
+        try:
+            t = module.InferInput("t", list(sent.shape), "BYTES")
+            t.set_data_from_numpy(sent)
+            answer = client.infer("strings", [t]).as_numpy("u")
+        finally:
+            client.close()
+        assert answer.tolist() == sent.tolist()  # the bytes sent, not "b'hello'"
+    serving.unload(control, "strings")
+
+
 def test_a_smoke_test_of_a_repository_given_by_a_relative_path(
     net: TinyNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

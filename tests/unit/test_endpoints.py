@@ -939,6 +939,28 @@ def test_a_target_version_that_fails_to_load_is_not_left_in_the_version_policy(
         assert endpoints.get("ep").targets == [Target("m", 1, 100.0)]
 
 
+def test_a_first_endpoint_whose_target_fails_to_load_leaves_the_model_as_it_was(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    from manager.validate import validate_repository
+    from manager.versionpolicy import kept_models
+
+    endpoints, triton, repo = setup
+    config_before = (repo / "m" / "config.pbtxt").read_bytes()
+    triton.fail_loads(lambda name: name == "m", "no backend for it here")
+    for attempt in (
+        lambda: endpoints.switch("ep", "m", 1),
+        lambda: endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)]),
+    ):
+        with pytest.raises(LoadError, match="no backend for it here"):
+            attempt()
+        assert (repo / "m" / "config.pbtxt").read_bytes() == config_before
+        # no endpoint manages the model's version policy: none is kept aside for it
+        assert "m" not in kept_models(repo)
+        problems = validate_repository(Repository(repo))
+        assert not [p for p in problems if "half-way" in p.message], problems
+
+
 def test_a_version_loaded_for_a_failed_switch_is_retired_again(
     setup: tuple[Endpoints, FakeTriton, Path],
 ) -> None:

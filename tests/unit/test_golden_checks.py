@@ -11,6 +11,7 @@ from manager.golden import (
     GoldenMismatch,
     check_inputs_match_config,
     check_outputs_match_config,
+    compare,
 )
 from manager.modelconfig import TensorSpec, build_config
 
@@ -84,3 +85,74 @@ def test_a_smoke_test_with_unfit_golden_inputs_starts_no_server(monkeypatch, tmp
     monkeypatch.setattr(smoke, "throwaway_server", no_server)
     with pytest.raises(ConfigError, match="float64"):
         smoke.smoke_test(tmp_path, CONFIG, 1, [_case(x=np.ones((2, 4), np.float64))])
+
+
+def _compare(expected: np.ndarray, got: np.ndarray) -> None:
+    compare(GoldenCase("c", {}, {"o": expected}), {"o": got}, model="m")
+
+
+@pytest.mark.parametrize(
+    ("expected", "got"),
+    [
+        # ids, counts: relative to their size, an off-by-one is within any tolerance
+        (np.array([[100_000], [7]], np.int64), np.array([[100_009], [7]], np.int64)),
+        (np.array([2**60], np.int64), np.array([2**60 + 1], np.int64)),
+        (np.array([200], np.uint8), np.array([201], np.uint8)),
+        (np.array([True, False]), np.array([True, True])),
+    ],
+)
+def test_integer_and_boolean_outputs_must_match_exactly(expected, got):
+    with pytest.raises(GoldenMismatch, match=r"1 of \d values differ; at \[.*\]"):
+        _compare(expected, got)
+    _compare(expected, expected.copy())
+
+
+def test_float_outputs_keep_their_tolerance():
+    _compare(np.array([1.0, 2.0], np.float32), np.array([1.00001, 2.0], np.float32))
+    _compare(np.array([1.0], np.float16), np.array([1.0], np.float16))
+    with pytest.raises(GoldenMismatch, match="max abs diff"):
+        _compare(np.array([1.0], np.float32), np.array([1.1], np.float32))
+
+
+@pytest.mark.parametrize(
+    "expected",
+    [
+        np.array([["positive"], ["négatif"]]),  # numpy str, as written by hand
+        np.array([[b"positive"], ["négatif".encode()]], dtype=object),
+        np.array([[b"positive"], ["négatif".encode()]]),  # numpy bytes_
+    ],
+)
+def test_text_outputs_compare_as_utf8_whatever_array_holds_them(expected):
+    served = np.array([[b"positive"], ["négatif".encode()]], dtype=object)  # BYTES answer
+    _compare(expected, served)
+    wrong = np.array([[b"positive"], [b"negative"]], dtype=object)
+    with pytest.raises(GoldenMismatch, match=r"1 of 2 values differ; at \[1, 0\]"):
+        _compare(expected, wrong)
+
+
+def test_text_inputs_of_a_golden_case_are_sent_as_utf8_bytes(monkeypatch):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from manager import infer as infer_module
+
+    sent = {}
+
+    class Client:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def infer(self, model, inputs, **kwargs):
+            for tensor in inputs:
+                sent[tensor.name()] = (tensor.datatype(), tensor._get_binary_data())
+            raise InferenceServerException("stop here")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(httpclient, "InferenceServerClient", Client)
+    text = np.array([["héllo"], ["world"]])  # numpy str, as a golden .npz may hold it
+    with pytest.raises(infer_module.InferenceError, match="stop here"):
+        infer_module.infer("http://127.0.0.1:1", "m", {"TEXT": text})
+    # each element: its length (4 bytes, little-endian), then its UTF-8 bytes
+    assert sent["TEXT"] == ("BYTES", b"\x06\x00\x00\x00h\xc3\xa9llo\x05\x00\x00\x00world")

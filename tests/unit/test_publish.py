@@ -251,6 +251,26 @@ def test_truncated_onnx_is_refused_and_nothing_is_written(repo, onnx_file, tmp_p
     assert repo.models() == []
 
 
+def test_an_onnx_tensor_of_a_type_triton_is_not_given_is_refused_naming_it(repo, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["b", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "bf16.onnx"
+    onnx.save(model, str(path))
+    for options in (NATIVE, PublishOptions(runtime="python")):
+        with pytest.raises(ArtifactError, match=r"ONNX tensor 'x' is BFLOAT16, .* FP16, FP32"):
+            publish(repo, "bf", path, options)
+    assert repo.models() == []
+
+
 def test_missing_artifact_and_unknown_format_are_refused(repo, tmp_path, onnx_file):
     with pytest.raises(ArtifactError, match="does not exist"):
         publish(repo, "m", tmp_path / "nope.onnx", NATIVE)

@@ -11,6 +11,7 @@ import pytest
 from manager.errors import EndpointError, RolloutError, TritonUnreachableError
 from manager.repository import Repository
 from manager.rollout import (
+    STREAM_PROBES,
     Counters,
     RollbackIncompleteError,
     RolloutDriver,
@@ -486,6 +487,61 @@ def test_a_new_version_failing_every_warm_up_the_old_one_answers_rolls_back_firs
     assert endpoints.pinned == 1 and retired == [("m", 2)]
 
 
+def test_a_streaming_new_version_whose_probes_fail_rolls_back_though_triton_counts_no_error(
+    tmp_path,
+):
+    # Triton counts a stream's error responses as successes: the stats show none
+    driver, endpoints, retired, _, _ = make_with_traffic(tmp_path)
+    driver.streaming = lambda model: True
+    calls: list[tuple[int, int, dict[int, float]]] = []
+
+    def warmup(model: str, version: int, count: int) -> WarmupResult:
+        calls.append((version, count, dict(endpoints.weights)))
+        if version == 2 and len(calls) > 1:  # the warm-up passes, real traffic does not
+            return WarmupResult(count, count - 1, "broken stream")
+        return WarmupResult(count)
+
+    driver.warmup = warmup
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "rolled_back"
+    assert "m:2 answered 2 of 3 probe request(s) with an error that m:1 answered" in state.reason
+    assert "broken stream" in state.reason
+    # at the end of the first stage: the new version, then the old one for comparison
+    assert calls[1:] == [(2, STREAM_PROBES, {1: 95.0, 2: 5.0}), (1, 3, {1: 95.0, 2: 5.0})]
+    assert endpoints.pinned == 1 and retired == [("m", 2)]
+
+
+def test_stream_probes_that_both_versions_fail_or_answer_do_not_roll_back(tmp_path):
+    for failing in ({1, 2}, set()):
+        driver, _, _, _, _ = make_with_traffic(tmp_path / str(len(failing)))
+        driver.streaming = lambda model: True
+        calls: list[int] = []
+
+        def warmup(
+            model: str, version: int, count: int, failing=failing, calls=calls
+        ) -> WarmupResult:
+            calls.append(version)
+            return WarmupResult(count, count if version in failing else 0, "unsuited")
+
+        driver.warmup = warmup
+        state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+        assert state.status == "promoted", state.reason
+        stages = len(POLICY.stages) - 1  # the last (100 %) is the promotion
+        # the warm-up, then one probe a stage; the old version is asked only after a
+        # failure (the warm-up's and each probe's)
+        assert calls.count(2) == 1 + stages
+        assert calls.count(1) == (1 + stages if failing else 0)
+
+
+def test_a_model_answering_once_per_request_gets_no_stream_probes(tmp_path):
+    driver, _, _, _, _ = make_with_traffic(tmp_path)
+    driver.streaming = lambda model: False
+    calls: list[int] = []
+    driver.warmup = lambda model, version, count: calls.append(count) or WarmupResult(count)
+    assert driver.run(driver.begin("ep", "m", 1, 2, POLICY)).status == "promoted"
+    assert calls == [POLICY.warmup_requests]
+
+
 def test_no_warm_up_when_the_policy_asks_for_none(tmp_path):
     driver, _, _, _, _ = make_with_traffic(tmp_path)
     calls: list[int] = []
@@ -897,3 +953,31 @@ def test_bad_rollout_options_are_usage_errors_like_any_bad_option(tmp_path, opti
     result = CliRunner().invoke(main, [*argv, "--to", "2", *options])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_the_golden_check_refuses_answers_of_another_type_than_the_config_declares(
+    tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import manager.rollout_service as service
+    from manager.golden import GoldenCase, GoldenMismatch
+    from manager.modelconfig import TensorSpec, build_config, write_config
+
+    (tmp_path / "m").mkdir()
+    config = build_config(
+        "m", [TensorSpec("X", "FP32", (2,))], [TensorSpec("Y", "FP32", (2,))], max_batch_size=8
+    )
+    write_config(tmp_path / "m" / "config.pbtxt", config)
+    x = np.ones((1, 2), np.float32)
+    case = GoldenCase("c", {"X": x}, {"Y": x + 1})
+    answer = {"Y": (x + 1).astype(np.float64)}  # the values, as FP64: Triton passes it on
+    monkeypatch.setattr(service, "infer", lambda *args, **kwargs: answer)
+    control = SimpleNamespace(url="http://triton:8000", grpc_url="grpc://triton:8001")
+    golden = service.golden_runner(Repository(tmp_path), control, [case])
+    with pytest.raises(GoldenMismatch, match="output 'Y' came back as float64, the config"):
+        golden("m", 2)
+    answer["Y"] = (x + 1).astype(np.float32)
+    golden("m", 2)

@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format
 
 from manager.modelconfig import ModelConfig, TensorSpec, build_config
-from tests.modelfactory import classify_with_torch, write_tiny_classifier
+from tests.modelfactory import classify_with_torch, make_onnx_strings, write_tiny_classifier
 from tests.unit.fakes import triton_python_backend_utils as fake_pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -499,6 +499,33 @@ def test_onnx_runner_serves_batched_scalars_as_dims_1_reshaped_and_joins_request
         got = output(response, "r")
         assert got.shape == (len(x), 1)
         np.testing.assert_allclose(got, (x * s).sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+def test_onnx_runner_passes_bytes_tensors_to_the_graph_as_their_text(
+    pb: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "1").mkdir()
+    make_onnx_strings(tmp_path / "1" / "model.onnx")
+    config = runner_config(
+        "onnx",
+        [TensorSpec("t", "STRING", (2,))],
+        [TensorSpec("u", "STRING", (2,))],
+        max_batch_size=4,
+        artifact="model.onnx",
+    )
+    model = start_runner(pb, "onnx", tmp_path, config)
+    # a BYTES tensor reaches a Python model as bytes objects (UTF-8 text)
+    first = np.array([[b"hello", "w\u00f6rld".encode()]], dtype=object)
+    second = np.array([[b"a", b""], [b"b c", b"d"]], dtype=object)
+    bad = np.array([[b"\xff", b"x"]], dtype=object)
+    responses = model.execute([request(t=first), request(t=second), request(t=bad)])
+    for response, sent in zip(responses, (first, second), strict=False):
+        got = output(response, "u")
+        assert got.shape == sent.shape
+        assert [
+            bytes(item) if isinstance(item, bytes) else item.encode() for item in got.ravel()
+        ] == list(sent.ravel())
+    assert "not UTF-8" in error_message(responses[2])
 
 
 # --- torchscript ----------------------------------------------------------------------------

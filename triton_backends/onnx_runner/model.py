@@ -265,6 +265,26 @@ def _execute(
 
 # --- the ONNX runner ----------------------------------------------------------------------
 
+
+def _as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES tensor (bytes objects, as Triton hands them over) as the str objects that
+    ONNX Runtime takes for a string tensor: it would make ``"b'...'"`` of a bytes object.
+    Bytes that are not UTF-8 are refused (naming the input), never altered."""
+    text = np.empty(array.shape, dtype=object)
+    flat = text.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        if isinstance(item, (bytes, np.bytes_)):
+            try:
+                item = bytes(item).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"input {name!r}: element {i} is not UTF-8 text ({exc.reason}); the "
+                    "model's string tensor takes text"
+                ) from None
+        flat[i] = item
+    return text
+
+
 _ORT_TO_NUMPY: dict[str, Any] = {
     "tensor(bool)": np.bool_,
     "tensor(uint8)": np.uint8,
@@ -356,7 +376,9 @@ class TritonPythonModel:
         converted = {}
         for name, array in feeds.items():
             want = self.feed_dtypes.get(name)
-            if want is not None and want != np.object_ and array.dtype != want:
+            if want == np.object_:
+                array = _as_text(array, name)
+            elif want is not None and array.dtype != want:
                 array = array.astype(want)
             converted[name] = array
         results = self.session.run(self.output_names, converted)
