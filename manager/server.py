@@ -714,12 +714,16 @@ class EmbeddedServer:
         """Stop the recorded server: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
         Only the recorded pid is signalled, and only if it is still the recorded process
-        (same pid and create time). Returns the stopped server's info, or None if none ran.
+        (same pid and create time). Python-backend stubs that outlive it (one whose
+        model's code hangs does not exit with it) are killed then, each by its own pid,
+        and their shared memory removed. Returns the stopped server's info, or None if
+        none ran.
         """
         info = self.status()
         if info is None:
             return None
         self._terminate(info, timeout=timeout)
+        stop_leftover_stubs(self.repo, info.pid)
         _remove_record(self.repo, info.pid)
         return info
 

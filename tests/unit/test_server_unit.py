@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import psutil
@@ -398,6 +399,44 @@ def _orphan_stub(tmp_path: Path, repo: Path, name: str) -> tuple[int, int, Path]
     )
     out, _ = leader.communicate(timeout=10)
     return leader.pid, int(out.strip()), shm
+
+
+def test_stop_kills_the_stubs_that_outlive_the_server(tmp_path: Path) -> None:
+    """A stub hung in its model's code does not exit with tritonserver: stop kills it."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    stub = tmp_path / "bin" / "triton_python_backend_stub"
+    stub.parent.mkdir()
+    stub.symlink_to(sys.executable)
+    model = repo / "m" / "1" / "model.py"
+    model.parent.mkdir(parents=True)
+    model.write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n"
+    )
+    region = f"triton_python_backend_shm_region_test-stop-{os.getpid()}"
+    shm = Path("/dev/shm") / region
+    shm.write_bytes(b"\0" * 16)
+    # the server: leads its own session, exits on SIGTERM, leaves its stub running
+    server = subprocess.Popen(
+        ["/bin/sh", "-c", f'"{stub}" "{model}" {region} </dev/null >/dev/null 2>&1 & wait'],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not srv.leftover_stubs(repo, server.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [hung] = srv.leftover_stubs(repo, server.pid)
+        _write(repo, _info(repo, server.pid, psutil.Process(server.pid).create_time()))
+        assert EmbeddedServer(repo).stop(timeout=5) is not None
+        assert server.wait(timeout=5) is not None
+        assert not psutil.pid_exists(hung.pid) or hung.status() == psutil.STATUS_ZOMBIE
+        assert not shm.exists()
+        assert read_record(repo) is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        shm.unlink(missing_ok=True)
 
 
 def test_a_dead_server_s_leftover_stubs_are_stopped_and_their_shared_memory_removed(
