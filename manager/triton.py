@@ -327,13 +327,17 @@ def translate_error(
     return error(f"{action} at {url} failed: {exc}")
 
 
-def grpc_channel_args() -> list[tuple[str, Any]]:
+def grpc_channel_args(connect_timeout: float = CONNECT_TIMEOUT_S) -> list[tuple[str, Any]]:
     """gRPC channel options of the control clients: tritonclient's defaults, plus
 
     * a subchannel pool of the channel's own: channels to one address otherwise share a
       connection, and with it a reconnect back-off that a fresh client would inherit;
     * reconnects at most 2 s apart, so that a control client sees a restarted server
-      within seconds (gRPC's default back-off grows to 120 s).
+      within seconds (gRPC's default back-off grows to 120 s);
+    * ``connect_timeout`` for a connection to be made, as over HTTP. gRPC takes it from
+      ``grpc.min_reconnect_backoff_ms`` (its "minimum connect timeout"): that option set
+      to the 200 ms of the first back-off made every server further than about 200 ms
+      away (a round trip and a half) unreachable over gRPC.
     """
     from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
@@ -347,7 +351,7 @@ def grpc_channel_args() -> list[tuple[str, Any]]:
         ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", max(1, round(connect_timeout * 1000))),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
@@ -546,7 +550,8 @@ class TritonControl(_ControlBase):
                     import tritonclient.grpc as grpcclient
 
                     self._client = grpcclient.InferenceServerClient(
-                        self.endpoint.address, channel_args=grpc_channel_args()
+                        self.endpoint.address,
+                        channel_args=grpc_channel_args(self.connect_timeout),
                     )
                 except Exception as exc:
                     raise translate_error(exc, url=self.url, action="connect") from exc
@@ -758,7 +763,8 @@ class AsyncTritonControl(_ControlBase):
                     import tritonclient.grpc.aio as grpcaio
 
                     self._client = grpcaio.InferenceServerClient(
-                        self.endpoint.address, channel_args=grpc_channel_args()
+                        self.endpoint.address,
+                        channel_args=grpc_channel_args(self.connect_timeout),
                     )
                 else:
                     import tritonclient.http.aio as httpaio
