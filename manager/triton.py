@@ -10,6 +10,7 @@ own message.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
 import sys
@@ -298,6 +299,15 @@ def _is_timeout(exc: BaseException) -> bool:
     )
 
 
+def _not_healthy(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a health request over gRPC, means "not live/ready", as
+    any answer but 200 (or none) does over HTTP: no server answered (refused,
+    unreachable, no answer in time) or it answered an error."""
+    from tritonclient.utils import InferenceServerException
+
+    return isinstance(exc, ManagerError | InferenceServerException | OSError) or _is_timeout(exc)
+
+
 def translate_error(
     exc: BaseException,
     *,
@@ -366,6 +376,24 @@ def _fetch_text(url: str, timeout: float) -> str:
         raise TritonUnreachableError(
             f"no Triton metrics endpoint answers at {url} ({exc})"
         ) from exc
+
+
+def http_health(endpoint: Endpoint, which: str, timeout: float) -> bool:
+    """Whether Triton at ``endpoint`` (HTTP) answers ``GET /v2/health/<which>`` (``live`` or
+    ``ready``) with 200 within ``timeout`` seconds: False for any other answer, and for
+    none (refused, or no answer in time: a server that hangs is not live).
+
+    Not through tritonclient's HTTP client, whose one timeout covers every call of the
+    client (a load's 600 s) and whose gevent sockets belong to the thread that made them."""
+    conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
+    try:
+        conn.request("GET", f"/v2/health/{which}")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException) as exc:
+        log.debug("health %s of %s: %s", which, endpoint.url, exc)
+        return False
+    finally:
+        conn.close()
 
 
 def release_thread_hub() -> None:
@@ -591,25 +619,25 @@ class TritonControl(_ControlBase):
     # ---------------------------------------------------------------- health
 
     def is_live(self) -> bool:
-        """True if the server answers live; False if it does not answer at all."""
-        try:
-            return bool(
-                self._call(
-                    "health", lambda c: c.is_server_live(**self._grpc_kw(self.connect_timeout))
-                )
-            )
-        except TritonUnreachableError:
-            return False
+        """True if the server answers live; False if it does not answer within
+        ``connect_timeout`` (refused, or a server that hangs)."""
+        return self._health("live")
 
     def is_ready(self) -> bool:
+        """True if the server answers ready; False as :meth:`is_live`."""
+        return self._health("ready")
+
+    def _health(self, which: str) -> bool:
+        if not self.is_grpc:
+            return http_health(self.endpoint, which, self.connect_timeout)
         try:
             return bool(
-                self._call(
-                    "health",
-                    lambda c: c.is_server_ready(**self._grpc_kw(self.connect_timeout)),
-                )
+                getattr(self.client, f"is_server_{which}")(client_timeout=self.connect_timeout)
             )
-        except TritonUnreachableError:
+        except Exception as exc:
+            if not _not_healthy(exc):
+                raise translate_error(exc, url=self.url, action="health") from exc
+            log.debug("health %s of %s: %s", which, self.url, exc)
             return False
 
     # ---------------------------------------------------------------- repository
@@ -791,23 +819,23 @@ class AsyncTritonControl(_ControlBase):
             ) from exc
 
     async def is_live(self) -> bool:
-        try:
-            return bool(
-                await self._call(
-                    "health", lambda c: c.is_server_live(**self._grpc_kw(self.connect_timeout))
-                )
-            )
-        except TritonUnreachableError:
-            return False
+        return await self._health("live")
 
     async def is_ready(self) -> bool:
+        return await self._health("ready")
+
+    async def _health(self, which: str) -> bool:
+        if not self.is_grpc:
+            return await asyncio.to_thread(http_health, self.endpoint, which, self.connect_timeout)
         try:
+            client = self._get_client()
             return bool(
-                await self._call(
-                    "health", lambda c: c.is_server_ready(**self._grpc_kw(self.connect_timeout))
-                )
+                await getattr(client, f"is_server_{which}")(client_timeout=self.connect_timeout)
             )
-        except TritonUnreachableError:
+        except Exception as exc:
+            if not _not_healthy(exc):
+                raise translate_error(exc, url=self.url, action="health") from exc
+            log.debug("health %s of %s: %s", which, self.url, exc)
             return False
 
     async def repository_index(self) -> list[IndexEntry]:

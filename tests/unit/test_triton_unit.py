@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,6 +22,7 @@ from manager.errors import (
 )
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 from manager.triton import (
+    AsyncTritonControl,
     TritonControl,
     parse_index,
     parse_statistics,
@@ -301,3 +305,41 @@ def test_calls_to_a_closed_port_raise_unreachable_with_the_url() -> None:
             control.repository_index()
         with pytest.raises(TritonUnreachableError, match=f"{url}/metrics"):
             control.metrics_text()
+
+
+@pytest.fixture
+def hung_server() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a server that takes connections and never answers (a Triton
+    that hangs)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)  # the kernel takes the connections; nothing reads them
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_hung_server_is_not_live_within_the_connect_timeout(
+    hung_server: str, protocol: str
+) -> None:
+    url = f"{protocol}://{hung_server}"
+    with TritonControl(url, timeout=60, connect_timeout=1) as control:
+        started = time.monotonic()
+        assert control.is_live() is False
+        assert control.is_ready() is False
+        assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_hung_server_is_not_live_within_the_connect_timeout_async(
+    hung_server: str, protocol: str
+) -> None:
+    async def check() -> None:
+        async with AsyncTritonControl(
+            f"{protocol}://{hung_server}", timeout=60, connect_timeout=1
+        ) as control:
+            assert await control.is_live() is False
+            assert await control.is_ready() is False
+
+    started = time.monotonic()
+    asyncio.run(check())
+    assert time.monotonic() - started < 10
