@@ -74,18 +74,15 @@ def infer(
         options |= {"sequence_id": sequence_id, "sequence_start": True, "sequence_end": True}
     try:
         if stream:
-            return _stream(client, model, tensors, options, timeout)
+            return _stream(client, endpoint.url, model, tensors, options, timeout)
         if protocol == "grpc":
             result = client.infer(model, tensors, client_timeout=timeout, **options)
             response = result.get_response(as_json=True)
         else:
             result = client.infer(model, tensors, **options)
             response = result.get_response()
-    except InferenceServerException as exc:
-        message = one_line(str(exc.message() or exc))  # a Python model's traceback too
-        raise InferenceError(f"inference on {model!r} failed: {message}") from exc
-    except (ConnectionError, OSError) as exc:
-        raise TritonUnreachableError(f"no Triton server answers at {url}: {exc}") from exc
+    except (InferenceServerException, OSError) as exc:
+        raise _error(exc, url=endpoint.url, model=model, timeout=timeout) from exc
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -94,7 +91,12 @@ def infer(
 
 
 def _stream(
-    client: Any, model: str, tensors: list[Any], options: dict[str, Any], timeout: float
+    client: Any,
+    url: str,
+    model: str,
+    tensors: list[Any],
+    options: dict[str, Any],
+    timeout: float,
 ) -> dict[str, np.ndarray]:
     """One request over a gRPC stream; the outputs of its responses, concatenated."""
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
@@ -111,8 +113,7 @@ def _stream(
                     f"within {timeout:g} s"
                 ) from None
             if error is not None:
-                message = one_line(str(error.message() if hasattr(error, "message") else error))
-                raise InferenceError(f"inference on {model!r} failed: {message}")
+                raise _error(error, url=url, model=model, timeout=timeout)
             response = result.get_response()
             for output in response.outputs:
                 parts.setdefault(output.name, []).append(result.as_numpy(output.name))
@@ -126,3 +127,24 @@ def _stream(
         name: np.concatenate([np.atleast_1d(a) for a in arrays], axis=0)
         for name, arrays in parts.items()
     }
+
+
+def _error(exc: BaseException, *, url: str, model: str, timeout: float) -> ManagerError:
+    """The error of an inference request that raised ``exc``, the same over HTTP and gRPC:
+    TritonUnreachableError when no server answers at ``url``, else InferenceError with
+    Triton's message, or saying that no answer came in ``timeout`` seconds."""
+    from tritonclient.utils import InferenceServerException
+
+    failed = f"inference on {model!r} failed"
+    late = f"{failed}: no answer from {url} within {timeout:g} s"
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        message = one_line(str(exc.message() or exc))  # a Python model's traceback too
+        if status == "StatusCode.UNAVAILABLE":
+            return TritonUnreachableError(f"no Triton server answers at {url} ({message})")
+        if status == "StatusCode.DEADLINE_EXCEEDED":
+            return InferenceError(late)
+        return InferenceError(f"{failed}: {message}")
+    if isinstance(exc, TimeoutError) or type(exc).__name__ in ("Timeout", "ServerTimeoutError"):
+        return InferenceError(late)
+    return TritonUnreachableError(f"no Triton server answers at {url} ({exc})")

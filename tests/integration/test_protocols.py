@@ -5,17 +5,76 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from manager import golden
+from manager.errors import TritonUnreachableError
+from manager.infer import InferenceError, infer
+from manager.modelconfig import TensorSpec
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
+from tests.integration.helpers import write_python_model
 
 pytestmark = pytest.mark.integration
 
 PROTOCOLS = ["http", "grpc"]
+
+
+# Sleeps 3 s before echoing INPUT0: a model slower than a client's timeout.
+SLOW_MODEL_PY = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            time.sleep(3)
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+                out = pb_utils.Tensor("OUTPUT0", x.astype(np.float32))
+                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            return responses
+    """
+)
+
+# Reverses each (UTF-8) string of TEXT into OUT.
+REVERSE_MODEL_PY = textwrap.dedent(
+    """
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
+
+
+    class TritonPythonModel:
+        def execute(self, requests):
+            responses = []
+            for request in requests:
+                x = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+                y = [s.decode()[::-1].encode() for s in x.reshape(-1)]
+                y = np.array(y, dtype=object).reshape(x.shape)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", y)]))
+            return responses
+    """
+)
+
+
+def url_of(triton: TritonHandle, protocol: str) -> str:
+    return triton.http_url if protocol == "http" else triton.grpc_url
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -79,3 +138,72 @@ def test_a_server_with_a_slow_network_path_answers_over_both_protocols(
     ):
         assert control.is_live() is True
         assert isinstance(control.repository_index(), list)
+
+
+@pytest.fixture(scope="module")
+def slow_and_reverse(triton: TritonHandle) -> tuple[str, str]:
+    """The names of the slow model and of the string model, loaded."""
+    write_python_model(triton.repo, "proto_slow", SLOW_MODEL_PY)
+    text = [TensorSpec("TEXT", "STRING", (-1,))]
+    out = [TensorSpec("OUT", "STRING", (-1,))]
+    write_python_model(triton.repo, "proto_reverse", REVERSE_MODEL_PY, inputs=text, outputs=out)
+    with TritonControl(triton.grpc_url) as control:
+        control.load_model("proto_slow")
+        control.load_model("proto_reverse")
+    return "proto_slow", "proto_reverse"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_inference_on_a_closed_port_is_unreachable_over_both_protocols(protocol: str) -> None:
+    url = f"{protocol}://127.0.0.1:{closed_port()}"
+    x = np.ones(2, dtype=np.float32)
+    with pytest.raises(TritonUnreachableError, match=f"no Triton server answers at {url}"):
+        infer(url, "m", {"INPUT0": x}, timeout=5)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_inference_slower_than_the_timeout_fails_alike_over_both_protocols(
+    triton: TritonHandle, slow_and_reverse: tuple[str, str], protocol: str
+) -> None:
+    url = url_of(triton, protocol)
+    x = np.ones(2, dtype=np.float32)
+    with pytest.raises(InferenceError) as raised:
+        infer(url, slow_and_reverse[0], {"INPUT0": x}, timeout=1)
+    assert str(raised.value) == (
+        f"inference on 'proto_slow' failed: no answer from {url} within 1 s"
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    "text",
+    [
+        np.array(["abc", "h\u00e9llo"]),  # numpy's own unicode strings, as np.array makes them
+        np.array(["abc", "h\u00e9llo"], dtype=object),
+        np.array([b"abc", "h\u00e9llo".encode()], dtype=object),
+        np.array([b"abc", "h\u00e9llo".encode()]),
+    ],
+)
+def test_string_tensors_of_every_numpy_kind_go_over_both_protocols(
+    triton: TritonHandle, slow_and_reverse: tuple[str, str], protocol: str, text: np.ndarray
+) -> None:
+    out = infer(url_of(triton, protocol), slow_and_reverse[1], {"TEXT": text})["OUT"]
+    assert out.dtype == np.object_
+    assert out.tolist() == [b"cba", "oll\u00e9h".encode()]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_golden_case_of_numpy_strings_passes_over_both_protocols(
+    triton: TritonHandle, slow_and_reverse: tuple[str, str], protocol: str, tmp_path: Path
+) -> None:
+    """A case recorded with numpy's own strings (``np.array(["abc"])``, as a pipeline
+    writes them) is sent as strings, and its expected strings match Triton's bytes."""
+    text = np.array(["abc", "h\u00e9llo"])
+    golden.save_case(tmp_path, "case", {"TEXT": text}, {"OUT": np.array(["cba", "oll\u00e9h"])})
+    cases = golden.load_cases(tmp_path)
+    url, model = url_of(triton, protocol), slow_and_reverse[1]
+    assert golden.check(cases, lambda inputs: infer(url, model, inputs), model=model) == 1
+
+    golden.save_case(tmp_path, "case", {"TEXT": text}, {"OUT": np.array(["abc", "oll\u00e9h"])})
+    with pytest.raises(golden.GoldenMismatch, match="output 'OUT' does not match"):
+        golden.check(golden.load_cases(tmp_path), lambda i: infer(url, model, i), model=model)

@@ -343,3 +343,17 @@ def test_a_hung_server_is_not_live_within_the_connect_timeout_async(
     started = time.monotonic()
     asyncio.run(check())
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_inference_on_a_hung_server_fails_alike_over_both_protocols(
+    hung_server: str, protocol: str
+) -> None:
+    import numpy as np
+
+    from manager.infer import InferenceError, infer
+
+    url = f"{protocol}://{hung_server}"
+    with pytest.raises(InferenceError) as raised:
+        infer(url, "m", {"x": np.ones(2, dtype=np.float32)}, timeout=1)
+    assert str(raised.value) == f"inference on 'm' failed: no answer from {url} within 1 s"
