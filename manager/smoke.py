@@ -31,7 +31,7 @@ from manager.golden import (
 from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
-from manager.triton import parse_url
+from manager.triton import CONNECT_TIMEOUT_S, http_health, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ def throwaway_server(*, use_grpc: bool = False) -> Iterator[tuple[str, Path]]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+LOAD_TIMEOUT_S = 600.0
+"""How long a smoke test waits for Triton to answer its load or unload, over HTTP and
+gRPC alike."""
+
+
 def _client(url: str) -> object:
     endpoint = parse_url(url)
     if endpoint.protocol == "grpc":
@@ -74,8 +79,13 @@ def _client(url: str) -> object:
     import tritonclient.http as httpclient
 
     return httpclient.InferenceServerClient(
-        endpoint.address, connection_timeout=600, network_timeout=600
+        endpoint.address, connection_timeout=LOAD_TIMEOUT_S, network_timeout=LOAD_TIMEOUT_S
     )
+
+
+def _timeout_kw(url: str) -> dict[str, float]:
+    """The per-call timeout of a gRPC client (an HTTP client has its own, LOAD_TIMEOUT_S)."""
+    return {"client_timeout": LOAD_TIMEOUT_S} if parse_url(url).protocol == "grpc" else {}
 
 
 def smoke_test(
@@ -131,7 +141,7 @@ def _run(
     client = _client(url)
     answered = True  # whether the server answered the load, so there may be a model to unload
     try:
-        if not _answers_live(client):
+        if not _answers_live(client, url):
             # e.g. a staging URL of another service: its answer to a load would be an
             # error page, not Triton's reason
             answered = False
@@ -139,18 +149,27 @@ def _run(
                 f"smoke test: no Triton server answers at {url} (its /v2/health/live is not live)"
             )
         log.info("smoke test: loading %s as %s on %s", config.name, temp_name, url)
+        late = f"smoke test: {config.name!r} did not load: no answer from {url} within "
+        late += f"{LOAD_TIMEOUT_S:g} s"
         try:
-            client.load_model(temp_name, config=config_json, files=files)  # type: ignore[attr-defined]
+            client.load_model(  # type: ignore[attr-defined]
+                temp_name, config=config_json, files=files, **_timeout_kw(url)
+            )
         except InferenceServerException as exc:
-            if "UNAVAILABLE" in str(exc.status() or ""):  # gRPC: no server there
+            status = str(exc.status() or "")
+            if status == "StatusCode.UNAVAILABLE":  # gRPC: no server there
                 answered = False
                 raise TritonUnreachableError(
                     f"smoke test: no Triton server answers at {url}: {exc.message() or exc}"
                 ) from exc
+            if status == "StatusCode.DEADLINE_EXCEEDED":
+                raise LoadError(late) from exc
             raise LoadError(
                 f"smoke test: {config.name!r} failed to load: {exc.message() or exc}"
             ) from exc
         except OSError as exc:
+            if isinstance(exc, TimeoutError):  # the server took the request
+                raise LoadError(late) from exc
             answered = False
             raise TritonUnreachableError(
                 f"smoke test: no Triton server answers at {url}: {exc}"
@@ -170,17 +189,21 @@ def _run(
     finally:
         try:
             if answered:
-                client.unload_model(temp_name)  # type: ignore[attr-defined]
+                client.unload_model(temp_name, **_timeout_kw(url))  # type: ignore[attr-defined]
         except (InferenceServerException, OSError, ManagerError) as exc:
             log.warning("smoke test: could not unload %s: %s", temp_name, exc)
         client.close()  # type: ignore[attr-defined]
 
 
-def _answers_live(client: Any) -> bool:
-    """Whether a Triton server answers ``client``'s liveness request with live."""
+def _answers_live(client: Any, url: str) -> bool:
+    """Whether a Triton server at ``url`` (``client``'s) answers its liveness request with
+    live within CONNECT_TIMEOUT_S (a server that hangs does not)."""
     from tritonclient.utils import InferenceServerException
 
+    endpoint = parse_url(url)
+    if endpoint.protocol == "http":  # the client's one timeout is that of a load
+        return http_health(endpoint, "live", CONNECT_TIMEOUT_S)
     try:
-        return bool(client.is_server_live())
+        return bool(client.is_server_live(client_timeout=CONNECT_TIMEOUT_S))
     except (InferenceServerException, OSError):
         return False

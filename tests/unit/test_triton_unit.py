@@ -357,3 +357,19 @@ def test_inference_on_a_hung_server_fails_alike_over_both_protocols(
     with pytest.raises(InferenceError) as raised:
         infer(url, "m", {"x": np.ones(2, dtype=np.float32)}, timeout=1)
     assert str(raised.value) == f"inference on 'm' failed: no answer from {url} within 1 s"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_smoke_test_on_a_hung_staging_server_gives_up_within_seconds(
+    hung_server: str, protocol: str, tmp_path: Path
+) -> None:
+    from manager.modelconfig import TensorSpec, build_config
+    from manager.smoke import smoke_test
+
+    spec = TensorSpec("x", "FP32", (-1,))
+    config = build_config("m", [spec], [spec], backend="python", kind="cpu")
+    url = f"{protocol}://{hung_server}"
+    started = time.monotonic()
+    with pytest.raises(TritonUnreachableError, match=f"no Triton server answers at {url}"):
+        smoke_test(tmp_path, config, 1, [], url=url)
+    assert time.monotonic() - started < 15
