@@ -130,6 +130,22 @@ def parse_url(
     host = parts.hostname
     if not host:
         raise ManagerError(f"no host in Triton URL {url!r}")
+    # tritonctl's clients talk to HOST:PORT only: what else a URL says would be dropped
+    extra = [
+        what
+        for what, given in (
+            ("a path", parts.path.strip("/")),
+            ("a query", parts.query),
+            ("a fragment", parts.fragment),
+            ("a user name or password", parts.username or parts.password),
+        )
+        if given
+    ]
+    if extra:
+        raise ManagerError(
+            f"Triton URL {url!r} has {' and '.join(extra)}, which tritonctl would not use: "
+            "give http://HOST:PORT or grpc://HOST:PORT"
+        )
     if port is None:
         port = DEFAULT_HTTP_PORT if protocol == "http" else DEFAULT_GRPC_PORT
     if ":" in host:  # IPv6 literal

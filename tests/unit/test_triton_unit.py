@@ -165,6 +165,10 @@ def test_connect_builds_a_control_for_the_resolved_endpoint(tmp_path: Path) -> N
         ("http://h", "http", "h:8000", "http://h:8002"),
         ("grpc://h", "grpc", "h:8001", "http://h:8002"),
         ("grpc://[::1]:5", "grpc", "[::1]:5", "http://[::1]:8002"),
+        ("http://h:1/", "http", "h:1", "http://h:8002"),
+        ("grpc://[::1]:5/", "grpc", "[::1]:5", "http://[::1]:8002"),
+        ("[::1]:5", "http", "[::1]:5", "http://[::1]:8002"),
+        (" HTTP://H:1 ", "http", "h:1", "http://h:8002"),
     ],
 )
 def test_parse_url_understands_http_grpc_and_bare_addresses(
@@ -178,7 +182,19 @@ def test_parse_url_keeps_an_explicit_metrics_url() -> None:
     assert parse_url("grpc://h:1", metrics_url="http://m:2/").metrics_url == "http://m:2"
 
 
-@pytest.mark.parametrize("url", ["ftp://h:1", "http://:1", "http://h:notaport"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://h:1",
+        "http://:1",
+        "http://h:notaport",
+        "http://h:8000/triton",
+        "grpc://h:8001/v2",
+        "http://h:8000?timeout=1",
+        "http://h:8000#x",
+        "http://user:secret@h:8000",
+    ],
+)
 def test_parse_url_rejects_what_is_not_a_triton_url(url: str) -> None:
     with pytest.raises(ManagerError):
         parse_url(url)
