@@ -31,7 +31,7 @@ from manager.golden import (
 from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
-from manager.triton import CONNECT_TIMEOUT_S, http_health, parse_url
+from manager.triton import CONNECT_TIMEOUT_S, answered_by_triton, http_health, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +157,16 @@ def _run(
             )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
-            if status == "StatusCode.UNAVAILABLE":  # gRPC: no server there
+            message = str(exc.message() or exc)
+            if status == "StatusCode.UNAVAILABLE" and not answered_by_triton(message):
+                # gRPC: no server there
                 answered = False
                 raise TritonUnreachableError(
-                    f"smoke test: no Triton server answers at {url}: {exc.message() or exc}"
+                    f"smoke test: no Triton server answers at {url}: {message}"
                 ) from exc
             if status == "StatusCode.DEADLINE_EXCEEDED":
                 raise LoadError(late) from exc
-            raise LoadError(
-                f"smoke test: {config.name!r} failed to load: {exc.message() or exc}"
-            ) from exc
+            raise LoadError(f"smoke test: {config.name!r} failed to load: {message}") from exc
         except OSError as exc:
             if isinstance(exc, TimeoutError):  # the server took the request
                 raise LoadError(late) from exc

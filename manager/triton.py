@@ -324,6 +324,17 @@ def _not_healthy(exc: BaseException) -> bool:
     return isinstance(exc, ManagerError | InferenceServerException | OSError) or _is_timeout(exc)
 
 
+TRITON_UNAVAILABLE_ANSWERS = ("model load / unload is not allowed",)
+"""What Triton itself answers with gRPC's UNAVAILABLE status (which otherwise means that
+no server answered): a server not in explicit model-control mode refusing a load or an
+unload."""
+
+
+def answered_by_triton(message: str) -> bool:
+    """Whether a gRPC UNAVAILABLE error with ``message`` is Triton's own answer."""
+    return any(answer in message for answer in TRITON_UNAVAILABLE_ANSWERS)
+
+
 def translate_error(
     exc: BaseException,
     *,
@@ -338,7 +349,7 @@ def translate_error(
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
         message = one_line(str(exc.message() or exc))
-        if status == "StatusCode.UNAVAILABLE":
+        if status == "StatusCode.UNAVAILABLE" and not answered_by_triton(message):
             return TritonUnreachableError(f"no Triton server answers at {url} ({message})")
         if status == "StatusCode.DEADLINE_EXCEEDED":
             return error(f"{action}: no answer from {url} within {timeout:g} s")

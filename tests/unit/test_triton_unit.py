@@ -284,6 +284,15 @@ def test_grpc_unavailable_is_unreachable() -> None:
     assert isinstance(err, TritonUnreachableError)
 
 
+def test_a_load_refused_by_a_server_not_in_explicit_mode_is_a_load_error_over_grpc() -> None:
+    # Triton answers this with gRPC's UNAVAILABLE status, which also means "no server"
+    message = "explicit model load / unload is not allowed if polling is enabled"
+    err = translate_error(
+        _tse(message, "StatusCode.UNAVAILABLE"), url="grpc://h:1", action="x", error=LoadError
+    )
+    assert isinstance(err, LoadError) and str(err) == message
+
+
 def test_load_failure_keeps_tritons_message_on_one_line() -> None:
     msg = "load failed for model 'bad': version 1 is at UNAVAILABLE state: Internal: boom\n\nAt:\n  f(1)\n;\n"
     err = translate_error(_tse(msg, "400"), url="u", action="load", error=LoadError)
