@@ -423,6 +423,23 @@ def http_health(endpoint: Endpoint, which: str, timeout: float) -> bool:
         conn.close()
 
 
+async def http_health_async(endpoint: Endpoint, which: str, timeout: float) -> bool:
+    """:func:`http_health` on the event loop (not in a worker thread, which long loads
+    may all be holding)."""
+    import aiohttp
+
+    url = f"http://{endpoint.address}/v2/health/{which}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as resp,
+        ):
+            return resp.status == 200
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.debug("health %s of %s: %s", which, endpoint.url, exc)
+        return False
+
+
 def release_thread_hub() -> None:
     """Destroy the calling thread's gevent hub, if it has one, for a thread that is about
     to end after its HTTP calls (its clients closed). tritonclient's HTTP client runs on
@@ -853,7 +870,7 @@ class AsyncTritonControl(_ControlBase):
 
     async def _health(self, which: str) -> bool:
         if not self.is_grpc:
-            return await asyncio.to_thread(http_health, self.endpoint, which, self.connect_timeout)
+            return await http_health_async(self.endpoint, which, self.connect_timeout)
         try:
             client = self._get_client()
             return bool(

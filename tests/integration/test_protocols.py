@@ -264,3 +264,27 @@ def test_a_smoke_test_on_a_staging_server_not_in_explicit_mode_fails_alike(
                 smoke_test(staged, config, 1, [], url=url)
     finally:
         server.stop(timeout=30)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_async_health_needs_no_worker_thread(triton: TritonHandle, protocol: str) -> None:
+    """The asyncio control's health checks answer while every worker thread of the loop
+    is busy (with long loads, say), over HTTP as over gRPC."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from manager.triton import AsyncTritonControl
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)
+        try:
+            async with AsyncTritonControl(url_of(triton, protocol)) as control:
+                assert await asyncio.wait_for(control.is_live(), 10) is True
+                assert await asyncio.wait_for(control.is_ready(), 10) is True
+        finally:
+            release.set()
+            await busy
+
+    asyncio.run(check())
