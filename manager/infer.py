@@ -12,7 +12,7 @@ import numpy as np
 from manager.errors import ManagerError, TritonUnreachableError
 from manager.golden import as_utf8
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
-from manager.triton import one_line, parse_url
+from manager.triton import grpc_channel_args, one_line, parse_url
 
 
 class InferenceError(ManagerError):
@@ -61,7 +61,9 @@ def infer(
         tensors.append(t)
     requested = [client_mod.InferRequestedOutput(n) for n in outputs] if outputs else None
     if protocol == "grpc":
-        client: Any = client_mod.InferenceServerClient(address)
+        client: Any = client_mod.InferenceServerClient(
+            address, channel_args=grpc_channel_args(timeout)
+        )
     else:
         client = client_mod.InferenceServerClient(address, network_timeout=timeout)
     # what every kind of call takes besides the model and its inputs

@@ -396,10 +396,20 @@ def running_server(repo: Path) -> ServerInfo | None:
     return info
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def urlopen_direct(url: str, timeout: float) -> Any:
+    """``urllib.request.urlopen(url)`` straight to the server, whatever proxy the
+    environment names (``http_proxy``...): tritonctl talks to Triton directly, as
+    tritonclient's HTTP client does (and its gRPC channels are told to)."""
+    return _DIRECT.open(url, timeout=timeout)
+
+
 def probe_live(http_url: str, timeout: float = 1.0) -> bool:
     """True if ``GET <http_url>/v2/health/live`` answers 200."""
     try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/live", timeout=timeout) as resp:
+        with urlopen_direct(f"{http_url}/v2/health/live", timeout=timeout) as resp:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

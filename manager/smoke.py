@@ -31,7 +31,13 @@ from manager.golden import (
 from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
-from manager.triton import CONNECT_TIMEOUT_S, answered_by_triton, http_health, parse_url
+from manager.triton import (
+    CONNECT_TIMEOUT_S,
+    answered_by_triton,
+    grpc_channel_args,
+    http_health,
+    parse_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ def _client(url: str) -> object:
     if endpoint.protocol == "grpc":
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(endpoint.address)
+        return grpcclient.InferenceServerClient(endpoint.address, channel_args=grpc_channel_args())
     import tritonclient.http as httpclient
 
     return httpclient.InferenceServerClient(

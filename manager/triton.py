@@ -31,7 +31,7 @@ from manager.errors import (
     TritonUnreachableError,
     UnloadError,
 )
-from manager.server import ServerInfo, read_record
+from manager.server import ServerInfo, read_record, urlopen_direct
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 
 log = logging.getLogger(__name__)
@@ -371,6 +371,8 @@ def grpc_channel_args(connect_timeout: float = CONNECT_TIMEOUT_S) -> list[tuple[
       connection, and with it a reconnect back-off that a fresh client would inherit;
     * reconnects at most 2 s apart, so that a control client sees a restarted server
       within seconds (gRPC's default back-off grows to 120 s);
+    * no proxy: gRPC would go through ``$http_proxy``, ``$https_proxy`` or
+      ``$grpc_proxy`` (even to 127.0.0.1), where the HTTP clients connect directly;
     * ``connect_timeout`` for a connection to be made, as over HTTP. gRPC takes it from
       ``grpc.min_reconnect_backoff_ms`` (its "minimum connect timeout"): that option set
       to the 200 ms of the first back-off made every server further than about 200 ms
@@ -387,6 +389,7 @@ def grpc_channel_args(connect_timeout: float = CONNECT_TIMEOUT_S) -> list[tuple[
         ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
         ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
         ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.enable_http_proxy", 0),
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", max(1, round(connect_timeout * 1000))),
         ("grpc.max_reconnect_backoff_ms", 2000),
@@ -395,7 +398,7 @@ def grpc_channel_args(connect_timeout: float = CONNECT_TIMEOUT_S) -> list[tuple[
 
 def _fetch_text(url: str, timeout: float) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urlopen_direct(url, timeout=timeout) as resp:
             return bytes(resp.read()).decode("utf-8", errors="replace")
     except urllib.error.HTTPError as exc:
         raise ManagerError(f"GET {url} answered {exc.code} {exc.reason}") from exc

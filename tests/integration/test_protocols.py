@@ -8,6 +8,7 @@ import contextlib
 import socket
 import textwrap
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -288,3 +289,39 @@ def test_async_health_needs_no_worker_thread(triton: TritonHandle, protocol: str
             await busy
 
     asyncio.run(check())
+
+
+@pytest.fixture
+def proxy_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proxy variables naming a proxy that is not there, and none excepted."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    for name in ("http_proxy", "https_proxy", "grpc_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY", "no_grpc_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # one made now reads the proxies
+
+
+@pytest.mark.usefixtures("proxy_everywhere")
+def test_the_embedded_server_is_seen_live_whatever_proxy_the_environment_names(
+    triton: TritonHandle,
+) -> None:
+    from manager.server import probe_live
+
+    assert probe_live(triton.http_url) is True
+
+
+@pytest.mark.usefixtures("proxy_everywhere")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_proxy_variables_of_the_environment_are_not_used(
+    triton: TritonHandle, protocol: str
+) -> None:
+    """tritonctl connects to Triton directly over HTTP; so it does over gRPC (which would
+    otherwise go through $http_proxy / $https_proxy / $grpc_proxy) and for its metrics."""
+    url = url_of(triton, protocol)
+    with TritonControl(url, metrics_url=triton.metrics_url) as control:
+        assert control.is_live() is True
+        assert isinstance(control.repository_index(), list)
+        assert "nv_cpu_memory_used_bytes" in control.metrics_text()
+    with pytest.raises(InferenceError, match="unknown model"):
+        infer(url, "no_such_model", {"INPUT0": np.ones(2, dtype=np.float32)})
