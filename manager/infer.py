@@ -12,7 +12,7 @@ import numpy as np
 from manager.errors import ManagerError, TritonUnreachableError
 from manager.golden import as_utf8
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
-from manager.triton import grpc_channel_args, one_line, parse_url
+from manager.triton import CONNECT_TIMEOUT_S, grpc_channel_args, one_line, parse_url
 
 
 class InferenceError(ManagerError):
@@ -61,8 +61,10 @@ def infer(
         tensors.append(t)
     requested = [client_mod.InferRequestedOutput(n) for n in outputs] if outputs else None
     if protocol == "grpc":
+        # a connection gets longer than the request: a server that takes the connection
+        # and never answers fails the request by its deadline, as over HTTP
         client: Any = client_mod.InferenceServerClient(
-            address, channel_args=grpc_channel_args(timeout)
+            address, channel_args=grpc_channel_args(timeout + CONNECT_TIMEOUT_S)
         )
     else:
         client = client_mod.InferenceServerClient(address, network_timeout=timeout)
