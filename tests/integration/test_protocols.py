@@ -19,7 +19,7 @@ from manager import golden
 from manager.errors import LoadError, TritonUnreachableError, UnloadError
 from manager.infer import InferenceError, infer
 from manager.modelconfig import TensorSpec
-from manager.server import EmbeddedServer, free_ports
+from manager.server import EmbeddedServer, ServerInfo, free_ports
 from manager.triton import TritonControl
 from tests.integration.conftest import TritonHandle
 from tests.integration.helpers import write_python_model
@@ -211,22 +211,26 @@ def test_a_golden_case_of_numpy_strings_passes_over_both_protocols(
         golden.check(golden.load_cases(tmp_path), lambda i: infer(url, model, i), model=model)
 
 
-def test_a_server_not_in_explicit_mode_refuses_loads_alike_over_both_protocols(
-    tmp_path: Path,
-) -> None:
-    """Triton started without explicit model control answers a load or an unload with
-    an error (gRPC's UNAVAILABLE status): that is its answer, not a server missing."""
-    server = EmbeddedServer(tmp_path)
-    http_port, grpc_port, metrics_port = free_ports(3)
+def _server_without_model_control(repo: Path) -> tuple[EmbeddedServer, ServerInfo]:
+    """A server on ``repo`` started without explicit model control (mode none)."""
+    repo.mkdir(exist_ok=True)
+    server = EmbeddedServer(repo)
     info = server.start(
-        http_port,
-        grpc_port,
-        metrics_port,
+        *free_ports(3),
         wait_timeout=120,
         tied=True,
         # its own .tritonctl folder is no model: not a reason to stop
         extra_args=["--model-control-mode=none", "--exit-on-error=false"],
     )
+    return server, info
+
+
+def test_a_server_not_in_explicit_mode_refuses_loads_alike_over_both_protocols(
+    tmp_path: Path,
+) -> None:
+    """Triton started without explicit model control answers a load or an unload with
+    an error (gRPC's UNAVAILABLE status): that is its answer, not a server missing."""
+    server, info = _server_without_model_control(tmp_path)
     try:
         for url in (info.http_url, info.grpc_url):
             with TritonControl(url) as control:
@@ -244,17 +248,7 @@ def test_a_smoke_test_on_a_staging_server_not_in_explicit_mode_fails_alike(
     from manager.modelconfig import build_config
     from manager.smoke import smoke_test
 
-    server = EmbeddedServer(tmp_path / "staging")
-    (tmp_path / "staging").mkdir()
-    http_port, grpc_port, metrics_port = free_ports(3)
-    info = server.start(
-        http_port,
-        grpc_port,
-        metrics_port,
-        wait_timeout=120,
-        tied=True,
-        extra_args=["--model-control-mode=none", "--exit-on-error=false"],
-    )
+    server, info = _server_without_model_control(tmp_path / "staging")
     spec = TensorSpec("INPUT0", "FP32", (-1,))
     config = build_config("m", [spec], [spec], backend="python", kind="cpu")
     staged = tmp_path / "m"

@@ -75,7 +75,9 @@ def test_server_start_restore_serves_endpoints_again(tmp_path: Path) -> None:
         runner.invoke(main, ["--repo", str(repo.path), "server", "stop"])
 
 
-def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: Path) -> None:
+def _one_endpoint_broken(tmp_path: Path) -> tuple[Repository, list[int]]:
+    """Endpoints ``plus`` (serves) and ``breaks`` (its model's file broken while the
+    server was down); the server stopped. Returns the repository and the ports it used."""
     repo = Repository(tmp_path / "repo")
     publish(repo, "addone", write_python_model(tmp_path / "addone"))
     publish(repo, "fragile", write_python_model(tmp_path / "fragile"))
@@ -88,8 +90,12 @@ def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: P
             Endpoints(repo, control).switch("breaks", "fragile", 1)
     finally:
         server.stop()
-    # the model's file is broken while the server is down
     (repo.path / "fragile" / "1" / "model.py").write_text("raise RuntimeError('broken')\n")
+    return repo, ports
+
+
+def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: Path) -> None:
+    repo, ports = _one_endpoint_broken(tmp_path)
     runner = CliRunner()
     argv = ["--repo", str(repo.path), "server", "start", "--restore"]
     ports_args = ["--http-port", str(ports[0]), "--grpc-port", str(ports[1])]
@@ -105,19 +111,7 @@ def test_a_target_that_no_longer_loads_does_not_keep_the_others_down(tmp_path: P
 
 def test_a_foreground_server_serves_on_when_an_endpoint_does_not_restore(tmp_path: Path) -> None:
     """As a container's entrypoint: one broken endpoint must not take the others down."""
-    repo = Repository(tmp_path / "repo")
-    publish(repo, "addone", write_python_model(tmp_path / "addone"))
-    publish(repo, "fragile", write_python_model(tmp_path / "fragile"))
-    server = EmbeddedServer(repo.path)
-    ports = free_ports(3)
-    info = server.start(*ports, tied=True)
-    try:
-        with TritonControl.for_server(info) as control:
-            Endpoints(repo, control).switch("plus", "addone", 1)
-            Endpoints(repo, control).switch("breaks", "fragile", 1)
-    finally:
-        server.stop()
-    (repo.path / "fragile" / "1" / "model.py").write_text("raise RuntimeError('broken')\n")
+    repo, ports = _one_endpoint_broken(tmp_path)
     tritonctl = Path(sys.executable).parent / "tritonctl"
     cmd = [str(tritonctl), "--repo", str(repo.path), "server", "start", "--foreground"]
     cmd += ["--restore", "--http-port", str(ports[0]), "--grpc-port", str(ports[1])]
