@@ -199,6 +199,15 @@ def check_total_weight(targets: Sequence[Target]) -> None:
         )
 
 
+def check_listed_once(targets: Sequence[Target]) -> None:
+    """Refuse a target (model and version) listed more than once."""
+    seen: set[tuple[str, int]] = set()
+    for t in targets:
+        if t.key in seen:
+            raise EndpointError(f"target {t.label()} is listed twice")
+        seen.add(t.key)
+
+
 def check_sticky(sticky_parameter: str | None, use_correlation_id: bool) -> None:
     """Refuse a sticky parameter name that a request parameter cannot have, or a split
     asked to route by both a parameter and the correlation id."""
@@ -873,11 +882,8 @@ class Endpoints:
         if not targets:
             raise EndpointError("an endpoint needs at least one target")
         checked = [t if isinstance(t, Target) else Target(*t) for t in targets]
-        seen: set[tuple[str, int]] = set()
+        check_listed_once(checked)
         for t in checked:
-            if t.key in seen:
-                raise EndpointError(f"target {t.label()} is listed twice")
-            seen.add(t.key)
             self._resolve_version(t.model, t.version)
         check_total_weight(checked)
         configs = {m: self._target_config(m) for m in {t.model for t in checked}}
@@ -1570,10 +1576,8 @@ class Endpoints:
                     f"endpoint {name!r} is pinned to {state.targets[0].label()}: use split "
                     "to route it to several targets"
                 )
-            given = [t.key for t in checked]
-            if len(set(given)) != len(given):
-                raise EndpointError("a target is listed twice")
-            if set(given) != {t.key for t in state.targets}:
+            check_listed_once(checked)
+            if {t.key for t in checked} != {t.key for t in state.targets}:
                 raise EndpointError(
                     f"endpoint {name!r} routes to "
                     f"{', '.join(t.label() for t in state.targets)}; set_weights takes the same "

@@ -27,6 +27,7 @@ from manager.endpoints import (
     EndpointState,
     RouterOptions,
     Target,
+    check_listed_once,
     check_sticky,
     check_total_weight,
     native_refusal,
@@ -249,12 +250,8 @@ def endpoint_split(
         check_sticky(sticky_parameter, sticky_correlation_id)
     except ManagerError as exc:
         raise click.UsageError(str(exc)) from exc
-    seen: set[tuple[str, int]] = set()
-    for t in parsed:
-        if t.key in seen:
-            raise click.BadParameter(f"target {t.label()} is listed twice", param_hint="'--target'")
-        seen.add(t.key)
     try:
+        check_listed_once(parsed)
         check_total_weight(parsed)
     except ManagerError as exc:
         raise click.BadParameter(str(exc), param_hint="'--target'") from exc
