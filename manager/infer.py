@@ -12,7 +12,7 @@ import numpy as np
 from manager.errors import ManagerError, TritonUnreachableError
 from manager.golden import as_utf8
 from manager.modelconfig import numpy_to_triton_dtype, protocol_dtype
-from manager.triton import CONNECT_TIMEOUT_S, grpc_channel_args, one_line, parse_url
+from manager.triton import CONNECT_TIMEOUT_S, grpc_channel_args, is_timeout, one_line, parse_url
 
 
 class InferenceError(ManagerError):
@@ -149,6 +149,6 @@ def _error(exc: BaseException, *, url: str, model: str, timeout: float) -> Manag
         if status == "StatusCode.DEADLINE_EXCEEDED":
             return InferenceError(late)
         return InferenceError(f"{failed}: {message}")
-    if isinstance(exc, TimeoutError) or type(exc).__name__ in ("Timeout", "ServerTimeoutError"):
+    if is_timeout(exc):
         return InferenceError(late)
     return TritonUnreachableError(f"no Triton server answers at {url} ({exc})")

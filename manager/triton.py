@@ -308,7 +308,9 @@ def one_line(message: str) -> str:
     return " ".join(message.split()).rstrip(" ;")
 
 
-def _is_timeout(exc: BaseException) -> bool:
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (of a socket, tritonclient's HTTP client or aiohttp) is a request
+    that got no answer in time."""
     return isinstance(exc, TimeoutError) or type(exc).__name__ in (
         "ServerTimeoutError",
         "Timeout",
@@ -321,7 +323,7 @@ def _not_healthy(exc: BaseException) -> bool:
     unreachable, no answer in time) or it answered an error."""
     from tritonclient.utils import InferenceServerException
 
-    return isinstance(exc, ManagerError | InferenceServerException | OSError) or _is_timeout(exc)
+    return isinstance(exc, ManagerError | InferenceServerException | OSError) or is_timeout(exc)
 
 
 TRITON_UNAVAILABLE_ANSWERS = ("model load / unload is not allowed",)
@@ -356,7 +358,7 @@ def translate_error(
         if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
             return ModelNotFoundError(message)
         return error(message)
-    if _is_timeout(exc):
+    if is_timeout(exc):
         limit = f" within {timeout:g} s" if timeout else ""
         return error(f"{action}: no answer from {url}{limit}")
     if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
