@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
@@ -33,9 +32,9 @@ from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
 from manager.triton import (
     CONNECT_TIMEOUT_S,
+    TritonControl,
     answered_by_triton,
     grpc_channel_args,
-    http_health,
     parse_url,
 )
 
@@ -147,7 +146,7 @@ def _run(
     client = _client(url)
     answered = True  # whether the server answered the load, so there may be a model to unload
     try:
-        if not _answers_live(client, url):
+        if not _answers_live(url):
             # e.g. a staging URL of another service: its answer to a load would be an
             # error page, not Triton's reason
             answered = False
@@ -201,15 +200,8 @@ def _run(
         client.close()  # type: ignore[attr-defined]
 
 
-def _answers_live(client: Any, url: str) -> bool:
-    """Whether a Triton server at ``url`` (``client``'s) answers its liveness request with
-    live within CONNECT_TIMEOUT_S (a server that hangs does not)."""
-    from tritonclient.utils import InferenceServerException
-
-    endpoint = parse_url(url)
-    if endpoint.protocol == "http":  # the client's one timeout is that of a load
-        return http_health(endpoint, "live", CONNECT_TIMEOUT_S)
-    try:
-        return bool(client.is_server_live(client_timeout=CONNECT_TIMEOUT_S))
-    except (InferenceServerException, OSError):
-        return False
+def _answers_live(url: str) -> bool:
+    """Whether a Triton server at ``url`` answers its liveness request with live within
+    CONNECT_TIMEOUT_S (a server that hangs does not)."""
+    with TritonControl(url, connect_timeout=CONNECT_TIMEOUT_S) as control:
+        return control.is_live()
