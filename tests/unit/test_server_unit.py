@@ -373,26 +373,32 @@ def test_stop_without_a_record_does_nothing(tmp_path: Path) -> None:
     assert EmbeddedServer(tmp_path).stop() is None
 
 
-def _orphan_stub(tmp_path: Path, repo: Path, name: str) -> tuple[int, int, Path]:
-    """A process that looks like a Python-backend stub of ``repo`` (its argv: the stub,
-    the model file, the shared-memory region), left running by a process-group leader
-    that has already exited, as a SIGKILLed tritonserver leaves its stubs. Returns the
-    leader's pid (the group id), the stub's pid and its fake shared-memory region."""
-    import subprocess
-    import sys
-
+def _fake_stub(tmp_path: Path, repo: Path, name: str, code: str) -> tuple[str, Path]:
+    """A shell command that starts, in the background, a process that looks like a
+    Python-backend stub of ``repo`` (its argv: the stub, the model file running ``code``,
+    the shared-memory region), and that fake shared-memory region."""
     stub = tmp_path / "bin" / "triton_python_backend_stub"
     stub.parent.mkdir(exist_ok=True)
     if not stub.exists():
         stub.symlink_to(sys.executable)
     model = repo / name / "1" / "model.py"
     model.parent.mkdir(parents=True)
-    model.write_text("import time\ntime.sleep(600)\n")
-    region = f"triton_python_backend_shm_region_test-{repo.name}-{name}-{os.getpid()}"
+    model.write_text(code)
+    region = f"triton_python_backend_shm_region_test-{tmp_path.name}-{repo.name}-{name}"
     shm = Path("/dev/shm") / region
     shm.write_bytes(b"\0" * 16)
+    return f'"{stub}" "{model}" {region} </dev/null >/dev/null 2>&1 &', shm
+
+
+def _orphan_stub(tmp_path: Path, repo: Path, name: str) -> tuple[int, int, Path]:
+    """A fake stub of ``repo`` (:func:`_fake_stub`) left running by a process-group
+    leader that has already exited, as a SIGKILLed tritonserver leaves its stubs. Returns
+    the leader's pid (the group id), the stub's pid and its fake shared-memory region."""
+    import subprocess
+
+    start, shm = _fake_stub(tmp_path, repo, name, "import time\ntime.sleep(600)\n")
     leader = subprocess.Popen(
-        ["/bin/sh", "-c", f'"{stub}" "{model}" {region} </dev/null >/dev/null 2>&1 & echo $!'],
+        ["/bin/sh", "-c", f"{start} echo $!"],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -406,22 +412,10 @@ def test_stop_kills_the_stubs_that_outlive_the_server(tmp_path: Path) -> None:
     import subprocess
 
     repo = tmp_path / "repo"
-    stub = tmp_path / "bin" / "triton_python_backend_stub"
-    stub.parent.mkdir()
-    stub.symlink_to(sys.executable)
-    model = repo / "m" / "1" / "model.py"
-    model.parent.mkdir(parents=True)
-    model.write_text(
-        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n"
-    )
-    region = f"triton_python_backend_shm_region_test-stop-{os.getpid()}"
-    shm = Path("/dev/shm") / region
-    shm.write_bytes(b"\0" * 16)
+    hangs = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(600)\n"
+    start, shm = _fake_stub(tmp_path, repo, "m", hangs)
     # the server: leads its own session, exits on SIGTERM, leaves its stub running
-    server = subprocess.Popen(
-        ["/bin/sh", "-c", f'"{stub}" "{model}" {region} </dev/null >/dev/null 2>&1 & wait'],
-        start_new_session=True,
-    )
+    server = subprocess.Popen(["/bin/sh", "-c", f"{start} wait"], start_new_session=True)
     try:
         deadline = time.monotonic() + 10
         while not srv.leftover_stubs(repo, server.pid) and time.monotonic() < deadline:
