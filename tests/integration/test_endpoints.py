@@ -586,6 +586,52 @@ def test_sticky_parameter_keeps_each_user_on_one_version(
     assert seen == {1, 2}
 
 
+# A sticky key of each parameter type and the text both routers hash for it: a whole
+# number is its integer's decimal text whatever its type (3, 3.0 and "3" are one user),
+# any other double its shortest text that reads back as the same double.
+STICKY_KEYS: list[tuple[Any, str]] = [
+    (3, "3"),
+    ("3", "3"),
+    (3.0, "3"),
+    (0.7, "0.7"),
+    (-2.5, "-2.5"),
+    (0.25, "0.25"),
+    (1e20, "1e+20"),
+    (100.0, "100"),
+    (True, "true"),
+    (False, "false"),
+    ("user-3", "user-3"),
+]
+
+
+def test_sticky_parameter_of_every_type_keeps_its_user_on_one_version(
+    models: TritonHandle, routed: tuple[Endpoints, str]
+) -> None:
+    endpoints, suffix = routed
+    name = "ep_sticky_types" + suffix
+    endpoints.split(name, [Target(ADDER, 1, 30), Target(ADDER, 2, 70)], sticky_parameter="user")
+    expected = {repr(v): 1 if stable_point(text, 100.0) < 30.0 else 2 for v, text in STICKY_KEYS}
+    assert set(expected.values()) == {1, 2}
+    answers: dict[str, set[int]] = {repr(v): set() for v, _ in STICKY_KEYS}
+    with grpc_client(models) as client:
+        for _ in range(6):  # each key in turn, so a key routed by weight meets both targets
+            for value, _ in STICKY_KEYS:
+                answers[repr(value)].add(call(client, name, parameters={"user": value}))
+    assert answers == {k: {v} for k, v in expected.items()}
+    # over HTTP a JSON number with a fraction or an exponent arrives as a double too
+    url = f"{models.http_url}/v2/models/{name}/infer"
+    for text, key in (("3.0", "3"), ("2.5e0", "2.5"), ('"0.7"', "0.7")):
+        request = {
+            "parameters": {"user": "KEY"},
+            "inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": [0] * 4}],
+        }
+        body = json.dumps(request).replace('"KEY"', text).encode()
+        for _ in range(3):
+            with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as a:
+                out = json.loads(a.read())["outputs"][0]["data"]
+            assert out == [1 if stable_point(key, 100.0) < 30.0 else 2] * 4, text
+
+
 def test_request_parameters_reach_the_target_through_the_router(
     models: TritonHandle, routed: tuple[Endpoints, str]
 ) -> None:

@@ -4,8 +4,12 @@ compiler: CI installs g++)."""
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import random
+import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +114,8 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     lib.probe_hash.argtypes = [ctypes.c_char_p]
     lib.probe_unit.restype = ctypes.c_double
     lib.probe_unit.argtypes = [ctypes.c_uint64]
+    lib.probe_double_key.restype = None
+    lib.probe_double_key.argtypes = [ctypes.c_double, ctypes.c_char_p, ctypes.c_size_t]
     lib.probe_parse.restype = ctypes.c_int
     lib.probe_parse.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
     u64 = ctypes.c_uint64
@@ -182,6 +188,28 @@ def test_both_routers_hash_sticky_keys_alike(probe: ctypes.CDLL) -> None:
         native = probe.probe_hash(key.encode("utf-8"))
         assert native == python_router.stable_hash(key), key
         assert probe.probe_unit(native) * 100.0 == python_router.stable_point(key, 100.0)
+
+
+def test_both_routers_key_a_double_sticky_parameter_by_the_same_text(
+    probe: ctypes.CDLL,
+) -> None:
+    python_router = load_backend_module(ROUTER_PY, "tritonctl_router_key_check")
+    rng = random.Random(7)
+    values = [3.0, -0.0, 0.7, 0.1 + 0.2, -2.5, 1e20, 1e15, 2.0**63, -(2.0**63), 1e-7]
+    values += [math.inf, -math.inf, math.nan, 5e-324, sys.float_info.max]
+    values += [rng.uniform(-1e6, 1e6) for _ in range(200)]
+    values += [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(200)]
+    out = ctypes.create_string_buffer(64)
+    for value in values:
+        probe.probe_double_key(value, out, len(out))
+        assert out.value.decode() == python_router.key_text(value), repr(value)
+    # a whole number is its integer's text, so 3, 3.0 and "3" are one user
+    expected = {3.0: "3", -0.0: "0", 0.7: "0.7", 1e20: "1e+20", 2.0**62: str(2**62)}
+    for value, text in expected.items():
+        assert python_router.key_text(value) == text
+    assert python_router.key_text(3) == python_router.key_text("3") == "3"
+    assert python_router.key_text(True) == "true"
+    assert python_router.key_text(math.nan) == "nan"
 
 
 def test_routes_parse_and_bad_routes_are_refused(probe: ctypes.CDLL) -> None:

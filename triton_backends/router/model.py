@@ -22,7 +22,8 @@ so a weight change takes effect within a fraction of a second without a reload. 
 that cannot be read keeps the routes in force (and is logged).
 
 Choice of target: with a sticky key (the request parameter named in the routes, else the
-correlation id when ``use_correlation_id``) the key's stable hash (FNV-1a 64 with the
+correlation id when ``use_correlation_id``; a parameter of any type, as its
+``key_text``) the key's stable hash (FNV-1a 64 with the
 splitmix64 finalizer: the same in every process, and the same as the native router's in
 ``triton_backends/router_native/router.cc``) picks a point in ``[0, total weight)``;
 without one the point is random.
@@ -200,6 +201,28 @@ def _weights(bounds: list[float]) -> list[float]:
     return out
 
 
+def key_text(value: Any) -> str:
+    """The text a sticky parameter's value is hashed as, the same in both routers: a string
+    as it is, a bool ``true``/``false``, an integer in decimal, a double that is a whole
+    number in the int64 range as that integer (3, 3.0 and "3" are one key), any other
+    double as the shortest of its ``%.15g``/``%.16g``/``%.17g`` texts that reads back as
+    the same double (0.7 as "0.7"), NaN as "nan"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value.is_integer() and -9223372036854775808.0 <= value < 9223372036854775808.0:
+            return str(int(value))
+        text = ""
+        for digits in (15, 16, 17):
+            text = "%.*g" % (digits, value)  # noqa: UP031 (C's %g, as the native router)
+            if float(text) == value:
+                break
+        return text
+    return str(value)
+
+
 def sticky_key(routes: Routes, request: Any) -> str | None:
     """The request's routing key, or None to route at random."""
     if routes.sticky_parameter is not None:
@@ -210,10 +233,8 @@ def sticky_key(routes: Routes, request: Any) -> str | None:
                 value = json.loads(text).get(routes.sticky_parameter)
             except (ValueError, AttributeError):
                 value = None
-            if isinstance(value, bool):
-                return "true" if value else "false"
             if value is not None and value != "":
-                return str(value)
+                return key_text(value)
     if routes.use_correlation_id:
         cid = request.correlation_id()
         if cid not in (0, "", None):

@@ -47,7 +47,8 @@
 // it by then too).
 //
 // Choice of target: with a sticky key (the request parameter named in the routes, else
-// "correlation:<id>" when use_correlation_id) the key's stable hash picks a point in
+// "correlation:<id>" when use_correlation_id; a parameter of any type, as its text: see
+// DoubleKeyText) the key's stable hash picks a point in
 // [0, total weight); without one the point is random. Targets own consecutive ranges in
 // the order listed. The hash (FNV-1a 64 with the splitmix64 finalizer, top 53 bits) is the
 // one the Python-backend router's stable_point computes, so every process agrees.
@@ -60,6 +61,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -821,6 +823,30 @@ CorrelationId(TRITONBACKEND_Request* request)
   return sid != nullptr ? sid : "";
 }
 
+// The text a double sticky key is hashed as, as the Python router's key_text: a whole
+// number in the int64 range as that integer (3.0 as "3", the key of 3 and "3"), any other
+// as the shortest of its %.15g, %.16g, %.17g texts that reads back as the same double
+// (0.7 as "0.7"), NaN as "nan".
+std::string
+DoubleKeyText(double value)
+{
+  if (std::isnan(value)) {
+    return "nan";
+  }
+  if (value == std::floor(value) && value >= -9223372036854775808.0 &&
+      value < 9223372036854775808.0) {
+    return std::to_string(static_cast<int64_t>(value));
+  }
+  char text[40];
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof(text), "%.*g", digits, value);
+    if (std::strtod(text, nullptr) == value) {
+      break;
+    }
+  }
+  return text;
+}
+
 // The request's sticky key, or "" to route at random.
 std::string
 StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
@@ -851,6 +877,8 @@ StickyKey(const Routes& routes, TRITONBACKEND_Request* request)
         text = std::to_string(*static_cast<const int64_t*>(value));
       } else if (type == TRITONSERVER_PARAMETER_BOOL) {
         text = *static_cast<const bool*>(value) ? "true" : "false";
+      } else if (type == TRITONSERVER_PARAMETER_DOUBLE) {
+        text = DoubleKeyText(*static_cast<const double*>(value));
       }
       if (!text.empty()) {
         return text;

@@ -22,6 +22,13 @@ probe_unit(uint64_t bits)
   return UnitFromBits(bits);
 }
 
+// The text a double sticky key is hashed as, into ``out``.
+PROBE_EXPORT void
+probe_double_key(double value, char* out, size_t out_len)
+{
+  std::snprintf(out, out_len, "%s", DoubleKeyText(value).c_str());
+}
+
 // Parses routes ``text``: 1 and "<targets> <total> <single>" in ``out``, or 0 and the error.
 PROBE_EXPORT int
 probe_parse(const char* text, char* out, size_t out_len)
