@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
+import subprocess
 import textwrap
 import threading
 import time
@@ -630,6 +632,80 @@ def test_sticky_parameter_of_every_type_keeps_its_user_on_one_version(
             with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as a:
                 out = json.loads(a.read())["outputs"][0]["data"]
             assert out == [1 if stable_point(key, 100.0) < 30.0 else 2] * 4, text
+
+
+PARAM_TARGET = "ep_cparams"
+PARAM_TARGET_SOURCE = Path(__file__).resolve().parent / "native" / "param_target.cc"
+
+
+@pytest.fixture(scope="module")
+def param_target(models: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two versions of a model whose responses carry parameters: a small C++ backend
+    (tests/integration/native/param_target.cc), as no Python model of Triton 2.51 can set
+    response parameters."""
+    tmp = tmp_path_factory.mktemp("param_target")
+    compiler = native_router.find_compiler()
+    assert compiler is not None, "a C++ compiler (g++) is needed"
+    library = tmp / "libtriton_tritonctl_paramtarget.so"
+    flags = ["-std=c++17", "-O1", "-fPIC", "-shared", "-fno-gnu-unique"]
+    subprocess.run([compiler, *flags, "-o", str(library), str(PARAM_TARGET_SOURCE)], check=True)
+    publish_versions(models.repo, PARAM_TARGET, ADD_VERSION_PY, 2, tmp)
+    folder = models.repo / PARAM_TARGET
+    config = read_config(folder / "config.pbtxt")
+    config.backend = "tritonctl_paramtarget"
+    write_config(folder / "config.pbtxt", config)
+    for version in ("1", "2"):
+        shutil.copyfile(library, folder / version / library.name)
+    return PARAM_TARGET
+
+
+def response_parameters(
+    client: grpcclient.InferenceServerClient, model: str
+) -> tuple[int, dict[str, Any]]:
+    """The version that answered a request of zeros, and its response's parameters."""
+    inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+    inp.set_data_from_numpy(np.zeros(4, dtype=np.float32))
+    result = client.infer(model, [inp])
+    out = result.as_numpy("OUTPUT0")
+    assert out is not None
+    parameters = result.get_response().parameters
+    return int(out[0]), {
+        k: getattr(v, str(v.WhichOneof("parameter_choice"))) for k, v in parameters.items()
+    }
+
+
+def test_the_native_router_passes_the_targets_response_parameters_on(
+    models: TritonHandle, control: TritonControl, param_target: str
+) -> None:
+    endpoints = Endpoints(Repository(models.repo), control, router=RouterOptions(backend="native"))
+    endpoints.split("ep_cparams_split", [Target(param_target, 1, 50), Target(param_target, 2, 50)])
+    endpoints.switch("ep_cparams_pinned", param_target, 2)
+    url = f"{models.http_url}/v2/models/ep_cparams_split/infer"
+    body = json.dumps(
+        {"inputs": [{"name": "INPUT0", "shape": [4], "datatype": "FP32", "data": [0] * 4}]}
+    ).encode()
+    with grpc_client(models) as client:
+        version, direct = response_parameters(client, param_target)
+        assert direct == {
+            "target_version": version,
+            "note": "from the target",
+            "checked": True,
+            "score": 0.25,
+        }
+        seen = set()
+        for _ in range(160):  # a lone caller's runs are up to 64 requests long
+            version, routed = response_parameters(client, "ep_cparams_split")
+            assert routed == direct | {"target_version": version}
+            seen.add(version)
+        assert seen == {1, 2}
+        # Triton 2.51's ensemble does not pass a step's response parameters on: the
+        # pinned endpoint answers with its own sequence_id/start/end and none of these
+        version, pinned = response_parameters(client, "ep_cparams_pinned")
+        assert version == 2
+        assert set(pinned) == {"sequence_id", "sequence_start", "sequence_end"}
+    with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as answer:
+        over_http = json.loads(answer.read())["parameters"]
+    assert over_http == direct | {"target_version": over_http["target_version"]}
 
 
 def test_request_parameters_reach_the_target_through_the_router(

@@ -604,8 +604,8 @@ TargetPrefix(const Call* call)
   return "endpoint target " + call->target->label + ": ";
 }
 
-// Copies the outputs of ``answer`` (the target's response) into a response for the caller
-// and sends it with ``flags``. Returns an error message (and sends nothing) if that is not
+// Copies the outputs and parameters of ``answer`` (the target's response) into a response
+// for the caller and sends it with ``flags``. Returns an error message (and sends nothing) if that is not
 // possible.
 std::string
 Forward(Call* call, TRITONSERVER_InferenceResponse* answer, uint32_t flags)
@@ -653,6 +653,33 @@ Forward(Call* call, TRITONSERVER_InferenceResponse* answer, uint32_t flags)
       }
       std::memcpy(buffer, base, byte_size);
     }
+  }
+  if (err == nullptr) {
+    err = TRITONSERVER_InferenceResponseParameterCount(answer, &count);
+  }
+  for (uint32_t i = 0; err == nullptr && i < count; ++i) {  // the target's parameters
+    const char* name;
+    TRITONSERVER_ParameterType type;
+    const void* value;
+    err = TRITONSERVER_InferenceResponseParameter(answer, i, &name, &type, &value);
+    if (err != nullptr) {
+      break;
+    }
+    if (type == TRITONSERVER_PARAMETER_STRING) {
+      err = TRITONBACKEND_ResponseSetStringParameter(
+          response, name, static_cast<const char*>(value));
+    } else if (type == TRITONSERVER_PARAMETER_INT) {
+      err = TRITONBACKEND_ResponseSetIntParameter(
+          response, name, *static_cast<const int64_t*>(value));
+    } else if (type == TRITONSERVER_PARAMETER_BOOL) {
+      err = TRITONBACKEND_ResponseSetBoolParameter(
+          response, name, *static_cast<const bool*>(value));
+    } else if (
+        type == TRITONSERVER_PARAMETER_DOUBLE &&
+        TRITONBACKEND_ResponseSetDoubleParameter != nullptr) {
+      err = TRITONBACKEND_ResponseSetDoubleParameter(
+          response, name, *static_cast<const double*>(value));
+    }  // no backend API sets BYTES on a response (and the frontends refuse them)
   }
   if (err != nullptr) {
     TRITONBACKEND_ResponseDelete(response);
