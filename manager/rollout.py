@@ -26,12 +26,28 @@ version. At 100 % the endpoint is pinned to the new version (no router in the pa
 old version is unloaded. Every transition is written to
 ``<repo>/.tritonctl/rollouts/<endpoint>.json`` before it is acted on, so a driver that dies
 can be resumed (or rolled back) from the recorded state.
+
+Whether a rollout's driver lives: the driver records its pid and start time, where it runs
+(the hostname, and the boot id and PID namespace that its pid belongs to) and, every
+``HEARTBEAT_S`` seconds while it drives, a heartbeat. A process in the same PID namespace
+checks the pid (a driver that crashed is seen dead at once); one elsewhere (another
+container, another host sharing the repository) cannot, and takes the driver for alive
+while its heartbeat is younger than ``DRIVER_LEASE_S``. Taking a rollout over (checking
+that its driver is dead, then recording oneself) happens under two locks: the driver lock
+(``flock``, held for as long as one drives, shared by every process of one kernel) and a
+claim lock (a file created exclusively, which works where ``flock`` does not reach, e.g.
+some network or VM file shares); a driver that finds itself replaced in the state all the
+same stops at once, touching nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +57,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-from filelock import FileLock
+from filelock import FileLock, SoftFileLock, Timeout
 
 from manager.errors import (
     ManagerError,
@@ -65,6 +81,49 @@ STREAM_PROBES = 3
 """Probe requests a streaming model's new version gets at the end of each stage."""
 ACTIVE = ("starting", "running")
 FINAL = ("promoted", "rolled_back")
+HEARTBEAT_S = 5.0
+"""How often a driver records that it lives (besides every write of the state)."""
+DRIVER_LEASE_S = 30.0
+"""How long a driver that runs elsewhere (another PID namespace or host: its pid cannot be
+checked) counts as alive after its last heartbeat. Six heartbeats: a driver that misses a
+few (a slow file share) is not taken over; one that died is, half a minute later. The
+hosts' clocks must agree to within a few seconds."""
+CLAIM_WAIT_S = 10.0
+"""How long taking a rollout over waits for another process taking it over (it holds the
+claim lock only to read and write the state once)."""
+
+
+@functools.lru_cache(maxsize=1)
+def this_node() -> str:
+    """Where the pids of this process's PID namespace mean something: the boot id of the
+    kernel and the PID namespace (Linux), else the hostname and the boot time. Two
+    processes with the same node can check each other's pid."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    if boot and namespace:
+        return f"{boot}/{namespace}"
+    return f"{socket.gethostname()}/boot {psutil.boot_time():.0f}"
+
+
+def _stamp(at: float | None = None) -> str:
+    """A heartbeat time: UTC, ISO 8601, to the millisecond."""
+    moment = datetime.fromtimestamp(time.time() if at is None else at, timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _age(stamp: str, now: float | None = None) -> float | None:
+    """Seconds since ``stamp`` (one of :func:`_stamp`'s), None if it is no time."""
+    try:
+        then = datetime.fromisoformat(stamp).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return (time.time() if now is None else now) - then
 
 
 @dataclass(frozen=True)
@@ -198,6 +257,11 @@ class RolloutState:
     reason: str = ""
     driver_pid: int = 0
     driver_create_time: float = 0.0
+    # where the driver runs: its hostname, and its node (this_node(): whether its pid can
+    # be checked here); "" in a state recorded before they were
+    driver_host: str = ""
+    driver_node: str = ""
+    driver_heartbeat: str = ""  # when the driver last said it lives (UTC, ISO 8601)
     requested: str = ""  # "promote" or "abort", set by another process for the driver
     # "promote" or "rollback" once the driver has decided and begun to carry it out: a
     # driver that dies on the way leaves it to the next one to finish, not to undo
@@ -232,9 +296,24 @@ class RolloutState:
         history = [StageRecord(**h) for h in data.pop("history", [])]
         return cls(policy=policy, history=history, **data)
 
-    def driver_alive(self) -> bool:
+    def driver_local(self) -> bool:
+        """Whether the driver's pid can be checked here: it runs (or ran) in this PID
+        namespace of this kernel, or was recorded before where it runs was."""
+        return not self.driver_node or self.driver_node == this_node()
+
+    def driver_seen_ago(self, now: float | None = None) -> float | None:
+        """Seconds since the driver's last heartbeat (None: none recorded)."""
+        return _age(self.driver_heartbeat, now) if self.driver_heartbeat else None
+
+    def driver_alive(self, now: float | None = None) -> bool:
+        """Whether the recorded driver lives: its pid, checked here when it runs in this
+        PID namespace (a driver that crashed is dead at once, whatever its heartbeat);
+        else its heartbeat, younger than DRIVER_LEASE_S."""
         if not self.driver_pid:
             return False
+        if not self.driver_local():
+            age = self.driver_seen_ago(now)
+            return age is not None and age < DRIVER_LEASE_S
         try:
             proc = psutil.Process(self.driver_pid)
             return (
@@ -244,6 +323,63 @@ class RolloutState:
             )
         except psutil.Error:
             return False
+
+    def driver_is(self, me: DriverId) -> bool:
+        """Whether ``me`` is the recorded driver."""
+        fields = ("driver_pid", "driver_create_time", "driver_node")
+        return me.recorded_in({name: getattr(self, name) for name in fields})
+
+    def describe_driver(self, now: float | None = None) -> str:
+        """Where the driver runs and when it last reported, e.g. ``pid 42 on ctl-1 (here),
+        last report 3 s ago``; "" when none is recorded."""
+        if not self.driver_pid:
+            return ""
+        text = f"pid {self.driver_pid}"
+        if self.driver_host:
+            text += f" on {self.driver_host}"
+        text += " (here)" if self.driver_local() else " (another host or PID namespace)"
+        age = self.driver_seen_ago(now)
+        if age is not None:
+            text += f", last report {max(age, 0.0):.0f} s ago ({self.driver_heartbeat})"
+        return text
+
+
+@dataclass(frozen=True)
+class DriverId:
+    """A driving process, as a rollout's state records it."""
+
+    pid: int
+    create_time: float
+    host: str
+    node: str
+
+    @classmethod
+    def current(cls) -> DriverId:
+        me = psutil.Process(os.getpid())
+        return cls(me.pid, me.create_time(), socket.gethostname(), this_node())
+
+    def record(self, state: RolloutState) -> None:
+        state.driver_pid, state.driver_create_time = self.pid, self.create_time
+        state.driver_host, state.driver_node = self.host, self.node
+        state.driver_heartbeat = _stamp()
+
+    def recorded_in(self, data: dict[str, Any]) -> bool:
+        """Whether a state's record (its JSON) names this process as the driver."""
+        return (
+            data.get("driver_pid") == self.pid
+            and abs(float(data.get("driver_create_time") or 0.0) - self.create_time) < 0.5
+            and data.get("driver_node", "") in ("", self.node)
+        )
+
+
+class DriverBusyError(RolloutError):
+    """Another process drives the rollout (holds its driver lock, or is recorded as its
+    driver and lives)."""
+
+
+class DriverReplacedError(RolloutError):
+    """The state names another driver than this process: it took the rollout over (this
+    one was taken for dead). This one stops, touching nothing more."""
 
 
 def _went_back(now: Counters, baseline: Counters) -> bool:
@@ -377,7 +513,7 @@ class RolloutStore:
 
     def forget(self, endpoint: str) -> None:
         """Remove the records of ``endpoint``'s last rollout (the endpoint is deleted)."""
-        for suffix in (".json", ".request", ".log", ".driver.lock", ".start.lock"):
+        for suffix in (".json", ".request", ".log", ".driver.lock", ".start.lock", ".claim.lock"):
             (self.root / f"{endpoint}{suffix}").unlink(missing_ok=True)
 
     def driver_lock(self, endpoint: str) -> FileLock:
@@ -404,9 +540,62 @@ class RolloutStore:
         with self.driving(endpoint) as mine:
             return not mine
 
-    def load(self, endpoint: str) -> RolloutState | None:
-        import json
+    def claim_lock(self, endpoint: str) -> SoftFileLock:
+        """Held while a process checks that ``endpoint``'s driver is dead and records itself
+        instead: a file created exclusively, so that processes whose ``flock`` does not
+        reach each other (other hosts on some file shares) cannot both take over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return SoftFileLock(str(self.root / f"{endpoint}.claim.lock"), timeout=CLAIM_WAIT_S)
 
+    def take_over(self, endpoint: str, me: DriverId) -> RolloutState | None:
+        """Record ``me`` as the driver of ``endpoint``'s active rollout, atomically with
+        the check that no other driver lives. Returns the state as recorded (as it is when
+        the rollout is over: nothing recorded then), None when there is none; raises
+        DriverBusyError when another driver lives."""
+        lock = self.claim_lock(endpoint)
+        try:
+            lock.acquire()
+        except Timeout as exc:
+            raise RolloutError(
+                f"another process has been taking over the rollout of {endpoint!r} for "
+                f"{CLAIM_WAIT_S:.0f} s; if none is, remove {lock.lock_file}"
+            ) from exc
+        try:
+            state = self.load(endpoint)
+            if state is None or state.status in FINAL:
+                return state
+            if state.driver_alive() and not state.driver_is(me):
+                raise DriverBusyError(
+                    f"the rollout of {endpoint!r} is driven by {state.describe_driver()}"
+                )
+            me.record(state)
+            self.save(state)
+            return state
+        finally:
+            lock.release()
+
+    def raw(self, endpoint: str) -> dict[str, Any]:
+        """The state of ``endpoint`` as written ({} when there is none)."""
+        try:
+            data = json.loads(self.path(endpoint).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RolloutError(f"rollout state {self.path(endpoint)} is unreadable: {exc}") from exc
+        return data if isinstance(data, dict) else {}
+
+    def beat(self, endpoint: str, me: DriverId) -> bool:
+        """Record a heartbeat of ``me``, driver of ``endpoint``; False (nothing written)
+        when the state names another driver. The caller serializes this with its own
+        writes of the state."""
+        data = self.raw(endpoint)
+        if not me.recorded_in(data):
+            return False
+        data["driver_heartbeat"] = _stamp()
+        write_json_atomic(self.path(endpoint), data)
+        return True
+
+    def load(self, endpoint: str) -> RolloutState | None:
         path = self.path(endpoint)
         if not path.is_file():
             return None
@@ -453,6 +642,7 @@ class RolloutDriver:
         unreachable_grace_s: float = 120.0,
         sequence_idle: SequenceIdle | None = None,
         streaming: Callable[[str], bool] | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self.store = store
         self.endpoints = endpoints
@@ -472,6 +662,11 @@ class RolloutDriver:
         # whether a model answers with a stream (decoupled): Triton's statistics do not
         # count the error responses of a stream, so each stage probes the new version
         self.streaming = streaming
+        self.heartbeat_s = heartbeat_s
+        # while this driver drives: who it is in the state, and what its heartbeat saw
+        self._me: DriverId | None = None
+        self._replaced = threading.Event()
+        self._write = threading.Lock()  # the heartbeat's writes and the driver's
 
     # -- entry points -------------------------------------------------------------
     def begin(
@@ -488,7 +683,7 @@ class RolloutDriver:
             raise RolloutError(f"endpoint {endpoint!r} already serves {model}:{new_version}")
         state = RolloutState(endpoint, model, old_version, new_version, policy, started_at=_now())
         self.store.clear_request(endpoint)
-        self.store.save(state)
+        self._save(state)
         return state
 
     def run(self, state: RolloutState) -> RolloutState:
@@ -496,19 +691,92 @@ class RolloutDriver:
 
         One process at a time drives a rollout: another one driving it already is an
         error (two workers started for one rollout at once: the second one stops here)."""
-        with self.store.driving(state.endpoint) as mine:
+        with self.driving(state) as taken:
+            if taken.status in FINAL:
+                return taken
+            return self._run(taken)
+
+    @contextmanager
+    def driving(self, state: RolloutState) -> Iterator[RolloutState]:
+        """Take ``state``'s rollout over for the block: hold its driver lock, record this
+        process as its driver (refused, DriverBusyError, while another one lives) and keep a
+        heartbeat. Yields the state as the last driver left it, not as the caller read it
+        (as it is when the rollout is over: then nothing is recorded)."""
+        endpoint = state.endpoint
+        with self.store.driving(endpoint) as mine:
             if not mine:
-                raise RolloutError(
-                    f"the rollout of {state.endpoint!r} is driven by another process"
-                )
-            # the state as the last driver left it, not as the caller read it
-            state = self.store.load(state.endpoint) or state
-            if state.status in FINAL:
-                return state
-            return self._run(state)
+                raise DriverBusyError(f"the rollout of {endpoint!r} is driven by another process")
+            me = DriverId.current()
+            taken = self.store.take_over(endpoint, me) or state
+            if taken.status in FINAL:
+                yield taken
+                return
+            self._me = me
+            self._replaced.clear()
+            stop = threading.Event()
+            beater = threading.Thread(
+                target=self._keep_beating,
+                args=(endpoint, me, stop),
+                name=f"rollout-heartbeat-{endpoint}",
+                daemon=True,
+            )
+            beater.start()
+            try:
+                yield taken
+            finally:
+                stop.set()
+                beater.join()
+                self._me = None
+
+    def _keep_beating(self, endpoint: str, me: DriverId, stop: threading.Event) -> None:
+        """Record a heartbeat every ``heartbeat_s`` seconds until ``stop``, however long
+        the driver waits in a step (a load, a drain, a server outage); notes it when the
+        state names another driver."""
+        while not stop.wait(self.heartbeat_s):
+            try:
+                with self._write:
+                    if not self.store.beat(endpoint, me):
+                        self._replaced.set()
+                        log.error(
+                            "rollout %s: another process took the rollout over; stopping",
+                            endpoint,
+                        )
+                        return
+            except (OSError, ManagerError) as exc:  # the next beat tries again
+                log.warning("rollout %s: heartbeat not recorded: %s", endpoint, exc)
+
+    def _save(self, state: RolloutState) -> None:
+        """Write ``state`` down; while driving, only as long as it names this process as
+        its driver (else DriverReplacedError: another process took over, taking this one
+        for dead), with a heartbeat."""
+        me = self._me
+        if me is None:
+            self.store.save(state)
+            return
+        with self._write:
+            recorded = self.store.raw(state.endpoint)
+            if self._replaced.is_set() or not me.recorded_in(recorded):
+                self._replaced.set()
+                raise self._replaced_error(state, recorded)
+            state.driver_heartbeat = _stamp()
+            self.store.save(state)
+
+    def _replaced_error(self, state: RolloutState, recorded: dict[str, Any]) -> DriverReplacedError:
+        try:
+            other = RolloutState.from_dict(recorded).describe_driver() if recorded else ""
+        except (TypeError, ValueError, KeyError):
+            other = ""
+        return DriverReplacedError(
+            f"the rollout of {state.endpoint!r} was taken over by another driver "
+            f"({other or 'none recorded'}); this one stops"
+        )
+
+    def _check_driving(self, state: RolloutState) -> None:
+        """Raise DriverReplacedError once the heartbeat found another driver recorded."""
+        if self._me is not None and self._replaced.is_set():
+            raise self._replaced_error(state, self.store.raw(state.endpoint))
 
     def _run(self, state: RolloutState) -> RolloutState:
-        self._claim(state)
         try:
             if state.ending:  # a driver died ending the rollout: finish that, not undo it
                 asked = self._honour_request(state)
@@ -539,17 +807,14 @@ class RolloutDriver:
                     return self.rollback(state, verdict)
             return state
         except ManagerError as exc:
-            if state.status in ACTIVE and not isinstance(exc, RollbackIncompleteError):
+            if state.status in ACTIVE and not isinstance(
+                exc, (RollbackIncompleteError, DriverReplacedError)
+            ):
                 log.error("rollout of %s failed: %s; rolling back", state.endpoint, exc)
                 return self.rollback(state, f"error: {exc}")
             raise
 
     # -- steps ------------------------------------------------------------------------
-    def _claim(self, state: RolloutState) -> None:
-        me = psutil.Process(os.getpid())
-        state.driver_pid, state.driver_create_time = me.pid, me.create_time()
-        self.store.save(state)
-
     def _requested(self, state: RolloutState) -> str:
         return self.store.requested(state.endpoint)
 
@@ -589,7 +854,7 @@ class RolloutDriver:
         if self.warmup is not None and state.policy.warmup_requests:
             self._warm_up(state)
         state.status = "running"
-        self.store.save(state)
+        self._save(state)
 
     def _warm_up(self, state: RolloutState) -> None:
         """Send the warm-up requests; failures are logged, not gated (a synthetic request
@@ -637,7 +902,7 @@ class RolloutDriver:
         self._baseline(state)
         state.stage_index = index
         state.history.append(StageRecord(weight=weight, started_at=_now()))
-        self.store.save(state)
+        self._save(state)
         self.endpoints.set_weights(state.endpoint, self._targets(state, weight))
         log.info("rollout %s: stage %d %%", state.endpoint, weight)
         if self.on_stage:
@@ -649,7 +914,7 @@ class RolloutDriver:
         self._baseline(state)
         record = state.history[-1]
         record.started_at, record.new, record.old = _now(), {}, {}
-        self.store.save(state)
+        self._save(state)
         self.endpoints.set_weights(state.endpoint, self._targets(state, state.weight))
         log.info("rollout %s: stage %d %% resumed", state.endpoint, state.weight)
         if self.on_stage:
@@ -707,6 +972,7 @@ class RolloutDriver:
         down_since: float | None = None
         restored = False
         while True:
+            self._check_driving(state)
             if self._requested(state):
                 return ""  # handled by run()
             try:
@@ -751,7 +1017,7 @@ class RolloutDriver:
             record = state.history[-1]
             record.new, record.old = asdict(new), asdict(old)
             record.verdict = verdict or ("healthy" if final else "")
-            self.store.save(state)  # `rollout status` shows the stage's numbers as they come
+            self._save(state)  # `rollout status` shows the stage's numbers as they come
             if verdict or final:
                 return verdict
             self.sleep(self.poll_seconds)
@@ -802,12 +1068,12 @@ class RolloutDriver:
         state.reason = reason
         state.requested = ""
         state.ending = "promote"
-        self.store.save(state)
+        self._save(state)
         self._drain(state, keep_new=True)
         self.endpoints.switch(state.endpoint, state.model, state.new_version, drain=False)
         self.retire(state.model, state.old_version)
         state.status = "promoted"
-        self.store.save(state)
+        self._save(state)
         self.store.clear_request(state.endpoint)
         log.info(
             "rollout %s: promoted %s:%d (%s)",
@@ -828,13 +1094,13 @@ class RolloutDriver:
         state.reason = reason
         state.requested = ""
         state.ending = "rollback"
-        self.store.save(state)
+        self._save(state)
         self._drain(state, keep_new=False)
         try:
             self.endpoints.switch(state.endpoint, state.model, state.old_version, drain=False)
         except ManagerError as exc:
             state.reason = f"{reason}{NOT_ROLLED_BACK}{exc}"
-            self.store.save(state)
+            self._save(state)
             raise RollbackIncompleteError(
                 f"the rollout of {state.endpoint!r} is not rolled back: {exc}; it stays at "
                 f"{state.weight} % on {state.model}:{state.new_version} until `tritonctl "
@@ -843,7 +1109,7 @@ class RolloutDriver:
         state.stage_index = -1
         self.retire(state.model, state.new_version)
         state.status = "rolled_back"
-        self.store.save(state)
+        self._save(state)
         self.store.clear_request(state.endpoint)
         log.warning(
             "rollout %s: rolled back to %s:%d: %s",

@@ -47,6 +47,7 @@ from manager.repository import CONFIG_FILE, Repository
 from manager.rollout import (
     ACTIVE,
     FINAL,
+    DriverBusyError,
     RolloutDriver,
     RolloutPolicy,
     RolloutState,
@@ -222,10 +223,14 @@ def _begin_rollout(
         ):
             log.info("resuming the rollout of %s to version %d", endpoint, to_version)
             return current
+        driver = (
+            f"driven by {current.describe_driver()}"
+            if current.driver_alive()
+            else f"driver {'running' if store.driven(endpoint) else 'not running'}"
+        )
         raise RolloutError(
             f"endpoint {endpoint!r} already has a rollout to version {current.new_version} "
-            f"({current.status}, {current.weight} %, driver "
-            f"{'running' if current.driver_alive() else 'not running'})"
+            f"({current.status}, {current.weight} %, {driver})"
         )
     state = Endpoints(repo, control).get(endpoint)
     if state.mode != PINNED or len(state.targets) != 1:
@@ -280,8 +285,12 @@ def resumable(repo: Repository, endpoint: str) -> RolloutState:
     state = status(repo, endpoint)
     if state.status in FINAL:
         raise RolloutError(f"the rollout of {endpoint!r} is over ({state.status})")
-    if state.driver_alive() or RolloutStore(repo).driven(endpoint):
-        raise RolloutError(f"the rollout of {endpoint!r} is running (pid {state.driver_pid})")
+    if state.driver_alive():
+        raise DriverBusyError(
+            f"the rollout of {endpoint!r} is running: driven by {state.describe_driver()}"
+        )
+    if RolloutStore(repo).driven(endpoint):
+        raise DriverBusyError(f"the rollout of {endpoint!r} is running (its driver starts)")
     return state
 
 
@@ -364,16 +373,18 @@ def finish(repo: Repository, control: TritonControl, endpoint: str, action: str)
     """``promote`` or ``abort`` a rollout: through its driver when it runs, else here."""
     store = RolloutStore(repo)
     state = request_action(store, endpoint, action)
-    with store.driving(endpoint) as mine:
-        if not mine:
-            return state  # a driver runs: it acts on the request within a poll
-        state = store.load(endpoint) or state
-        if state.status in FINAL:
-            return state
-        driver = make_driver(repo, control, state.policy)
-        if action == "promote":
-            return driver.promote(state, "promoted by request")
-        return driver.rollback(state, "aborted by request")
+    if state.driver_alive() or store.driven(endpoint):
+        return state  # a driver runs: it acts on the request within a poll
+    driver = make_driver(repo, control, state.policy)
+    try:
+        with driver.driving(state) as taken:
+            if taken.status in FINAL:
+                return taken
+            if action == "promote":
+                return driver.promote(taken, "promoted by request")
+            return driver.rollback(taken, "aborted by request")
+    except DriverBusyError:
+        return state  # a driver started meanwhile: it acts on the request
 
 
 def finish_and_wait(
@@ -475,6 +486,7 @@ def _release_driver(repo: Repository, endpoint: str) -> None:
         state = store.load(endpoint) if mine else None
         if state is not None and state.status in ACTIVE and state.driver_pid == os.getpid():
             state.driver_pid, state.driver_create_time = 0, 0.0
+            state.driver_host = state.driver_node = state.driver_heartbeat = ""
             store.save(state)
     log.info("the rollout of %s was stopped; resume or abort it", endpoint)
 

@@ -486,7 +486,18 @@ class RolloutAnswer(Answer):
         "that dies on the way leaves it for the next one to finish)",
     )
     driver_pid: int
-    driver_alive: bool
+    driver_alive: bool = Field(
+        description="Whether the driver lives: its pid, checked where it runs in the "
+        "control plane's PID namespace; else its heartbeat, younger than 30 s."
+    )
+    driver_host: str = Field(default="", description="The hostname of the driver's machine.")
+    driver_node: str = Field(
+        default="",
+        description="The boot id and PID namespace of the driver (where its pid means something).",
+    )
+    driver_heartbeat: str = Field(
+        default="", description="When the driver last reported (UTC, ISO 8601)."
+    )
     warmup: str
     started_at: str
     updated_at: str

@@ -596,6 +596,8 @@ def rollout_status(obj: Context, name: str, as_json: bool) -> None:
         print_json(state.to_dict())
         return
     _say(_rollout_line(state))
+    if state.status not in FINAL and state.driver_pid:
+        _say(f"driver: {state.describe_driver()}")
     if state.warmup:
         _say(f"warm-up of {state.model}:{state.new_version}: {state.warmup}")
     if not state.history:
@@ -646,7 +648,10 @@ def rollout_list(obj: Context, active_only: bool, as_json: bool) -> None:
     table.add_column("reason")
     for s in states:
         active = s.status in ACTIVE
-        driver = ("running" if s.driver_alive() else "not running") if active else "-"
+        driver = "-"
+        if active:
+            driver = "running" if s.driver_alive() else "not running"
+            driver += f" ({s.driver_host})" if s.driver_host and s.driver_pid else ""
         table.add_row(
             s.endpoint,
             s.model,

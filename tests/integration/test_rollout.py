@@ -351,6 +351,8 @@ def test_rollout_worker_killed_midway_keeps_serving_and_start_resumes_it(
     deadline = time.monotonic() + 60
     while (store.load("score").weight < 15) and time.monotonic() < deadline:
         time.sleep(0.2)
+    driving = runner.invoke(main, ["--repo", str(repo.path), "rollout", "status", "score"])
+    assert f"driver: pid {worker} on " in driving.stdout and "(here), last report" in driving.stdout
     os.kill(worker, signal.SIGKILL)  # the driver dies mid-rollout
     time.sleep(1.0)
     state = store.load("score")

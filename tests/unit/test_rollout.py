@@ -981,3 +981,231 @@ def test_the_golden_check_refuses_answers_of_another_type_than_the_config_declar
         golden("m", 2)
     answer["Y"] = (x + 1).astype(np.float32)
     golden("m", 2)
+
+
+# -- where the driver runs: pid here, heartbeat elsewhere ---------------------------------
+
+OTHER_NODE = "0f0f0f0f-boot-of-another-host/pid:[4026531836]"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _driven_elsewhere(store: RolloutStore, *, seen_ago: float, pid: int | None = None) -> None:
+    """Record ``ep``'s driver as a process of another host or PID namespace whose last
+    heartbeat was ``seen_ago`` seconds ago."""
+    import time
+    from datetime import datetime, timezone
+
+    state = store.load("ep")
+    state.driver_pid = _dead_pid() if pid is None else pid
+    state.driver_create_time = 1.0
+    state.driver_host = "triton-0"
+    state.driver_node = OTHER_NODE
+    beat = datetime.fromtimestamp(time.time() - seen_ago, timezone.utc)
+    state.driver_heartbeat = beat.isoformat(timespec="milliseconds")
+    store.save(state)
+
+
+def test_a_driver_elsewhere_lives_while_its_heartbeat_is_fresh(tmp_path):
+    """Its pid means nothing here (dead here, or another process): its heartbeat tells."""
+    from manager.rollout import DRIVER_LEASE_S
+
+    driver, _, _, store = make(tmp_path)
+    driver.begin("ep", "m", 1, 2, POLICY)
+    _driven_elsewhere(store, seen_ago=2)
+    state = store.load("ep")
+    assert state.driver_alive()
+    assert "on triton-0 (another host or PID namespace), last report 2 s ago" in (
+        state.describe_driver()
+    )
+    _driven_elsewhere(store, seen_ago=DRIVER_LEASE_S + 1)
+    assert not store.load("ep").driver_alive()
+
+
+def test_a_live_pid_here_is_not_taken_for_a_driver_elsewhere(tmp_path):
+    import os
+
+    import psutil
+
+    from manager.rollout import DRIVER_LEASE_S
+
+    driver, *_ = make(tmp_path)
+    store = driver.store
+    driver.begin("ep", "m", 1, 2, POLICY)
+    _driven_elsewhere(store, seen_ago=DRIVER_LEASE_S + 1, pid=os.getpid())
+    state = store.load("ep")
+    state.driver_create_time = psutil.Process().create_time()  # as if this very process
+    assert not state.driver_alive()
+
+
+def test_a_crashed_driver_here_is_dead_at_once_whatever_its_heartbeat(tmp_path):
+    from manager.rollout import this_node
+
+    driver, *_ = make(tmp_path)
+    store = driver.store
+    driver.begin("ep", "m", 1, 2, POLICY)
+    _driven_elsewhere(store, seen_ago=0)
+    state = store.load("ep")
+    state.driver_node = this_node()
+    assert not state.driver_alive()
+
+
+def test_a_state_recorded_without_where_its_driver_runs_still_loads(tmp_path):
+    """A state file of the previous version: its pid is checked here, as it was."""
+    import os
+
+    import psutil
+
+    driver, *_ = make(tmp_path)
+    store = driver.store
+    driver.begin("ep", "m", 1, 2, POLICY)
+    data = json.loads(store.path("ep").read_text())
+    for name in ("driver_host", "driver_node", "driver_heartbeat"):
+        data.pop(name)
+    data["driver_pid"], data["driver_create_time"] = os.getpid(), psutil.Process().create_time()
+    store.path("ep").write_text(json.dumps(data))
+    state = store.load("ep")
+    assert state.driver_alive() and state.driver_heartbeat == ""
+    data["driver_pid"] = _dead_pid()
+    store.path("ep").write_text(json.dumps(data))
+    assert not store.load("ep").driver_alive()
+
+
+def test_a_rollout_driven_elsewhere_is_not_taken_over_until_its_lease_ends(tmp_path):
+    from manager.rollout import DRIVER_LEASE_S
+    from manager.rollout_service import finish, resumable
+
+    driver, endpoints, _, store = make(tmp_path)
+    driver.begin("ep", "m", 1, 2, POLICY)
+    repo = Repository(tmp_path)
+    _driven_elsewhere(store, seen_ago=3)
+    with pytest.raises(RolloutError, match=r"driven by pid .* on triton-0"):
+        resumable(repo, "ep")
+    with pytest.raises(RolloutError, match=r"driven by pid .* on triton-0"):
+        driver.run(store.load("ep"))
+    state = finish(repo, None, "ep", "abort")  # type: ignore[arg-type]
+    assert state.status == "starting" and state.requested == "abort"  # left to its driver
+    assert endpoints.calls == []
+    assert store.load("ep").driver_host == "triton-0"
+    _driven_elsewhere(store, seen_ago=DRIVER_LEASE_S + 1)
+    assert resumable(repo, "ep").status == "starting"
+    state = driver.run(store.load("ep"))
+    assert state.status == "rolled_back" and state.reason == "aborted by request"
+
+
+def test_a_driver_keeps_its_heartbeat_while_it_waits_in_a_step(tmp_path):
+    import socket
+    import time
+
+    from manager.rollout import this_node
+
+    driver, _, _, store = make(tmp_path)
+    driver.heartbeat_s = 0.05
+    seen: list[str] = []
+
+    def slow_warmup(model, version, count):  # a step that writes nothing for a while
+        first = store.load("ep").driver_heartbeat
+        time.sleep(0.5)
+        seen.extend([first, store.load("ep").driver_heartbeat])
+        return WarmupResult(count)
+
+    driver.warmup = slow_warmup
+    state = driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    assert state.status == "promoted"
+    assert seen and seen[0] and seen[1] > seen[0]
+    assert state.driver_host == socket.gethostname() and state.driver_node == this_node()
+
+
+def test_a_driver_taken_over_meanwhile_stops_touching_nothing(tmp_path):
+    """Another process took the rollout over (this one seemed dead to it): this one
+    neither rolls back nor moves the weights any more."""
+    driver, endpoints, _, store = make(tmp_path)
+
+    def taken_over(state):
+        if state.weight == 15:
+            _driven_elsewhere(store, seen_ago=0)
+
+    driver.on_stage = taken_over
+    with pytest.raises(RolloutError, match=r"taken over by another driver .*triton-0"):
+        driver.run(driver.begin("ep", "m", 1, 2, POLICY))
+    recorded = store.load("ep")
+    assert recorded.status == "running" and recorded.weight == 15
+    assert recorded.driver_host == "triton-0"
+    assert endpoints.calls[-1] == "weights {1: 85.0, 2: 15.0}"
+
+
+def _take_over_in_a_process(root: str, barrier, results) -> None:
+    from manager.rollout import DriverId
+
+    store = RolloutStore(Repository(root))
+    barrier.wait()
+    try:
+        store.take_over("ep", DriverId.current())
+        results.put("took over")
+    except RolloutError as exc:
+        results.put(str(exc))
+    barrier.wait()  # the one that took over lives on until both have tried
+
+
+def test_two_processes_taking_a_rollout_over_at_once_cannot_both(tmp_path, monkeypatch):
+    """Without the driver lock (a file share that flock does not reach): the claim lock
+    alone lets one of them record itself, and the other sees it alive."""
+    import multiprocessing
+    import time
+
+    from manager.rollout import DRIVER_LEASE_S
+
+    driver, *_ = make(tmp_path)
+    store = driver.store
+    driver.begin("ep", "m", 1, 2, POLICY)
+    _driven_elsewhere(store, seen_ago=DRIVER_LEASE_S + 1)
+    real_load = RolloutStore.load
+
+    def slow_load(self, endpoint):  # both read the dead driver before either writes
+        state = real_load(self, endpoint)
+        time.sleep(0.5)
+        return state
+
+    monkeypatch.setattr(RolloutStore, "load", slow_load)
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(2), context.Queue()
+    procs = [
+        context.Process(target=_take_over_in_a_process, args=(str(tmp_path), barrier, results))
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(30)
+    answers = sorted(results.get(timeout=5) for _ in procs)
+    assert answers[1] == "took over"
+    assert "is driven by pid" in answers[0], answers
+
+
+def test_rollout_status_says_where_the_driver_runs_and_when_it_last_reported(tmp_path):
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    driver, *_ = make(tmp_path)
+    driver.begin("ep", "m", 1, 2, POLICY)
+    _driven_elsewhere(driver.store, seen_ago=4)
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--repo", str(tmp_path), "rollout", "status", "ep"])
+    assert shown.exit_code == 0, shown.output
+    assert "(driver running)" in shown.output
+    assert "on triton-0 (another host or PID namespace), last report 4 s ago" in shown.output
+    assert "not running" not in shown.output
+    as_json = runner.invoke(main, ["--repo", str(tmp_path), "rollout", "status", "ep", "--json"])
+    data = json.loads(as_json.output)
+    assert data["driver_alive"] is True and data["driver_host"] == "triton-0"
+    assert data["driver_node"] == OTHER_NODE and data["driver_heartbeat"].endswith("+00:00")
+    listed = runner.invoke(main, ["--repo", str(tmp_path), "rollout", "list"])
+    assert "running (triton-0)" in listed.output
