@@ -51,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -293,8 +293,8 @@ class RolloutState:
         for derived in ("weight", "weights", "driver_alive"):
             data.pop(derived, None)
         policy = _policy_from(data.pop("policy"))
-        history = [StageRecord(**h) for h in data.pop("history", [])]
-        return cls(policy=policy, history=history, **data)
+        history = [StageRecord(**_known(StageRecord, h)) for h in data.pop("history", [])]
+        return cls(policy=policy, history=history, **_known(cls, data))
 
     def driver_local(self) -> bool:
         """Whether the driver's pid can be checked here: it runs (or ran) in this PID
@@ -387,7 +387,17 @@ def _went_back(now: Counters, baseline: Counters) -> bool:
 
 
 def _policy_from(data: dict[str, Any]) -> RolloutPolicy:
-    return RolloutPolicy(**{**data, "stages": tuple(data["stages"])})
+    return RolloutPolicy(**{**_known(RolloutPolicy, data), "stages": tuple(data["stages"])})
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of dataclass ``cls``: a state recorded by a
+    later tritonctl (with fields this one does not know) still reads."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        log.debug("rollout state: ignoring fields %s of %s", ", ".join(unknown), cls.__name__)
+    return {k: v for k, v in data.items() if k in names}
 
 
 def _now() -> str:

@@ -1078,6 +1078,20 @@ def test_a_state_recorded_without_where_its_driver_runs_still_loads(tmp_path):
     assert not store.load("ep").driver_alive()
 
 
+def test_a_state_recorded_by_a_later_version_with_fields_unknown_here_still_loads(tmp_path):
+    driver, *_ = make(tmp_path)
+    store = driver.store
+    driver.begin("ep", "m", 1, 2, POLICY)
+    data = json.loads(store.path("ep").read_text())
+    data["driver_lease_s"] = 60
+    data["policy"]["max_p99_ratio"] = 2.0
+    data["history"] = [{"weight": 5, "started_at": "2026-12-08T00:00:00+00:00", "p99": {}}]
+    store.path("ep").write_text(json.dumps(data))
+    state = store.load("ep")
+    assert (state.model, state.new_version, state.policy) == ("m", 2, POLICY)
+    assert [h.weight for h in state.history] == [5]
+
+
 def test_a_rollout_driven_elsewhere_is_not_taken_over_until_its_lease_ends(tmp_path):
     from manager.rollout import DRIVER_LEASE_S
     from manager.rollout_service import finish, resumable
