@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -554,3 +556,72 @@ def test_an_unload_the_grpc_control_got_no_answer_to_is_not_asked_again_over_htt
                 await control.unload_model("m")
 
     asyncio.run(check())
+
+
+@pytest.fixture
+def loads_then_hangs() -> Iterator[tuple[str, list[str]]]:
+    """``http://127.0.0.1:PORT`` of a Triton that is live, takes a load, fails inference
+    and never answers an unload; and the paths it was asked, in order."""
+    asked: list[str] = []
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: bytes = b"{}") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self._answer(200 if self.path == "/v2/health/live" else 404)
+
+        def do_POST(self) -> None:
+            asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.endswith("/unload"):
+                release.wait(60)  # hangs
+            elif self.path.endswith("/load"):
+                self._answer(200)
+            else:
+                self._answer(400, b'{"error": "inference refused"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_smoke_test_does_not_wait_a_loads_timeout_for_its_unload(
+    loads_then_hangs: tuple[str, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Triton answers an unload at once: the smoke test's unload of its temporary model
+    gives up after the call timeout, and the test's own failure is what is raised."""
+    from manager import smoke
+    from manager.infer import InferenceError
+    from manager.modelconfig import TensorSpec, build_config
+
+    monkeypatch.setattr(smoke, "UNLOAD_TIMEOUT_S", 1.0)
+    url, asked = loads_then_hangs
+    spec = TensorSpec("x", "FP32", (-1,))
+    config = build_config("m", [spec], [spec], backend="python", kind="cpu")
+    started = time.monotonic()
+    with pytest.raises(InferenceError, match="inference refused"):
+        smoke.smoke_test(tmp_path, config, 1, [], url=url)
+    assert time.monotonic() - started < 10
+    assert asked[-1].startswith("/v2/repository/models/m__smoke_")
+    assert asked[-1].endswith("/unload")
+    assert f"no answer from {url} within 1 s" in caplog.text
