@@ -17,11 +17,21 @@ import pytest
 import tritonclient.http as httpclient
 
 from manager import serving
-from manager.errors import LoadError, ModelNotFoundError, TritonUnreachableError
+from manager.errors import (
+    LoadError,
+    ModelNotFoundError,
+    TritonTimeoutError,
+    TritonUnreachableError,
+)
 from manager.metrics import read_memory
 from manager.triton import AsyncTritonControl, TritonControl
 from tests.integration.conftest import TritonHandle
-from tests.integration.helpers import FAILING_MODEL_PY, write_add_model, write_python_model
+from tests.integration.helpers import (
+    DOUBLE_MODEL_PY,
+    FAILING_MODEL_PY,
+    write_add_model,
+    write_python_model,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +184,7 @@ def test_calls_other_than_loads_to_a_hung_server_give_up_after_the_call_timeout(
         with stopped(triton.pid):
             for action, call in QUICK_CALLS:
                 started = time.monotonic()
-                with pytest.raises(TritonUnreachableError) as raised:
+                with pytest.raises(TritonTimeoutError) as raised:
                     call(control)
                 assert time.monotonic() - started < 10, action
                 assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
@@ -193,13 +203,47 @@ def test_calls_other_than_loads_to_a_hung_server_give_up_after_the_call_timeout_
             with stopped(triton.pid):
                 for action, call in QUICK_CALLS:
                     started = time.monotonic()
-                    with pytest.raises(TritonUnreachableError) as raised:
+                    with pytest.raises(TritonTimeoutError) as raised:
                         await asyncio.wait_for(call(control), 30)
                     assert time.monotonic() - started < 10, action
                     assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
             assert isinstance(await control.repository_index(), list)
 
     asyncio.run(scenario())
+
+
+SLOW_INIT_MODEL_PY = DOUBLE_MODEL_PY.replace(
+    "class TritonPythonModel:\n",
+    "class TritonPythonModel:\n    def initialize(self, args):\n"
+    "        import time\n        time.sleep(4)\n\n",
+)
+
+
+def test_an_unload_asked_during_a_load_of_the_model_waits_for_it_and_still_happens(
+    triton: TritonHandle,
+) -> None:
+    """Triton holds an unload back while a load of the same model runs: asked then, it
+    gets no answer within a call timeout shorter than the load, and Triton unloads the
+    model once the load is done."""
+    name = "slow_init"
+    write_python_model(triton.repo, name, SLOW_INIT_MODEL_PY)
+    with (
+        TritonControl(triton.grpc_url) as loader,
+        TritonControl(triton.http_url, call_timeout=1) as control,
+    ):
+        loading = threading.Thread(target=loader.load_model, args=(name,))
+        loading.start()
+        try:
+            time.sleep(1)  # the load has started
+            assert states(control, name) == {1: "LOADING"}
+            with pytest.raises(TritonTimeoutError, match="within 1 s"):
+                control.unload_model(name)
+        finally:
+            loading.join(30)
+        deadline = time.monotonic() + 10
+        while states(control, name) != {1: "UNAVAILABLE"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert states(control, name) == {1: "UNAVAILABLE"}
 
 
 def test_wrong_host_is_unreachable() -> None:
