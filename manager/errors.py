@@ -47,6 +47,11 @@ class TritonUnreachableError(ManagerError):
     """No Triton server answers at the given URL."""
 
 
+class TritonTimeoutError(TritonUnreachableError):
+    """A Triton server took a request that it answers at once (an index, statistics, a
+    config, an unload) and gave no answer within the call timeout: it hangs."""
+
+
 class ModelNotFoundError(ManagerError):
     """Triton does not know the model, or the repository does not hold it."""
 

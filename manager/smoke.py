@@ -31,6 +31,7 @@ from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
 from manager.triton import (
+    CALL_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     TritonControl,
     answered_by_triton,
@@ -71,8 +72,9 @@ def throwaway_server(*, use_grpc: bool = False) -> Iterator[tuple[str, Path]]:
 
 
 LOAD_TIMEOUT_S = 600.0
-"""How long a smoke test waits for Triton to answer its load or unload, over HTTP and
-gRPC alike."""
+"""How long a smoke test waits for Triton to answer its load, over HTTP and gRPC alike."""
+UNLOAD_TIMEOUT_S = CALL_TIMEOUT_S
+"""How long it waits for Triton to answer the unload after."""
 
 
 def _client(url: str) -> object:
@@ -89,7 +91,8 @@ def _client(url: str) -> object:
 
 
 def _timeout_kw(url: str) -> dict[str, float]:
-    """The per-call timeout of a gRPC client (an HTTP client has its own, LOAD_TIMEOUT_S)."""
+    """The per-call timeout of a gRPC client's load (an HTTP client has its own,
+    LOAD_TIMEOUT_S)."""
     return {"client_timeout": LOAD_TIMEOUT_S} if parse_url(url).protocol == "grpc" else {}
 
 
@@ -194,10 +197,19 @@ def _run(
     finally:
         try:
             if answered:
-                client.unload_model(temp_name, **_timeout_kw(url))  # type: ignore[attr-defined]
-        except (InferenceServerException, OSError, ManagerError) as exc:
+                _unload(url, temp_name)
+        except ManagerError as exc:
             log.warning("smoke test: could not unload %s: %s", temp_name, exc)
         client.close()  # type: ignore[attr-defined]
+
+
+def _unload(url: str, name: str) -> None:
+    """Unload the temporary model ``name``: Triton answers an unload as soon as it has
+    started it, so a server that gives no answer in UNLOAD_TIMEOUT_S hangs."""
+    with TritonControl(
+        url, call_timeout=UNLOAD_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+    ) as control:
+        control.unload_model(name)
 
 
 def _answers_live(url: str) -> bool:

@@ -28,6 +28,7 @@ from manager.errors import (
     LoadError,
     ManagerError,
     ModelNotFoundError,
+    TritonTimeoutError,
     TritonUnreachableError,
     UnloadError,
 )
@@ -40,6 +41,10 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_TIMEOUT_S = 600.0
+"""Seconds a load may take (Triton answers a load once it is done)."""
+CALL_TIMEOUT_S = 30.0
+"""Seconds any other call may take (Triton answers them at once; an unload once it is
+started): a server that gives no answer in this time hangs."""
 CONNECT_TIMEOUT_S = 5.0
 
 T = TypeVar("T")
@@ -344,9 +349,16 @@ def translate_error(
     action: str,
     error: type[ManagerError] = ManagerError,
     timeout: float | None = None,
+    unanswered: type[ManagerError] | None = None,
 ) -> ManagerError:
-    """Map a tritonclient/socket exception to the ManagerError the caller should see."""
+    """Map a tritonclient/socket exception to the ManagerError the caller should see.
+
+    A request that got no answer within ``timeout`` is ``unanswered`` (``error`` if None):
+    a load may just be slow, a call that Triton answers at once is one to a server that
+    hangs (:class:`~manager.errors.TritonTimeoutError`)."""
     from tritonclient.utils import InferenceServerException
+
+    late = unanswered or error
 
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
@@ -354,13 +366,13 @@ def translate_error(
         if status == "StatusCode.UNAVAILABLE" and not answered_by_triton(message):
             return TritonUnreachableError(f"no Triton server answers at {url} ({message})")
         if status == "StatusCode.DEADLINE_EXCEEDED":
-            return error(f"{action}: no answer from {url} within {timeout:g} s")
+            return late(f"{action}: no answer from {url} within {timeout:g} s")
         if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in message:
             return ModelNotFoundError(message)
         return error(message)
     if is_timeout(exc):
         limit = f" within {timeout:g} s" if timeout else ""
-        return error(f"{action}: no answer from {url}{limit}")
+        return late(f"{action}: no answer from {url}{limit}")
     if isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp"):
         return TritonUnreachableError(f"no Triton server answers at {url} ({exc})")
     return error(f"{action} at {url} failed: {exc}")
@@ -416,7 +428,8 @@ def http_health(endpoint: Endpoint, which: str, timeout: float) -> bool:
     none (refused, or no answer in time: a server that hangs is not live).
 
     Not through tritonclient's HTTP client, whose one timeout covers every call of the
-    client (a load's 600 s) and whose gevent sockets belong to the thread that made them."""
+    client (the control's ``call_timeout``, longer than a connect timeout) and whose
+    gevent sockets belong to the thread that made them."""
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout)
     try:
         conn.request("GET", f"/v2/health/{which}")
@@ -470,7 +483,14 @@ _Control = TypeVar("_Control", bound="_ControlBase")
 
 class _ControlBase:
     """Where a Triton server answers, and the timeouts to use (shared by the sync and
-    asyncio controls, whose clients are created on first use)."""
+    asyncio controls, whose clients are created on first use).
+
+    ``timeout``: seconds a load may take (Triton answers it once the model is loaded).
+    ``call_timeout``: seconds every other call may take (index, statistics, config,
+    unload: Triton answers them at once), never more than ``timeout``; one that gets no
+    answer in time raises :class:`~manager.errors.TritonTimeoutError`.
+    ``connect_timeout``: seconds to connect, and for a health request.
+    """
 
     def __init__(
         self,
@@ -479,10 +499,12 @@ class _ControlBase:
         metrics_url: str | None = None,
         control_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
+        call_timeout: float = CALL_TIMEOUT_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.endpoint = parse_url(url, metrics_url=metrics_url, control_url=control_url)
         self.timeout = timeout
+        self.call_timeout = min(call_timeout, timeout)
         self.connect_timeout = connect_timeout
         self._client: Any = None
 
@@ -529,12 +551,38 @@ class _ControlBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
 
-    def _grpc_kw(self, timeout: float | None = None) -> dict[str, Any]:
-        return {"client_timeout": timeout or self.timeout} if self.is_grpc else {}
+    def _grpc_kw(self, *, load: bool = False) -> dict[str, Any]:
+        """The per-call deadline over gRPC: ``timeout`` for a load, else ``call_timeout``."""
+        if not self.is_grpc:
+            return {}
+        return {"client_timeout": self.timeout if load else self.call_timeout}
+
+    def _translate(
+        self, exc: BaseException, action: str, error: type[ManagerError], *, load: bool = False
+    ) -> ManagerError:
+        """:func:`translate_error` for a call of this control: a load that got no answer
+        within ``timeout`` is ``error``; any other call that got none within
+        ``call_timeout`` is a TritonTimeoutError (the server hangs)."""
+        if load:
+            return translate_error(
+                exc, url=self.url, action=action, error=error, timeout=self.timeout
+            )
+        return translate_error(
+            exc,
+            url=self.url,
+            action=action,
+            error=error,
+            timeout=self.call_timeout,
+            unanswered=TritonTimeoutError,
+        )
 
     def _control_options(self) -> dict[str, Any]:
         """The options of the gRPC control for loads and unloads (``control_url``)."""
-        return {"timeout": self.timeout, "connect_timeout": self.connect_timeout}
+        return {
+            "timeout": self.timeout,
+            "call_timeout": self.call_timeout,
+            "connect_timeout": self.connect_timeout,
+        }
 
 
 class TritonControl(_ControlBase):
@@ -550,8 +598,8 @@ class TritonControl(_ControlBase):
     """
 
     def __init__(self, url: str, **options: Any) -> None:
-        """``options``: those of :class:`_ControlBase` (metrics_url, timeout,
-        connect_timeout)."""
+        """``options``: those of :class:`_ControlBase` (metrics_url, control_url, timeout,
+        call_timeout, connect_timeout)."""
         super().__init__(url, **options)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -603,14 +651,14 @@ class TritonControl(_ControlBase):
         except Exception as exc:  # pragma: no cover - best effort
             log.debug("closing client for %s: %s", self.url, exc)
 
-    def _new_http_client(self) -> Any:
+    def _new_http_client(self, network_timeout: float) -> Any:
         try:
             import tritonclient.http as httpclient
 
             return httpclient.InferenceServerClient(
                 self.endpoint.address,
                 connection_timeout=self.connect_timeout,
-                network_timeout=self.timeout,
+                network_timeout=network_timeout,
             )
         except Exception as exc:
             raise translate_error(exc, url=self.url, action="connect") from exc
@@ -618,7 +666,8 @@ class TritonControl(_ControlBase):
     @property
     def client(self) -> Any:
         """The underlying tritonclient client (created on first use): over gRPC one for
-        all threads, over HTTP the calling thread's own."""
+        all threads (each call gives its deadline), over HTTP the calling thread's own,
+        whose every request may take ``call_timeout`` (a load gets a client of its own)."""
         if not self.is_grpc:
             return self._thread_http_client()
         with self._lock:
@@ -638,7 +687,7 @@ class TritonControl(_ControlBase):
         held = getattr(self._local, "client", None)
         if held is not None and held[0] == self._generation:
             return held[1]
-        client = self._new_http_client()
+        client = self._new_http_client(self.call_timeout)
         me = threading.current_thread()
         with self._lock:
             generation = self._generation
@@ -656,14 +705,14 @@ class TritonControl(_ControlBase):
         action: str,
         fn: Callable[[Any], T],
         error: type[ManagerError] = ManagerError,
+        *,
+        load: bool = False,
     ) -> T:
         client = self.client  # outside the try: its own errors are already translated
         try:
             return fn(client)
         except Exception as exc:
-            raise translate_error(
-                exc, url=self.url, action=action, error=error, timeout=self.timeout
-            ) from exc
+            raise self._translate(exc, action, error, load=load) from exc
 
     # ---------------------------------------------------------------- health
 
@@ -723,17 +772,16 @@ class TritonControl(_ControlBase):
         if self.is_grpc:
             self._call(
                 f"load {name!r}",
-                lambda c: c.load_model(name, config=config, **self._grpc_kw()),
+                lambda c: c.load_model(name, config=config, **self._grpc_kw(load=True)),
                 LoadError,
+                load=True,
             )
             return
-        client = self._new_http_client()
+        client = self._new_http_client(self.timeout)
         try:
             client.load_model(name, config=config)
         except Exception as exc:
-            raise translate_error(
-                exc, url=self.url, action=f"load {name!r}", error=LoadError, timeout=self.timeout
-            ) from exc
+            raise self._translate(exc, f"load {name!r}", LoadError, load=True) from exc
         finally:
             try:
                 client.close()
@@ -748,6 +796,8 @@ class TritonControl(_ControlBase):
             try:
                 grpc_control.unload_model(name, unload_dependents)
                 return
+            except TritonTimeoutError:
+                raise  # asked, and no answer: the same server over HTTP would not answer
             except TritonUnreachableError as exc:
                 log.debug("unload over %s: %s; over HTTP", self.endpoint.control_url, exc)
         self._call(
@@ -794,12 +844,15 @@ class TritonControl(_ControlBase):
 class AsyncTritonControl(_ControlBase):
     """The asyncio twin of :class:`TritonControl` (``tritonclient.*.aio`` clients).
 
-    The client is created on first use, inside the running event loop.
+    The clients are created on first use, inside the running event loop. Over HTTP,
+    loads go through a client of their own: an aiohttp session has one timeout for
+    every request, ``call_timeout`` in the one of the other calls.
     """
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         self._grpc_control: AsyncTritonControl | None = None  # loads/unloads (control_url)
+        self._load_client: Any = None  # HTTP loads (timeout)
 
     def _model_control(self) -> AsyncTritonControl | None:
         """The gRPC control loads and unloads go through (``control_url``), if any."""
@@ -826,46 +879,61 @@ class AsyncTritonControl(_ControlBase):
         grpc_control, self._grpc_control = self._grpc_control, None
         if grpc_control is not None:
             await grpc_control.close()
-        if self._client is not None:
-            client, self._client = self._client, None
+        clients = [self._client, self._load_client]
+        self._client = self._load_client = None
+        for client in clients:
+            if client is None:
+                continue
             try:
                 await client.close()
             except Exception as exc:  # pragma: no cover - best effort
                 log.debug("closing client for %s: %s", self.url, exc)
 
-    def _get_client(self) -> Any:
-        if self._client is None:
-            try:
-                if self.is_grpc:
+    def _get_client(self, *, load: bool = False) -> Any:
+        """The client of a call (made on first use): over gRPC one (each call gives its
+        deadline); over HTTP one whose requests may take ``call_timeout``, and with
+        ``load`` one whose requests may take ``timeout``."""
+        if self.is_grpc:
+            if self._client is None:
+                try:
                     import tritonclient.grpc.aio as grpcaio
 
                     self._client = grpcaio.InferenceServerClient(
                         self.endpoint.address,
                         channel_args=grpc_channel_args(self.connect_timeout),
                     )
-                else:
-                    import tritonclient.http.aio as httpaio
-
-                    self._client = httpaio.InferenceServerClient(
-                        self.endpoint.address, conn_timeout=self.timeout
-                    )
-            except Exception as exc:
-                raise translate_error(exc, url=self.url, action="connect") from exc
+                except Exception as exc:
+                    raise translate_error(exc, url=self.url, action="connect") from exc
+            return self._client
+        if load:
+            if self._load_client is None:
+                self._load_client = self._new_http_client(self.timeout)
+            return self._load_client
+        if self._client is None:
+            self._client = self._new_http_client(self.call_timeout)
         return self._client
+
+    def _new_http_client(self, timeout: float) -> Any:
+        try:
+            import tritonclient.http.aio as httpaio
+
+            return httpaio.InferenceServerClient(self.endpoint.address, conn_timeout=timeout)
+        except Exception as exc:
+            raise translate_error(exc, url=self.url, action="connect") from exc
 
     async def _call(
         self,
         action: str,
         fn: Callable[[Any], Awaitable[T]],
         error: type[ManagerError] = ManagerError,
+        *,
+        load: bool = False,
     ) -> T:
-        client = self._get_client()
+        client = self._get_client(load=load)
         try:
             return await fn(client)
         except Exception as exc:
-            raise translate_error(
-                exc, url=self.url, action=action, error=error, timeout=self.timeout
-            ) from exc
+            raise self._translate(exc, action, error, load=load) from exc
 
     async def is_live(self) -> bool:
         return await self._health("live")
@@ -907,8 +975,9 @@ class AsyncTritonControl(_ControlBase):
                 log.debug("load over %s: %s; over HTTP", self.endpoint.control_url, exc)
         await self._call(
             f"load {name!r}",
-            lambda c: c.load_model(name, config=config, **self._grpc_kw()),
+            lambda c: c.load_model(name, config=config, **self._grpc_kw(load=True)),
             LoadError,
+            load=True,
         )
 
     async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
@@ -918,6 +987,8 @@ class AsyncTritonControl(_ControlBase):
             try:
                 await grpc_control.unload_model(name, unload_dependents)
                 return
+            except TritonTimeoutError:
+                raise  # asked, and no answer: the same server over HTTP would not answer
             except TritonUnreachableError as exc:
                 log.debug("unload over %s: %s; over HTTP", self.endpoint.control_url, exc)
         await self._call(

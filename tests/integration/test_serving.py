@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
 from manager import serving
-from manager.errors import LoadError, ModelNotFoundError, TritonUnreachableError
+from manager.errors import (
+    LoadError,
+    ModelNotFoundError,
+    TritonTimeoutError,
+    TritonUnreachableError,
+)
 from manager.metrics import read_memory
 from manager.triton import AsyncTritonControl, TritonControl
 from tests.integration.conftest import TritonHandle
-from tests.integration.helpers import FAILING_MODEL_PY, write_add_model, write_python_model
+from tests.integration.helpers import (
+    DOUBLE_MODEL_PY,
+    FAILING_MODEL_PY,
+    write_add_model,
+    write_python_model,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +151,99 @@ def test_server_not_running_is_unreachable_and_names_the_url(scheme: str) -> Non
             control.repository_index()
         with pytest.raises(TritonUnreachableError, match=url):
             serving.load(control, "anything")
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The server ``pid`` stopped (SIGSTOP): it takes connections and answers nothing, as
+    a Triton that hangs; continued (SIGCONT) after, whatever happened."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+QUICK_CALLS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("repository index", lambda c: c.repository_index()),
+    ("statistics", lambda c: c.statistics()),
+    ("config of 'hung'", lambda c: c.model_config("hung")),
+    ("unload 'hung'", lambda c: c.unload_model("hung")),
+]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_calls_other_than_loads_to_a_hung_server_give_up_after_the_call_timeout(
+    triton: TritonHandle, protocol: str
+) -> None:
+    """The load timeout is long (loads take minutes); an index, statistics, a config or an
+    unload, which Triton answers at once, give up after the short call timeout."""
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    with TritonControl(url, timeout=60, call_timeout=1) as control:
+        control.repository_index()  # connected while the server answers
+        with stopped(triton.pid):
+            for action, call in QUICK_CALLS:
+                started = time.monotonic()
+                with pytest.raises(TritonTimeoutError) as raised:
+                    call(control)
+                assert time.monotonic() - started < 10, action
+                assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
+        assert isinstance(control.repository_index(), list)  # answers again
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_calls_other_than_loads_to_a_hung_server_give_up_after_the_call_timeout_async(
+    triton: TritonHandle, protocol: str
+) -> None:
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+
+    async def scenario() -> None:
+        async with AsyncTritonControl(url, timeout=60, call_timeout=1) as control:
+            await control.repository_index()
+            with stopped(triton.pid):
+                for action, call in QUICK_CALLS:
+                    started = time.monotonic()
+                    with pytest.raises(TritonTimeoutError) as raised:
+                        await asyncio.wait_for(call(control), 30)
+                    assert time.monotonic() - started < 10, action
+                    assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
+            assert isinstance(await control.repository_index(), list)
+
+    asyncio.run(scenario())
+
+
+SLOW_INIT_MODEL_PY = DOUBLE_MODEL_PY.replace(
+    "class TritonPythonModel:\n",
+    "class TritonPythonModel:\n    def initialize(self, args):\n"
+    "        import time\n        time.sleep(4)\n\n",
+)
+
+
+def test_an_unload_asked_during_a_load_of_the_model_waits_for_it_and_still_happens(
+    triton: TritonHandle,
+) -> None:
+    """Triton holds an unload back while a load of the same model runs: asked then, it
+    gets no answer within a call timeout shorter than the load, and Triton unloads the
+    model once the load is done."""
+    name = "slow_init"
+    write_python_model(triton.repo, name, SLOW_INIT_MODEL_PY)
+    with (
+        TritonControl(triton.grpc_url) as loader,
+        TritonControl(triton.http_url, call_timeout=1) as control,
+    ):
+        loading = threading.Thread(target=loader.load_model, args=(name,))
+        loading.start()
+        try:
+            time.sleep(1)  # the load has started
+            assert states(control, name) == {1: "LOADING"}
+            with pytest.raises(TritonTimeoutError, match="within 1 s"):
+                control.unload_model(name)
+        finally:
+            loading.join(30)
+        deadline = time.monotonic() + 10
+        while states(control, name) != {1: "UNAVAILABLE"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert states(control, name) == {1: "UNAVAILABLE"}
 
 
 def test_wrong_host_is_unreachable() -> None:

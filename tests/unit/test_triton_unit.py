@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +19,14 @@ from manager.errors import (
     LoadError,
     ManagerError,
     ModelNotFoundError,
+    TritonTimeoutError,
     TritonUnreachableError,
     UnloadError,
 )
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
 from manager.triton import (
+    CALL_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
     AsyncTritonControl,
     TritonControl,
     parse_index,
@@ -319,6 +324,23 @@ def test_timeout_is_reported_as_the_action_failing() -> None:
     assert "within 3 s" in str(err)
 
 
+@pytest.mark.parametrize(
+    "late", [TimeoutError(), _tse("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED")]
+)
+def test_a_call_given_no_answer_in_time_can_be_a_timeout_of_the_server(late: Exception) -> None:
+    err = translate_error(
+        late,
+        url="grpc://h:1",
+        action="config of 'm'",
+        error=ModelNotFoundError,
+        timeout=30,
+        unanswered=TritonTimeoutError,
+    )
+    assert type(err) is TritonTimeoutError
+    assert isinstance(err, TritonUnreachableError)  # the server does not answer
+    assert str(err) == "config of 'm': no answer from grpc://h:1 within 30 s"
+
+
 def test_calls_to_a_closed_port_raise_unreachable_with_the_url() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -398,3 +420,208 @@ def test_a_smoke_test_on_a_hung_staging_server_gives_up_within_seconds(
     with pytest.raises(TritonUnreachableError, match=f"no Triton server answers at {url}"):
         smoke_test(tmp_path, config, 1, [], url=url)
     assert time.monotonic() - started < 15
+
+
+# ----------------------------------------------------------- call timeout vs load timeout
+
+
+def test_calls_other_than_loads_have_a_short_timeout_of_their_own() -> None:
+    control = TritonControl("http://h:1")
+    assert (control.timeout, control.call_timeout) == (DEFAULT_TIMEOUT_S, CALL_TIMEOUT_S)
+    assert CALL_TIMEOUT_S < DEFAULT_TIMEOUT_S
+    assert TritonControl("grpc://h:1", timeout=900, call_timeout=2).call_timeout == 2
+    # never longer than the timeout: a control asked for 5 s calls gets them
+    assert TritonControl("grpc://h:1", timeout=5).call_timeout == 5
+    assert AsyncTritonControl("http://h:1", timeout=5).call_timeout == 5
+
+
+def test_the_grpc_control_of_loads_and_unloads_has_the_same_timeouts() -> None:
+    with TritonControl(
+        "http://h:1", control_url="grpc://h:2", timeout=90, call_timeout=3, connect_timeout=2
+    ) as control:
+        grpc_control = control._model_control()
+        assert grpc_control is not None
+        assert (
+            grpc_control.timeout,
+            grpc_control.call_timeout,
+            grpc_control.connect_timeout,
+        ) == (90, 3, 2)
+    asyncio_control = AsyncTritonControl(
+        "http://h:1", control_url="grpc://h:2", timeout=90, call_timeout=3
+    )._model_control()
+    assert asyncio_control is not None
+    assert (asyncio_control.timeout, asyncio_control.call_timeout) == (90, 3)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_calls_to_a_hung_server_give_up_after_the_call_timeout(
+    hung_server: str, protocol: str
+) -> None:
+    url = f"{protocol}://{hung_server}"
+    with TritonControl(url, timeout=60, call_timeout=1, connect_timeout=60) as control:
+        for action, call in [
+            ("repository index", control.repository_index),
+            ("statistics of 'm'", lambda: control.statistics("m")),
+            ("config of 'm'", lambda: control.model_config("m")),
+            ("unload 'm'", lambda: control.unload_model("m")),
+        ]:
+            started = time.monotonic()
+            with pytest.raises(TritonTimeoutError) as raised:
+                call()
+            assert time.monotonic() - started < 10, action
+            assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_calls_to_a_hung_server_give_up_after_the_call_timeout_async(
+    hung_server: str, protocol: str
+) -> None:
+    url = f"{protocol}://{hung_server}"
+
+    async def check() -> None:
+        async with AsyncTritonControl(
+            url, timeout=60, call_timeout=1, connect_timeout=60
+        ) as control:
+            for action, call in [
+                ("repository index", control.repository_index()),
+                ("statistics", control.statistics()),
+                ("config of 'm'", control.model_config("m")),
+                ("unload 'm'", control.unload_model("m")),
+            ]:
+                with pytest.raises(TritonTimeoutError) as raised:
+                    await asyncio.wait_for(call, 10)
+                assert str(raised.value) == f"{action}: no answer from {url} within 1 s"
+
+    started = time.monotonic()
+    asyncio.run(check())
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_load_waits_the_load_timeout_not_the_call_timeout(
+    hung_server: str, protocol: str
+) -> None:
+    url = f"{protocol}://{hung_server}"
+    with TritonControl(url, timeout=3, call_timeout=1, connect_timeout=60) as control:
+        started = time.monotonic()
+        with pytest.raises(LoadError, match=f"load 'm': no answer from {url} within 3 s"):
+            control.load_model("m")
+        assert time.monotonic() - started >= 2.5
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_load_waits_the_load_timeout_not_the_call_timeout_async(
+    hung_server: str, protocol: str
+) -> None:
+    url = f"{protocol}://{hung_server}"
+
+    async def check() -> None:
+        async with AsyncTritonControl(
+            url, timeout=3, call_timeout=1, connect_timeout=60
+        ) as control:
+            with pytest.raises(LoadError, match=f"load 'm': no answer from {url} within 3 s"):
+                await control.load_model("m")
+            # and the other calls keep their own timeout
+            with pytest.raises(TritonTimeoutError, match="within 1 s"):
+                await control.repository_index()
+
+    started = time.monotonic()
+    asyncio.run(check())
+    assert time.monotonic() - started >= 3.5
+
+
+def test_an_unload_the_grpc_control_got_no_answer_to_is_not_asked_again_over_http(
+    hung_server: str,
+) -> None:
+    """Asked over gRPC and not answered: the server hangs, and asking it over HTTP would
+    only wait again (a refused gRPC connection, where nothing was asked, does go over
+    HTTP)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http_url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # refuses: nothing listens
+    grpc_url = f"grpc://{hung_server}"
+    with (
+        TritonControl(
+            http_url, control_url=grpc_url, call_timeout=1, connect_timeout=60
+        ) as control,
+        pytest.raises(TritonTimeoutError, match=f"no answer from {grpc_url} within 1 s"),
+    ):
+        control.unload_model("m")
+
+    async def check() -> None:
+        async with AsyncTritonControl(
+            http_url, control_url=grpc_url, call_timeout=1, connect_timeout=60
+        ) as control:
+            with pytest.raises(TritonTimeoutError, match=f"no answer from {grpc_url}"):
+                await control.unload_model("m")
+
+    asyncio.run(check())
+
+
+@pytest.fixture
+def loads_then_hangs() -> Iterator[tuple[str, list[str]]]:
+    """``http://127.0.0.1:PORT`` of a Triton that is live, takes a load, fails inference
+    and never answers an unload; and the paths it was asked, in order."""
+    asked: list[str] = []
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: bytes = b"{}") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self._answer(200 if self.path == "/v2/health/live" else 404)
+
+        def do_POST(self) -> None:
+            asked.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.endswith("/unload"):
+                release.wait(60)  # hangs
+            elif self.path.endswith("/load"):
+                self._answer(200)
+            else:
+                self._answer(400, b'{"error": "inference refused"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_smoke_test_does_not_wait_a_loads_timeout_for_its_unload(
+    loads_then_hangs: tuple[str, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Triton answers an unload at once: the smoke test's unload of its temporary model
+    gives up after the call timeout, and the test's own failure is what is raised."""
+    from manager import smoke
+    from manager.infer import InferenceError
+    from manager.modelconfig import TensorSpec, build_config
+
+    monkeypatch.setattr(smoke, "UNLOAD_TIMEOUT_S", 1.0)
+    url, asked = loads_then_hangs
+    spec = TensorSpec("x", "FP32", (-1,))
+    config = build_config("m", [spec], [spec], backend="python", kind="cpu")
+    started = time.monotonic()
+    with pytest.raises(InferenceError, match="inference refused"):
+        smoke.smoke_test(tmp_path, config, 1, [], url=url)
+    assert time.monotonic() - started < 10
+    assert asked[-1].startswith("/v2/repository/models/m__smoke_")
+    assert asked[-1].endswith("/unload")
+    assert f"no answer from {url} within 1 s" in caplog.text
