@@ -1382,6 +1382,25 @@ class Endpoints:
                 stack.enter_context(self.repo.lock(model))
             yield
 
+    @contextmanager
+    def _changing(self, name: str, models: Iterable[str]) -> Iterator[None]:
+        """Hold endpoint ``name``'s lock, then those of ``models`` (the change's targets)
+        and, while ``name`` is pinned, of the model its ensemble calls now.
+
+        Triton reloads an ensemble whenever a model it calls is loaded again with changes
+        (a new version in its policy, changed files), with the ensemble's config as it was
+        when that load began, and without waiting for a load of the ensemble under way. A
+        load of the old target by another tritonctl process (which holds the target's
+        lock) that overlapped this change would put the old ensemble back once it ends,
+        after the change had returned, or overtake the change's own load of the endpoint
+        (which then fails). Holding the old target's lock makes such a load end before
+        this change loads the endpoint, or begin after it."""
+        with self._lock(name):
+            previous = self._read(name)
+            calls = [previous.targets[0].model] if previous and previous.mode == PINNED else []
+            with self._models_locked([*models, *calls]):
+                yield
+
     def _admitted(self, wanted: Mapping[str, Iterable[int]]) -> AbstractContextManager[object]:
         return self.admission(wanted) if self.admission is not None else nullcontext()
 
@@ -1391,7 +1410,7 @@ class Endpoints:
         self._check_endpoint_name(name)
         config = self._target_config(model)
         version = self._resolve_version(model, version)
-        with self._lock(name), self._models_locked([model]):
+        with self._changing(name, [model]):
             self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
             previous = self._read(name)
             added = self._serve_targets({model: {version}})
@@ -1498,7 +1517,7 @@ class Endpoints:
         by_model: dict[str, set[int]] = {}
         for t in checked:
             by_model.setdefault(t.model, set()).add(t.version)
-        with self._lock(name), self._models_locked(by_model):
+        with self._changing(name, by_model):
             self._check_clients_io(
                 name, [(checked[0].label(), configs[checked[0].model])], force=force
             )

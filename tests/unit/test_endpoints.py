@@ -2007,3 +2007,45 @@ def test_a_streaming_split_through_the_python_router_warns_of_its_deadlock(
         endpoints.split("streams", [Target("s", 1, 50), Target("s", 2, 50)])
     [message] = warned()
     assert "streams through the Python router" in message and "deadlock" in message
+
+
+# --------------------------------------------------------------------------- racing loads
+
+
+def test_a_change_of_a_pinned_endpoint_holds_the_lock_of_the_model_it_calls_now(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """A load of that model by another process (which takes its lock) reloads the
+    endpoint's ensemble with the config it had when that load began: it must not overlap
+    the change's own load of the endpoint."""
+    import threading
+
+    endpoints, triton, repo = setup
+    publish_model(repo, "other")
+    endpoints.switch("ep", "m", 1)
+    original = triton.load_model
+    free_during_load: list[bool] = []
+
+    def load(name: str, config: str | None = None) -> None:
+        if name == "ep":
+            # the lock is asked from another thread, as another process would
+            outcome: list[bool] = []
+
+            def try_it() -> None:
+                with Repository(repo).try_lock("m") as held:
+                    outcome.append(held)
+
+            worker = threading.Thread(target=try_it)
+            worker.start()
+            worker.join()
+            free_during_load.extend(outcome)
+        original(name, config)
+
+    triton.load_model = load  # type: ignore[method-assign]
+    endpoints.switch("ep", "other", 1)
+    assert free_during_load == [False]
+    # a routed endpoint calls no model: its old targets are not held
+    endpoints.split("ep", [Target("m", 1, 50), Target("other", 1, 50)])
+    free_during_load.clear()
+    endpoints.switch("ep", "other", 1)
+    assert free_during_load == [True]
