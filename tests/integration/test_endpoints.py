@@ -1019,3 +1019,70 @@ def test_a_switch_away_from_a_target_another_change_is_loading_is_what_gets_serv
     assert served_steps(control, "ep_race_a") == [(RACE_U, 1)]
     assert served_steps(control, "ep_race_b") == [(RACE_T, 2)]
     assert http_answer(race_models, "ep_race_a") == 1.0
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9])
+def test_a_split_overtaken_by_another_clients_reload_of_its_target_still_routes(
+    race_models: TritonHandle, control: TritonControl, delay: float
+) -> None:
+    """Another Triton client reloads target t (its files changed) while the endpoint
+    pinned to t becomes the router: the reload of the ensemble that t's load brings
+    overtakes the router's load, which fails; the split loads the router again."""
+    import os
+
+    name = "ep_race_split"
+    endpoints = Endpoints(
+        Repository(race_models.repo), control, router=RouterOptions(backend="python")
+    )
+    endpoints.switch(name, RACE_U, 1)
+    endpoints.switch(name, RACE_T, 1)  # an ensemble calling t, loaded afresh
+    later = time.time() + 10
+    for path in (race_models.repo / RACE_T).glob("[0-9]*/**"):
+        os.utime(path, (later, later))  # t's files changed: Triton loads it again
+    errors: list[BaseException] = []
+
+    def reload_t() -> None:
+        with TritonControl(race_models.grpc_url) as other:
+            try:
+                other.load_model(RACE_T)
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+
+    worker = threading.Thread(target=reload_t)
+    worker.start()
+    time.sleep(delay)
+    try:
+        state = endpoints.split(name, [Target(RACE_T, 1, 50), Target(RACE_U, 1, 50)])
+    finally:
+        worker.join(timeout=120)
+    assert not errors
+    assert state.mode == "routed"
+    assert served_steps(control, name) == "python"
+    assert http_answer(race_models, name) == 1.0
+
+
+def test_restore_serves_an_endpoint_again_that_another_clients_reload_set_back(
+    race_models: TritonHandle, control: TritonControl
+) -> None:
+    """A switch away from t returns while another Triton client's reload of t is under
+    way; that reload then reloads the endpoint's ensemble as it was before the switch
+    (nothing tritonctl can lock out). Restoring the endpoint serves it as its routes say."""
+    import os
+
+    name = "ep_race_restore"
+    endpoints = Endpoints(Repository(race_models.repo), control)
+    endpoints.switch("ep_race_c", RACE_U, 1)  # u is served: the switch only loads the endpoint
+    endpoints.switch(name, RACE_T, 1)
+    later = time.time() + 20
+    for path in (race_models.repo / RACE_T).glob("[0-9]*/**"):
+        os.utime(path, (later, later))
+    worker = threading.Thread(target=lambda: TritonControl(race_models.grpc_url).load_model(RACE_T))
+    worker.start()
+    time.sleep(0.3)
+    try:
+        endpoints.switch(name, RACE_U, 1)
+    finally:
+        worker.join(timeout=120)
+    assert served_steps(control, name) == [(RACE_T, 1)]  # set back by t's reload
+    endpoints.ensure(name)
+    assert served_steps(control, name) == [(RACE_U, 1)]
