@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
+from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager import native_router
@@ -133,6 +134,9 @@ MODES = (PINNED, ROUTED)
 UNLOAD_WAIT_S = 60.0
 POLL_S = 0.05
 LOCK_TIMEOUT_S = 600.0
+OUTDATED_LOAD = "Newer operation has been applied to the model lifecycle"
+"""Triton's answer to a load of a model that a later load or unload of the same model
+overtook: that one is applied instead (see :meth:`Endpoints._load_endpoint`)."""
 
 
 # --------------------------------------------------------------------------- state
@@ -656,7 +660,26 @@ class ModelControl(Protocol):
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None: ...
 
+    def model_config(self, name: str) -> dict[str, Any]: ...
+
     def statistics(self, name: str | None = None) -> list[ModelStats]: ...
+
+
+def is_outdated_load(exc: BaseException) -> bool:
+    """Whether ``exc`` is Triton's answer to a load that a later load or unload of the
+    same model overtook (:data:`OUTDATED_LOAD`)."""
+    return isinstance(exc, LoadError) and OUTDATED_LOAD in str(exc)
+
+
+def _identity(config: mc.ModelConfig) -> tuple[Any, ...]:
+    """What tells one config of an endpoint model from another (what it runs, the models
+    it calls, the router's settings), leaving out what Triton completes on load."""
+    return (
+        config.platform,
+        config.backend,
+        tuple((s.model_name, s.model_version) for s in config.ensemble_scheduling.step),
+        tuple(sorted((k, v.string_value) for k, v in config.parameters.items())),
+    )
 
 
 Admission = Callable[[Mapping[str, Iterable[int]]], AbstractContextManager[object]]
@@ -670,7 +693,7 @@ class _NoServer:
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise ManagerError("no server is asked while the repository is only read")
 
-    repository_index = load_model = unload_model = statistics = _refuse
+    repository_index = load_model = unload_model = model_config = statistics = _refuse
 
 
 def startup_models(repo: Repository) -> list[str]:
@@ -1205,7 +1228,7 @@ class Endpoints:
             current = read_config(path)
         except ManagerError:
             return False
-        return current == wanted and self._is_ready(name)
+        return current == wanted and self._serves(name, wanted)
 
     # ---------------------------------------------------------------- operations
 
@@ -1382,6 +1405,69 @@ class Endpoints:
                 stack.enter_context(self.repo.lock(model))
             yield
 
+    @contextmanager
+    def _changing(self, name: str, models: Iterable[str]) -> Iterator[None]:
+        """Hold endpoint ``name``'s lock, then those of ``models`` (the change's targets)
+        and, while ``name`` is pinned, of the model its ensemble calls now.
+
+        Triton reloads an ensemble whenever a model it calls is loaded again with changes
+        (a new version in its policy, changed files), with the ensemble's config as it was
+        when that load began, and without waiting for a load of the ensemble under way. A
+        load of the old target by another tritonctl process (which holds the target's
+        lock) that overlapped this change would put the old ensemble back once it ends,
+        after the change had returned, or overtake the change's own load of the endpoint
+        (which then fails). Holding the old target's lock makes such a load end before
+        this change loads the endpoint, or begin after it."""
+        with self._lock(name):
+            previous = self._read(name)
+            calls = [previous.targets[0].model] if previous and previous.mode == PINNED else []
+            with self._models_locked([*models, *calls]):
+                yield
+
+    def _load_endpoint(self, name: str, wanted: mc.ModelConfig) -> None:
+        """Load endpoint model ``name``, whose folder now holds config ``wanted``.
+
+        A load that Triton reports overtaken by a later load or unload of ``name`` (another
+        Triton client's, or the reload of an ensemble that a load of a model it calls
+        brings: see :meth:`_changing`) is not failed if Triton serves ``wanted`` after
+        all; otherwise it is made once more, and if that is overtaken too the change fails
+        (EndpointError, not LoadError: the endpoint loads, it just lost a race).
+        """
+        try:
+            self.control.load_model(name)
+            return
+        except LoadError as exc:
+            if not is_outdated_load(exc):
+                raise
+            log.info("endpoint %s: %s", name, exc)
+        if self._serves(name, wanted):
+            log.info("endpoint %s: the load that overtook this one serves it as asked", name)
+            return
+        log.info("endpoint %s: a load that overtook this one serves something else; again", name)
+        try:
+            self.control.load_model(name)
+        except LoadError as exc:
+            if not is_outdated_load(exc):
+                raise
+            raise EndpointError(
+                f"endpoint {name!r} was not changed: another load or unload of it (by "
+                "another Triton client, or Triton reloading it with a model it calls) "
+                f"overtook this change's load twice, and Triton applied that one instead ({exc})"
+            ) from exc
+
+    def _serves(self, name: str, wanted: mc.ModelConfig) -> bool:
+        """Whether Triton serves ``name`` with config ``wanted`` (see :func:`_identity`)."""
+        if not self._is_ready(name):
+            return False
+        try:
+            served = json_format.ParseDict(
+                self.control.model_config(name), mc.ModelConfig(), ignore_unknown_fields=True
+            )
+        except (ManagerError, json_format.ParseError) as exc:
+            log.info("cannot tell what endpoint %s serves: %s", name, exc)
+            return False
+        return _identity(served) == _identity(wanted)
+
     def _admitted(self, wanted: Mapping[str, Iterable[int]]) -> AbstractContextManager[object]:
         return self.admission(wanted) if self.admission is not None else nullcontext()
 
@@ -1391,7 +1477,7 @@ class Endpoints:
         self._check_endpoint_name(name)
         config = self._target_config(model)
         version = self._resolve_version(model, version)
-        with self._lock(name), self._models_locked([model]):
+        with self._changing(name, [model]):
             self._check_clients_io(name, [(f"{model}:{version}", config)], force=force)
             previous = self._read(name)
             added = self._serve_targets({model: {version}})
@@ -1498,7 +1584,7 @@ class Endpoints:
         by_model: dict[str, set[int]] = {}
         for t in checked:
             by_model.setdefault(t.model, set()).add(t.version)
-        with self._lock(name), self._models_locked(by_model):
+        with self._changing(name, by_model):
             self._check_clients_io(
                 name, [(checked[0].label(), configs[checked[0].model])], force=force
             )
@@ -1528,7 +1614,7 @@ class Endpoints:
             try:
                 try:
                     self._write_endpoint(name, wanted_router, router=True, library=library)
-                    self.control.load_model(name)
+                    self._load_endpoint(name, wanted_router)
                 except LoadError as exc:
                     if library is None or self.router_options.backend != "auto":
                         raise
@@ -1537,7 +1623,7 @@ class Endpoints:
                     library = None
                     wanted_router = router_config(name, target, self.router_options, most_instances)
                     self._write_endpoint(name, wanted_router, router=True)
-                    self.control.load_model(name)
+                    self._load_endpoint(name, wanted_router)
             except ManagerError as exc:
                 self._restore(name, previous)
                 self._put_back(folder, saved)
@@ -1715,12 +1801,12 @@ class Endpoints:
         old_config = config_path.read_text() if config_path.is_file() else None
         if write:
             self._write(state)
-        if old_config == config_to_text(config) and self._is_ready(name):
+        if old_config == config_to_text(config) and self._serves(name, config):
             return  # the ensemble already calls what it should
         saved = _snapshot(folder)
         try:
             self._write_endpoint(name, config)
-            self.control.load_model(name)
+            self._load_endpoint(name, config)
         except ManagerError as exc:
             log.error("endpoint %s: %s; restoring the previous routes", name, exc)
             self._put_back(folder, saved)

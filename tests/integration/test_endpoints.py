@@ -1077,3 +1077,134 @@ def test_an_endpoint_of_a_stateful_model_keeps_its_clients_sequences_across_swit
         assert seq_call(client, "ep_seq_pinned", 7, 2, end=True) == 2003
     with pytest.raises(EndpointError, match=r"differ in state.*clients of endpoint"):
         endpoints.switch("ep_seq_pinned", ADDER, 1)
+
+
+# --------------------------------------------------------------------------- racing loads
+#
+# Triton reloads an ensemble whenever a model it calls is loaded again with changes, and it
+# does so with the ensemble's config as it was when that load began, without waiting for
+# a load of the ensemble itself that is under way. Of two loads of one model, the one that
+# began first fails ("Newer operation has been applied to the model lifecycle") and the
+# model serves what the other loaded.
+
+RACE_T = "ep_race_t"
+RACE_U = "ep_race_u"
+
+
+@pytest.fixture(scope="module")
+def race_models(models: TritonHandle, tmp_path_factory: pytest.TempPathFactory) -> TritonHandle:
+    tmp = tmp_path_factory.mktemp("race_sources")
+    publish_versions(models.repo, RACE_T, ADD_VERSION_PY, 2, tmp)
+    publish_versions(models.repo, RACE_U, ADD_VERSION_PY, 1, tmp)
+    return models
+
+
+def served_steps(control: TritonControl, name: str) -> list[tuple[str, int]] | str:
+    """What Triton serves as ``name``: an ensemble's steps, else the backend."""
+    config = control.model_config(name)
+    if "ensemble_scheduling" not in config:
+        return str(config.get("backend"))
+    return [
+        (s["model_name"], int(s.get("model_version", -1)))
+        for s in config["ensemble_scheduling"]["step"]
+    ]
+
+
+def test_a_switch_away_from_a_target_another_change_is_loading_is_what_gets_served(
+    race_models: TritonHandle, control: TritonControl
+) -> None:
+    """Endpoint A leaves target t while endpoint B's change loads a new version of t (in
+    another process, say). B's load of t reloads A's ensemble as it was when that load
+    began: A's switch must not be undone by it once it has returned."""
+    repo = Repository(race_models.repo)
+    endpoints = Endpoints(repo, control)
+    endpoints.switch("ep_race_a", RACE_T, 1)
+    endpoints.switch("ep_race_b", RACE_T, 1)
+    endpoints.switch("ep_race_c", RACE_U, 1)  # u is served: A's switch only loads A
+    errors: list[BaseException] = []
+
+    def change_b() -> None:
+        with TritonControl(race_models.grpc_url) as other:
+            try:
+                Endpoints(Repository(race_models.repo), other).switch("ep_race_b", RACE_T, 2)
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+
+    worker = threading.Thread(target=change_b)
+    worker.start()
+    time.sleep(0.3)  # B is loading t:1 and t:2 (a Python model: about a second)
+    try:
+        endpoints.switch("ep_race_a", RACE_U, 1)
+    finally:
+        worker.join(timeout=120)
+    assert not errors
+    assert served_steps(control, "ep_race_a") == [(RACE_U, 1)]
+    assert served_steps(control, "ep_race_b") == [(RACE_T, 2)]
+    assert http_answer(race_models, "ep_race_a") == 1.0
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9])
+def test_a_split_overtaken_by_another_clients_reload_of_its_target_still_routes(
+    race_models: TritonHandle, control: TritonControl, delay: float
+) -> None:
+    """Another Triton client reloads target t (its files changed) while the endpoint
+    pinned to t becomes the router: the reload of the ensemble that t's load brings
+    overtakes the router's load, which fails; the split loads the router again."""
+    import os
+
+    name = "ep_race_split"
+    endpoints = Endpoints(
+        Repository(race_models.repo), control, router=RouterOptions(backend="python")
+    )
+    endpoints.switch(name, RACE_U, 1)
+    endpoints.switch(name, RACE_T, 1)  # an ensemble calling t, loaded afresh
+    later = time.time() + 10
+    for path in (race_models.repo / RACE_T).glob("[0-9]*/**"):
+        os.utime(path, (later, later))  # t's files changed: Triton loads it again
+    errors: list[BaseException] = []
+
+    def reload_t() -> None:
+        with TritonControl(race_models.grpc_url) as other:
+            try:
+                other.load_model(RACE_T)
+            except BaseException as exc:  # handed to the test
+                errors.append(exc)
+
+    worker = threading.Thread(target=reload_t)
+    worker.start()
+    time.sleep(delay)
+    try:
+        state = endpoints.split(name, [Target(RACE_T, 1, 50), Target(RACE_U, 1, 50)])
+    finally:
+        worker.join(timeout=120)
+    assert not errors
+    assert state.mode == "routed"
+    assert served_steps(control, name) == "python"
+    assert http_answer(race_models, name) == 1.0
+
+
+def test_restore_serves_an_endpoint_again_that_another_clients_reload_set_back(
+    race_models: TritonHandle, control: TritonControl
+) -> None:
+    """A switch away from t returns while another Triton client's reload of t is under
+    way; that reload then reloads the endpoint's ensemble as it was before the switch
+    (nothing tritonctl can lock out). Restoring the endpoint serves it as its routes say."""
+    import os
+
+    name = "ep_race_restore"
+    endpoints = Endpoints(Repository(race_models.repo), control)
+    endpoints.switch("ep_race_c", RACE_U, 1)  # u is served: the switch only loads the endpoint
+    endpoints.switch(name, RACE_T, 1)
+    later = time.time() + 20
+    for path in (race_models.repo / RACE_T).glob("[0-9]*/**"):
+        os.utime(path, (later, later))
+    worker = threading.Thread(target=lambda: TritonControl(race_models.grpc_url).load_model(RACE_T))
+    worker.start()
+    time.sleep(0.3)
+    try:
+        endpoints.switch(name, RACE_U, 1)
+    finally:
+        worker.join(timeout=120)
+    assert served_steps(control, name) == [(RACE_T, 1)]  # set back by t's reload
+    endpoints.ensure(name)
+    assert served_steps(control, name) == [(RACE_U, 1)]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from manager import serving
 from manager.audit import AuditLog
@@ -31,7 +32,7 @@ from manager.errors import (
 )
 from manager.footprint import CPU_METRIC, Footprint, FootprintStore, MemoryMeter, Usage
 from manager.loadtimes import LoadTimes
-from manager.modelconfig import TensorSpec, build_config, write_config
+from manager.modelconfig import TensorSpec, build_config, read_config, write_config
 from manager.policies import LruPolicy, ModelState
 from manager.repository import Repository, write_json_atomic
 from manager.rollout import RolloutPolicy, RolloutState, RolloutStore
@@ -59,6 +60,9 @@ class FakeTriton:
         self.counts: dict[str, int] = {}
         self.last: dict[str, int] = {}
         self.load_delay = load_delay
+        # where loaded models' configs are read (None: nowhere), and the configs loaded
+        self.repo: Path | None = None
+        self.configs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._clock = 0
 
@@ -81,6 +85,11 @@ class FakeTriton:
             self.state[name] = "READY"
             self.counts[name] = 0
             self.last[name] = 0
+            path = self.repo / name / "config.pbtxt" if self.repo is not None else None
+            if path is not None and path.is_file():
+                self.configs[name] = json_format.MessageToDict(
+                    read_config(path), preserving_proto_field_name=True
+                )
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         with self._lock:
@@ -89,7 +98,7 @@ class FakeTriton:
                 self.state[name] = "UNLOADING"
 
     def model_config(self, name: str) -> dict[str, Any]:
-        return {"name": name, "backend": "python", "max_batch_size": 0}
+        return self.configs.get(name) or {"name": name, "backend": "python", "max_batch_size": 0}
 
     def statistics(self, name: str | None = None) -> list[ModelStats]:
         return [
@@ -147,6 +156,7 @@ def make(
 ) -> tuple[Controller, FakeTriton]:
     """A controller over a fake server; ``known``: footprints measured before."""
     fake = FakeTriton(sizes)
+    fake.repo = tmp_path
     for name, size in sizes.items():
         write_model(tmp_path, name)
         if known:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 
 from manager.endpoints import (
     ENDPOINT_KIND,
@@ -682,6 +683,8 @@ class FakeTriton:
     def __init__(self, repo: Path) -> None:
         self.repo = repo
         self.loaded: dict[str, set[int]] = {}
+        # the config each loaded model was loaded with
+        self.configs: dict[str, ModelConfig] = {}
         self.calls: list[tuple[str, str]] = []
         # requests each loaded version answered (model, version) -> count; a callable
         # count is asked at every read
@@ -705,10 +708,18 @@ class FakeTriton:
 
                 raise LoadError(f"ensemble {name!r} needs {step.model_name}:{step.model_version}")
         self.loaded[name] = set(versions)
+        self.configs[name] = cfg
 
     def unload_model(self, name: str, unload_dependents: bool = False) -> None:
         self.calls.append(("unload", name))
         self.loaded.pop(name, None)
+        self.configs.pop(name, None)
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        """As Triton answers it: JSON with the proto's field names (int64 as strings)."""
+        if name not in self.loaded:
+            raise ModelNotFoundError(f"Request for unknown model: '{name}' is not found")
+        return json_format.MessageToDict(self.configs[name], preserving_proto_field_name=True)
 
     def statistics(self, name: str | None = None) -> list[ModelStats]:
         rows = []
@@ -2007,3 +2018,171 @@ def test_a_streaming_split_through_the_python_router_warns_of_its_deadlock(
         endpoints.split("streams", [Target("s", 1, 50), Target("s", 2, 50)])
     [message] = warned()
     assert "streams through the Python router" in message and "deadlock" in message
+
+
+# --------------------------------------------------------------------------- overtaken loads
+
+OUTDATED = (
+    "load failed for model 'ep': Newer operation has been applied to the model lifecycle, "
+    "current load operation is out-dated."
+)
+
+
+def overtake_loads(triton: FakeTriton, name: str, times: int, serve: ModelConfig | None) -> None:
+    """The next ``times`` loads of ``name`` are overtaken by a later load that Triton
+    applies instead: one with config ``serve`` (None: the config on disk, what the
+    overtaken load asked for)."""
+    original = triton.load_model
+    left = [times]
+
+    def overtaken(model: str, config: str | None = None) -> None:
+        if model != name or left[0] == 0:
+            original(model, config)
+            return
+        left[0] -= 1
+        triton.calls.append(("overtaken", model))
+        wanted = read_config(triton.repo / model / "config.pbtxt")
+        triton.configs[model] = serve if serve is not None else wanted
+        triton.loaded[model] = {1}
+        raise LoadError(OUTDATED)
+
+    triton.load_model = overtaken  # type: ignore[method-assign]
+
+
+def served_step(triton: FakeTriton, name: str) -> tuple[str, int]:
+    [step] = triton.configs[name].ensemble_scheduling.step
+    return step.model_name, step.model_version
+
+
+def test_a_change_whose_load_was_overtaken_by_one_serving_it_as_asked_succeeds(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, _ = setup
+    endpoints.switch("ep", "m", 1)
+    overtake_loads(triton, "ep", 1, serve=None)
+    triton.calls.clear()
+    state = endpoints.switch("ep", "m", 2)
+    assert state.targets == [Target("m", 2, 100.0)]
+    assert served_step(triton, "ep") == ("m", 2)
+    assert [c for c in triton.calls if c[1] == "ep"] == [("overtaken", "ep")]  # not again
+
+
+def test_a_change_whose_load_was_overtaken_by_one_serving_the_old_config_loads_again(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    old = read_config(repo / "ep" / "config.pbtxt")
+    overtake_loads(triton, "ep", 1, serve=old)
+    triton.calls.clear()
+    endpoints.switch("ep", "m", 2)
+    assert served_step(triton, "ep") == ("m", 2)
+    assert [c for c in triton.calls if c[1] == "ep"] == [("overtaken", "ep"), ("load", "ep")]
+    # the router too: the old ensemble overtook its load, the router is loaded again
+    overtake_loads(triton, "ep", 1, serve=read_config(repo / "ep" / "config.pbtxt"))
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert triton.configs["ep"].backend == "python"
+    assert endpoints.get("ep").mode == ROUTED
+
+
+def test_a_change_overtaken_twice_fails_and_keeps_the_previous_endpoint(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    before = endpoints.get("ep")
+    old = read_config(repo / "ep" / "config.pbtxt")
+    for attempt in (
+        lambda: endpoints.switch("ep", "m", 2),
+        lambda: endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)]),
+    ):
+        overtake_loads(triton, "ep", 2, serve=old)
+        with pytest.raises(EndpointError, match=r"overtook this change's load twice.*Newer op"):
+            attempt()
+        assert endpoints.get("ep") == before
+        assert read_config(repo / "ep" / "config.pbtxt") == old
+        assert served_step(triton, "ep") == ("m", 1)
+        assert triton.loaded["m"] == {1}  # the version loaded for the change is retired
+
+
+def test_an_overtaken_native_router_load_is_not_taken_for_a_refusal(
+    tmp_path: Path, fake_library: bytes
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_model(repo, "m")
+    triton = FakeTriton(repo)
+    endpoints = Endpoints(Repository(repo), triton)  # backend "auto": native here
+    endpoints.switch("ep", "m", 1)
+    old = read_config(repo / "ep" / "config.pbtxt")
+    overtake_loads(triton, "ep", 2, serve=old)
+    with pytest.raises(EndpointError, match="overtook"):
+        endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    library = Path(os.environ["TRITONCTL_ROUTER_LIBRARY"])
+    assert endpoints.native_refusal(library) is None  # the next split tries it again
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    assert triton.configs["ep"].backend.startswith("tritonctl_router")
+
+
+def test_a_change_of_a_pinned_endpoint_holds_the_lock_of_the_model_it_calls_now(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """A load of that model by another process (which takes its lock) reloads the
+    endpoint's ensemble with the config it had when that load began: it must not overlap
+    the change's own load of the endpoint."""
+    import threading
+
+    endpoints, triton, repo = setup
+    publish_model(repo, "other")
+    endpoints.switch("ep", "m", 1)
+    original = triton.load_model
+    free_during_load: list[bool] = []
+
+    def load(name: str, config: str | None = None) -> None:
+        if name == "ep":
+            # the lock is asked from another thread, as another process would
+            outcome: list[bool] = []
+
+            def try_it() -> None:
+                with Repository(repo).try_lock("m") as held:
+                    outcome.append(held)
+
+            worker = threading.Thread(target=try_it)
+            worker.start()
+            worker.join()
+            free_during_load.extend(outcome)
+        original(name, config)
+
+    triton.load_model = load  # type: ignore[method-assign]
+    endpoints.switch("ep", "other", 1)
+    assert free_during_load == [False]
+    # a routed endpoint calls no model: its old targets are not held
+    endpoints.split("ep", [Target("m", 1, 50), Target("other", 1, 50)])
+    free_during_load.clear()
+    endpoints.switch("ep", "other", 1)
+    assert free_during_load == [True]
+
+
+def test_restore_loads_an_endpoint_again_that_triton_serves_with_another_config(
+    setup: tuple[Endpoints, FakeTriton, Path],
+) -> None:
+    """Another client's reload of a model the ensemble calls can put an old ensemble back
+    after a change returned; restoring the endpoint serves it as its routes say."""
+    endpoints, triton, repo = setup
+    endpoints.switch("ep", "m", 1)
+    old = read_config(repo / "ep" / "config.pbtxt")
+    endpoints.switch("ep", "m", 2)
+    triton.configs["ep"] = old
+    triton.calls.clear()
+    endpoints.ensure("ep")
+    assert ("load", "ep") in triton.calls
+    assert served_step(triton, "ep") == ("m", 2)
+    triton.calls.clear()
+    endpoints.ensure("ep")  # served as its routes say: nothing to load
+    assert ("load", "ep") not in triton.calls
+    endpoints.split("ep", [Target("m", 1, 50), Target("m", 2, 50)])
+    triton.configs["ep"] = old
+    triton.calls.clear()
+    endpoints.ensure("ep")
+    assert ("load", "ep") in triton.calls
+    assert triton.configs["ep"].backend == "python"
