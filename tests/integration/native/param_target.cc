@@ -11,14 +11,6 @@
 
 extern "C" {
 TRITONSERVER_Error* TRITONBACKEND_ModelVersion(TRITONBACKEND_Model* model, uint64_t* version);
-TRITONSERVER_Error* TRITONBACKEND_ResponseSetStringParameter(
-    TRITONBACKEND_Response* response, const char* name, const char* value);
-TRITONSERVER_Error* TRITONBACKEND_ResponseSetIntParameter(
-    TRITONBACKEND_Response* response, const char* name, const int64_t value);
-TRITONSERVER_Error* TRITONBACKEND_ResponseSetBoolParameter(
-    TRITONBACKEND_Response* response, const char* name, const bool value);
-TRITONSERVER_Error* TRITONBACKEND_ResponseSetDoubleParameter(
-    TRITONBACKEND_Response* response, const char* name, const double value);
 }
 
 #define EXPORT extern "C" __attribute__((visibility("default")))
