@@ -257,6 +257,12 @@ class StateCollector(Collector):
             "or abort it).",
             ("endpoint",),
         )
+        report = _gauge(
+            "rollout_driver_last_report_seconds",
+            "Seconds since the driver of an active rollout last reported (it does every 5 s "
+            "while it drives: much more means it hangs or died).",
+            ("endpoint",),
+        )
         for state in states:
             for name in ROLLOUT_STATUSES:
                 status.add_metric([state.endpoint, name], 1 if state.status == name else 0)
@@ -265,7 +271,10 @@ class StateCollector(Collector):
             stage.add_metric(key, state.stage_index)
             if state.status in ACTIVE:
                 driver.add_metric([state.endpoint], 1 if state.driver_alive() else 0)
-        yield from (status, weight, stage, driver)
+                age = state.driver_seen_ago()
+                if age is not None:
+                    report.add_metric([state.endpoint], max(age, 0.0))
+        yield from (status, weight, stage, driver, report)
 
 
 class RequestMetrics:

@@ -846,6 +846,27 @@ def test_rollout_errors_are_404_unknown_409_conflict_400_bad_policy(
 # --------------------------------------------------------------------------- metrics
 
 
+def test_metrics_report_how_long_ago_a_rollout_driver_last_reported(
+    repo: Path, fake: FakeTriton, workers: list[tuple[str, str]]
+) -> None:
+    from manager.rollout import _stamp
+
+    with make_client(repo, fake) as c:
+        c.post("/v1/endpoints/ep/switch", json={"to": "m:1"})
+        c.post("/v1/rollouts/ep/start", json={"to": 2})
+        parsed = samples(c.get("/metrics").text)
+        # no driver has reported yet (the worker is recorded, not started)
+        assert not [k for k in parsed if k[0] == "tritonctl_rollout_driver_last_report_seconds"]
+        store = RolloutStore(Repository(repo))
+        state = store.load("ep")
+        assert state is not None
+        state.driver_pid, state.driver_heartbeat = 4242, _stamp(time.time() - 12)
+        store.save(state)
+        parsed = samples(c.get("/metrics").text)
+    age = value(parsed, "tritonctl_rollout_driver_last_report_seconds", endpoint="ep")
+    assert 12 <= age < 20
+
+
 def test_metrics_report_models_memory_endpoints_rollouts_and_requests(
     repo: Path, fake: FakeTriton, workers: list[tuple[str, str]]
 ) -> None:
