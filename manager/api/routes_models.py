@@ -101,14 +101,15 @@ def load(name: str, plane: Plane, body: schemas.LoadRequest | None = None) -> sc
     budget the load first makes room (evicting what the policy picks) or is refused with
     409 before anything is loaded (``tritonctl load``)."""
     request = body or schemas.LoadRequest()
-    with plane.control() as control:
+    config = plane.serving_config()
+    wait_timeout = request.wait_timeout
+    if wait_timeout is None:
+        wait_timeout = plane.timeouts(config).load
+        assert wait_timeout is not None
+    # a wait longer than the load timeout gets a load call that may take as long
+    with plane.control(load_timeout=wait_timeout) as control:
         result = load_model(
-            control,
-            plane.repo,
-            plane.serving_config(),
-            name,
-            request.version,
-            wait_timeout=request.wait_timeout,
+            control, plane.repo, config, name, request.version, wait_timeout=wait_timeout
         )
     return schemas.LoadAnswer.model_validate(result.to_json())
 

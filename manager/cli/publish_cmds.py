@@ -342,7 +342,7 @@ def prune_cmd(
 
     repo = Repository(obj.repo)
     repo.require()
-    in_use = versions_in_use(repo, name, obj.url, offline=offline)
+    in_use = versions_in_use(repo, name, obj.url, offline=offline, timeouts=obj.timeouts())
     result = prune_versions(repo, name, keep, in_use=in_use, dry_run=dry_run)
     if as_json:
         print_json({**result.to_dict(), "dry_run": dry_run})
