@@ -90,7 +90,12 @@ def publish_version(name: str, body: schemas.PublishRequest, plane: Plane) -> sc
         link=body.link,
         as_embedder=body.as_embedder,
     )
-    verify = smoke_verifier(body.smoke_test, host_path(body.golden, "golden"), body.staging_url)
+    verify = smoke_verifier(
+        body.smoke_test,
+        host_path(body.golden, "golden"),
+        body.staging_url,
+        timeouts=plane.timeouts() if body.smoke_test else None,
+    )
     result = publish(plane.repository, name, artifact, options, verify=verify)
     return schemas.PublishAnswer.model_validate(result.to_dict())
 

@@ -409,3 +409,101 @@ def test_api_serve_hands_the_global_timeouts_to_the_control_plane(
     )
     assert result.exit_code == 0, result.output
     assert planes[0].timeouts() == Timeouts(1800, 45, 5)
+
+
+# --------------------------------------------------------------------------- smoke tests
+
+
+@pytest.fixture
+def load_hangs() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a Triton that is live and never answers a load."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_GET(self) -> None:
+            self._answer(200 if self.path == "/v2/health/live" else 404)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.endswith("/load"):
+                release.wait(60)
+            self._answer(200)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_smoke_tests_load_takes_the_load_timeout_it_is_given(
+    load_hangs: str, tmp_path: Path
+) -> None:
+    import time
+
+    from manager.errors import LoadError
+    from manager.modelconfig import TensorSpec, build_config
+    from manager.smoke import smoke_test
+
+    spec = TensorSpec("x", "FP32", (-1,))
+    config = build_config("m", [spec], [spec], backend="python", kind="cpu")
+    started = time.monotonic()
+    with pytest.raises(LoadError, match=f"no answer from {load_hangs} within 1 s"):
+        smoke_test(tmp_path, config, 1, [], url=load_hangs, timeouts=Timeouts(load=1))
+    assert time.monotonic() - started < 10
+
+
+def test_publish_smoke_tests_within_the_timeouts_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from manager import publish as publish_module
+    from manager import smoke
+
+    given: list[Timeouts | None] = []
+
+    def smoke_test(*args: Any, timeouts: Timeouts | None = None, **options: Any) -> int:
+        given.append(timeouts)
+        raise ManagerError("smoke tested")
+
+    monkeypatch.setattr(smoke, "smoke_test", smoke_test)
+    verify = publish_module.smoke_verifier(True, timeouts=Timeouts(1800, 45, 9))
+    assert verify is not None
+    (tmp_path / "1").mkdir()
+    with pytest.raises(ManagerError, match="smoke tested"):
+        verify(tmp_path, None)  # type: ignore[arg-type]
+    assert given == [Timeouts(1800, 45, 9)]
+
+    from manager.cli import publish_cmds
+
+    verifiers: list[Timeouts | None] = []
+
+    def smoke_verifier(*args: Any, timeouts: Timeouts | None = None) -> None:
+        verifiers.append(timeouts)
+        raise ManagerError("stop")
+
+    monkeypatch.setattr(publish_cmds, "smoke_verifier", smoke_verifier)
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"")
+    code, out = cli(
+        tmp_path / "repo", "--load-timeout", "1800", "publish", "m", str(artifact), "--smoke-test"
+    )
+    assert code == 1 and "error: stop" in out
+    assert verifiers == [Timeouts(1800, 30, 5)], out
