@@ -59,7 +59,8 @@ def serve(
 
     The global options apply as to every command: --repo, --url (else the embedded server
     of --repo, looked up on every request), --config, --memory-limit, --max-models,
-    --policy, --load-timeout, --call-timeout and --connect-timeout. Routes and metrics are listed in docs/api.md; /docs has the OpenAPI page.
+    --policy, --load-timeout, --call-timeout and --connect-timeout. Routes and metrics
+    are listed in docs/api.md; /docs has the OpenAPI page.
     """
     import uvicorn
 
