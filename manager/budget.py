@@ -17,8 +17,13 @@ A memory limit is written as
     high_watermark: 0.95      # the controller evicts when used > 95 % of the limit ...
     low_watermark: 0.85       # ... down to 85 % of it
     pinned: [encoder, router]  # never evicted
+    timeouts:                 # seconds tritonctl waits for Triton (see manager.timeouts)
+      load: 1800
+      call: 30
+      connect: 5
 
-Settings given on the command line override the file.
+Settings given on the command line override the file (the timeouts: the command line,
+then the environment, then the file).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from manager.errors import ConfigError, InvalidNameError
 from manager.names import validate_model_name
 from manager.policies import DEFAULT_POLICY, policy_names
 from manager.settings import SETTINGS_FILE
+from manager.timeouts import Timeouts, env_timeouts, parse_timeouts_section
 from manager.units import format_size, parse_size
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "parse_memory_limit",
     "parse_serving_config",
     "parse_size",
+    "resolve_control_timeouts",
     "resolve_serving_config",
 ]
 
@@ -210,6 +217,8 @@ class ServingConfig:
     budget: MemoryBudget = field(default_factory=MemoryBudget)
     eviction_policy: str = DEFAULT_POLICY
     pinned: frozenset[str] = frozenset()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """The ``timeouts:`` section: what it leaves unset is not set here."""
     source: Path | None = None
     """The file the settings came from, None for defaults only."""
 
@@ -233,6 +242,7 @@ _KNOWN_KEYS = (
     "high_watermark",
     "low_watermark",
     "pinned",
+    "timeouts",
 )
 
 
@@ -264,6 +274,7 @@ def parse_serving_config(data: Any, source: Path | None = None) -> ServingConfig
             budget=budget,
             eviction_policy=policy,
             pinned=_parse_pinned(data.get("pinned")),
+            timeouts=parse_timeouts_section(data.get("timeouts")),
             source=source,
         )
     except ConfigError as exc:
@@ -339,6 +350,31 @@ def resolve_serving_config(
     if max_models is not None:
         budget = replace(budget, max_models=max_models)
     return replace(config, budget=budget, eviction_policy=eviction_policy or config.eviction_policy)
+
+
+def resolve_control_timeouts(
+    given: Timeouts | None = None,
+    repo: Path | None = None,
+    config_file: Path | None = None,
+    *,
+    config: ServingConfig | None = None,
+) -> Timeouts:
+    """The timeouts of a Triton control: ``given`` (the command line, keyword arguments),
+    then ``TRITONCTL_LOAD_TIMEOUT``, ``TRITONCTL_CALL_TIMEOUT`` and
+    ``TRITONCTL_CONNECT_TIMEOUT``, then the ``timeouts:`` of ``config`` (else of the
+    settings file: ``config_file``, else ``<repo>/tritonctl.yaml``; read only when the
+    options and the environment leave a timeout unset), then the defaults."""
+    timeouts = (given or Timeouts()).over(env_timeouts())
+    if not timeouts.complete:
+        if config is None:
+            path = config_file
+            if path is None and repo is not None:
+                path = find_config_file(repo)
+            if path is not None:
+                config = load_serving_config(path)
+        if config is not None:
+            timeouts = timeouts.over(config.timeouts)
+    return timeouts.with_defaults()
 
 
 class ServingOptions:

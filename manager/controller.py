@@ -289,7 +289,9 @@ class Controller:
 
     ``control`` is a :class:`manager.triton.TritonControl` (or a fake), ``repo`` the
     repository the server serves (footprints, pins, endpoints, rollouts and the audit log
-    live in its ``.tritonctl`` folder). Thread-safe: every operation holds one lock.
+    live in its ``.tritonctl`` folder). ``load_timeout``: seconds a load of
+    :meth:`ensure_loaded` is waited for (default: the control's load timeout,
+    ``control.timeout``, else 600). Thread-safe: every operation holds one lock.
     """
 
     def __init__(
@@ -301,7 +303,7 @@ class Controller:
         policy: EvictionPolicy | None = None,
         meter: MemoryMeter | None = None,
         audit: AuditLog | None = None,
-        load_timeout: float = serving.DEFAULT_LOAD_TIMEOUT_S,
+        load_timeout: float | None = None,
         unload_timeout: float = serving.DEFAULT_UNLOAD_TIMEOUT_S,
     ) -> None:
         self.control = control
@@ -312,7 +314,9 @@ class Controller:
         self.footprints = FootprintStore(self.repo)
         self.pins = PinStore(self.repo)
         self.audit = audit or AuditLog(self.repo)
-        self.load_timeout = load_timeout
+        if load_timeout is None:
+            load_timeout = getattr(control, "timeout", serving.DEFAULT_LOAD_TIMEOUT_S)
+        self.load_timeout: float = load_timeout
         self.unload_timeout = unload_timeout
         self.stats = ControllerStats()
         self._lock = threading.RLock()

@@ -53,7 +53,10 @@ class DynamicModelManager:
     ``tritonctl.yaml`` does (``12GB``, ``12GiB``, ``0.8`` of the device). ``eviction_policy``
     is one of ``lru``, ``fifo``, ``memory_pressure``, ``gdsf``, ``gdsf_decay``. ``pinned``
     models are never evicted (besides those pinned in the config or with ``tritonctl pin``).
-    ``control`` (a ``TritonControl`` or a fake) replaces the connection made from ``url``.
+    ``control`` (a ``TritonControl`` or a fake) replaces the connection made from ``url``;
+    that one's ``timeout`` (a load), ``call_timeout`` and ``connect_timeout`` are these
+    arguments if given, else ``TRITONCTL_LOAD_TIMEOUT`` ..., else the ``timeouts:`` of the
+    settings file, else 600, 30 and 5 s (see ``TritonControl.connect``).
     """
 
     def __init__(
@@ -68,6 +71,9 @@ class DynamicModelManager:
         pinned: Iterable[str] = (),
         config_file: str | os.PathLike[str] | None = None,
         control: ModelControl | None = None,
+        timeout: float | None = None,
+        call_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         if memory_limit_gb is not None and memory_limit is not None:
             raise ConfigError("give memory_limit_gb or memory_limit, not both")
@@ -86,7 +92,14 @@ class DynamicModelManager:
         extra = frozenset(validate_model_name(n, what="pinned model") for n in pinned)
         self.config: ServingConfig = replace(config, pinned=config.pinned | extra)
         self._owns_control = control is None
-        self.control: ModelControl = control or TritonControl.connect(url, self.repo)
+        self.control: ModelControl = control or TritonControl.connect(
+            url,
+            self.repo,
+            config=self.config,
+            timeout=timeout,
+            call_timeout=call_timeout,
+            connect_timeout=connect_timeout,
+        )
         self.controller = Controller(self.control, self.repo, self.config)
         self._flight_lock = threading.Lock()
         self._in_flight: dict[_Key, concurrent.futures.Future[EnsureResult]] = {}

@@ -48,6 +48,7 @@ from manager.repository import (
     write_json_atomic,
 )
 from manager.runtime import RUNTIME_ENV, resolve_runtime
+from manager.timeouts import Timeouts
 from manager.versionconfig import check_new_version, make_config, read_user_config
 
 log = logging.getLogger(__name__)
@@ -346,9 +347,10 @@ def publish(
 
 
 def make_verifier(
-    golden_dir: Path | None, staging_url: str | None
+    golden_dir: Path | None, staging_url: str | None, timeouts: Timeouts | None = None
 ) -> Callable[[Path, mc.ModelConfig], None]:
-    """A ``verify`` hook for :func:`publish` that smoke-tests the staged version."""
+    """A ``verify`` hook for :func:`publish` that smoke-tests the staged version (its load
+    within ``timeouts``, see :func:`manager.smoke.smoke_test`)."""
     from manager.golden import load_cases
     from manager.smoke import smoke_test
 
@@ -356,13 +358,17 @@ def make_verifier(
 
     def verify(staged_model: Path, config: mc.ModelConfig) -> None:
         versions = [int(p.name) for p in staged_model.iterdir() if p.is_dir() and p.name.isdigit()]
-        smoke_test(staged_model, config, versions[0], cases, url=staging_url)
+        smoke_test(staged_model, config, versions[0], cases, url=staging_url, timeouts=timeouts)
 
     return verify
 
 
 def smoke_verifier(
-    smoke_test: bool, golden_dir: Path | None = None, staging_url: str | None = None
+    smoke_test: bool,
+    golden_dir: Path | None = None,
+    staging_url: str | None = None,
+    *,
+    timeouts: Timeouts | None = None,
 ) -> Callable[[Path, mc.ModelConfig], None] | None:
     """The ``verify`` hook of ``publish --smoke-test [--golden DIR] [--staging-url URL]``:
     None without a smoke test (golden requests or a staging server alone are refused)."""
@@ -370,7 +376,7 @@ def smoke_verifier(
         if golden_dir is not None or staging_url:
             raise ConfigError("golden requests and a staging URL are for the smoke test only")
         return None
-    return make_verifier(golden_dir, staging_url)
+    return make_verifier(golden_dir, staging_url, timeouts)
 
 
 def _who() -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
@@ -57,6 +58,7 @@ from manager.rollout import (
     request_action,
     stats_reader,
 )
+from manager.timeouts import OPTIONS, Timeouts
 from manager.triton import TritonControl
 
 log = logging.getLogger(__name__)
@@ -277,7 +279,7 @@ def start_in_background(
     ``tritonctl rollout start`` does without ``--wait``). Returns the recorded state and
     the worker's pid."""
     state = begin_rollout(repo, control, endpoint, to_version, policy)
-    return state, spawn_worker(repo, control.url, endpoint)
+    return state, spawn_worker(repo, control.url, endpoint, _timeouts_of(control))
 
 
 def resumable(repo: Repository, endpoint: str) -> RolloutState:
@@ -301,11 +303,28 @@ def resume_in_background(
     Returns its state and the worker's pid."""
     state = resumable(repo, endpoint)
     require_server(control, f"the rollout of {endpoint!r} was not resumed")
-    return state, spawn_worker(repo, control.url, endpoint)
+    return state, spawn_worker(repo, control.url, endpoint, _timeouts_of(control))
 
 
-def spawn_worker(repo: Repository, url: str, endpoint: str) -> int:
-    """Run the rollout of ``endpoint`` in a detached ``tritonctl rollout run`` process."""
+def _timeouts_of(control: TritonControl) -> Timeouts:
+    """The timeouts ``control`` was made with (a fake's: none)."""
+    return Timeouts(
+        load=getattr(control, "timeout", None),
+        call=getattr(control, "call_timeout", None),
+        connect=getattr(control, "connect_timeout", None),
+    )
+
+
+def spawn_worker(
+    repo: Repository, url: str, endpoint: str, timeouts: Timeouts | None = None
+) -> int:
+    """Run the rollout of ``endpoint`` in a detached ``tritonctl rollout run`` process,
+    whose Triton control gets ``timeouts`` (those of the caller's control: the worker
+    does not resolve them again from options it was not given)."""
+    options: list[str] = []
+    for key, value in (timeouts or Timeouts()).to_dict().items():
+        if value is not None:
+            options += [OPTIONS[key], repr(value)]
     log_path = repo.meta_dir / "rollouts" / f"{endpoint}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
@@ -318,6 +337,7 @@ def spawn_worker(repo: Repository, url: str, endpoint: str) -> int:
                 str(repo.path),
                 "--url",
                 url,
+                *options,
                 "-v",
                 "rollout",
                 "run",
@@ -428,11 +448,17 @@ async def astart_rollout(
     endpoint: str,
     to_version: int,
     policy: RolloutPolicy | None = None,
+    *,
+    timeout: float | None = None,
+    call_timeout: float | None = None,
+    connect_timeout: float | None = None,
 ) -> RolloutState:
     """Start a rollout and await its end (promoted or rolled back), as ``tritonctl rollout
     start --wait`` does. ``url`` None resolves as the CLI does without ``--url``
     (``TRITONCTL_URL``, else the embedded server of ``repo``, else
-    ``http://localhost:8000``); the embedded server's metrics URL comes with it.
+    ``http://localhost:8000``); the embedded server's metrics URL comes with it. The
+    timeouts, if not given, resolve as the CLI's (``TRITONCTL_LOAD_TIMEOUT`` ..., the
+    ``timeouts:`` of the repository's ``tritonctl.yaml``, the defaults).
 
     The rollout is driven in a worker thread. Cancelled (``asyncio.timeout``, a cancelled
     task), it stops being driven at the driver's next poll, as ``rollout start --wait``
@@ -446,8 +472,14 @@ async def astart_rollout(
         if stop.wait(seconds):
             raise _DriverStopped
 
+    options: dict[str, Any] = {
+        "timeout": timeout,
+        "call_timeout": call_timeout,
+        "connect_timeout": connect_timeout,
+    }
+
     def work() -> RolloutState | None:
-        with TritonControl.connect(url, repository.path) as control:
+        with TritonControl.connect(url, repository.path, **options) as control:
             state = begin_rollout(
                 repository, control, endpoint, to_version, policy or RolloutPolicy()
             )
@@ -500,18 +532,29 @@ async def aswitch(
     *,
     force: bool = False,
     drain: bool = True,
+    timeout: float | None = None,
+    call_timeout: float | None = None,
+    connect_timeout: float | None = None,
 ) -> EndpointState:
     """Point ``endpoint`` at ``model`` (``version`` or its newest) and await it, as
     ``tritonctl endpoint switch`` does: within the memory budget of the repository's
     ``tritonctl.yaml`` (room is made by its eviction policy, or the switch is refused
     before anything is loaded). A model with other inputs or outputs than the endpoint's
     is refused unless ``force``. The sequences under way on a stateful endpoint end first
-    unless not ``drain``. ``url`` None resolves as for :func:`astart_rollout`."""
+    unless not ``drain``. ``url`` None, and the timeouts, resolve as for
+    :func:`astart_rollout`."""
     repository = repo if isinstance(repo, Repository) else Repository(repo)
 
     def work() -> EndpointState:
         config = resolve_serving_config(repository.path)
-        with TritonControl.connect(url, repository.path) as control:
+        with TritonControl.connect(
+            url,
+            repository.path,
+            config=config,
+            timeout=timeout,
+            call_timeout=call_timeout,
+            connect_timeout=connect_timeout,
+        ) as control:
             endpoints = Endpoints(
                 repository, control, admission=admission(control, repository.path, config)
             )

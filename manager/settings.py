@@ -1,4 +1,4 @@
-"""Where the manager looks for its repository, server URL and config file."""
+"""Where the manager looks for its repository, server URL, timeouts and config file."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ DEFAULT_URL = "http://localhost:8000"
 REPO_ENV = "TRITONCTL_REPO"
 URL_ENV = "TRITONCTL_URL"
 METRICS_URL_ENV = "TRITONCTL_METRICS_URL"
+LOAD_TIMEOUT_ENV = "TRITONCTL_LOAD_TIMEOUT"
+CALL_TIMEOUT_ENV = "TRITONCTL_CALL_TIMEOUT"
+CONNECT_TIMEOUT_ENV = "TRITONCTL_CONNECT_TIMEOUT"
 META_DIR = ".tritonctl"
 SETTINGS_FILE = "tritonctl.yaml"  # serving settings, in the repository root
 

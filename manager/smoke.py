@@ -13,6 +13,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from manager.golden import (
 from manager.infer import infer
 from manager.modelconfig import is_decoupled
 from manager.repository import CONFIG_FILE
+from manager.timeouts import Timeouts
 from manager.triton import (
     CALL_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -72,28 +74,48 @@ def throwaway_server(*, use_grpc: bool = False) -> Iterator[tuple[str, Path]]:
 
 
 LOAD_TIMEOUT_S = 600.0
-"""How long a smoke test waits for Triton to answer its load, over HTTP and gRPC alike."""
+"""How long a smoke test waits for Triton to answer its load, over HTTP and gRPC alike
+(unless given another load timeout)."""
 UNLOAD_TIMEOUT_S = CALL_TIMEOUT_S
-"""How long it waits for Triton to answer the unload after."""
+"""How long it waits for Triton to answer the unload after (unless given a call timeout)."""
 
 
-def _client(url: str) -> object:
+@dataclass(frozen=True)
+class _Limits:
+    load: float
+    call: float
+    connect: float
+
+
+def _limits(timeouts: Timeouts | None) -> _Limits:
+    """The seconds of a smoke test: ``timeouts``' where set, else this module's."""
+    given = timeouts or Timeouts()
+    return _Limits(
+        load=given.load if given.load is not None else LOAD_TIMEOUT_S,
+        call=given.call if given.call is not None else UNLOAD_TIMEOUT_S,
+        connect=given.connect if given.connect is not None else CONNECT_TIMEOUT_S,
+    )
+
+
+def _client(url: str, limits: _Limits) -> object:
     endpoint = parse_url(url)
     if endpoint.protocol == "grpc":
         import tritonclient.grpc as grpcclient
 
-        return grpcclient.InferenceServerClient(endpoint.address, channel_args=grpc_channel_args())
+        return grpcclient.InferenceServerClient(
+            endpoint.address, channel_args=grpc_channel_args(limits.connect)
+        )
     import tritonclient.http as httpclient
 
     return httpclient.InferenceServerClient(
-        endpoint.address, connection_timeout=LOAD_TIMEOUT_S, network_timeout=LOAD_TIMEOUT_S
+        endpoint.address, connection_timeout=limits.load, network_timeout=limits.load
     )
 
 
-def _timeout_kw(url: str) -> dict[str, float]:
-    """The per-call timeout of a gRPC client's load (an HTTP client has its own,
-    LOAD_TIMEOUT_S)."""
-    return {"client_timeout": LOAD_TIMEOUT_S} if parse_url(url).protocol == "grpc" else {}
+def _timeout_kw(url: str, limits: _Limits) -> dict[str, float]:
+    """The per-call timeout of a gRPC client's load (an HTTP client has its own, the
+    load timeout)."""
+    return {"client_timeout": limits.load} if parse_url(url).protocol == "grpc" else {}
 
 
 def smoke_test(
@@ -103,18 +125,29 @@ def smoke_test(
     cases: list[GoldenCase],
     *,
     url: str | None = None,
+    timeouts: Timeouts | None = None,
 ) -> int:
     """Load the staged model and check ``cases`` against it; return the cases checked.
 
-    ``url``: a staging server; None starts a throwaway embedded server.
-    Raises ``GoldenMismatch`` naming the tensor, or ``LoadError`` with Triton's reason.
+    ``url``: a staging server; None starts a throwaway embedded server. ``timeouts``: how
+    long the load, the unload after and connecting may take (those it leaves unset: 600,
+    30 and 5 s). Raises ``GoldenMismatch`` naming the tensor, or ``LoadError`` with
+    Triton's reason.
     """
     check_inputs_match_config(config, cases)  # before any server is asked
     if url is None:
         # a decoupled model answers over a gRPC stream only
         with throwaway_server(use_grpc=is_decoupled(config)) as (local_url, local_repo):
-            return _run(local_url, staged_model, config, version, cases, local_repo=local_repo)
-    return _run(url, staged_model, config, version, cases)
+            return _run(
+                local_url,
+                staged_model,
+                config,
+                version,
+                cases,
+                local_repo=local_repo,
+                limits=_limits(timeouts),
+            )
+    return _run(url, staged_model, config, version, cases, limits=_limits(timeouts))
 
 
 def _run(
@@ -125,6 +158,7 @@ def _run(
     cases: list[GoldenCase],
     *,
     local_repo: Path | None = None,
+    limits: _Limits,
 ) -> int:
     """``local_repo``: the repository of a server on this machine that is ours alone:
     the staged version is linked into it, rather than sent with the load request (which
@@ -146,10 +180,10 @@ def _run(
                 (local_repo / temp_name / entry.name).symlink_to(entry.absolute())
     else:
         files = model_files(staged_model)
-    client = _client(url)
+    client = _client(url, limits)
     answered = True  # whether the server answered the load, so there may be a model to unload
     try:
-        if not _answers_live(url):
+        if not _answers_live(url, limits):
             # e.g. a staging URL of another service: its answer to a load would be an
             # error page, not Triton's reason
             answered = False
@@ -158,10 +192,10 @@ def _run(
             )
         log.info("smoke test: loading %s as %s on %s", config.name, temp_name, url)
         late = f"smoke test: {config.name!r} did not load: no answer from {url} within "
-        late += f"{LOAD_TIMEOUT_S:g} s"
+        late += f"{limits.load:g} s"
         try:
             client.load_model(  # type: ignore[attr-defined]
-                temp_name, config=config_json, files=files, **_timeout_kw(url)
+                temp_name, config=config_json, files=files, **_timeout_kw(url, limits)
             )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
@@ -197,23 +231,26 @@ def _run(
     finally:
         try:
             if answered:
-                _unload(url, temp_name)
+                _unload(url, temp_name, limits)
         except ManagerError as exc:
             log.warning("smoke test: could not unload %s: %s", temp_name, exc)
         client.close()  # type: ignore[attr-defined]
 
 
-def _unload(url: str, name: str) -> None:
+def _unload(url: str, name: str, limits: _Limits) -> None:
     """Unload the temporary model ``name``: Triton answers an unload as soon as it has
-    started it, so a server that gives no answer in UNLOAD_TIMEOUT_S hangs."""
+    started it, so a server that gives no answer in the call timeout hangs."""
     with TritonControl(
-        url, call_timeout=UNLOAD_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+        url,
+        timeout=max(limits.load, limits.call),
+        call_timeout=limits.call,
+        connect_timeout=limits.connect,
     ) as control:
         control.unload_model(name)
 
 
-def _answers_live(url: str) -> bool:
+def _answers_live(url: str, limits: _Limits) -> bool:
     """Whether a Triton server at ``url`` answers its liveness request with live within
-    CONNECT_TIMEOUT_S (a server that hangs does not)."""
-    with TritonControl(url, connect_timeout=CONNECT_TIMEOUT_S) as control:
+    the connect timeout (a server that hangs does not)."""
+    with TritonControl(url, connect_timeout=limits.connect) as control:
         return control.is_live()

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from manager.budget import ServingConfig, resolve_control_timeouts
 from manager.errors import (
     LoadError,
     ManagerError,
@@ -34,18 +35,25 @@ from manager.errors import (
 )
 from manager.server import ServerInfo, read_record, urlopen_direct
 from manager.settings import DEFAULT_URL, METRICS_URL_ENV, URL_ENV
+from manager.timeouts import (
+    DEFAULT_CALL_TIMEOUT_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_LOAD_TIMEOUT_S,
+    from_control_options,
+    parse_timeout,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
-DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIMEOUT_S = DEFAULT_LOAD_TIMEOUT_S
 """Seconds a load may take (Triton answers a load once it is done)."""
-CALL_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = DEFAULT_CALL_TIMEOUT_S
 """Seconds any other call may take (Triton answers them at once; an unload once it is
 started): a server that gives no answer in this time hangs."""
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = DEFAULT_CONNECT_TIMEOUT_S
 
 T = TypeVar("T")
 
@@ -490,6 +498,7 @@ class _ControlBase:
     unload: Triton answers them at once), never more than ``timeout``; one that gets no
     answer in time raises :class:`~manager.errors.TritonTimeoutError`.
     ``connect_timeout``: seconds to connect, and for a health request.
+    Each is a positive, finite number (else a :class:`~manager.errors.ConfigError`).
     """
 
     def __init__(
@@ -503,9 +512,9 @@ class _ControlBase:
         connect_timeout: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.endpoint = parse_url(url, metrics_url=metrics_url, control_url=control_url)
-        self.timeout = timeout
-        self.call_timeout = min(call_timeout, timeout)
-        self.connect_timeout = connect_timeout
+        self.timeout = parse_timeout(timeout, "timeout")
+        self.call_timeout = min(parse_timeout(call_timeout, "call_timeout"), self.timeout)
+        self.connect_timeout = parse_timeout(connect_timeout, "connect_timeout")
         self._client: Any = None
 
     @classmethod
@@ -515,9 +524,21 @@ class _ControlBase:
         repo: Path | None = None,
         *,
         metrics_url: str | None = None,
+        config_file: Path | None = None,
+        config: ServingConfig | None = None,
         **kwargs: Any,
     ) -> _Control:
-        """A control for :func:`resolve_endpoint` ``(url, repo, metrics_url)``."""
+        """A control for :func:`resolve_endpoint` ``(url, repo, metrics_url)``, with the
+        timeouts resolved as the CLI resolves them: ``timeout``, ``call_timeout`` and
+        ``connect_timeout`` if given (not None), else ``TRITONCTL_LOAD_TIMEOUT``,
+        ``TRITONCTL_CALL_TIMEOUT`` and ``TRITONCTL_CONNECT_TIMEOUT``, else the
+        ``timeouts:`` of ``config`` (else of ``config_file``, else of
+        ``<repo>/tritonctl.yaml``), else the defaults (600, 30, 5 s). A bad value is a
+        :class:`~manager.errors.ConfigError`."""
+        timeouts = resolve_control_timeouts(
+            from_control_options(kwargs), repo, config_file, config=config
+        )
+        kwargs.update(timeouts.control_options())
         ep = resolve_endpoint(url, repo, metrics_url)
         return cls(ep.url, metrics_url=ep.metrics_url, control_url=ep.control_url, **kwargs)
 

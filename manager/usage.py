@@ -12,12 +12,18 @@ import os
 from manager.errors import TritonUnreachableError
 from manager.repository import Repository
 from manager.settings import URL_ENV
+from manager.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 
 
 def versions_in_use(
-    repo: Repository, name: str, url: str | None, *, offline: bool = False
+    repo: Repository,
+    name: str,
+    url: str | None,
+    *,
+    offline: bool = False,
+    timeouts: Timeouts | None = None,
 ) -> set[int]:
     """Versions of ``name`` in use.
 
@@ -25,7 +31,8 @@ def versions_in_use(
     else ``http://localhost:8000``. One that does not answer is an error
     (TritonUnreachableError: what it serves is unknown, and a server elsewhere may have
     loaded any version) unless ``offline``: then only the repository's own records
-    (endpoints, rollouts) count.
+    (endpoints, rollouts) count. ``timeouts``: those of the control (default: as
+    ``TritonControl.connect`` resolves them).
     """
     from manager.endpoints import Endpoints
     from manager.rollout import RolloutStore
@@ -34,7 +41,8 @@ def versions_in_use(
 
     used: set[int] = set()
     explicit = url or os.environ.get(URL_ENV)
-    with TritonControl.connect(explicit, repo.path) as control:
+    options = timeouts.control_options() if timeouts is not None else {}
+    with TritonControl.connect(explicit, repo.path, **options) as control:
         try:
             index = control.repository_index()
         except TritonUnreachableError as exc:

@@ -109,6 +109,9 @@ def create_app(
     memory_limit: str | None = None,
     max_models: int | None = None,
     policy: str | None = None,
+    load_timeout: float | None = None,
+    call_timeout: float | None = None,
+    connect_timeout: float | None = None,
     token: str | None = None,
     local_hosts_only: bool = False,
     control_factory: ControlFactory | None = None,
@@ -117,7 +120,10 @@ def create_app(
 
     ``triton_url`` None resolves as the CLI does without ``--url`` (``TRITONCTL_URL``, the
     embedded server of ``repo``, ``http://localhost:8000``); ``metrics_url``, ``config_file``,
-    ``memory_limit``, ``max_models`` and ``policy`` are the CLI's serving options. With
+    ``memory_limit``, ``max_models`` and ``policy`` are the CLI's serving options,
+    ``load_timeout``, ``call_timeout`` and ``connect_timeout`` its Triton timeouts (unset:
+    the environment, tritonctl.yaml, the defaults; the health check and the metrics
+    scrape keep to 5 s whatever they say). With
     ``token`` every route but health and ``/metrics`` needs ``Authorization: Bearer
     <token>``. ``local_hosts_only`` refuses requests whose ``Host`` is a name other than
     ``localhost`` (but for health and ``/metrics``), against DNS rebinding: for a control
@@ -132,6 +138,9 @@ def create_app(
         memory_limit=memory_limit,
         max_models=max_models,
         policy=policy,
+        load_timeout=load_timeout,
+        call_timeout=call_timeout,
+        connect_timeout=connect_timeout,
         control_factory=control_factory,
     )
     app = FastAPI(

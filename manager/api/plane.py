@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from manager.budget import ServingOptions
+from manager.budget import ServingConfig, ServingOptions, resolve_control_timeouts
 from manager.repository import Repository
+from manager.timeouts import Timeouts
 from manager.triton import TritonControl, check_metrics_url, parse_url
 
 ControlFactory = Callable[[], TritonControl]
@@ -25,7 +26,10 @@ class ControlPlane(ServingOptions):
     ``memory_limit``, ``max_models`` and ``policy`` are the CLI's ``--config``,
     ``--memory-limit``, ``--max-models`` and ``--policy``: the serving settings are read
     on every request (``tritonctl.yaml`` edits take effect), and checked once here so
-    that bad settings fail at start-up.
+    that bad settings fail at start-up. ``load_timeout``, ``call_timeout`` and
+    ``connect_timeout`` are ``--load-timeout``, ``--call-timeout`` and
+    ``--connect-timeout``: unset, each is taken from the environment, else from the
+    ``timeouts:`` of tritonctl.yaml (read on every request too), else the default.
     """
 
     def __init__(
@@ -38,6 +42,9 @@ class ControlPlane(ServingOptions):
         memory_limit: str | None = None,
         max_models: int | None = None,
         policy: str | None = None,
+        load_timeout: float | None = None,
+        call_timeout: float | None = None,
+        connect_timeout: float | None = None,
         control_factory: ControlFactory | None = None,
     ) -> None:
         self.repo = Path(repo)
@@ -47,10 +54,11 @@ class ControlPlane(ServingOptions):
         self.memory_limit = memory_limit
         self.max_models = max_models
         self.policy = policy
+        self.given_timeouts = Timeouts(load_timeout, call_timeout, connect_timeout)
         self._control_factory = control_factory
         if url is not None:
             parse_url(url)
-        self.serving_config()
+        self.timeouts(self.serving_config())
 
     def __repr__(self) -> str:
         return f"ControlPlane({str(self.repo)!r}, {self.url!r})"
@@ -59,15 +67,31 @@ class ControlPlane(ServingOptions):
     def repository(self) -> Repository:
         return Repository(self.repo)
 
+    def timeouts(self, config: ServingConfig | None = None) -> Timeouts:
+        """The Triton timeouts in effect: the options, the environment, the ``timeouts:``
+        of ``config`` (else of the settings file), the defaults."""
+        return resolve_control_timeouts(
+            self.given_timeouts, self.repo, self.config_file, config=config
+        )
+
     @contextmanager
-    def control(self, *, timeout: float | None = None) -> Iterator[TritonControl]:
-        """A Triton control for one request, closed after it (``timeout``: seconds for each
-        call instead of the default, for the metrics scrape). One made by a
-        ``control_factory`` belongs to the factory and is not closed."""
+    def control(
+        self, *, timeout: float | None = None, load_timeout: float | None = None
+    ) -> Iterator[TritonControl]:
+        """A Triton control for one request, closed after it, with the timeouts in effect.
+        ``timeout``: no call may take longer (connecting included), whatever the settings
+        say, for the health check and the metrics scrape, which must answer quickly.
+        ``load_timeout``: a load may take at least this long (a request's own longer wait).
+        One made by a ``control_factory`` belongs to the factory and is not closed."""
         if self._control_factory is not None:
             yield self._control_factory()
             return
-        options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+        timeouts = self.timeouts()
+        if timeout is not None:
+            timeouts = timeouts.within(timeout)
+        options: dict[str, Any] = timeouts.control_options()
+        if load_timeout is not None:
+            options["timeout"] = max(options["timeout"], load_timeout)
         with TritonControl.connect(
             self.url, self.repo, metrics_url=self.metrics_url, **options
         ) as control:

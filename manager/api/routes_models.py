@@ -90,7 +90,12 @@ def publish_version(name: str, body: schemas.PublishRequest, plane: Plane) -> sc
         link=body.link,
         as_embedder=body.as_embedder,
     )
-    verify = smoke_verifier(body.smoke_test, host_path(body.golden, "golden"), body.staging_url)
+    verify = smoke_verifier(
+        body.smoke_test,
+        host_path(body.golden, "golden"),
+        body.staging_url,
+        timeouts=plane.timeouts() if body.smoke_test else None,
+    )
     result = publish(plane.repository, name, artifact, options, verify=verify)
     return schemas.PublishAnswer.model_validate(result.to_dict())
 
@@ -101,14 +106,15 @@ def load(name: str, plane: Plane, body: schemas.LoadRequest | None = None) -> sc
     budget the load first makes room (evicting what the policy picks) or is refused with
     409 before anything is loaded (``tritonctl load``)."""
     request = body or schemas.LoadRequest()
-    with plane.control() as control:
+    config = plane.serving_config()
+    wait_timeout = request.wait_timeout
+    if wait_timeout is None:
+        wait_timeout = plane.timeouts(config).load
+        assert wait_timeout is not None
+    # a wait longer than the load timeout gets a load call that may take as long
+    with plane.control(load_timeout=wait_timeout) as control:
         result = load_model(
-            control,
-            plane.repo,
-            plane.serving_config(),
-            name,
-            request.version,
-            wait_timeout=request.wait_timeout,
+            control, plane.repo, config, name, request.version, wait_timeout=wait_timeout
         )
     return schemas.LoadAnswer.model_validate(result.to_json())
 

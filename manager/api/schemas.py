@@ -121,8 +121,11 @@ class VersionList(Answer):
 
 class LoadRequest(Body):
     version: int | None = Field(default=None, ge=1, description="Load only this version.")
-    wait_timeout: float = Field(
-        default=DEFAULT_LOAD_TIMEOUT_S, ge=0, description="Seconds to wait for READY."
+    wait_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds to wait for READY (default: the control plane's load timeout, "
+        f"--load-timeout, {DEFAULT_LOAD_TIMEOUT_S:g} unless set).",
     )
 
 

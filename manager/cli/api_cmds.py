@@ -58,8 +58,9 @@ def serve(
     """Serve the control plane of --repo and the Triton server of --url until Ctrl-C.
 
     The global options apply as to every command: --repo, --url (else the embedded server
-    of --repo, looked up on every request), --config, --memory-limit, --max-models and
-    --policy. Routes and metrics are listed in docs/api.md; /docs has the OpenAPI page.
+    of --repo, looked up on every request), --config, --memory-limit, --max-models,
+    --policy, --load-timeout, --call-timeout and --connect-timeout. Routes and metrics
+    are listed in docs/api.md; /docs has the OpenAPI page.
     """
     import uvicorn
 
@@ -75,6 +76,9 @@ def serve(
         memory_limit=obj.memory_limit,
         max_models=obj.max_models,
         policy=obj.policy,
+        load_timeout=obj.load_timeout,
+        call_timeout=obj.call_timeout,
+        connect_timeout=obj.connect_timeout,
         token=token or None,
         # without a token, a control plane on loopback answers by address or localhost
         # only: a web page that rebinds its own name to 127.0.0.1 must not drive it

@@ -11,8 +11,9 @@ import click
 
 from manager import settings
 from manager.budget import ServingConfig, ServingOptions
-from manager.cli.common import Context, ManagerGroup
+from manager.cli.common import SECONDS, Context, ManagerGroup
 from manager.policies import policy_names
+from manager.timeouts import env_timeouts
 
 
 @dataclass
@@ -88,6 +89,30 @@ class AppContext(ServingOptions, Context):
     default=None,
     help="Eviction policy (default: tritonctl.yaml's eviction_policy, else gdsf_decay).",
 )
+@click.option(
+    "--load-timeout",
+    type=SECONDS,
+    default=None,
+    metavar="S",
+    help="Seconds a load may take: Triton answers a load once the model is loaded (env "
+    "TRITONCTL_LOAD_TIMEOUT; else tritonctl.yaml's timeouts.load; default 600).",
+)
+@click.option(
+    "--call-timeout",
+    type=SECONDS,
+    default=None,
+    metavar="S",
+    help="Seconds every other call to Triton may take, never more than the load timeout "
+    "(env TRITONCTL_CALL_TIMEOUT; else timeouts.call; default 30).",
+)
+@click.option(
+    "--connect-timeout",
+    type=SECONDS,
+    default=None,
+    metavar="S",
+    help="Seconds to connect to Triton, and for a health check (env "
+    "TRITONCTL_CONNECT_TIMEOUT; else timeouts.connect; default 5).",
+)
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.version_option(package_name="tritonctl")
 @click.pass_context
@@ -100,6 +125,9 @@ def main(
     memory_limit: str | None,
     max_models: int | None,
     policy: str | None,
+    load_timeout: float | None,
+    call_timeout: float | None,
+    connect_timeout: float | None,
     verbose: int,
 ) -> None:
     """Manage NVIDIA Triton Inference Server model repositories."""
@@ -115,7 +143,11 @@ def main(
         memory_limit=memory_limit,
         max_models=max_models,
         policy=policy,
+        load_timeout=load_timeout,
+        call_timeout=call_timeout,
+        connect_timeout=connect_timeout,
     )
+    env_timeouts()  # a bad TRITONCTL_*_TIMEOUT fails every command, not only a later call
 
 
 pass_app = click.make_pass_decorator(AppContext)

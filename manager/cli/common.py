@@ -13,12 +13,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console, ConsoleDimensions
 
+from manager.budget import ServingConfig, resolve_control_timeouts
 from manager.errors import ManagerError
+from manager.timeouts import Timeouts
+
+if TYPE_CHECKING:
+    from manager.triton import TritonControl
 
 UNWRAPPED_WIDTH = 1_000_000
 """The width output that goes to a file or a pipe is laid out in: nothing is that long."""
@@ -75,6 +80,9 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+SECONDS = FiniteFloatRange(min=0, min_open=True)
+"""A timeout option's type: a positive, finite number of seconds."""
+
 console = CliConsole()
 err_console = CliConsole(stderr=True)
 
@@ -87,6 +95,29 @@ class Context:
     url: str | None = None
     config_file: Path | None = None
     metrics_url: str | None = None
+    load_timeout: float | None = None
+    call_timeout: float | None = None
+    connect_timeout: float | None = None
+
+    def timeouts(self, config: ServingConfig | None = None) -> Timeouts:
+        """The Triton timeouts in effect: the options, then the environment, then the
+        ``timeouts:`` of ``config`` (else of tritonctl.yaml or ``--config``), then the
+        defaults."""
+        given = Timeouts(self.load_timeout, self.call_timeout, self.connect_timeout)
+        return resolve_control_timeouts(given, self.repo, self.config_file, config=config)
+
+    def control(
+        self, config: ServingConfig | None = None, *, load_timeout: float | None = None
+    ) -> TritonControl:
+        """A Triton control for ``--url`` (else the embedded server of ``--repo``) with the
+        timeouts in effect; ``load_timeout``: at least this long for a load (a command's
+        own wait that is longer than the load timeout)."""
+        from manager.triton import TritonControl
+
+        options = self.timeouts(config).control_options()
+        if load_timeout is not None:
+            options["timeout"] = max(options["timeout"], load_timeout)
+        return TritonControl.connect(self.url, self.repo, metrics_url=self.metrics_url, **options)
 
 
 class ManagerGroup(click.Group):

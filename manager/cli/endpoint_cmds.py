@@ -71,7 +71,7 @@ def _budgeted(obj: Context, control: TritonControl, **options: Any) -> Endpoints
 
 
 def _control(obj: Context) -> TritonControl:
-    return TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url)
+    return obj.control()
 
 
 def _say(text: str) -> None:

@@ -19,7 +19,6 @@ from manager.cli.common import FiniteFloatRange, console, err_console, print_jso
 from manager.controller import Controller, EvictionPlan, EvictionPreview, set_pin, sole_loop
 from manager.errors import ManagerError
 from manager.repository import Repository
-from manager.triton import TritonControl
 from manager.units import format_size
 
 
@@ -31,9 +30,11 @@ def say(text: str) -> None:
 def open_controller(
     obj: AppContext, config: ServingConfig | None = None, **options: Any
 ) -> Iterator[Controller]:
-    """A controller for the server and repository of the global options."""
-    with TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url) as control:
-        yield Controller(control, obj.repo, config or obj.serving_config(), **options)
+    """A controller for the server and repository of the global options (the timeouts:
+    the options, the environment, then ``config``'s)."""
+    config = config or obj.serving_config()
+    with obj.control(config) as control:
+        yield Controller(control, obj.repo, config, **options)
 
 
 def _print_table(table: Table) -> None:

@@ -223,7 +223,9 @@ def publish_cmd(
     )
     if (golden_dir or staging_url) and not smoke_test:
         raise click.UsageError("--golden and --staging-url need --smoke-test")
-    verify = smoke_verifier(smoke_test, golden_dir, staging_url)
+    verify = smoke_verifier(
+        smoke_test, golden_dir, staging_url, timeouts=obj.timeouts() if smoke_test else None
+    )
     show_bar = not as_json and artifact.exists() and _size(artifact) >= LARGE_BYTES
     with _progress(show_bar) as progress:
         result = publish(
@@ -342,7 +344,7 @@ def prune_cmd(
 
     repo = Repository(obj.repo)
     repo.require()
-    in_use = versions_in_use(repo, name, obj.url, offline=offline)
+    in_use = versions_in_use(repo, name, obj.url, offline=offline, timeouts=obj.timeouts())
     result = prune_versions(repo, name, keep, in_use=in_use, dry_run=dry_run)
     if as_json:
         print_json({**result.to_dict(), "dry_run": dry_run})

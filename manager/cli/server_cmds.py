@@ -119,7 +119,7 @@ def start(
         _describe(i, verb="running")
         if restore:
             try:
-                _restore_endpoints(obj.repo, i)
+                _restore_endpoints(obj, i)
             except ManagerError as exc:
                 # The endpoints that did restore serve on: the server keeps running.
                 click.echo(f"error: {exc}", err=True)
@@ -139,7 +139,7 @@ def start(
     else:
         _describe(info, verb="started")
         if restore:
-            _restore_endpoints(obj.repo, info)
+            _restore_endpoints(obj, info)
 
 
 def _startup_args(repo: Path) -> list[str]:
@@ -155,14 +155,16 @@ def _startup_args(repo: Path) -> list[str]:
     return [*(f"--load-model={name}" for name in models), "--exit-on-error=false"]
 
 
-def _restore_endpoints(repo: Path, info: ServerInfo) -> None:
-    """Serve every endpoint of the repository again, with its targets (after a restart)."""
+def _restore_endpoints(obj: Context, info: ServerInfo) -> None:
+    """Serve every endpoint of the repository again, with its targets (after a restart),
+    within the timeouts in effect (--load-timeout ...)."""
     from manager.endpoints import Endpoints
     from manager.repository import Repository
     from manager.triton import TritonControl
 
-    with TritonControl.for_server(info, grpc=True) as control:
-        for state in Endpoints(Repository(repo), control).restore_all():
+    options = obj.timeouts().control_options()
+    with TritonControl.for_server(info, grpc=True, **options) as control:
+        for state in Endpoints(Repository(obj.repo), control).restore_all():
             say(f"endpoint {state.name} serving {', '.join(t.label() for t in state.targets)}")
 
 

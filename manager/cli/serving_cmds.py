@@ -24,7 +24,7 @@ def say(text: str) -> None:
 
 
 def _control(obj: Context) -> TritonControl:
-    return TritonControl.connect(obj.url, obj.repo, metrics_url=obj.metrics_url)
+    return obj.control()
 
 
 @main.command()
@@ -40,15 +40,15 @@ def _control(obj: Context) -> TritonControl:
 @click.option(
     "--wait-timeout",
     type=FiniteFloatRange(min=0),
-    default=serving.DEFAULT_LOAD_TIMEOUT_S,
-    show_default=True,
+    default=None,
+    metavar="S",
     help="Seconds to wait for the model to become READY; past them the command fails and "
-    "Triton goes on loading it.",
+    "Triton goes on loading it (default: the load timeout, --load-timeout, 600 s unless set).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
 def load(
-    obj: AppContext, name: str, version: int | None, wait_timeout: float, as_json: bool
+    obj: AppContext, name: str, version: int | None, wait_timeout: float | None, as_json: bool
 ) -> None:
     """Load model NAME on the server and wait until it is READY.
 
@@ -61,7 +61,11 @@ def load(
     """
     config = obj.serving_config()
     what = f"{name} version {version}" if version else name
-    with _control(obj) as control:
+    if wait_timeout is None:
+        wait_timeout = obj.timeouts(config).load
+        assert wait_timeout is not None
+    # a wait longer than the load timeout gets a load call that may take as long
+    with obj.control(config, load_timeout=wait_timeout) as control:
         doing = "making room for and loading" if budget_configured(config) else "loading"
         with console.status(f"{doing} {what} on {control.url}..."):
             result = load_model(control, obj.repo, config, name, version, wait_timeout=wait_timeout)

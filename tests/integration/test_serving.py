@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from click.testing import CliRunner
 
 from manager import serving
+from manager.cli import main
 from manager.errors import (
     LoadError,
     ModelNotFoundError,
@@ -210,6 +212,31 @@ def test_calls_other_than_loads_to_a_hung_server_give_up_after_the_call_timeout_
             assert isinstance(await control.repository_index(), list)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("protocol", "how"), [("http", "option"), ("grpc", "option"), ("http", "environment")]
+)
+def test_the_cli_gives_up_on_a_hung_server_after_the_call_timeout_it_is_given(
+    triton: TritonHandle, protocol: str, how: str
+) -> None:
+    """``--call-timeout`` (or TRITONCTL_CALL_TIMEOUT) reaches the command's control: `ls`
+    of a server that hangs fails after 1 s, not the default 30."""
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    argv = ["--repo", str(triton.repo), "--url", url, "ls"]
+    env = {}
+    if how == "option":
+        argv[:0] = ["--call-timeout", "1"]
+    else:
+        env["TRITONCTL_CALL_TIMEOUT"] = "1"
+    with stopped(triton.pid):
+        started = time.monotonic()
+        result = CliRunner().invoke(main, argv, env=env)
+        took = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert f"error: repository index: no answer from {url} within 1 s" in result.output
+    assert took < 10
+    assert CliRunner().invoke(main, argv, env=env).exit_code == 0  # answers again
 
 
 SLOW_INIT_MODEL_PY = DOUBLE_MODEL_PY.replace(
