@@ -279,7 +279,7 @@ def start_in_background(
     ``tritonctl rollout start`` does without ``--wait``). Returns the recorded state and
     the worker's pid."""
     state = begin_rollout(repo, control, endpoint, to_version, policy)
-    return state, spawn_worker(repo, control.url, endpoint, _timeouts_of(control))
+    return state, _spawn_for(repo, control, endpoint)
 
 
 def resumable(repo: Repository, endpoint: str) -> RolloutState:
@@ -303,7 +303,20 @@ def resume_in_background(
     Returns its state and the worker's pid."""
     state = resumable(repo, endpoint)
     require_server(control, f"the rollout of {endpoint!r} was not resumed")
-    return state, spawn_worker(repo, control.url, endpoint, _timeouts_of(control))
+    return state, _spawn_for(repo, control, endpoint)
+
+
+def _spawn_for(repo: Repository, control: TritonControl, endpoint: str) -> int:
+    """:func:`spawn_worker` with ``control``'s URL, timeouts and metrics URL."""
+    return spawn_worker(
+        repo, control.url, endpoint, _timeouts_of(control), _metrics_url_of(control)
+    )
+
+
+def _metrics_url_of(control: TritonControl) -> str | None:
+    """Where ``control`` reads Triton's metrics (a fake's: nowhere)."""
+    endpoint = getattr(control, "endpoint", None)
+    return getattr(endpoint, "metrics_url", None) or None
 
 
 def _timeouts_of(control: TritonControl) -> Timeouts:
@@ -316,12 +329,16 @@ def _timeouts_of(control: TritonControl) -> Timeouts:
 
 
 def spawn_worker(
-    repo: Repository, url: str, endpoint: str, timeouts: Timeouts | None = None
+    repo: Repository,
+    url: str,
+    endpoint: str,
+    timeouts: Timeouts | None = None,
+    metrics_url: str | None = None,
 ) -> int:
     """Run the rollout of ``endpoint`` in a detached ``tritonctl rollout run`` process,
-    whose Triton control gets ``timeouts`` (those of the caller's control: the worker
-    does not resolve them again from options it was not given)."""
-    options: list[str] = []
+    whose Triton control gets ``timeouts`` and ``metrics_url`` (those of the caller's
+    control: the worker does not resolve them again from options it was not given)."""
+    options: list[str] = ["--metrics-url", metrics_url] if metrics_url else []
     for key, value in (timeouts or Timeouts()).to_dict().items():
         if value is not None:
             options += [OPTIONS[key], repr(value)]

@@ -736,7 +736,7 @@ def workers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Rollout workers that are recorded instead of started."""
     spawned: list[tuple[str, str]] = []
 
-    def spawn(repo: Any, url: str, endpoint: str, timeouts: Any = None) -> int:
+    def spawn(repo: Any, url: str, endpoint: str, *_: Any) -> int:
         spawned.append((url, endpoint))
         return 4242
 

@@ -294,7 +294,7 @@ def test_server_start_restore_serves_the_endpoints_within_the_timeouts(
 # --------------------------------------------------------------------------- the rollout worker
 
 
-def test_a_background_rollout_worker_is_given_the_timeouts_of_its_starter(
+def test_a_background_rollout_worker_is_given_the_timeouts_and_metrics_url_of_its_starter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[list[str]] = []
@@ -309,8 +309,14 @@ def test_a_background_rollout_worker_is_given_the_timeouts_of_its_starter(
     monkeypatch.setattr(subprocess, "Popen", popen)
     monkeypatch.setattr(rollout_service, "_wait_for_worker", lambda *a: None)
     repo = Repository(tmp_path)
-    control = TritonControl(URL, timeout=1800, call_timeout=45, connect_timeout=9)
-    assert rollout_service.spawn_worker(repo, URL, "ep", rollout_service._timeouts_of(control))
+    control = TritonControl(
+        URL,
+        metrics_url="http://metrics.example:9102",
+        timeout=1800,
+        call_timeout=45,
+        connect_timeout=9,
+    )
+    assert rollout_service._spawn_for(repo, control, "ep") == 4242
     argv = started[0]
     worker = argv[argv.index("manager.cli") + 1 :]
     assert worker[: worker.index("rollout")] == [
@@ -318,6 +324,8 @@ def test_a_background_rollout_worker_is_given_the_timeouts_of_its_starter(
         str(tmp_path),
         "--url",
         URL,
+        "--metrics-url",
+        "http://metrics.example:9102",
         "--load-timeout",
         "1800.0",
         "--call-timeout",
