@@ -14,7 +14,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from manager.errors import ArtifactError
@@ -115,6 +116,40 @@ def _hash_file(path: Path, digest: hashlib._Hash) -> None:
 
 def total_bytes(path: Path) -> int:
     return sum(p.stat().st_size for _, p in iter_files(path))
+
+
+def room_needed(sources: Iterable[Path], folder: Path, *, link: bool = False) -> int:
+    """Bytes that placing the files ``sources`` into ``folder`` takes on its filesystem: a
+    file on that filesystem takes none where it is hard-linked (``link``) or cloned (where
+    the filesystem makes copy-on-write clones); every other file takes its size."""
+    device = folder.stat().st_dev
+    shares: bool | None = True if link else None  # None: not probed yet
+    needed = 0
+    for path in sources:
+        st = path.stat()
+        if st.st_dev == device:
+            if shares is None:
+                shares = can_clone(folder)
+            if shares:
+                continue
+        needed += st.st_size
+    return needed
+
+
+def can_clone(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` makes copy-on-write clones (tried on two small
+    files of its own there)."""
+    probe = folder / f".clone-probe-{uuid.uuid4().hex[:8]}"
+    clone = probe.with_name(probe.name + ".clone")
+    try:
+        probe.write_bytes(b"\0")
+        with probe.open("rb") as fin, clone.open("xb") as fout:
+            return _clone(fin.fileno(), fout.fileno())
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+        clone.unlink(missing_ok=True)
 
 
 def place(src: Path, dst: Path, *, link: bool = False, progress: Progress | None = None) -> str:

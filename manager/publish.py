@@ -32,7 +32,7 @@ from manager.errors import (
     RepositoryError,
     VersionExistsError,
 )
-from manager.filecopy import Progress, place, precompile, sha256_of
+from manager.filecopy import Progress, iter_files, place, precompile, room_needed, sha256_of
 from manager.modelconfig import (
     TensorSpec,
     config_to_text,
@@ -48,6 +48,7 @@ from manager.repository import (
     write_json_atomic,
 )
 from manager.runtime import RUNTIME_ENV, resolve_runtime
+from manager.units import format_size
 from manager.versionconfig import check_new_version, make_config, read_user_config
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def publish(
             staged_model = staging / name
             staged_version = staged_model / str(version)
             staged_version.mkdir(parents=True)
+            _check_room(repository, staging, src, art, link=opts.link)
             total = sum(f.stat().st_size if f.is_file() else 0 for f in art.files.values())
             callback = progress(art.size_bytes or total, 0) if progress else None
             hows = {
@@ -343,6 +345,27 @@ def publish(
         provenance=provenance,
         notices=notices,
     )
+
+
+def _check_room(
+    repository: Repository, staging: Path, src: Path, art: Artifact, *, link: bool
+) -> None:
+    """Refuse, before anything is copied, an artifact the repository's filesystem has no
+    room for (a copy that fills the disk half-way fails late, and starves whatever else
+    writes there meanwhile)."""
+    sources = [
+        p
+        for path in art.files.values()
+        for _, p in (iter_files(path) if path.is_dir() else [("", path)])
+    ]
+    needed = room_needed(sources, staging, link=link)
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        raise RepositoryError(
+            f"not enough space to publish {src}: its version needs {format_size(needed)}, "
+            f"and the file system of the repository {repository.path} has "
+            f"{format_size(free)} free"
+        )
 
 
 def make_verifier(

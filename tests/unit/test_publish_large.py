@@ -3,9 +3,12 @@ interruption leaves (the mechanisms, shown on small files)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.modelfactory import make_onnx
 
@@ -77,7 +80,6 @@ def test_the_graph_read_without_its_weights_is_the_model_less_their_bytes(tmp_pa
 
 def test_an_initializer_whose_inline_bytes_do_not_fit_its_dims_is_refused(repo, tmp_path):
     import onnx
-    import pytest
 
     from manager.errors import ArtifactError
     from manager.publish import PublishOptions, publish
@@ -92,3 +94,123 @@ def test_an_initializer_whose_inline_bytes_do_not_fit_its_dims_is_refused(repo, 
     ):
         publish(repo, "m", path, PublishOptions(runtime="native"))
     assert not repo.has_model("m")
+
+
+def _free_space(monkeypatch, free: int) -> None:
+    import shutil
+
+    real = shutil.disk_usage
+
+    def disk_usage(path):
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - free, free)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+
+def _never_placed(monkeypatch) -> list[object]:
+    placed: list[object] = []
+    monkeypatch.setattr("manager.publish.place", lambda *a, **k: placed.append(a))
+    return placed
+
+
+def test_an_artifact_larger_than_the_free_space_is_refused_before_anything_is_copied(
+    repo, tmp_path, monkeypatch
+):
+    from manager.errors import RepositoryError
+    from manager.publish import PublishOptions, publish
+
+    big = _onnx_of(tmp_path, 1)
+    monkeypatch.setattr("manager.filecopy._clone", lambda fd_in, fd_out: False)
+    _free_space(monkeypatch, 1000)
+    placed = _never_placed(monkeypatch)
+    with pytest.raises(RepositoryError) as caught:
+        publish(repo, "m", big, PublishOptions(runtime="native"))
+    message = str(caught.value)
+    assert "not enough space" in message
+    assert "needs 1.0 MiB" in message and "1000 B free" in message
+    assert str(repo.path) in message
+    assert placed == []
+    assert not repo.has_model("m")
+    assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+def test_links_and_clones_on_the_repositorys_filesystem_need_no_room(repo, tmp_path, monkeypatch):
+    from manager.publish import PublishOptions, publish
+
+    big = _onnx_of(tmp_path, 1)
+    _free_space(monkeypatch, 1000)
+    # a hard link takes no room (the artifact is on the repository's filesystem here)
+    assert publish(repo, "m", big, PublishOptions(runtime="native", link=True)).placed_by == "link"
+    # nor does a copy-on-write clone, where the filesystem makes them
+    monkeypatch.setattr("manager.filecopy._clone", lambda fd_in, fd_out: True)
+    monkeypatch.setattr("manager.publish.place", lambda *a, **k: "clone")
+    assert publish(repo, "m", big, PublishOptions(runtime="native")).version == 2
+
+
+def test_a_disk_that_fills_up_mid_copy_leaves_no_version_and_no_staging(
+    repo, tmp_path, monkeypatch
+):
+    import errno
+    import os
+
+    from manager.publish import PublishOptions, publish
+
+    big = _onnx_of(tmp_path, 8)
+    real = os.copy_file_range
+    calls = []
+
+    def copy_file_range(fd_in, fd_out, count, offset_src=None, offset_dst=None):
+        calls.append(count)
+        if len(calls) > 1:  # the first chunk is written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd_in, fd_out, count, offset_src, offset_dst)
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr("manager.filecopy._clone", lambda fd_in, fd_out: False)
+    with pytest.raises(OSError) as caught:
+        publish(repo, "m", big, PublishOptions(runtime="native"))
+    assert caught.value.errno == errno.ENOSPC
+    assert len(calls) == 2
+    assert not repo.has_model("m")
+    assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+INTERRUPT_SCRIPT = r"""
+import sys, time
+import manager.filecopy as filecopy
+from manager.cli import main
+
+real = filecopy.copy_file
+
+def slow_copy(src, dst, progress=None):
+    how = real(src, dst, progress=progress)
+    print("copying", flush=True)
+    time.sleep(30)
+    return how
+
+filecopy.copy_file = slow_copy
+main(["--repo", sys.argv[1], "publish", "m", sys.argv[2], "--runtime", "native", "--copy"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 1), (signal.SIGTERM, 128 + signal.SIGTERM)]
+)
+def test_an_interrupted_publish_leaves_no_version_and_no_staging(repo, tmp_path, signum, status):
+    big = _onnx_of(tmp_path, 1)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPT_SCRIPT, str(repo.path), str(big)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "copying"
+    assert any((repo.meta_dir / "staging").iterdir())  # the copy is under way
+    proc.send_signal(signum)
+    proc.wait(20)
+    assert proc.returncode == status
+    assert not repo.has_model("m")
+    assert list((repo.meta_dir / "staging").iterdir()) == []
