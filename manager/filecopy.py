@@ -95,23 +95,26 @@ def link_target(link: Path) -> Path:
         ) from exc
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder (over its sorted relative paths and contents)."""
+def sha256_of(path: Path, *, progress: Progress | None = None) -> str:
+    """sha256 of a file, or of a folder (over its sorted relative paths and contents);
+    ``progress`` is called with the bytes hashed."""
     digest = hashlib.sha256()
     if path.is_file() and not path.is_dir():
-        _hash_file(path, digest)
+        _hash_file(path, digest, progress)
         return digest.hexdigest()
     for rel, p in iter_files(path):
         digest.update(rel.encode() + b"\0")
-        _hash_file(p, digest)
+        _hash_file(p, digest, progress)
         digest.update(b"\0")
     return digest.hexdigest()
 
 
-def _hash_file(path: Path, digest: hashlib._Hash) -> None:
+def _hash_file(path: Path, digest: hashlib._Hash, progress: Progress | None = None) -> None:
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
+            if progress:
+                progress(len(chunk))
 
 
 def total_bytes(path: Path) -> int:

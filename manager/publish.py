@@ -23,7 +23,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.artifacts import inspect_artifact
-from manager.artifacts.base import Artifact
+from manager.artifacts.base import Artifact, tree_size
 from manager.errors import (
     ArtifactError,
     ConfigError,
@@ -180,12 +180,14 @@ def publish(
     artifact: str | os.PathLike[str],
     options: PublishOptions | None = None,
     *,
-    progress: Callable[[int, int], Progress] | None = None,
+    progress: Callable[[int, int, str], Progress] | None = None,
     verify: Callable[[Path, mc.ModelConfig], None] | None = None,
 ) -> PublishResult:
     """Publish ``artifact`` as a new version of model ``name`` in ``repo``.
 
-    ``progress(total_bytes, ...)`` may return a callback that receives bytes placed.
+    ``progress(total_bytes, 0, phase)`` is called as each phase that reads or writes the
+    artifact's bytes starts ("hashing", "placing"); it may return a callback that receives
+    the bytes done.
     ``verify(staged_model_dir, config)`` runs on the staged model before it becomes
     visible (a smoke test); raising there publishes nothing.
     """
@@ -245,7 +247,8 @@ def publish(
             "served by tritonctl's Python-backend runner instead (--runtime native, or "
             f"{RUNTIME_ENV}=native, keeps {asked} for a server that has it)"
         )
-    digest = sha256_of(src)
+    # an artifact with the files that came with it is hashed as placed, with them
+    digest = "" if art.digest_of else sha256_of(src, progress=_phase(progress, src, "hashing"))
 
     repository.ensure()
     with repository.lock(name):
@@ -288,14 +291,15 @@ def publish(
             staged_version.mkdir(parents=True)
             _check_room(repository, staging, src, art, link=opts.link)
             total = sum(f.stat().st_size if f.is_file() else 0 for f in art.files.values())
-            callback = progress(art.size_bytes or total, 0) if progress else None
+            callback = progress(art.size_bytes or total, 0, "placing") if progress else None
             hows = {
                 place(path, staged_version / rel, link=opts.link, progress=callback)
                 for rel, path in art.files.items()
             }
             placed_by = next((h for h in ("copy", "clone", "link") if h in hows), "copy")
             if art.digest_of:  # the artifact with the files that came with it
-                digest = sha256_of(staged_version / art.digest_of)
+                placed = staged_version / art.digest_of
+                digest = sha256_of(placed, progress=_phase(progress, placed, "hashing"))
             if runtime == "python" and art.runner:
                 shutil.copyfile(runner_source(art.runner), staged_version / "model.py")
             provenance = {
@@ -345,6 +349,13 @@ def publish(
         provenance=provenance,
         notices=notices,
     )
+
+
+def _phase(
+    progress: Callable[[int, int, str], Progress] | None, path: Path, what: str
+) -> Progress | None:
+    """The byte callback of the phase ``what`` over the files at ``path``."""
+    return progress(tree_size(path), 0, what) if progress else None
 
 
 def _check_room(

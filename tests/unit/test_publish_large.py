@@ -214,3 +214,52 @@ def test_an_interrupted_publish_leaves_no_version_and_no_staging(repo, tmp_path,
     assert proc.returncode == status
     assert not repo.has_model("m")
     assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+def test_publish_reports_the_hashing_and_the_placing_of_the_artifact(repo, tmp_path):
+    from manager.publish import PublishOptions, publish
+
+    big = _onnx_of(tmp_path, 1)
+    size = big.stat().st_size
+    phases: list[list[object]] = []
+
+    def progress(total, done, what):
+        phases.append([what, total, 0])
+        return lambda n: phases[-1].__setitem__(2, phases[-1][2] + n)
+
+    publish(repo, "m", big, PublishOptions(runtime="native"), progress=progress)
+    assert phases == [["hashing", size, size], ["placing", size, size]]
+
+
+def _publish_cli(tmp_path: Path, monkeypatch, console=None) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    big = _onnx_of(tmp_path, 1)
+    monkeypatch.setattr("manager.cli.publish_cmds.LARGE_BYTES", 0)
+    if console is not None:
+        monkeypatch.setattr("manager.cli.publish_cmds.err_console", console)
+    args = ["--repo", str(tmp_path / "repo"), "publish", "m", str(big), "--runtime", "native"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+def test_off_a_terminal_a_large_publish_writes_nothing_to_stderr(tmp_path, monkeypatch):
+    # a CI log gets no progress bar, nor the blank line a transient bar leaves behind
+    assert _publish_cli(tmp_path, monkeypatch) == (0, "")
+
+
+def test_in_a_terminal_a_large_publish_shows_each_phase(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=120)
+    code, _ = _publish_cli(tmp_path, monkeypatch, console)
+    assert code == 0
+    shown = buffer.getvalue()
+    assert "inspecting big.onnx" in shown
+    assert "hashing big.onnx" in shown
+    assert "placing big.onnx" in shown
