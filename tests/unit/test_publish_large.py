@@ -263,3 +263,62 @@ def test_in_a_terminal_a_large_publish_shows_each_phase(tmp_path, monkeypatch):
     assert "inspecting big.onnx" in shown
     assert "hashing big.onnx" in shown
     assert "placing big.onnx" in shown
+
+
+WAITING_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+import manager.filecopy as filecopy
+from manager.publish import PublishOptions, publish
+
+real = filecopy.copy_file
+go_on = Path(sys.argv[3])
+
+def slow_copy(src, dst, progress=None):
+    how = real(src, dst, progress=progress)
+    print("copying", flush=True)
+    while not go_on.exists():
+        time.sleep(0.05)
+    return how
+
+filecopy.copy_file = slow_copy
+result = publish(sys.argv[1], "m", sys.argv[2], PublishOptions(runtime="native", link=False))
+print("published", result.version, flush=True)
+"""
+
+
+def test_the_copy_of_a_large_artifact_does_not_hold_the_models_lock(repo, tmp_path):
+    # loads, endpoint changes and prunes of the model take its lock: a copy of many GB
+    # must not make them wait (nor time them out); another publisher may publish meanwhile
+    from manager.publish import PublishOptions, publish
+    from manager.validate import validate_repository
+
+    big = _onnx_of(tmp_path, 1)
+    go_on = tmp_path / "go-on"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITING_SCRIPT, str(repo.path), str(big), str(go_on)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "copying"
+        with repo.lock("m", timeout=2):
+            pass
+        (running,) = [p for p in validate_repository(repo, "m") if "staging folder" in p.message]
+        assert "a publish in progress" in running.message
+        # a publish of the same model meanwhile leaves the running one's staging alone
+        assert publish(repo, "m", big, PublishOptions(runtime="native")).version == 1
+        assert len(list((repo.meta_dir / "staging").iterdir())) == 1
+        go_on.touch()
+        assert proc.stdout.readline().strip() == "published 2"
+        assert proc.wait(20) == 0
+    finally:
+        go_on.touch()
+        proc.wait(20)
+    assert repo.versions("m") == [1, 2]
+    placed = repo.get_version("m", 2)
+    assert placed.provenance["version"] == 2
+    assert (placed.path / "model.onnx").read_bytes() == big.read_bytes()
+    assert list((repo.meta_dir / "staging").iterdir()) == []
