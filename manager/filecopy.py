@@ -188,7 +188,13 @@ def _place_file(src: Path, dst: Path, *, link: bool, progress: Progress | None) 
             if progress:
                 progress(src.stat().st_size)
             return "link"
-    how = copy_file(src, dst, progress=progress)
+    try:
+        how = copy_file(src, dst, progress=progress)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # copy_file_range and write name no file: say where (a full disk is the target's)
+        raise OSError(exc.errno, exc.strerror, str(dst)) from exc
     shutil.copymode(src, dst)
     return how
 

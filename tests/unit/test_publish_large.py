@@ -322,3 +322,27 @@ def test_the_copy_of_a_large_artifact_does_not_hold_the_models_lock(repo, tmp_pa
     assert placed.provenance["version"] == 2
     assert (placed.path / "model.onnx").read_bytes() == big.read_bytes()
     assert list((repo.meta_dir / "staging").iterdir()) == []
+
+
+def test_a_disk_full_mid_copy_names_where_it_was_writing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from click.testing import CliRunner
+
+    from manager.cli import main
+
+    def copy_file_range(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")  # no file name, as the OS says
+
+    monkeypatch.setattr(os, "copy_file_range", copy_file_range)
+    monkeypatch.setattr("manager.filecopy._clone", lambda fd_in, fd_out: False)
+    big = _onnx_of(tmp_path, 1)
+    repo = tmp_path / "repo"
+    args = ["--repo", str(repo), "publish", "m", str(big), "--runtime", "native"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    staging = repo / ".tritonctl" / "staging"
+    assert result.stderr.startswith(f"error: {staging}/m.")
+    assert result.stderr.rstrip().endswith("/m/1/model.onnx: no space left on device")
+    assert list(staging.iterdir()) == []
