@@ -14,7 +14,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from manager.errors import ArtifactError
@@ -94,27 +95,64 @@ def link_target(link: Path) -> Path:
         ) from exc
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, or of a folder (over its sorted relative paths and contents)."""
+def sha256_of(path: Path, *, progress: Progress | None = None) -> str:
+    """sha256 of a file, or of a folder (over its sorted relative paths and contents);
+    ``progress`` is called with the bytes hashed."""
     digest = hashlib.sha256()
     if path.is_file() and not path.is_dir():
-        _hash_file(path, digest)
+        _hash_file(path, digest, progress)
         return digest.hexdigest()
     for rel, p in iter_files(path):
         digest.update(rel.encode() + b"\0")
-        _hash_file(p, digest)
+        _hash_file(p, digest, progress)
         digest.update(b"\0")
     return digest.hexdigest()
 
 
-def _hash_file(path: Path, digest: hashlib._Hash) -> None:
+def _hash_file(path: Path, digest: hashlib._Hash, progress: Progress | None = None) -> None:
     with path.open("rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
+            if progress:
+                progress(len(chunk))
 
 
 def total_bytes(path: Path) -> int:
     return sum(p.stat().st_size for _, p in iter_files(path))
+
+
+def room_needed(sources: Iterable[Path], folder: Path, *, link: bool = False) -> int:
+    """Bytes that placing the files ``sources`` into ``folder`` takes on its filesystem: a
+    file on that filesystem takes none where it is hard-linked (``link``) or cloned (where
+    the filesystem makes copy-on-write clones); every other file takes its size."""
+    device = folder.stat().st_dev
+    shares: bool | None = True if link else None  # None: not probed yet
+    needed = 0
+    for path in sources:
+        st = path.stat()
+        if st.st_dev == device:
+            if shares is None:
+                shares = can_clone(folder)
+            if shares:
+                continue
+        needed += st.st_size
+    return needed
+
+
+def can_clone(folder: Path) -> bool:
+    """Whether the filesystem of ``folder`` makes copy-on-write clones (tried on two small
+    files of its own there)."""
+    probe = folder / f".clone-probe-{uuid.uuid4().hex[:8]}"
+    clone = probe.with_name(probe.name + ".clone")
+    try:
+        probe.write_bytes(b"\0")
+        with probe.open("rb") as fin, clone.open("xb") as fout:
+            return _clone(fin.fileno(), fout.fileno())
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+        clone.unlink(missing_ok=True)
 
 
 def place(src: Path, dst: Path, *, link: bool = False, progress: Progress | None = None) -> str:
@@ -150,7 +188,13 @@ def _place_file(src: Path, dst: Path, *, link: bool, progress: Progress | None) 
             if progress:
                 progress(src.stat().st_size)
             return "link"
-    how = copy_file(src, dst, progress=progress)
+    try:
+        how = copy_file(src, dst, progress=progress)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # copy_file_range and write name no file: say where (a full disk is the target's)
+        raise OSError(exc.errno, exc.strerror, str(dst)) from exc
     shutil.copymode(src, dst)
     return how
 

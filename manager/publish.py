@@ -7,6 +7,7 @@ whole of it, and two publishers never get the same number.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from manager.artifacts import inspect_artifact
-from manager.artifacts.base import Artifact
+from manager.artifacts.base import Artifact, tree_size
 from manager.errors import (
     ArtifactError,
     ConfigError,
@@ -32,7 +33,7 @@ from manager.errors import (
     RepositoryError,
     VersionExistsError,
 )
-from manager.filecopy import Progress, place, precompile, sha256_of
+from manager.filecopy import Progress, iter_files, place, precompile, room_needed, sha256_of
 from manager.modelconfig import (
     TensorSpec,
     config_to_text,
@@ -49,6 +50,7 @@ from manager.repository import (
 )
 from manager.runtime import RUNTIME_ENV, resolve_runtime
 from manager.timeouts import Timeouts
+from manager.units import format_size
 from manager.versionconfig import check_new_version, make_config, read_user_config
 
 log = logging.getLogger(__name__)
@@ -180,12 +182,14 @@ def publish(
     artifact: str | os.PathLike[str],
     options: PublishOptions | None = None,
     *,
-    progress: Callable[[int, int], Progress] | None = None,
+    progress: Callable[[int, int, str], Progress] | None = None,
     verify: Callable[[Path, mc.ModelConfig], None] | None = None,
 ) -> PublishResult:
     """Publish ``artifact`` as a new version of model ``name`` in ``repo``.
 
-    ``progress(total_bytes, ...)`` may return a callback that receives bytes placed.
+    ``progress(total_bytes, 0, phase)`` is called as each phase that reads or writes the
+    artifact's bytes starts ("hashing", "placing"); it may return a callback that receives
+    the bytes done.
     ``verify(staged_model_dir, config)`` runs on the staged model before it becomes
     visible (a smoke test); raising there publishes nothing.
     """
@@ -245,58 +249,48 @@ def publish(
             "served by tritonctl's Python-backend runner instead (--runtime native, or "
             f"{RUNTIME_ENV}=native, keeps {asked} for a server that has it)"
         )
-    digest = sha256_of(src)
+    # an artifact with the files that came with it is hashed as placed, with them
+    digest = "" if art.digest_of else sha256_of(src, progress=_phase(progress, src, "hashing"))
 
     repository.ensure()
-    with repository.lock(name):
-        repository.clear_stale_staging(name)
-        repository.clear_abandoned_staging()
-        model_dir = repository.model_dir(name)
-        if model_dir.is_symlink():
-            raise RepositoryError(f"{model_dir} is a symlink: refusing to publish through it")
-        if model_dir.exists() and not model_dir.is_dir():
-            raise RepositoryError(
-                f"{model_dir} exists and is not a model folder: choose another model name"
-            )
-        exists = model_dir.is_dir()
-        if exists:
-            cfg_path = model_dir / CONFIG_FILE
-            if cfg_path.is_file():
-                existing = read_config(cfg_path)
-                check_new_version(
-                    existing,
-                    config,
-                    opts,
-                    user_given=opts.config_path is not None or art.config is not None,
-                )
-            versions = repository.versions(name)
-        else:
-            versions = []
-        version = opts.version if opts.version is not None else (max(versions, default=0) + 1)
-        if version > MAX_VERSION:
-            raise InvalidNameError(
-                f"model {name!r} has version {max(versions)}, Triton's largest: give a free "
-                "lower one with --version"
-            )
-        if version in versions or (model_dir / str(version)).exists():
-            raise VersionExistsError(f"model {name!r} already has version {version}")
+    with contextlib.ExitStack() as stack:
+        # the version is staged under the model's lock, copied without it (loads, endpoint
+        # changes and prunes of the model take it: a copy of many GB must not hold them
+        # up), and placed under it again, as the next free version then
+        with repository.lock(name):
+            repository.clear_stale_staging(name)
+            repository.clear_abandoned_staging()
+            version, _ = _free_version(repository, name, art, config, opts)
+            staging = stack.enter_context(repository.claimed_staging(name))
+        staged_model = staging / name
+        staged_version = staged_model / str(version)
+        staged_version.mkdir(parents=True)
+        _check_room(repository, staging, src, art, link=opts.link)
+        total = sum(f.stat().st_size if f.is_file() else 0 for f in art.files.values())
+        callback = progress(art.size_bytes or total, 0, "placing") if progress else None
+        hows = {
+            place(path, staged_version / rel, link=opts.link, progress=callback)
+            for rel, path in art.files.items()
+        }
+        placed_by = next((h for h in ("copy", "clone", "link") if h in hows), "copy")
+        if art.digest_of:  # the artifact with the files that came with it
+            placed = staged_version / art.digest_of
+            digest = sha256_of(placed, progress=_phase(progress, placed, "hashing"))
+        if runtime == "python" and art.runner:
+            shutil.copyfile(runner_source(art.runner), staged_version / "model.py")
+        write_config(staged_model / CONFIG_FILE, config)
+        if runtime == "python":
+            precompile(staged_version)  # or the first load makes Triton load it twice
+        if verify is not None:
+            verify(staged_model, config)
 
-        staging = repository.staging_dir(name)
-        try:
-            staged_model = staging / name
-            staged_version = staged_model / str(version)
-            staged_version.mkdir(parents=True)
-            total = sum(f.stat().st_size if f.is_file() else 0 for f in art.files.values())
-            callback = progress(art.size_bytes or total, 0) if progress else None
-            hows = {
-                place(path, staged_version / rel, link=opts.link, progress=callback)
-                for rel, path in art.files.items()
-            }
-            placed_by = next((h for h in ("copy", "clone", "link") if h in hows), "copy")
-            if art.digest_of:  # the artifact with the files that came with it
-                digest = sha256_of(staged_version / art.digest_of)
-            if runtime == "python" and art.runner:
-                shutil.copyfile(runner_source(art.runner), staged_version / "model.py")
+        with repository.lock(name):
+            model_dir = repository.model_dir(name)
+            # another publisher may have placed a version (or the model) meanwhile
+            placed_version, exists = _free_version(repository, name, art, config, opts)
+            if placed_version != version:
+                os.rename(staged_version, staged_model / str(placed_version))
+                version, staged_version = placed_version, staged_model / str(placed_version)
             provenance = {
                 "name": name,
                 "version": version,
@@ -313,11 +307,6 @@ def publish(
                 "config": config_to_text(config),
             }
             write_json_atomic(staged_version / PROVENANCE_FILE, provenance)
-            write_config(staged_model / CONFIG_FILE, config)
-            if runtime == "python":
-                precompile(staged_version)  # or the first load makes Triton load it twice
-            if verify is not None:
-                verify(staged_model, config)
             started = time.monotonic()
             if not exists:
                 os.rename(staged_model, model_dir)
@@ -329,8 +318,6 @@ def publish(
                 # version and carries what serving wrote into it (the version policy
                 # of endpoints), and `compatible` checked that it fits this version.
             log.info("published %s version %d in %.3f s", name, version, time.monotonic() - started)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     return PublishResult(
         name=name,
@@ -344,6 +331,76 @@ def publish(
         provenance=provenance,
         notices=notices,
     )
+
+
+def _free_version(
+    repository: Repository,
+    name: str,
+    art: Artifact,
+    config: mc.ModelConfig,
+    opts: PublishOptions,
+) -> tuple[int, bool]:
+    """(the version to publish as, whether the model exists) with the model's lock held:
+    the asked version or the next one, refused where it is taken or where the model's
+    config does not fit the artifact."""
+    model_dir = repository.model_dir(name)
+    if model_dir.is_symlink():
+        raise RepositoryError(f"{model_dir} is a symlink: refusing to publish through it")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise RepositoryError(
+            f"{model_dir} exists and is not a model folder: choose another model name"
+        )
+    exists = model_dir.is_dir()
+    if exists:
+        cfg_path = model_dir / CONFIG_FILE
+        if cfg_path.is_file():
+            existing = read_config(cfg_path)
+            check_new_version(
+                existing,
+                config,
+                opts,
+                user_given=opts.config_path is not None or art.config is not None,
+            )
+        versions = repository.versions(name)
+    else:
+        versions = []
+    version = opts.version if opts.version is not None else (max(versions, default=0) + 1)
+    if version > MAX_VERSION:
+        raise InvalidNameError(
+            f"model {name!r} has version {max(versions)}, Triton's largest: give a free "
+            "lower one with --version"
+        )
+    if version in versions or (model_dir / str(version)).exists():
+        raise VersionExistsError(f"model {name!r} already has version {version}")
+    return version, exists
+
+
+def _phase(
+    progress: Callable[[int, int, str], Progress] | None, path: Path, what: str
+) -> Progress | None:
+    """The byte callback of the phase ``what`` over the files at ``path``."""
+    return progress(tree_size(path), 0, what) if progress else None
+
+
+def _check_room(
+    repository: Repository, staging: Path, src: Path, art: Artifact, *, link: bool
+) -> None:
+    """Refuse, before anything is copied, an artifact the repository's filesystem has no
+    room for (a copy that fills the disk half-way fails late, and starves whatever else
+    writes there meanwhile)."""
+    sources = [
+        p
+        for path in art.files.values()
+        for _, p in (iter_files(path) if path.is_dir() else [("", path)])
+    ]
+    needed = room_needed(sources, staging, link=link)
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        raise RepositoryError(
+            f"not enough space to publish {src}: its version needs {format_size(needed)}, "
+            f"and the file system of the repository {repository.path} has "
+            f"{format_size(free)} free"
+        )
 
 
 def make_verifier(

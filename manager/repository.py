@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PROVENANCE_FILE = "tritonctl.json"
 CONFIG_FILE = "config.pbtxt"
 LOCK_TIMEOUT_S = 600.0
+# the file in a staging folder whose lock its publisher holds while it runs
+STAGING_CLAIM = ".publishing.lock"
 ASYNC_LOCK_POLL_S = 0.05
 # the model locks each thread holds (path -> depth): Repository.lock is reentrant per thread
 _HELD = threading.local()
@@ -228,8 +230,9 @@ class Repository:
         return sorted((p.name.rsplit(".", 1)[0], p) for p in root.iterdir())
 
     def clear_abandoned_staging(self) -> list[Path]:
-        """Remove the staging folders of every model that no publisher holds the lock of
-        (killed publishes can leave gigabytes there); return what was removed."""
+        """Remove the staging folders of every model that no publisher holds the lock of,
+        and that no publisher has claimed (killed publishes can leave gigabytes there);
+        return what was removed."""
         removed = []
         by_model: dict[str, list[Path]] = {}
         for model, path in self.staging_leftovers():
@@ -243,9 +246,8 @@ class Repository:
                 if not held:
                     continue  # a publish of that model is running
                 for path in paths:
-                    log.info("removing stale staging folder %s", path)
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
+                    if _remove_unclaimed(path):
+                        removed.append(path)
         return removed
 
     def staging_dir(self, name: str) -> Path:
@@ -256,15 +258,30 @@ class Repository:
         path.mkdir()
         return path
 
+    @contextmanager
+    def claimed_staging(self, name: str) -> Iterator[Path]:
+        """A fresh staging folder for ``name``, claimed while the block runs (the cleaners
+        leave a claimed folder alone, even while no one holds the model's lock: a publish
+        copies its artifact without the lock) and removed when it ends. Enter it under
+        ``lock(name)``, so that no cleaner sees the folder before its claim."""
+        path = self.staging_dir(name)
+        claim = FileLock(str(path / STAGING_CLAIM))
+        claim.acquire(timeout=0)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            claim.release()
+
     def clear_stale_staging(self, name: str) -> None:
-        """Remove what killed publishers of ``name`` left behind. Call under ``lock(name)``."""
+        """Remove what killed publishers of ``name`` left behind (not the folders that
+        running publishers claimed). Call under ``lock(name)``."""
         root = self.meta_dir / "staging"
         if not root.is_dir():
             return
         for p in root.glob(f"{name}.*"):
             if p.name.rsplit(".", 1)[0] == name:
-                log.info("removing stale staging folder %s", p)
-                shutil.rmtree(p, ignore_errors=True)
+                _remove_unclaimed(p)
 
     def remove_version(self, name: str, version: int) -> None:
         """Take a version out of the repository in one rename, then delete it."""
@@ -278,6 +295,24 @@ class Repository:
         target = trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
         os.rename(path, target)
         shutil.rmtree(target, ignore_errors=True)
+
+
+def staging_claimed(path: Path) -> bool:
+    """Whether a running publisher has claimed the staging folder ``path``."""
+    try:
+        with held_if_free(FileLock(str(path / STAGING_CLAIM))) as free:
+            return not free
+    except OSError:  # gone meanwhile, or not a folder
+        return False
+
+
+def _remove_unclaimed(path: Path) -> bool:
+    """Remove the staging folder ``path`` unless a running publisher claimed it."""
+    if staging_claimed(path):
+        return False
+    log.info("removing stale staging folder %s", path)
+    shutil.rmtree(path, ignore_errors=True)
+    return True
 
 
 def is_version_name(text: str) -> bool:

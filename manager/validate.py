@@ -12,7 +12,13 @@ from manager.errors import ManagerError
 from manager.filecopy import sha256_of
 from manager.modelconfig import read_config
 from manager.names import MAX_VERSION, validate_model_name
-from manager.repository import CONFIG_FILE, PROVENANCE_FILE, Repository, is_version_name
+from manager.repository import (
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    Repository,
+    is_version_name,
+    staging_claimed,
+)
 from manager.units import format_size
 from manager.versionpolicy import kept_models
 
@@ -117,6 +123,7 @@ def _staging_problems(repo: Repository, name: str | None) -> list[Problem]:
                 running = not free
         except ManagerError:
             running = False
+        running = running or staging_claimed(path)
         what = (
             "a publish in progress"
             if running

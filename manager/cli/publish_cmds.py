@@ -37,7 +37,11 @@ def _tensor(
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], None]] | None]:
+def _progress(
+    enabled: bool, name: str
+) -> Iterator[Callable[[int, int, str], Callable[[int], None]] | None]:
+    """A bar per phase of a large publish (inspecting, hashing, placing ``name``), drawn
+    on a terminal only: a CI log gets none."""
     if not enabled:
         yield None
         return
@@ -49,9 +53,12 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], Callable[[int], No
         console=err_console,
         transient=True,
     ) as bar:
+        current = [bar.add_task(f"inspecting {name}", total=None)]
 
-        def start(total: int, _done: int) -> Callable[[int], None]:
-            task = bar.add_task("placing artifact", total=total)
+        def start(total: int, _done: int, what: str) -> Callable[[int], None]:
+            bar.remove_task(current[0])
+            task = bar.add_task(f"{what} {name}", total=total)
+            current[0] = task
             return lambda n: bar.advance(task, n)
 
         yield start
@@ -226,8 +233,13 @@ def publish_cmd(
     verify = smoke_verifier(
         smoke_test, golden_dir, staging_url, timeouts=obj.timeouts() if smoke_test else None
     )
-    show_bar = not as_json and artifact.exists() and _size(artifact) >= LARGE_BYTES
-    with _progress(show_bar) as progress:
+    show_bar = (
+        not as_json
+        and err_console.is_terminal
+        and artifact.exists()
+        and _size(artifact) >= LARGE_BYTES
+    )
+    with _progress(show_bar, artifact.name) as progress:
         result = publish(
             Repository(obj.repo), name, artifact, options, progress=progress, verify=verify
         )

@@ -353,10 +353,11 @@ from pathlib import Path
 from manager.publish import publish, PublishOptions
 from manager.repository import Repository
 
-def slow(total, done):
+def slow(total, done, what):
     def advance(n):
-        print("placing", flush=True)
-        time.sleep(0.5)
+        if what == "placing":
+            print("placing", flush=True)
+            time.sleep(0.5)
     return advance
 
 publish(Repository(sys.argv[1]), "big", sys.argv[2], PublishOptions(runtime="native", link=False), progress=slow)
