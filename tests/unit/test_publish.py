@@ -26,6 +26,7 @@ from manager.modelconfig import TensorSpec, read_config
 from manager.publish import PublishOptions, parse_labels, publish
 from manager.repository import Repository
 from manager.validate import validate_repository
+from tests.localhttp import local_http_server
 from tests.modelfactory import make_onnx, make_torchscript, write_python_model
 
 NATIVE = PublishOptions(runtime="native")
@@ -574,8 +575,7 @@ def test_a_staging_server_that_does_not_answer_is_named_with_no_stray_unload(
 def test_a_staging_url_of_another_service_is_named_as_not_triton(tmp_path, caplog):
     """A web server that is not Triton answers the load with an error page: the smoke
     test says no Triton server answers there, in one line, and sends it nothing else."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     from manager.errors import TritonUnreachableError
     from manager.smoke import smoke_test
@@ -597,21 +597,14 @@ def test_a_staging_url_of_another_service_is_named_as_not_triton(tmp_path, caplo
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTriton)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        folder = write_python_model(tmp_path / "addone", name="addone")
-        config = read_config(folder / "config.pbtxt")
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with (
-            caplog.at_level("WARNING"),
-            pytest.raises(TritonUnreachableError, match="no Triton server answers") as raised,
-        ):
-            smoke_test(folder, config, 1, [], url=url)
-    finally:
-        server.shutdown()
-        server.server_close()
+    folder = write_python_model(tmp_path / "addone", name="addone")
+    config = read_config(folder / "config.pbtxt")
+    with (
+        local_http_server(NotTriton) as url,
+        caplog.at_level("WARNING"),
+        pytest.raises(TritonUnreachableError, match="no Triton server answers") as raised,
+    ):
+        smoke_test(folder, config, 1, [], url=url)
     assert "\n" not in str(raised.value) and "html" not in str(raised.value).lower()
     assert asked == ["GET /v2/health/live"]
     assert "could not unload" not in caplog.text

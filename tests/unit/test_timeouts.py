@@ -24,6 +24,7 @@ from manager.errors import ConfigError, ManagerError
 from manager.repository import Repository
 from manager.timeouts import Timeouts, env_timeouts, parse_timeout
 from manager.triton import AsyncTritonControl, TritonControl
+from tests.localhttp import local_http_server
 
 ENV = ("TRITONCTL_LOAD_TIMEOUT", "TRITONCTL_CALL_TIMEOUT", "TRITONCTL_CONNECT_TIMEOUT")
 URL = "http://127.0.0.1:9"  # nothing is ever asked of it: the controls are only made
@@ -450,16 +451,11 @@ def load_hangs() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with local_http_server(Handler) as url:
+        try:
+            yield url
+        finally:
+            release.set()
 
 
 def test_a_smoke_tests_load_takes_the_load_timeout_it_is_given(

@@ -22,6 +22,7 @@ import pytest
 
 from manager import serving
 from manager.triton import TritonControl
+from tests.localhttp import local_http_server
 
 CALL_TIMEOUT_S = 20.0
 ANSWER_DELAY_S = 0.02  # as a real server: the client waits on its socket for the answer
@@ -54,23 +55,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._answer({"model_stats": []})
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that closed its connection is not the test's concern
-
-
 @pytest.fixture
 def url() -> Iterator[str]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with local_http_server(_Handler) as address:
+        yield address
 
 
 def _in_thread(fn: Callable[[], Any]) -> Any:

@@ -36,6 +36,7 @@ from manager.triton import (
     resolve_url,
     translate_error,
 )
+from tests.localhttp import local_http_server
 
 
 def _record(repo: Path, pid: int, create_time: float) -> srv.ServerInfo:
@@ -590,16 +591,11 @@ def loads_then_hangs() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
+    with local_http_server(Handler) as url:
+        try:
+            yield url, asked
+        finally:
+            release.set()
 
 
 def test_a_smoke_test_does_not_wait_a_loads_timeout_for_its_unload(
