@@ -123,9 +123,10 @@ class Context:
 class ManagerGroup(click.Group):
     """A click group that turns ``ManagerError`` into a clean message and exit code, an
     ``OSError`` of the file system (a read-only repository, a full disk) into one line
-    with exit status 1, and SIGTERM into an orderly exit (status 143) that runs every
-    clean-up on the way out: no staging folder, lock or throwaway server is left behind
-    by a CI job that is cancelled."""
+    with exit status 1, and SIGTERM and Ctrl-C into an orderly exit (status 143 and 130,
+    as a shell reports a command those signals ended) that runs every clean-up on the way
+    out: no staging folder, lock or throwaway server is left behind by a CI job that is
+    cancelled."""
 
     def invoke(self, ctx: click.Context) -> Any:
         with _exit_on_sigterm():
@@ -142,6 +143,9 @@ class ManagerGroup(click.Group):
             except OSError as exc:
                 click.echo(f"error: {_os_error(exc)}", err=True)
                 sys.exit(1)
+            except KeyboardInterrupt:
+                click.echo("interrupted", err=True)
+                sys.exit(128 + signal.SIGINT)
 
 
 def _os_error(exc: OSError) -> str:
