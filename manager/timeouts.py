@@ -101,10 +101,15 @@ class Timeouts:
             load=min(full.load, limit), call=min(full.call, limit), connect=min(full.connect, limit)
         )
 
-    def control_options(self) -> dict[str, Any]:
-        """The keyword arguments of ``TritonControl`` (defaults for what is unset)."""
+    def control_options(self, load_at_least: float | None = None) -> dict[str, Any]:
+        """The keyword arguments of ``TritonControl`` (defaults for what is unset);
+        ``load_at_least``: a load may take at least this long (a command's own wait that
+        is longer than the load timeout)."""
         full = self.with_defaults()
-        return {CONTROL_KEYWORDS[f.name]: getattr(full, f.name) for f in fields(full)}
+        options = {CONTROL_KEYWORDS[f.name]: getattr(full, f.name) for f in fields(full)}
+        if load_at_least is not None:
+            options["timeout"] = max(options["timeout"], load_at_least)
+        return options
 
     def to_dict(self) -> dict[str, float | None]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

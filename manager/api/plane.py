@@ -89,9 +89,7 @@ class ControlPlane(ServingOptions):
         timeouts = self.timeouts()
         if timeout is not None:
             timeouts = timeouts.within(timeout)
-        options: dict[str, Any] = timeouts.control_options()
-        if load_timeout is not None:
-            options["timeout"] = max(options["timeout"], load_timeout)
+        options: dict[str, Any] = timeouts.control_options(load_at_least=load_timeout)
         with TritonControl.connect(
             self.url, self.repo, metrics_url=self.metrics_url, **options
         ) as control:

@@ -114,9 +114,7 @@ class Context:
         own wait that is longer than the load timeout)."""
         from manager.triton import TritonControl
 
-        options = self.timeouts(config).control_options()
-        if load_timeout is not None:
-            options["timeout"] = max(options["timeout"], load_timeout)
+        options = self.timeouts(config).control_options(load_at_least=load_timeout)
         return TritonControl.connect(self.url, self.repo, metrics_url=self.metrics_url, **options)
 
 
